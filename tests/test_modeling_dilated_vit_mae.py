@@ -1,0 +1,495 @@
+"""Model tests in the style of transformers' own: a tiny config, shapes, determinism, parity with ViTMAE, leakage."""
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
+
+from dilated_vit_mae import (
+    DilatedViTMAEConfig,
+    DilatedViTMAEForImageClassification,
+    DilatedViTMAEForPreTraining,
+    DilatedViTMAEModel,
+)
+from dilated_vit_mae.modeling_dilated_vit_mae import centred_padding, patchify, random_masking_indices
+
+
+VARIANTS = {
+    "vitmae": dict(dilation_rates=()),
+    "sum_full": dict(dilation_rates=(2,)),
+    "sum_visible": dict(dilation_rates=(2, 3), dilated_context="visible"),
+    "concat_full": dict(dilation_rates=(2, 3), dilated_fusion="concat"),
+    "mask_token_full": dict(dilation_rates=(2,), masking_mode="mask_token"),
+    "mask_token_visible": dict(dilation_rates=(2,), masking_mode="mask_token", dilated_context="visible"),
+}
+
+
+def make_config(tiny_config_kwargs, **overrides) -> DilatedViTMAEConfig:
+    return DilatedViTMAEConfig(**{**tiny_config_kwargs, **overrides})
+
+
+def randomize_dilated_branches(model: torch.nn.Module, std: float = 0.05) -> None:
+    """The dilated kernels start at zero (the model starts as ViTMAE); give them weights to make them matter."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "dilated_projections" in name or "fusion" in name:
+                param.normal_(0.0, std)
+
+
+def vit_mae_random_checkpoint(tiny_config_kwargs, path, **overrides) -> ViTMAEForPreTraining:
+    """transformers' own ViTMAE with every parameter random (its from-scratch tables are all zero), saved to `path`."""
+    reference = ViTMAEForPreTraining(ViTMAEConfig(**{**tiny_config_kwargs, **overrides}))
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.copy_(torch.randn_like(param) * 0.1)
+    reference.save_pretrained(path)
+    return reference.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# shapes, outputs, determinism
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_pretraining_shapes_and_loss(tiny_config_kwargs, variant):
+    config = make_config(tiny_config_kwargs, **VARIANTS[variant])
+    model = DilatedViTMAEForPreTraining(config).eval()
+    pixel_values = torch.randn(3, 3, 32, 32)
+    outputs = model(pixel_values, output_hidden_states=True, output_attentions=True)
+
+    num_patches, len_keep = 64, 16
+    seq_length = 1 + (num_patches if config.masking_mode == "mask_token" else len_keep)
+    assert outputs.logits.shape == (3, num_patches, 4 * 4 * 3)
+    assert outputs.mask.shape == outputs.ids_restore.shape == (3, num_patches)
+    assert outputs.mask.sum(dim=1).tolist() == [num_patches - len_keep] * 3
+    assert len(outputs.hidden_states) == config.num_hidden_layers + 1
+    assert outputs.hidden_states[-1].shape == (3, seq_length, 32)
+    assert len(outputs.attentions) == config.num_hidden_layers
+    assert outputs.attentions[0].shape == (3, 4, seq_length, seq_length)
+    assert torch.isfinite(outputs.loss) and outputs.loss > 0
+
+    as_tuple = model(pixel_values, noise=torch.rand(3, 64), return_dict=False)
+    assert isinstance(as_tuple, tuple) and as_tuple[0].ndim == 0 and as_tuple[1].shape == outputs.logits.shape
+
+
+def test_masking_follows_vit_mae_semantics(tiny_config):
+    model = DilatedViTMAEModel(tiny_config).eval()
+    noise = torch.rand(4, 64)
+    outputs = model(torch.randn(4, 3, 32, 32), noise=noise)
+    # the 16 patches with the smallest noise are kept (0), the rest removed (1)
+    ranks = noise.argsort(dim=1).argsort(dim=1)
+    torch.testing.assert_close(outputs.mask, (ranks >= 16).float())
+    torch.testing.assert_close(outputs.ids_restore, ranks)
+    assert outputs.last_hidden_state.shape == (4, 17, 32)
+
+
+def test_same_noise_same_outputs_and_mask_differs_per_sample(tiny_config):
+    model = DilatedViTMAEForPreTraining(tiny_config).eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    noise = torch.rand(2, 64)
+    first, second = model(pixel_values, noise=noise), model(pixel_values, noise=noise)
+    torch.testing.assert_close(first.logits, second.logits, rtol=0, atol=0)
+    torch.testing.assert_close(first.loss, second.loss, rtol=0, atol=0)
+    # per-sample masks
+    assert not torch.equal(first.mask[0], first.mask[1])
+    third = model(pixel_values, noise=torch.rand(2, 64))
+    assert not torch.equal(first.mask, third.mask)
+
+
+def test_zero_mask_ratio_encodes_every_patch_in_image_order(tiny_config):
+    model = DilatedViTMAEModel(tiny_config).eval()
+    pixel_values = torch.randn(2, 3, 32, 32)
+    first = model(pixel_values, mask_ratio=0.0)
+    second = model(pixel_values, mask_ratio=0.0)
+    assert first.last_hidden_state.shape == (2, 65, 32)
+    assert first.mask.sum() == 0
+    torch.testing.assert_close(first.ids_restore, torch.arange(64).expand(2, -1))
+    torch.testing.assert_close(first.last_hidden_state, second.last_hidden_state, rtol=0, atol=0)
+
+
+def test_loss_is_mse_on_masked_patches(tiny_config_kwargs):
+    for norm_pix_loss in (False, True):
+        model = DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, norm_pix_loss=norm_pix_loss)).eval()
+        pixel_values = torch.randn(2, 3, 32, 32)
+        outputs = model(pixel_values, noise=torch.rand(2, 64))
+        target = model.patchify(pixel_values)
+        if norm_pix_loss:
+            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+        per_patch = ((outputs.logits - target) ** 2).mean(-1)
+        expected = per_patch[outputs.mask.bool()].mean()
+        torch.testing.assert_close(outputs.loss, expected)
+
+
+def test_patchify_matches_vit_mae_layout_and_inverts(tiny_config_kwargs):
+    model = DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs))
+    reference = ViTMAEForPreTraining(ViTMAEConfig(**tiny_config_kwargs))
+    pixel_values = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.patchify(pixel_values), reference.patchify(pixel_values), rtol=0, atol=0)
+    torch.testing.assert_close(model.unpatchify(model.patchify(pixel_values)), pixel_values, rtol=0, atol=0)
+    # non-square image and patch: b c (h p) (w q) -> b (h w) (p q c)
+    image = torch.arange(2 * 8 * 12, dtype=torch.float32).reshape(1, 2, 8, 12)
+    patches = patchify(image, (4, 6))
+    assert patches.shape == (1, 4, 48)
+    torch.testing.assert_close(patches[0, 1, :2], image[0, :, 0, 6])  # patch (0, 1), pixel (0, 0), both channels
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# initialisation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def mae_sincos_table(embed_dim: int, grid_height: int, grid_width: int) -> np.ndarray:
+    """facebookresearch/mae util/pos_embed.py, written out in numpy (meshgrid of (w, h): column first)."""
+
+    def one_dim(dim, positions):
+        omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+        out = np.einsum("m,d->md", positions.reshape(-1).astype(np.float64), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid = np.meshgrid(np.arange(grid_width), np.arange(grid_height))  # each (h, w): grid[0] = column, grid[1] = row
+    table = np.concatenate([one_dim(embed_dim // 2, grid[0]), one_dim(embed_dim // 2, grid[1])], axis=1)
+    return np.concatenate([np.zeros([1, embed_dim]), table], axis=0)
+
+
+@pytest.mark.parametrize("image_size,patch_size", [(32, 4), ((32, 48), (4, 8))])
+def test_from_scratch_position_tables_are_mae_sincos(tiny_config_kwargs, image_size, patch_size):
+    config = make_config(tiny_config_kwargs, image_size=image_size, patch_size=patch_size, decoder_hidden_size=16)
+    model = DilatedViTMAEForPreTraining(config)
+    grid = model.vit.embeddings.patch_embeddings.grid_size
+    encoder_table = model.vit.embeddings.position_embeddings[0].double().numpy()
+    decoder_table = model.decoder.decoder_pos_embed[0].double().numpy()
+    np.testing.assert_allclose(encoder_table, mae_sincos_table(32, *grid), atol=1e-6)
+    np.testing.assert_allclose(decoder_table, mae_sincos_table(16, *grid), atol=1e-6)
+    assert not model.vit.embeddings.position_embeddings.requires_grad
+    assert not model.decoder.decoder_pos_embed.requires_grad
+
+
+def test_from_scratch_tokens_and_projections_initialised_as_mae(tiny_config_kwargs):
+    config = make_config(tiny_config_kwargs, hidden_size=256, num_attention_heads=4, decoder_hidden_size=256)
+    model = DilatedViTMAEForPreTraining(config)
+    for token in (model.vit.embeddings.cls_token, model.decoder.mask_token):
+        assert abs(token.std().item() - 0.02) < 0.004 and abs(token.mean().item()) < 0.01
+    projection = model.vit.embeddings.patch_embeddings.projection.weight
+    fan_in, fan_out = projection[0].numel(), projection.shape[0]
+    bound = (6 / (fan_in + fan_out)) ** 0.5  # xavier_uniform on the flattened kernel
+    assert projection.abs().max() <= bound and projection.abs().max() > 0.9 * bound
+    # the dilated kernels (sum fusion) start at zero: the model starts as ViTMAE
+    assert all(p.abs().sum() == 0 for p in model.vit.embeddings.patch_embeddings.dilated_projections.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the dilated tokenizer
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel_size,rate,patch_size", [(4, 2, 4), (4, 3, 4), (3, 2, 4), (5, 3, 4)])
+def test_dilated_receptive_field_is_centred_on_its_patch(tiny_config_kwargs, kernel_size, rate, patch_size):
+    config = make_config(tiny_config_kwargs, dilation_rates=(rate,), dilated_kernel_size=kernel_size, num_channels=1)
+    patch_embeddings = DilatedViTMAEModel(config).embeddings.patch_embeddings
+    conv = patch_embeddings.dilated_projections[0]
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.zero_()
+    # token value = sum of the sampled column coordinates (+1, so that padding counts 0); use an interior patch
+    columns = torch.arange(1, 33, dtype=torch.float32).expand(1, 1, 32, 32)
+    tokens = patch_embeddings.dilated_tokens(columns)[0][0, :, 0].reshape(8, 8)
+    ones = patch_embeddings.dilated_tokens(torch.ones(1, 1, 32, 32))[0][0, :, 0].reshape(8, 8)
+    row, col = 4, 4
+    sampled_centre = (tokens[row, col] / ones[row, col]).item() - 1
+    patch_centre = col * patch_size + (patch_size - 1) / 2
+    total = (kernel_size - 1) * rate + 1 - patch_size
+    # centred exactly, or half a pixel after when the padding is odd
+    assert sampled_centre == pytest.approx(patch_centre + (0.5 if total % 2 else 0.0))
+    assert ones[row, col] == kernel_size * kernel_size  # every tap inside the image
+    assert centred_padding(kernel_size, rate, patch_size) == (total // 2, total - total // 2)
+
+
+def test_gathered_dilated_tokens_equal_full_convolution(tiny_config_kwargs):
+    config = make_config(tiny_config_kwargs, dilation_rates=(2, 3))
+    patch_embeddings = DilatedViTMAEModel(config).embeddings.patch_embeddings
+    randomize_dilated_branches(patch_embeddings)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    ids_keep, _, _ = random_masking_indices(torch.rand(2, 64), 16)
+    full = patch_embeddings.dilated_tokens(pixel_values)
+    gathered = patch_embeddings.dilated_tokens(pixel_values, ids_keep)
+    for full_branch, gathered_branch in zip(full, gathered):
+        expected = torch.gather(full_branch, 1, ids_keep.unsqueeze(-1).expand(-1, -1, 32))
+        torch.testing.assert_close(gathered_branch, expected, atol=1e-5, rtol=1e-5)
+
+
+def masked_pixel_perturbation(model, pixel_values, noise):
+    """The same images with every masked patch replaced by noise, and the patches' mask."""
+    mask = model(pixel_values, noise=noise).mask
+    pixel_mask = mask.reshape(-1, 1, 8, 1, 8, 1).expand(-1, 3, -1, 4, -1, 4).reshape(pixel_values.shape)
+    return torch.where(pixel_mask.bool(), torch.randn_like(pixel_values) * 3, pixel_values)
+
+
+@pytest.mark.parametrize("masking_mode", ["drop", "mask_token"])
+def test_visible_context_does_not_leak_masked_pixels(tiny_config_kwargs, masking_mode):
+    config = make_config(tiny_config_kwargs, dilation_rates=(2, 3), dilated_context="visible", masking_mode=masking_mode)
+    model = DilatedViTMAEModel(config).eval()
+    randomize_dilated_branches(model)
+    pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    perturbed = masked_pixel_perturbation(model, pixel_values, noise)
+    assert not torch.equal(perturbed, pixel_values)
+    torch.testing.assert_close(
+        model(perturbed, noise=noise).last_hidden_state, model(pixel_values, noise=noise).last_hidden_state
+    )
+
+
+@pytest.mark.parametrize("masking_mode", ["drop", "mask_token"])
+def test_full_context_sees_masked_pixels(tiny_config_kwargs, masking_mode):
+    config = make_config(tiny_config_kwargs, dilation_rates=(2,), dilated_context="full", masking_mode=masking_mode)
+    model = DilatedViTMAEModel(config).eval()
+    randomize_dilated_branches(model)
+    pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    perturbed = masked_pixel_perturbation(model, pixel_values, noise)
+    difference = model(perturbed, noise=noise).last_hidden_state - model(pixel_values, noise=noise).last_hidden_state
+    assert difference.abs().max() > 1e-2
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# parity with transformers' ViTMAE
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["vitmae", "sum_full", "sum_visible", "concat_full"])
+def test_vit_mae_checkpoint_loads_and_reproduces_vit_mae(tiny_config_kwargs, tmp_path, variant):
+    reference = vit_mae_random_checkpoint(tiny_config_kwargs, tmp_path)
+    overrides = VARIANTS[variant]
+    model, info = DilatedViTMAEForPreTraining.from_pretrained(tmp_path, output_loading_info=True, **overrides)
+    model.eval()
+    new = {"vit.embeddings.patch_embeddings.dilated_projections.%d.%s" % (i, p) for i in range(len(overrides["dilation_rates"])) for p in ("weight", "bias")}
+    if overrides.get("dilated_fusion") == "concat":
+        new |= {"vit.embeddings.patch_embeddings.fusion.weight", "vit.embeddings.patch_embeddings.fusion.bias"}
+    assert set(info["missing_keys"]) == new
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert model.config.model_type == "dilated_vit_mae"
+
+    pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    expected, actual = reference(pixel_values, noise=noise), model(pixel_values, noise=noise)
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(actual.loss, expected.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(actual.mask, expected.mask)
+    torch.testing.assert_close(actual.ids_restore, expected.ids_restore)
+
+
+def test_facebook_key_layout_loads(tiny_config_kwargs, tmp_path):
+    """facebook/vit-mae-* files name the decoder blocks `decoder.decoder_layers.N` (transformers 5 writes another)."""
+    reference = vit_mae_random_checkpoint(tiny_config_kwargs, tmp_path)
+    state_dict = safetensors.torch.load_file(tmp_path / "model.safetensors")
+    renamed = {k.replace("decoder.decoder_encoder.layer.", "decoder.decoder_layers."): v for k, v in state_dict.items()}
+    assert any("decoder.decoder_layers.0.attention.attention.query" in k for k in renamed)
+    safetensors.torch.save_file(renamed, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model, info = DilatedViTMAEForPreTraining.from_pretrained(tmp_path, output_loading_info=True, dilation_rates=())
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    pixel_values, noise = torch.randn(1, 3, 32, 32), torch.rand(1, 64)
+    torch.testing.assert_close(model.eval()(pixel_values, noise=noise).logits, reference(pixel_values, noise=noise).logits)
+
+
+def test_vit_mae_encoder_loads_into_model(tiny_config_kwargs, tmp_path):
+    reference = ViTMAEModel(ViTMAEConfig(**tiny_config_kwargs))
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.copy_(torch.randn_like(param) * 0.1)
+    reference.save_pretrained(tmp_path)
+    model, info = DilatedViTMAEModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert {k.split(".")[-3] for k in info["missing_keys"]} == {"dilated_projections"}
+    pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    torch.testing.assert_close(
+        model.eval()(pixel_values, noise=noise).last_hidden_state,
+        reference.eval()(pixel_values, noise=noise).last_hidden_state,
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+def test_save_load_round_trip_keeps_outputs_and_key_layout(tiny_config_kwargs, tmp_path):
+    model = DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, dilation_rates=(2, 3))).eval()
+    randomize_dilated_branches(model)
+    model.save_pretrained(tmp_path)
+    keys = safetensors.torch.load_file(tmp_path / "model.safetensors").keys()
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in keys
+    assert "decoder.decoder_layers.0.intermediate.dense.weight" in keys
+    loaded, info = DilatedViTMAEForPreTraining.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert loaded.config.dilation_rates == [2, 3]
+    pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    torch.testing.assert_close(loaded.eval()(pixel_values, noise=noise).logits, model(pixel_values, noise=noise).logits)
+    # a second save after loading keeps the same layout
+    loaded.save_pretrained(tmp_path / "again")
+    assert safetensors.torch.load_file(tmp_path / "again" / "model.safetensors").keys() == keys
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# attention backends, training
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_eager_and_sdpa_agree_and_attentions_are_real(tiny_config_kwargs):
+    config = make_config(tiny_config_kwargs, dilation_rates=(2,))
+    eager = DilatedViTMAEForPreTraining._from_config(config, attn_implementation="eager").eval()
+    sdpa = DilatedViTMAEForPreTraining._from_config(config, attn_implementation="sdpa").eval()
+    sdpa.load_state_dict(eager.state_dict())
+    assert sdpa.config._attn_implementation == "sdpa"
+    pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    torch.testing.assert_close(sdpa(pixel_values, noise=noise).logits, eager(pixel_values, noise=noise).logits, atol=1e-5, rtol=1e-5)
+    attentions = sdpa(pixel_values, noise=noise, output_attentions=True).attentions
+    assert len(attentions) == 2 and attentions[0].shape == (2, 4, 17, 17)
+    torch.testing.assert_close(attentions[0].sum(-1), torch.ones(2, 4, 17))
+    torch.testing.assert_close(attentions[0], eager(pixel_values, noise=noise, output_attentions=True).attentions[0])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config):
+    model = DilatedViTMAEForPreTraining(tiny_config).train()
+    pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+
+    def gradients():
+        model.zero_grad()
+        model(pixel_values, noise=noise).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = gradients()
+    # `activation_checkpointing_enable` is the new name (transformers >= 5.2x) of `gradient_checkpointing_enable`
+    getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    assert model.vit.encoder.layer[0].gradient_checkpointing
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5)
+
+
+def test_gradients_finite_and_reach_dilated_branches(tiny_config):
+    model = DilatedViTMAEForPreTraining(tiny_config).train()
+    model(torch.randn(2, 3, 32, 32)).loss.backward()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    # zero-initialised dilated kernels still receive a gradient, so they learn from the first step
+    assert model.vit.embeddings.patch_embeddings.dilated_projections[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", ["sum_full", "concat_full", "mask_token_visible"])
+def test_loss_falls_when_overfitting_one_batch(tiny_config_kwargs, variant):
+    model = DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, **VARIANTS[variant])).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    # smooth images (random 8x8 upsampled), so that masked patches are predictable from visible ones
+    pixel_values = torch.nn.functional.interpolate(torch.randn(4, 3, 8, 8), size=32, mode="bilinear")
+    noise = torch.rand(4, 64)
+    losses = []
+    for _ in range(40):
+        loss = model(pixel_values, noise=noise).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.slow
+def test_torch_compile_training_step(tiny_config):
+    model = DilatedViTMAEForPreTraining(tiny_config).train()
+    compiled = torch.compile(model, backend="inductor")
+    pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    eager_loss = model(pixel_values, noise=noise).loss
+    compiled_loss = compiled(pixel_values, noise=noise).loss
+    compiled_loss.backward()
+    torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-5)
+    assert model.vit.embeddings.patch_embeddings.projection.weight.grad is not None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# other images, heads, bad input
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_non_square_images_tuple_patches_and_greyscale(tiny_config_kwargs):
+    config = make_config(tiny_config_kwargs, image_size=(32, 48), patch_size=(4, 8), num_channels=1, dilation_rates=(2,))
+    model = DilatedViTMAEForPreTraining(config).eval()
+    pixel_values = torch.randn(2, 1, 32, 48)
+    outputs = model(pixel_values)
+    assert outputs.logits.shape == (2, 48, 32)
+    assert model.unpatchify(outputs.logits).shape == pixel_values.shape
+
+
+def test_interpolate_pos_encoding_for_other_resolutions(tiny_config):
+    model = DilatedViTMAEForPreTraining(tiny_config).eval()
+    pixel_values = torch.randn(1, 3, 48, 40)
+    with pytest.raises(ValueError, match="interpolate_pos_encoding"):
+        model(pixel_values)
+    outputs = model(pixel_values, interpolate_pos_encoding=True)
+    assert outputs.logits.shape == (1, 12 * 10, 48) and torch.isfinite(outputs.loss)
+    assert model.unpatchify(outputs.logits, original_image_size=(48, 40)).shape == pixel_values.shape
+    # at the training resolution, interpolation is the identity
+    noise = torch.rand(1, 64)
+    same = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(model(same, noise=noise, interpolate_pos_encoding=True).logits, model(same, noise=noise).logits)
+
+
+def test_bad_inputs_raise_clear_errors(tiny_config):
+    model = DilatedViTMAEForPreTraining(tiny_config).eval()
+    with pytest.raises(ValueError, match="4 channels but the model expects 3"):
+        model(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        model(torch.randn(1, 3, 30, 32), interpolate_pos_encoding=True)
+    with pytest.raises(ValueError, match=r"doesn't match model \(32\*32\)"):
+        model(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="`noise` must have shape"):
+        model(torch.randn(2, 3, 32, 32), noise=torch.rand(2, 63))
+    with pytest.raises(ValueError, match="mask_ratio"):
+        model(torch.randn(1, 3, 32, 32), mask_ratio=1.0)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(image_size=30), "does not divide `image_size`"),
+        (dict(mask_ratio=1.0), "mask_ratio"),
+        (dict(mask_ratio=-0.1), "mask_ratio"),
+        (dict(dilation_rates=(1,)), "rate 1 repeats the dense branch"),
+        (dict(dilation_rates=(2, 2)), "must not repeat"),
+        (dict(dilated_kernel_size=1), "cannot be centred on the patch grid"),
+        (dict(dilated_fusion="max"), "dilated_fusion"),
+        (dict(dilated_context="hidden"), "dilated_context"),
+        (dict(masking_mode="simmim"), "masking_mode"),
+        (dict(hidden_size=30, num_attention_heads=3), "multiple of 4"),
+        (dict(patch_size=(4, 4, 4)), "pair of ints"),
+    ],
+)
+def test_invalid_configs_are_rejected(tiny_config_kwargs, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(tiny_config_kwargs, **overrides)
+
+
+@pytest.mark.parametrize(
+    "problem_type,labels",
+    [
+        ("multi_label_classification", torch.randint(0, 2, (3, 40)).float()),
+        ("single_label_classification", torch.randint(0, 40, (3,))),
+    ],
+)
+def test_image_classification_losses(tiny_config_kwargs, problem_type, labels):
+    config = make_config(tiny_config_kwargs, num_labels=40, problem_type=problem_type, classifier_pooling="mean")
+    model = DilatedViTMAEForImageClassification(config).eval()
+    pixel_values = torch.randn(3, 3, 32, 32)
+    outputs = model(pixel_values, labels=labels)
+    assert outputs.logits.shape == (3, 40)
+    if problem_type == "multi_label_classification":
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(outputs.logits, labels)
+    else:
+        expected = torch.nn.functional.cross_entropy(outputs.logits, labels)
+    torch.testing.assert_close(outputs.loss, expected)
+    # no masking: the whole image, deterministically
+    torch.testing.assert_close(model(pixel_values).logits, outputs.logits, rtol=0, atol=0)
+    features = model.vit(pixel_values, mask_ratio=0.0).last_hidden_state
+    torch.testing.assert_close(model.classifier(features[:, 1:].mean(1)), outputs.logits)
+
+
+def test_classifier_loads_pretraining_checkpoint(tiny_config, tmp_path):
+    DilatedViTMAEForPreTraining(tiny_config).save_pretrained(tmp_path)
+    model, info = DilatedViTMAEForImageClassification.from_pretrained(tmp_path, num_labels=5, output_loading_info=True)
+    assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
+    assert not info["unexpected_keys"]
+    assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 5)
