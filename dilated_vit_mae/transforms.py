@@ -1,0 +1,617 @@
+"""
+MAE data augmentation without torchvision.
+
+`MAETrainTransform` is the pre-training augmentation of facebookresearch/mae (`main_pretrain.py`):
+`RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=bicubic)`, `RandomHorizontalFlip()`, `ToTensor()`,
+`Normalize(mean, std)`, written with PIL and torch only. Its random draws are torchvision's, in torchvision's order,
+so the same torch seed picks the same crops and flips. `MAEEvalTransform` is the deterministic resize-shortest-edge +
+centre-crop of the image processor. Both are plain picklable classes, usable in `DataLoader` workers and through
+[`MAEBatchTransform`] with `datasets.Dataset.set_transform`; [`MAECollator`] stacks the results.
+
+```python
+>>> from torch.utils.data import DataLoader
+>>> from dilated_vit_mae.data import load_celeba
+>>> from dilated_vit_mae.transforms import MAEBatchTransform, MAECollator, MAETrainTransform
+>>> train = load_celeba("data/celeba_sample")["train"]
+>>> train.set_transform(MAEBatchTransform(MAETrainTransform(224), label_columns=["Smiling"]))
+>>> loader = DataLoader(train, batch_size=8, shuffle=True, collate_fn=MAECollator(label_columns=["Smiling"]))
+>>> batch = next(iter(loader))
+>>> batch["pixel_values"].shape, batch["labels"].shape
+(torch.Size([8, 3, 224, 224]), torch.Size([8, 1]))
+```
+"""
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torch.utils.data import get_worker_info
+
+__all__ = [
+    "IMAGENET_DEFAULT_MEAN",
+    "IMAGENET_DEFAULT_STD",
+    "MAEBatchTransform",
+    "MAECollator",
+    "MAEEvalTransform",
+    "MAETrainTransform",
+    "collate_fn",
+    "random_resized_crop_params",
+]
+
+# The normalisation of facebookresearch/mae and of the `facebook/vit-mae-*` preprocessor configs.
+IMAGENET_DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+ImageInput = PIL.Image.Image | np.ndarray | str | os.PathLike | dict
+
+
+def random_resized_crop_params(
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int]:
+    """
+    Sample the crop box of `RandomResizedCrop`: an area fraction uniform in `scale` and a log-uniform aspect ratio
+    (width / height) in `ratio`; up to 10 attempts, then a centre crop clamped to `ratio`.
+
+    Adapted from torchvision's `RandomResizedCrop.get_params`
+    (https://github.com/pytorch/vision/blob/v0.20.0/torchvision/transforms/transforms.py#L943), with the same random
+    draws in the same order, so a generator in the same state gives the same box.
+
+    Args:
+        height (`int`), width (`int`):
+            Size of the image to crop.
+        scale (`tuple[float, float]`, *optional*, defaults to `(0.2, 1.0)`):
+            Range of the crop area as a fraction of the image area.
+        ratio (`tuple[float, float]`, *optional*, defaults to `(3/4, 4/3)`):
+            Range of the crop aspect ratio (width / height).
+        generator (`torch.Generator`, *optional*):
+            Source of randomness; the global torch RNG when `None`.
+
+    Returns:
+        `tuple[int, int, int, int]`: `(top, left, crop_height, crop_width)`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dilated_vit_mae.transforms import random_resized_crop_params
+    >>> generator = torch.Generator().manual_seed(0)
+    >>> top, left, crop_height, crop_width = random_resized_crop_params(218, 178, generator=generator)
+    ```
+    """
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect_ratio = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
+        crop_width = int(round(math.sqrt(target_area * aspect_ratio)))
+        crop_height = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            top = torch.randint(0, height - crop_height + 1, size=(1,), generator=generator).item()
+            left = torch.randint(0, width - crop_width + 1, size=(1,), generator=generator).item()
+            return top, left, crop_height, crop_width
+
+    # fallback to a centre crop with the aspect ratio clamped into `ratio`
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        crop_width = width
+        crop_height = int(round(crop_width / min(ratio)))
+    elif in_ratio > max(ratio):
+        crop_height = height
+        crop_width = int(round(crop_height * max(ratio)))
+    else:  # whole image
+        crop_width, crop_height = width, height
+    return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
+
+
+class MAETrainTransform:
+    r"""
+    MAE pre-training augmentation: random resized crop (bicubic), random horizontal flip, rescale to [0, 1],
+    normalise. Takes a PIL image (or see [`MAEEvalTransform`] for the other accepted inputs) and returns a
+    `torch.FloatTensor` of shape `(num_channels, height, width)`.
+
+    The crop is resized straight from the source box with `PIL.Image.resize(..., box=...)`, one resampling pass
+    instead of crop-then-resize; unlike torchvision's crop-then-resize, the filter may read pixels just outside the
+    box, which changes border pixels slightly and nothing else.
+
+    Randomness, in order of precedence: the `generator` passed to `__call__`; the transform's own generator when
+    `seed` is set (inside a `DataLoader` worker it is re-seeded once from `seed` and the worker's seed, so workers
+    and epochs differ and a seeded `DataLoader` is reproducible); otherwise the global torch RNG, which `DataLoader`
+    already seeds per worker and per epoch.
+
+    Args:
+        size (`int` or `tuple[int, int]`, *optional*, defaults to 224):
+            Output size; an int gives a square, a tuple is `(height, width)`.
+        image_mean (`Sequence[float]`, *optional*, defaults to `IMAGENET_DEFAULT_MEAN`):
+            Per-channel mean subtracted after rescaling; one value per channel.
+        image_std (`Sequence[float]`, *optional*, defaults to `IMAGENET_DEFAULT_STD`):
+            Per-channel standard deviation divided by after subtracting the mean.
+        num_channels (`int`, *optional*, defaults to 3):
+            3 converts inputs to RGB, 1 to greyscale (`L`); transparent pixels are composited over white first.
+        scale (`tuple[float, float]`, *optional*, defaults to `(0.2, 1.0)`):
+            Range of the crop area as a fraction of the image area (MAE uses 0.2-1.0, not torchvision's 0.08).
+        ratio (`tuple[float, float]`, *optional*, defaults to `(3/4, 4/3)`):
+            Range of the crop aspect ratio (width / height).
+        flip_prob (`float`, *optional*, defaults to 0.5):
+            Probability of a horizontal flip.
+        resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BICUBIC`):
+            PIL resampling filter.
+        rescale_factor (`float`, *optional*, defaults to `1/255`):
+            Factor applied to the 0..255 pixel values before normalising.
+        seed (`int`, *optional*):
+            Seed of the transform's own generator.
+
+    Example:
+
+    ```python
+    >>> import PIL.Image
+    >>> from dilated_vit_mae.transforms import MAETrainTransform
+    >>> transform = MAETrainTransform(224, seed=0)
+    >>> transform(PIL.Image.new("RGB", (178, 218))).shape
+    torch.Size([3, 224, 224])
+    ```
+    """
+
+    def __init__(
+        self,
+        size: int | tuple[int, int] = 224,
+        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        num_channels: int = 3,
+        scale: tuple[float, float] = (0.2, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_prob: float = 0.5,
+        resample: int = PIL.Image.Resampling.BICUBIC,
+        rescale_factor: float = 1 / 255,
+        seed: int | None = None,
+    ) -> None:
+        self.size = _check_size(size)
+        self.num_channels = _check_num_channels(num_channels)
+        self.image_mean, self.image_std = _check_mean_std(image_mean, image_std, num_channels)
+        for name, (low, high) in (("scale", scale), ("ratio", ratio)):
+            if not 0 < low <= high:
+                raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high, got {(low, high)!r}.")
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"`flip_prob` must be in [0, 1], got {flip_prob!r}.")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.flip_prob = float(flip_prob)
+        self.resample = resample
+        self.rescale_factor = _check_rescale_factor(rescale_factor)
+        self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self._worker_key: tuple[int, int] | None = None
+
+    def __call__(self, image: ImageInput, generator: torch.Generator | None = None) -> torch.Tensor:
+        """
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, path or `{"bytes", "path"}` dict):
+                The image to augment.
+            generator (`torch.Generator`, *optional*):
+                Source of randomness for this call, overriding the transform's own.
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_channels, height, width)`.
+        """
+        image = _prepare_image(image, self.num_channels)
+        generator = generator if generator is not None else self._worker_generator()
+        top, left, crop_height, crop_width = random_resized_crop_params(
+            image.height, image.width, self.scale, self.ratio, generator
+        )
+        # torchvision's RandomHorizontalFlip: `if torch.rand(1) < self.p`, drawn after the crop
+        flip = torch.rand(1, generator=generator).item() < self.flip_prob
+        height, width = self.size
+        image = image.resize(
+            (width, height), self.resample, box=(left, top, left + crop_width, top + crop_height)
+        )
+        if flip:
+            image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
+        return _to_normalized_tensor(image, self.image_mean, self.image_std, self.rescale_factor)
+
+    def _worker_generator(self) -> torch.Generator | None:
+        if self._generator is None:
+            return None
+        worker_info = get_worker_info()
+        if worker_info is not None and self._worker_key != (worker_info.id, worker_info.seed):
+            # Every worker starts from a pickled copy of the same generator: without re-seeding, all workers (and
+            # every epoch without persistent workers) would draw the same crops.
+            self._generator.manual_seed((self.seed * 0x9E3779B97F4A7C15 + worker_info.seed) % 2**63)
+            self._worker_key = (worker_info.id, worker_info.seed)
+        return self._generator
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+            f"flip_prob={self.flip_prob}, num_channels={self.num_channels}, seed={self.seed})"
+        )
+
+
+class MAEEvalTransform:
+    r"""
+    Deterministic evaluation transform, the same as the image processor (`DilatedViTMAEImageProcessor`, or
+    transformers' PIL processors) with its defaults: resize the shortest edge to `resize_size` (the longer edge's new
+    length is truncated, as in transformers' `get_resize_output_image_size`), centre-crop to `size` (offsets rounded
+    down, as in transformers' `center_crop`; a crop larger than the resized image is padded with black, as there),
+    rescale, normalise. [`~MAEEvalTransform.from_image_processor`] copies a processor's settings.
+
+    Accepted inputs: a `PIL.Image.Image`; a uint8 `np.ndarray` of shape `(height, width)` or `(height, width,
+    channels)`; a file path; or a `{"bytes": ..., "path": ...}` dict as stored by `datasets.Image(decode=False)`. Other
+    types raise `TypeError`; an unreadable file raises `ValueError` naming it.
+
+    Args:
+        size (`int` or `tuple[int, int]`, *optional*, defaults to 224):
+            Output (crop) size; an int gives a square, a tuple is `(height, width)`.
+        image_mean (`Sequence[float]`, *optional*, defaults to `IMAGENET_DEFAULT_MEAN`):
+            Per-channel mean subtracted after rescaling.
+        image_std (`Sequence[float]`, *optional*, defaults to `IMAGENET_DEFAULT_STD`):
+            Per-channel standard deviation.
+        num_channels (`int`, *optional*, defaults to 3):
+            3 for RGB, 1 for greyscale.
+        resize_size (`int` or `tuple[int, int]`, *optional*):
+            An int is the length of the shortest edge after resizing (the processor's `{"shortest_edge": s}`); a
+            `(height, width)` pair resizes to exactly that size (`{"height": h, "width": w}`). Defaults to
+            `max(size)` as shortest edge, which is the crop size itself for a square (224 -> 224). MAE's linear-probe
+            evaluation uses 256 for a 224 crop.
+        resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BICUBIC`):
+            PIL resampling filter.
+        rescale_factor (`float`, *optional*, defaults to `1/255`):
+            Factor applied to the 0..255 pixel values before normalising.
+
+    Example:
+
+    ```python
+    >>> import PIL.Image
+    >>> from dilated_vit_mae.transforms import MAEEvalTransform
+    >>> MAEEvalTransform(224)(PIL.Image.new("RGB", (178, 218))).shape
+    torch.Size([3, 224, 224])
+    ```
+    """
+
+    def __init__(
+        self,
+        size: int | tuple[int, int] = 224,
+        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        num_channels: int = 3,
+        resize_size: int | tuple[int, int] | None = None,
+        resample: int = PIL.Image.Resampling.BICUBIC,
+        rescale_factor: float = 1 / 255,
+    ) -> None:
+        self.size = _check_size(size)
+        self.num_channels = _check_num_channels(num_channels)
+        self.image_mean, self.image_std = _check_mean_std(image_mean, image_std, num_channels)
+        if resize_size is None:
+            resize_size = max(self.size)
+        if isinstance(resize_size, int) and not isinstance(resize_size, bool):
+            if resize_size <= 0:
+                raise ValueError(f"`resize_size` must be positive, got {resize_size!r}.")
+        else:
+            try:
+                resize_size = _check_size(resize_size)
+            except ValueError:
+                raise ValueError(
+                    f"`resize_size` must be an int (shortest edge) or a (height, width) pair, got {resize_size!r}."
+                ) from None
+        self.resize_size = resize_size
+        self.resample = resample
+        self.rescale_factor = _check_rescale_factor(rescale_factor)
+
+    @classmethod
+    def from_image_processor(cls, image_processor: Any, **kwargs) -> "MAEEvalTransform":
+        """
+        Build the transform from an image processor (`DilatedViTMAEImageProcessor` or a transformers processor with
+        the same attributes): `size` (`shortest_edge`, or `height`/`width`), `crop_size`, `do_center_crop`,
+        `resample`, `do_rescale` / `rescale_factor`, `do_normalize` / `image_mean` / `image_std`. `kwargs` override
+        the resulting constructor arguments.
+
+        Example:
+
+        ```python
+        >>> from dilated_vit_mae import DilatedViTMAEImageProcessor
+        >>> from dilated_vit_mae.transforms import MAEEvalTransform
+        >>> MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor())
+        MAEEvalTransform(size=(224, 224), resize_size=224, num_channels=3)
+        ```
+        """
+        if not getattr(image_processor, "do_resize", True):
+            raise ValueError(
+                "MAEEvalTransform always resizes, got an image processor with do_resize=False. Set do_resize=True."
+            )
+        size = _as_dict(getattr(image_processor, "size", None))
+        if size.get("shortest_edge"):
+            resize_size = size["shortest_edge"]
+        elif size.get("height") and size.get("width"):
+            resize_size = (size["height"], size["width"])
+        else:
+            raise ValueError(f"The image processor's `size` needs `shortest_edge` or `height`/`width`, got {size!r}.")
+        crop_size = _as_dict(getattr(image_processor, "crop_size", None))
+        if getattr(image_processor, "do_center_crop", bool(crop_size)):
+            output_size = (crop_size["height"], crop_size["width"])
+        elif isinstance(resize_size, tuple):
+            output_size = resize_size  # the centre crop of an exact resize to the same size is the identity
+        else:
+            raise ValueError(
+                "MAEEvalTransform gives a fixed output size, got an image processor that resizes the shortest edge "
+                "without a centre crop. Set do_center_crop=True or size={'height': h, 'width': w}."
+            )
+        mean = list(getattr(image_processor, "image_mean", None) or IMAGENET_DEFAULT_MEAN)
+        std = list(getattr(image_processor, "image_std", None) or IMAGENET_DEFAULT_STD)
+        num_channels = getattr(image_processor, "num_channels", None) or len(mean)
+        if not getattr(image_processor, "do_normalize", True):
+            mean, std = [0.0] * num_channels, [1.0] * num_channels
+        values = {
+            "size": output_size,
+            "image_mean": mean,
+            "image_std": std,
+            "num_channels": num_channels,
+            "resize_size": resize_size,
+            "resample": int(getattr(image_processor, "resample", None) or PIL.Image.Resampling.BICUBIC),
+            "rescale_factor": getattr(image_processor, "rescale_factor", 1 / 255)
+            if getattr(image_processor, "do_rescale", True)
+            else 1.0,
+        }
+        values.update(kwargs)
+        return cls(**values)
+
+    def __call__(self, image: ImageInput) -> torch.Tensor:
+        """
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, path or `{"bytes", "path"}` dict):
+                The image to transform.
+
+        Returns:
+            `torch.FloatTensor` of shape `(num_channels, height, width)`.
+        """
+        image = _prepare_image(image, self.num_channels)
+        if isinstance(self.resize_size, tuple):
+            new_height, new_width = self.resize_size
+        else:
+            # resize the shortest edge, keeping the aspect ratio (transformers' `get_resize_output_image_size`)
+            short, long = sorted((image.width, image.height))
+            new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+            new_width, new_height = (new_short, new_long) if image.width <= image.height else (new_long, new_short)
+        image = image.resize((new_width, new_height), self.resample)
+        # centre crop; PIL fills a crop larger than the image with black
+        height, width = self.size
+        top, left = (new_height - height) // 2, (new_width - width) // 2
+        image = image.crop((left, top, left + width, top + height))
+        return _to_normalized_tensor(image, self.image_mean, self.image_std, self.rescale_factor)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(size={self.size}, resize_size={self.resize_size}, "
+            f"num_channels={self.num_channels})"
+        )
+
+
+class MAEBatchTransform:
+    """
+    Turn a per-image transform into a batch function for `datasets.Dataset.set_transform` / `with_transform`.
+
+    Input: a batch dict whose `image_column` holds images (PIL images, or `{"bytes", "path"}` dicts when the column is
+    cast to `datasets.Image(decode=False)`, which lets the transform name an unreadable file instead of failing inside
+    `datasets`' decoding). Output: `{"pixel_values": [tensor, ...]}` plus the `label_columns`, passed through.
+
+    Args:
+        transform (`MAETrainTransform`, `MAEEvalTransform` or any picklable callable):
+            Applied to each image.
+        image_column (`str`, *optional*, defaults to `"image"`):
+            Column holding the images.
+        label_columns (`Sequence[str]`, *optional*):
+            Columns passed through unchanged (e.g. CelebA attributes).
+
+    Example:
+
+    ```python
+    >>> from dilated_vit_mae.data import load_celeba
+    >>> from dilated_vit_mae.transforms import MAEBatchTransform, MAEEvalTransform
+    >>> test = load_celeba("data/celeba_sample")["test"]
+    >>> test.set_transform(MAEBatchTransform(MAEEvalTransform(224), label_columns=["Male"]))
+    >>> sorted(test[0])
+    ['Male', 'pixel_values']
+    ```
+    """
+
+    def __init__(self, transform: Any, image_column: str = "image", label_columns: Sequence[str] | None = None):
+        if not callable(transform):
+            raise TypeError(f"`transform` must be callable, got {type(transform).__name__}.")
+        if isinstance(label_columns, str):
+            raise ValueError(f"`label_columns` must be a sequence of column names, got the string {label_columns!r}.")
+        self.transform = transform
+        self.image_column = image_column
+        self.label_columns = tuple(label_columns or ())
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        missing = [c for c in (self.image_column, *self.label_columns) if c not in batch]
+        if missing:
+            raise KeyError(
+                f"Batch has no column(s) {missing}; it has {sorted(batch)}. Pass the right `image_column` / "
+                "`label_columns`, or include them in `set_transform(..., columns=...)`."
+            )
+        output = {"pixel_values": [self.transform(image) for image in batch[self.image_column]]}
+        output.update({column: batch[column] for column in self.label_columns})
+        return output
+
+
+class MAECollator:
+    """
+    `collate_fn` for a `DataLoader` over examples with `pixel_values` tensors: stacks them into `(batch_size,
+    num_channels, height, width)` and, if `label_columns` are given, stacks those columns into `labels` of shape
+    `(batch_size, len(label_columns))` (bools become 0/1), the multi-label target of an attribute classifier.
+
+    Args:
+        label_columns (`Sequence[str]`, *optional*):
+            Example keys to stack into `labels`, in this order.
+        labels_key (`str`, *optional*, defaults to `"labels"`):
+            Output key of the stacked labels.
+        labels_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`):
+            Dtype of the labels.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dilated_vit_mae.transforms import MAECollator
+    >>> batch = MAECollator(label_columns=["Smiling"])([{"pixel_values": torch.zeros(3, 8, 8), "Smiling": True}])
+    >>> batch["labels"]
+    tensor([[1.]])
+    ```
+    """
+
+    def __init__(
+        self,
+        label_columns: Sequence[str] | None = None,
+        labels_key: str = "labels",
+        labels_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if isinstance(label_columns, str):
+            raise ValueError(f"`label_columns` must be a sequence of column names, got the string {label_columns!r}.")
+        self.label_columns = tuple(label_columns or ())
+        self.labels_key = labels_key
+        self.labels_dtype = labels_dtype
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("Cannot collate an empty list of examples.")
+        batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
+        if self.label_columns:
+            labels = [[float(example[column]) for column in self.label_columns] for example in examples]
+            batch[self.labels_key] = torch.tensor(labels, dtype=self.labels_dtype)
+        return batch
+
+
+def collate_fn(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack `pixel_values` only; see [`MAECollator`] for labels."""
+    return MAECollator()(examples)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if (
+        not isinstance(size, Sequence)
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        raise ValueError(f"`size` must be a positive int or a (height, width) pair of positive ints, got {size!r}.")
+    return int(size[0]), int(size[1])
+
+
+def _check_num_channels(num_channels: int) -> int:
+    if num_channels not in (1, 3):
+        raise ValueError(f"`num_channels` must be 1 (greyscale) or 3 (RGB), got {num_channels!r}.")
+    return num_channels
+
+
+def _check_mean_std(
+    image_mean: Sequence[float], image_std: Sequence[float], num_channels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    mean = np.asarray(image_mean, dtype=np.float32).reshape(-1)
+    std = np.asarray(image_std, dtype=np.float32).reshape(-1)
+    if mean.size != num_channels or std.size != num_channels:
+        raise ValueError(
+            f"`image_mean` and `image_std` need one value per channel ({num_channels}), got {list(image_mean)!r} and "
+            f"{list(image_std)!r}."
+        )
+    if (std <= 0).any():
+        raise ValueError(f"`image_std` must be positive, got {list(image_std)!r}.")
+    # (C, 1, 1) to broadcast over (C, H, W)
+    return mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
+
+
+def _check_rescale_factor(rescale_factor: float) -> float:
+    if isinstance(rescale_factor, bool) or not isinstance(rescale_factor, (int, float)) or not rescale_factor > 0:
+        raise ValueError(f"`rescale_factor` must be a positive number such as 1/255, got {rescale_factor!r}.")
+    return float(rescale_factor)
+
+
+def _as_dict(size: Any) -> dict:
+    if size is None:
+        return {}
+    if isinstance(size, int):
+        return {"height": size, "width": size}
+    return {key: value for key, value in dict(size).items() if value is not None}
+
+
+def _prepare_image(image: ImageInput, num_channels: int) -> PIL.Image.Image:
+    """Open / check the input and convert it to `RGB` (3 channels) or `L` (1 channel)."""
+    name = None
+    if isinstance(image, dict):  # datasets.Image(decode=False)
+        data, name = image.get("bytes"), image.get("path")
+        if data is None and name is None:
+            raise ValueError(f"Image dict has neither 'bytes' nor 'path': {image!r}.")
+        source = io.BytesIO(data) if data is not None else name
+        name = name or "<in-memory bytes>"
+        image = _open(source, name)
+    elif isinstance(image, (str, os.PathLike)):
+        name = os.fspath(image)
+        image = _open(name, name)
+    elif isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise ValueError(
+                "A numpy image must be uint8 of shape (height, width) or (height, width, 1|3|4), got "
+                f"{image.dtype} of shape {image.shape}."
+            )
+        image = PIL.Image.fromarray(image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image)
+    elif not isinstance(image, PIL.Image.Image):
+        raise TypeError(
+            "Expected a PIL.Image.Image, a uint8 numpy array, a file path or a {'bytes', 'path'} dict, got "
+            f"{type(image).__name__}."
+        )
+    else:
+        try:
+            image.load()  # a lazily opened file fails here, not halfway through the pipeline
+        except Exception as error:
+            name = getattr(image, "filename", None) or "<PIL image>"
+            raise ValueError(f"Cannot decode image {name}: {type(error).__name__}: {error}") from error
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"Image {name or '(unnamed)'} is empty: {image.width}x{image.height} pixels.")
+
+    target_mode = "RGB" if num_channels == 3 else "L"
+    if image.mode == target_mode:
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        # composite over white like transformers' `convert_to_rgb` (converting drops alpha, keeping hidden colours)
+        rgba = image.convert("RGBA")
+        image = PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert(target_mode)
+
+
+def _open(source: Any, name: str) -> PIL.Image.Image:
+    try:
+        image = PIL.Image.open(source)
+        image.load()
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # PIL raises many types for a corrupt file
+        raise ValueError(f"Cannot decode image {name}: {type(error).__name__}: {error}") from error
+    return image
+
+
+def _to_normalized_tensor(
+    image: PIL.Image.Image, mean: np.ndarray, std: np.ndarray, rescale_factor: float
+) -> torch.Tensor:
+    array = np.asarray(image)  # (H, W) or (H, W, C) uint8
+    if array.ndim == 2:
+        array = array[:, :, None]
+    # (H, W, C) uint8 -> (C, H, W) float32 in one copy, then rescale and normalise in place, in float32 like the image
+    # processor. numpy rather than torch: torch would split these small ops over its intra-op threads, which costs
+    # 20x when the cores are busy (e.g. a training process next to the data pipeline).
+    pixel_values = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+    pixel_values *= np.float32(rescale_factor)
+    pixel_values -= mean
+    pixel_values /= std
+    return torch.from_numpy(pixel_values)

@@ -1,0 +1,283 @@
+"""End-to-end tests of `scripts/run_mae.py` on the shipped CelebA sample with a tiny model: a run in-process, exact
+resume after SIGKILL with two real CPU processes, SIGTERM (preemption), a non-finite loss, and bad arguments."""
+
+import importlib.util
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "scripts" / "run_mae.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("run_mae", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_config_kwargs):
+    """A config folder like configs/dilated-vit-mae-tiny-64, at 32 px."""
+    folder = tmp_path / "tiny-config"
+    folder.mkdir()
+    DilatedViTMAEConfig(**tiny_config_kwargs, norm_pix_loss=True).to_json_file(folder / "config.json")
+    DilatedViTMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).to_json_file(
+        folder / "preprocessor_config.json"
+    )
+    return folder
+
+
+def run_args(config_dir, output_dir, *extra) -> list[str]:
+    return [
+        "--config_name", str(config_dir),
+        "--output_dir", str(output_dir),
+        "--max_train_samples", "12",
+        "--max_eval_samples", "4",
+        "--per_device_train_batch_size", "4",
+        "--per_device_eval_batch_size", "4",
+        "--learning_rate", "1e-3",
+        "--num_train_epochs", "3",
+        "--seed", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+def read_log(output_dir) -> dict[int, dict]:
+    """The last logged entry of each step (a resumed run logs the steps after its checkpoint again)."""
+    entries = {}
+    for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if "train_loss" in entry:
+            entries[entry["step"]] = entry
+    return entries
+
+
+@pytest.fixture
+def reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def test_training_run_saves_a_loadable_hub_folder(tiny_model_dir, tmp_path, reset_accelerate):
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir, "--checkpoints_total_limit", "2")))
+
+    expected = {"config.json", "model.safetensors", "preprocessor_config.json", "configuration_dilated_vit_mae.py",
+                "modeling_dilated_vit_mae.py", "image_processing_dilated_vit_mae.py", "all_results.json"}  # fmt: skip
+    assert expected <= set(os.listdir(output_dir))
+    model = DilatedViTMAEForPreTraining.from_pretrained(output_dir)
+    assert model.config.hidden_size == 32 and model.config.norm_pix_loss
+    assert DilatedViTMAEImageProcessor.from_pretrained(output_dir).crop_size == {"height": 32, "width": 32}
+
+    log = read_log(output_dir)
+    assert sorted(log) == list(range(1, 10))  # 12 images / batch 4 = 3 steps x 3 epochs
+    assert all(entry["train_loss"] > 0 and entry["images_per_second"] > 0 for entry in log.values())
+    lrs = [log[step]["lr"] for step in sorted(log)]
+    assert max(lrs) <= 1e-3 and lrs[-1] < max(lrs)  # cosine decay
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["global_step"] == 9 and results["effective_batch_size"] == 4
+    assert 0 < results["eval_masked_patch_mse"] < 1 and results["eval_psnr"] > 0
+    assert (output_dir / "eval" / "reconstructions.png").is_file()
+    # epoch checkpoints, the oldest rotated out
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_6", "step_9"]
+    # a second run into the same folder must not silently mix with the first
+    with pytest.raises(FileExistsError, match="--resume_from_checkpoint latest"):
+        run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir)))
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
+    tiny_model_dir, tmp_path, monkeypatch, reset_accelerate
+):
+    run_mae = load_script()
+    original = DilatedViTMAEForPreTraining.forward_loss
+    calls = {"n": 0}
+
+    def loss_goes_nan_at_step_4(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if self.training and calls["n"] >= 4 else loss
+
+    monkeypatch.setattr(DilatedViTMAEForPreTraining, "forward_loss", loss_goes_nan_at_step_4)
+    output_dir = tmp_path / "out"
+    args = run_args(tiny_model_dir, output_dir, "--checkpointing_steps", "2", "--eval_every_epochs", "0")
+    with pytest.raises(RuntimeError, match=r"Loss is nan at step 4 .*step_2"):
+        run_mae.main(run_mae.parse_args(args))
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_2"]
+    assert not (output_dir / "model.safetensors").exists()
+
+
+def test_bad_arguments_are_rejected():
+    run_mae = load_script()
+    with pytest.raises(SystemExit):
+        run_mae.parse_args(["--streaming"])
+    with pytest.raises(SystemExit):
+        run_mae.parse_args(["--push_to_hub"])
+    with pytest.raises(SystemExit):
+        run_mae.parse_args(["--celeba_dir", "a", "--train_dir", "b"])
+    with pytest.raises(SystemExit):
+        run_mae.parse_args(["--checkpointing_steps", "often"])
+
+
+def accelerate_command(num_processes: int) -> list[str]:
+    if num_processes == 1:
+        return [sys.executable, str(SCRIPT)]
+    # `--cpu --num_processes 2` would start one process; this starts two gloo ranks
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+            str(random.randint(20000, 40000)), str(SCRIPT)]  # fmt: skip
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (torchrun starts its workers in sessions of their own, out of our group)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        tree.append(current)
+        stack.extend(children.get(current, []))
+    return tree
+
+
+def kill_tree(pid: int) -> None:
+    for victim in process_tree(pid):
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def launch_env() -> dict:
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run(command, timeout=600) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, env=launch_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result
+
+
+@pytest.mark.slow
+def test_two_processes_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_model_dir, tmp_path):
+    # 12 images, 2 processes x batch 2 = 4 per step: 3 steps an epoch, 4 epochs, a checkpoint every 2 steps
+    extra = ("--per_device_train_batch_size", "2", "--num_train_epochs", "4", "--checkpointing_steps", "2")
+    uninterrupted = tmp_path / "uninterrupted"
+    result = run(accelerate_command(2) + run_args(tiny_model_dir, uninterrupted, *extra))
+    output = result.stdout + result.stderr
+    assert "rank 0 finished: 12 steps" in output and "rank 1 finished: 12 steps" in output
+    checkpoint = uninterrupted / "checkpoints" / "step_12"
+    assert {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"} <= set(os.listdir(checkpoint))
+    assert len(list(checkpoint.rglob("*.safetensors"))) == 1  # the model written once, not once per rank
+
+    # the same run, killed (SIGKILL, every process) at an arbitrary moment after its first checkpoint
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        accelerate_command(2) + run_args(tiny_model_dir, killed, *extra),
+        env=launch_env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "step_2").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 0.3))
+    tree = process_tree(process.pid)
+    assert len(tree) >= 3, tree  # launcher and two ranks
+    kill_tree(process.pid)
+    process.wait()
+    time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2] for pid in tree)
+    assert not (killed / "model.safetensors").exists(), "the run finished before it was killed"
+    killed_at = max(read_log(killed))
+    assert killed_at < 12
+
+    run(accelerate_command(2) + run_args(tiny_model_dir, killed, *extra, "--resume_from_checkpoint", "latest"))
+    expected_log, resumed_log = read_log(uninterrupted), read_log(killed)
+    assert sorted(resumed_log) == sorted(expected_log) == list(range(1, 13))
+    for step in expected_log:
+        assert resumed_log[step]["train_loss"] == pytest.approx(expected_log[step]["train_loss"], rel=1e-6, abs=1e-7), step
+    expected = safetensors.torch.load_file(uninterrupted / "model.safetensors")
+    resumed = safetensors.torch.load_file(killed / "model.safetensors")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=1e-5, msg=f"{name} (killed at step {killed_at})")
+    assert DilatedViTMAEForPreTraining.from_pretrained(killed).config.hidden_size == 32
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_model_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    args = run_args(tiny_model_dir, output_dir, "--num_train_epochs", "50", "--checkpointing_steps", "no")
+    process = subprocess.Popen(
+        accelerate_command(1) + args, env=launch_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    log_path = output_dir / "train_log.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log_path.exists() and log_path.read_text().count("train_loss") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-4000:]
+    assert "SIGTERM: saved" in output
+    checkpoints = list((output_dir / "checkpoints").iterdir())
+    assert len(checkpoints) == 1
+    state = json.loads((checkpoints[0] / "trainer_state.json").read_text())
+    assert state["global_step"] == max(read_log(output_dir)) and state["global_step"] < 150
+    assert not (output_dir / "model.safetensors").exists()
+
+
+def test_run_stopped_mid_epoch_by_max_steps_resumes_in_that_epoch(tiny_model_dir, tmp_path, reset_accelerate):
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    common = ("--checkpointing_steps", "epoch", "--eval_every_epochs", "0")
+    run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir, *common, "--max_train_steps", "2")))
+    state = json.loads((output_dir / "checkpoints" / "step_2" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_done_in_epoch"]) == (0, 2)  # 3 batches an epoch: stopped inside epoch 0
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    args = run_args(tiny_model_dir, output_dir, *common, "--max_train_steps", "4", "--resume_from_checkpoint", "latest")
+    run_mae.main(run_mae.parse_args(args))
+    log = read_log(output_dir)
+    assert sorted(log) == [1, 2, 3, 4]
+    assert [log[step]["epoch"] for step in (3, 4)] == [0, 1]  # the third batch of epoch 0, then epoch 1
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_2", "step_3", "step_4"]  # 3 ends epoch 0
+
+
+@pytest.mark.slow
+def test_launch_that_would_train_independent_copies_is_refused(tiny_model_dir, tmp_path):
+    env = {k: v for k, v in launch_env().items() if not k.startswith("ACCELERATE_")}
+    config = REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
+               str(random.randint(20000, 40000)), str(SCRIPT)]  # fmt: skip
+    result = subprocess.run(
+        command + run_args(tiny_model_dir, tmp_path / "out"), env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
+    assert result.returncode != 0
+    assert "ACCELERATE_USE_CPU=true" in result.stdout + result.stderr

@@ -1,0 +1,281 @@
+"""Tests for `dilated_vit_mae.transforms` (torchvision-free MAE augmentation)."""
+
+import io
+import math
+import pickle
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from dilated_vit_mae.data import CELEBA_SAMPLE_DIR, load_celeba
+from dilated_vit_mae.transforms import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    MAEBatchTransform,
+    MAECollator,
+    MAEEvalTransform,
+    MAETrainTransform,
+    collate_fn,
+    random_resized_crop_params,
+)
+
+MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).reshape(3, 1, 1)
+STD = torch.tensor(IMAGENET_DEFAULT_STD).reshape(3, 1, 1)
+
+
+def face_like_image(width: int = 178, height: int = 218, seed: int = 0) -> PIL.Image.Image:
+    """A CelebA-sized RGB image with structure (a gradient) and noise, asymmetric left-right."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, width)[None, :, None] * np.ones((height, 1, 3))
+    pixels = np.clip(ramp * np.array([1.0, 0.6, 0.3]) + rng.normal(0, 20, (height, width, 3)), 0, 255)
+    return PIL.Image.fromarray(pixels.astype(np.uint8))
+
+
+def test_output_shapes_and_dtype():
+    image = face_like_image()
+    for transform, shape in [
+        (MAETrainTransform(224), (3, 224, 224)),
+        (MAETrainTransform((32, 48)), (3, 32, 48)),
+        (MAETrainTransform(32, image_mean=[0.5], image_std=[0.5], num_channels=1), (1, 32, 32)),
+        (MAEEvalTransform(224), (3, 224, 224)),
+        (MAEEvalTransform((64, 48)), (3, 64, 48)),
+        (MAEEvalTransform(32, image_mean=[0.5], image_std=[0.5], num_channels=1), (1, 32, 32)),
+    ]:
+        pixel_values = transform(image)
+        assert pixel_values.shape == shape and pixel_values.dtype == torch.float32
+        assert pixel_values.is_contiguous()
+
+
+def test_eval_transform_is_deterministic_and_matches_hand_computation():
+    image = face_like_image()
+    transform = MAEEvalTransform(224)
+    pixel_values = transform(image)
+    assert torch.equal(pixel_values, transform(image))
+
+    # shortest edge 178 -> 224, the other 218 -> int(224 * 218 / 178) = 274; centre crop 224 from the top (274-224)//2
+    resized = image.resize((224, 274), PIL.Image.Resampling.BICUBIC)
+    expected = np.asarray(resized, dtype=np.float64)[25 : 25 + 224, :, :] / 255.0
+    expected = (expected - np.array(IMAGENET_DEFAULT_MEAN)) / np.array(IMAGENET_DEFAULT_STD)
+    torch.testing.assert_close(pixel_values, torch.from_numpy(expected).permute(2, 0, 1).float(), atol=1e-5, rtol=0)
+
+
+def test_eval_transform_matches_transformers_pil_image_processor():
+    # CLIP's PIL processor does shortest-edge resize (bicubic) + centre crop + rescale + normalise, like ours
+    transformers = pytest.importorskip("transformers")
+    processor = transformers.CLIPImageProcessorPil(
+        image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD)
+    )
+    for image in (face_like_image(), face_like_image(301, 225, seed=1)):
+        expected = processor(image, return_tensors="pt")["pixel_values"][0]
+        torch.testing.assert_close(MAEEvalTransform(224)(image), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(MAEEvalTransform.from_image_processor(processor)(image), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "processor_kwargs",
+    [
+        {},
+        {"size": {"shortest_edge": 256}, "crop_size": 224},
+        {"size": {"height": 40, "width": 32}, "do_center_crop": False},
+        {"size": {"shortest_edge": 20}, "crop_size": {"height": 24, "width": 16}},  # crop wider than the image: padded
+        {"num_channels": 1, "resample": PIL.Image.Resampling.BILINEAR, "do_normalize": False},
+    ],
+)
+def test_eval_transform_matches_the_project_image_processor(processor_kwargs):
+    from dilated_vit_mae.image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+
+    processor = DilatedViTMAEImageProcessor(**processor_kwargs)
+    transform = MAEEvalTransform.from_image_processor(processor)
+    for image in (face_like_image(), face_like_image(301, 225, seed=1)):
+        expected = processor(image, return_tensors="pt")["pixel_values"][0]
+        torch.testing.assert_close(transform(image), expected, atol=1e-5, rtol=0)
+
+
+def test_train_transform_reproducible_with_seed_and_different_across_seeds():
+    image = face_like_image()
+    first = MAETrainTransform(64, seed=0)(image)
+    assert torch.equal(first, MAETrainTransform(64, seed=0)(image))
+    assert not torch.equal(first, MAETrainTransform(64, seed=1)(image))
+    # consecutive calls draw new crops
+    transform = MAETrainTransform(64, seed=0)
+    assert not torch.equal(transform(image), transform(image))
+    # a per-call generator overrides the transform's own
+    a = MAETrainTransform(64)(image, generator=torch.Generator().manual_seed(5))
+    b = MAETrainTransform(64, seed=123)(image, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    # without a seed, the global torch RNG decides (what DataLoader seeds per worker)
+    torch.manual_seed(7)
+    c = MAETrainTransform(64)(image)
+    torch.manual_seed(7)
+    assert torch.equal(c, MAETrainTransform(64)(image))
+
+
+def test_transform_pickles_with_generator_state():
+    image = face_like_image()
+    transform = MAETrainTransform(32, seed=3)
+    transform(image)
+    copy = pickle.loads(pickle.dumps(transform))
+    assert torch.equal(copy(image), transform(image))
+    assert isinstance(pickle.loads(pickle.dumps(MAEEvalTransform(32))), MAEEvalTransform)
+
+
+def test_crop_params_within_bounds():
+    generator = torch.Generator().manual_seed(0)
+    height, width = 218, 178
+    areas, ratios = [], []
+    for _ in range(3000):
+        top, left, crop_height, crop_width = random_resized_crop_params(
+            height, width, (0.2, 1.0), (3 / 4, 4 / 3), generator
+        )
+        assert 0 <= top and top + crop_height <= height and 0 <= left and left + crop_width <= width
+        areas.append(crop_height * crop_width / (height * width))
+        ratios.append(crop_width / crop_height)
+    areas, ratios = np.array(areas), np.array(ratios)
+    # integer rounding of the side lengths moves area and ratio a little past the bounds
+    assert areas.min() >= 0.2 - 0.01 and areas.max() <= 1.0
+    assert ratios.min() >= 3 / 4 - 0.02 and ratios.max() <= 4 / 3 + 0.02
+    assert areas.min() < 0.25 and areas.max() > 0.9  # the whole range is used
+    assert 0.5 < np.mean(areas) < 0.65  # uniform on [0.2, 1] minus rejected large crops
+
+
+def test_crop_params_fallback_is_clamped_centre_crop():
+    # no crop of >= 90% of a 10x1000 strip has a ratio in [3/4, 4/3]: 10 attempts fail, then the centre crop
+    generator = torch.Generator().manual_seed(0)
+    assert random_resized_crop_params(10, 1000, (0.9, 1.0), (3 / 4, 4 / 3), generator) == (0, 493, 10, 13)
+    assert random_resized_crop_params(1000, 10, (0.9, 1.0), (3 / 4, 4 / 3), generator) == (493, 0, 13, 10)
+    # ratio out of reach on a square: the widest allowed ratio, centred
+    assert random_resized_crop_params(100, 100, (1.0, 1.0), (2.0, 3.0), generator) == (25, 0, 50, 100)
+    # crops larger than the image never fit; the image's own ratio is allowed, so the fallback is the whole image
+    assert random_resized_crop_params(100, 80, (1.5, 2.0), (0.5, 2.0), generator) == (0, 0, 100, 80)
+
+
+def test_flip_happens_about_half_the_time():
+    image = face_like_image(64, 64)
+    # scale 1 and ratio 1 on a square: the crop is always the whole image, only the flip varies
+    common = dict(size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    plain = MAETrainTransform(**common, flip_prob=0.0)(image)
+    flipped = MAETrainTransform(**common, flip_prob=1.0)(image)
+    assert torch.equal(flipped, plain.flip(-1))
+    transform = MAETrainTransform(**common, seed=0)
+    outcomes = []
+    for _ in range(400):
+        output = transform(image)
+        assert torch.equal(output, plain) or torch.equal(output, flipped)
+        outcomes.append(torch.equal(output, flipped))
+    assert 0.42 < np.mean(outcomes) < 0.58
+
+
+class RepeatedImage(Dataset):
+    def __init__(self, image: PIL.Image.Image, transform: MAETrainTransform, length: int = 16):
+        self.image, self.transform, self.length = image, transform, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return {"pixel_values": self.transform(self.image)}
+
+
+@pytest.mark.parametrize("seed", [None, 0])
+def test_dataloader_with_two_workers(seed):
+    dataset = RepeatedImage(face_like_image(48, 48), MAETrainTransform(16, seed=seed))
+
+    def run() -> torch.Tensor:
+        loader = DataLoader(
+            dataset, batch_size=4, num_workers=2, collate_fn=collate_fn, generator=torch.Generator().manual_seed(0)
+        )
+        return torch.cat([batch["pixel_values"] for batch in loader])
+
+    first = run()
+    assert first.shape == (16, 3, 16, 16)
+    # workers must not repeat each other's augmentations (each starts from a copy of the transform)
+    assert len({tuple(x.flatten().tolist()) for x in first}) == 16
+    assert torch.equal(first, run())  # a seeded DataLoader is reproducible
+
+
+def test_batch_transform_and_collator_with_datasets_and_workers():
+    train = load_celeba(CELEBA_SAMPLE_DIR)["train"]
+    labels = ["Smiling", "Male"]
+    train.set_transform(MAEBatchTransform(MAETrainTransform(32), label_columns=labels))
+    loader = DataLoader(train, batch_size=8, num_workers=2, collate_fn=MAECollator(label_columns=labels))
+    batches = list(loader)
+    assert len(batches) == 5
+    batch = batches[0]
+    assert batch["pixel_values"].shape == (8, 3, 32, 32)
+    assert batch["labels"].shape == (8, 2) and batch["labels"].dtype == torch.float32
+    expected = [[float(train.with_format(None)[i][c]) for c in labels] for i in range(8)]
+    assert batch["labels"].tolist() == expected
+
+
+def test_batch_transform_reads_undecoded_images_and_names_bad_ones():
+    import datasets
+
+    good = io.BytesIO()
+    face_like_image().save(good, format="JPEG")
+    dataset = datasets.Dataset.from_dict(
+        {"image": [{"bytes": good.getvalue(), "path": "good.jpg"}, {"bytes": b"\xff\xd8junk", "path": "bad.jpg"}]},
+        features=datasets.Features({"image": datasets.Image(decode=False)}),
+    )
+    dataset.set_transform(MAEBatchTransform(MAEEvalTransform(32)))
+    assert dataset[0]["pixel_values"].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match=r"Cannot decode image bad\.jpg"):
+        dataset[1]
+    with pytest.raises(KeyError, match=r"no column\(s\) \['img'\]"):
+        MAEBatchTransform(MAEEvalTransform(32), image_column="img")({"image": []})
+
+
+def test_grey_rgba_and_palette_inputs():
+    grey = PIL.Image.fromarray(np.tile(np.arange(64, dtype=np.uint8)[None, :], (64, 1)), mode="L")
+    rgb_from_grey = MAEEvalTransform(32)(grey) * STD + MEAN  # back to [0, 1]
+    torch.testing.assert_close(rgb_from_grey[0], rgb_from_grey[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rgb_from_grey[1], rgb_from_grey[2], atol=1e-5, rtol=0)
+
+    grey_out = MAETrainTransform(32, image_mean=[0.5], image_std=[0.5], num_channels=1, seed=0)(face_like_image())
+    assert grey_out.shape == (1, 32, 32)
+
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[..., 0] = 200  # hidden red under fully transparent pixels
+    pixel_values = MAEEvalTransform(32)(PIL.Image.fromarray(rgba, mode="RGBA")) * STD + MEAN
+    torch.testing.assert_close(pixel_values, torch.ones(3, 32, 32), atol=1e-5, rtol=0)  # composited over white
+
+    palette = face_like_image(64, 64).convert("P")
+    assert MAETrainTransform(32, seed=0)(palette).shape == (3, 32, 32)
+    assert MAEEvalTransform(32)(np.asarray(face_like_image(40, 40))).shape == (3, 32, 32)  # numpy input
+
+
+def test_invalid_inputs_and_arguments_raise():
+    with pytest.raises(TypeError, match="Expected a PIL.Image.Image.*got list"):
+        MAEEvalTransform(32)([1, 2, 3])
+    with pytest.raises(ValueError, match="numpy image must be uint8.*float64"):
+        MAEEvalTransform(32)(np.zeros((8, 8, 3)))
+    with pytest.raises(ValueError, match="Cannot decode image corrupt.jpg"):
+        MAETrainTransform(32)({"bytes": b"not a jpeg", "path": "corrupt.jpg"})
+    with pytest.raises(FileNotFoundError):
+        MAETrainTransform(32)("/nonexistent/000001.jpg")
+    with pytest.raises(ValueError, match="`num_channels` must be 1 .* or 3 .*, got 2"):
+        MAETrainTransform(32, num_channels=2)
+    with pytest.raises(ValueError, match=r"one value per channel \(1\)"):
+        MAEEvalTransform(32, num_channels=1)
+    with pytest.raises(ValueError, match="`size` must be a positive int"):
+        MAETrainTransform(0)
+    with pytest.raises(ValueError, match=r"`scale` must be .*got \(0\.9, 0\.2\)"):
+        MAETrainTransform(32, scale=(0.9, 0.2))
+    with pytest.raises(ValueError, match=r"`resize_size` must be an int \(shortest edge\) or a \(height, width\) pair"):
+        MAEEvalTransform(224, resize_size=(224,))
+    with pytest.raises(ValueError, match="`rescale_factor` must be a positive number"):
+        MAETrainTransform(32, rescale_factor=0)
+    with pytest.raises(ValueError, match="Cannot collate an empty list"):
+        collate_fn([])
+
+
+def test_crop_scale_reaches_output_as_zoom():
+    # a smaller crop area means a stronger zoom: the mean absolute horizontal gradient grows as 1/sqrt(area)
+    image = face_like_image(200, 200)
+    small = MAETrainTransform(64, scale=(0.2, 0.2), ratio=(1.0, 1.0), flip_prob=0.0, seed=0)(image)
+    whole = MAETrainTransform(64, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0.0, seed=0)(image)
+    ramp_small = (small[0, :, -1] - small[0, :, 0]).mean()
+    ramp_whole = (whole[0, :, -1] - whole[0, :, 0]).mean()
+    assert ramp_small / ramp_whole == pytest.approx(math.sqrt(0.2), abs=0.1)
