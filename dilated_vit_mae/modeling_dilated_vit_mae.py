@@ -905,6 +905,41 @@ class DilatedViTMAEForPreTraining(DilatedViTMAEPreTrainedModel):
             )
         return unpatchify(patchified_pixel_values, patch_embeddings.patch_size, grid_size, self.config.num_channels)
 
+    def logits_to_pixel_values(self, logits: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """
+        The reconstruction as an image normalised like the input.
+
+        Args:
+            logits (`torch.FloatTensor` of shape `(batch_size, num_patches, patch_height * patch_width * num_channels)`):
+                The model's prediction of every patch.
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+                The input. Used only with `norm_pix_loss`: the logits are then per-patch normalised and are mapped
+                back with the mean and variance of the input's own patches, as MAE's visualisation does (so a masked
+                patch's reconstruction borrows its true mean and variance).
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`; the image processor's
+            `postprocess` turns it into images.
+        """
+        patch_embeddings = self.vit.embeddings.patch_embeddings
+        grid_size = patch_embeddings.grid_for(*pixel_values.shape[2:])
+        prediction = logits
+        if self.config.norm_pix_loss:
+            target = patchify(pixel_values, patch_embeddings.patch_size)
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            prediction = logits * (var + 1.0e-6) ** 0.5 + mean
+        return unpatchify(prediction, patch_embeddings.patch_size, grid_size, self.config.num_channels)
+
+    def mask_to_pixels(self, mask: torch.Tensor, image_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """`mask` `(batch_size, num_patches)` -> `(batch_size, 1, height, width)`, 1 on every pixel of a removed patch."""
+        patch_embeddings = self.vit.embeddings.patch_embeddings
+        height, width = image_size if image_size is not None else patch_embeddings.image_size
+        grid_height, grid_width = patch_embeddings.grid_for(height, width)
+        patch_height, patch_width = patch_embeddings.patch_size
+        pixel_mask = mask.reshape(-1, 1, grid_height, 1, grid_width, 1)
+        pixel_mask = pixel_mask.expand(-1, -1, -1, patch_height, -1, patch_width)
+        return pixel_mask.reshape(-1, 1, height, width)
+
     def forward_loss(
         self,
         pixel_values: torch.Tensor,

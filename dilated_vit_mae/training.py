@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .modeling_dilated_vit_mae import DilatedViTMAEForPreTraining, patchify, unpatchify
+from .modeling_dilated_vit_mae import DilatedViTMAEForPreTraining
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -209,17 +209,9 @@ def reconstruction_images(
     `reconstruction` (every patch predicted) and `recomposited` (visible patches from the original, masked ones
     predicted), each `(B, C, H, W)`, and `pixel_mask` (1 on masked pixels).
 
-    With `norm_pix_loss` the model predicts each patch normalised by its own mean and variance; as in MAE's
-    visualisation, the prediction is mapped back with the *target* patch's statistics.
+    With `norm_pix_loss`, predictions are mapped back with the target patches' statistics
+    ([`DilatedViTMAEForPreTraining.logits_to_pixel_values`]).
     """
-    config = model.config
-    patch_size = model.vit.embeddings.patch_embeddings.patch_size
-    grid_size = (pixel_values.shape[2] // patch_size[0], pixel_values.shape[3] // patch_size[1])
-    prediction = logits.float()
-    if config.norm_pix_loss:
-        target = patchify(pixel_values.float(), patch_size)
-        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-        prediction = prediction * (var + 1.0e-6) ** 0.5 + mean
     mean = torch.tensor(image_mean, device=pixel_values.device).reshape(1, -1, 1, 1)
     std = torch.tensor(image_std, device=pixel_values.device).reshape(1, -1, 1, 1)
 
@@ -227,12 +219,8 @@ def reconstruction_images(
         return (normalised * std + mean).clamp(0.0, 1.0)
 
     original = to_unit_range(pixel_values.float())
-    reconstruction = to_unit_range(unpatchify(prediction, patch_size, grid_size, config.num_channels))
-    patch_values = patch_size[0] * patch_size[1] * config.num_channels
-    # (B, L) -> (B, L, p*q*C) -> (B, C, H, W): 1 on every pixel of a masked patch
-    pixel_mask = unpatchify(
-        mask.float().unsqueeze(-1).expand(-1, -1, patch_values), patch_size, grid_size, config.num_channels
-    )
+    reconstruction = to_unit_range(model.logits_to_pixel_values(logits.float(), pixel_values.float()))
+    pixel_mask = model.mask_to_pixels(mask.float(), tuple(pixel_values.shape[2:])).expand_as(original)
     return {
         "original": original,
         "masked": original * (1 - pixel_mask),

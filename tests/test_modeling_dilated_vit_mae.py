@@ -493,3 +493,22 @@ def test_classifier_loads_pretraining_checkpoint(tiny_config, tmp_path):
     assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
     assert not info["unexpected_keys"]
     assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 5)
+
+
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+def test_logits_to_pixel_values_inverts_the_target(tiny_config_kwargs, norm_pix_loss):
+    model = DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, norm_pix_loss=norm_pix_loss))
+    pixel_values = torch.randn(2, 3, 32, 32)
+    target = model.patchify(pixel_values)
+    if norm_pix_loss:  # the model's target space
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+    torch.testing.assert_close(model.logits_to_pixel_values(target, pixel_values), pixel_values, atol=1e-4, rtol=1e-4)
+
+
+def test_mask_to_pixels_marks_the_removed_patches(tiny_config):
+    model = DilatedViTMAEForPreTraining(tiny_config)
+    mask = torch.zeros(1, 64)
+    mask[0, 9] = 1  # row 1, column 1 of the 8 x 8 grid
+    pixel_mask = model.mask_to_pixels(mask)
+    assert pixel_mask.shape == (1, 1, 32, 32) and pixel_mask.sum() == 16
+    assert pixel_mask[0, 0, 4:8, 4:8].eq(1).all()
