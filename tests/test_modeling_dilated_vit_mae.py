@@ -1,5 +1,7 @@
 """Model tests in the style of transformers' own: a tiny config, shapes, determinism, parity with ViTMAE, leakage."""
 
+import copy
+
 import numpy as np
 import pytest
 import safetensors.torch
@@ -328,18 +330,37 @@ def test_save_load_round_trip_keeps_outputs_and_key_layout(tiny_config_kwargs, t
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def model_with_attention(config: DilatedViTMAEConfig, implementation: str) -> DilatedViTMAEForPreTraining:
+    # `_from_config` writes the implementation into the config it is given: each model needs its own copy
+    model = DilatedViTMAEForPreTraining._from_config(copy.deepcopy(config), attn_implementation=implementation)
+    assert model.config._attn_implementation == implementation
+    return model.eval()
+
+
 def test_eager_and_sdpa_agree_and_attentions_are_real(tiny_config_kwargs):
     config = make_config(tiny_config_kwargs, dilation_rates=(2,))
-    eager = DilatedViTMAEForPreTraining._from_config(config, attn_implementation="eager").eval()
-    sdpa = DilatedViTMAEForPreTraining._from_config(config, attn_implementation="sdpa").eval()
+    eager = model_with_attention(config, "eager")
+    sdpa = model_with_attention(config, "sdpa")
     sdpa.load_state_dict(eager.state_dict())
-    assert sdpa.config._attn_implementation == "sdpa"
+    assert eager.config._attn_implementation == "eager"
     pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
     torch.testing.assert_close(sdpa(pixel_values, noise=noise).logits, eager(pixel_values, noise=noise).logits, atol=1e-5, rtol=1e-5)
     attentions = sdpa(pixel_values, noise=noise, output_attentions=True).attentions
     assert len(attentions) == 2 and attentions[0].shape == (2, 4, 17, 17)
     torch.testing.assert_close(attentions[0].sum(-1), torch.ones(2, 4, 17))
     torch.testing.assert_close(attentions[0], eager(pixel_values, noise=noise, output_attentions=True).attentions[0])
+
+
+@pytest.mark.slow
+def test_flex_attention_agrees_with_eager(tiny_config):
+    # flex attention compiles a kernel (about 20 s on CPU) and has no CPU backward: inference only here
+    eager = model_with_attention(tiny_config, "eager")
+    flex = model_with_attention(tiny_config, "flex_attention")
+    flex.load_state_dict(eager.state_dict())
+    assert eager.config._attn_implementation == "eager"
+    pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(flex(pixel_values, noise=noise).logits, eager(pixel_values, noise=noise).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_config):
