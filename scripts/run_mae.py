@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import accelerate
 import datasets
 import numpy as np
 import torch
@@ -43,7 +44,8 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEImageProcessor,
 )
 from dilated_vit_mae.data import load_celeba  # noqa: E402
-from dilated_vit_mae.hub import push_folder_to_hub  # noqa: E402
+from dilated_vit_mae.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
+from dilated_vit_mae.model_card import redact_command  # noqa: E402
 from dilated_vit_mae.metrics import load_metric  # noqa: E402
 from dilated_vit_mae.training import (  # noqa: E402
     CheckpointManager,
@@ -129,7 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--hub_model_id")
     run.add_argument("--hub_token")
     run.add_argument("--hub_private_repo", action="store_true")
+    run.add_argument("--hub_revision", help="Branch to push to (created if missing); default main.")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded (tokens redacted) in all_results.json
 
     sources = [s for s in (args.dataset_name, args.celeba_dir, args.train_dir) if s]
     if len(sources) > 1:
@@ -447,22 +451,112 @@ def main(args: argparse.Namespace) -> Path:
     )
     if accelerator.is_main_process:
         image_processor.save_pretrained(output_dir)
-        summary = {"global_step": global_step, "epochs": num_epochs, "num_processes": accelerator.num_processes,
-                   "effective_batch_size": effective_batch_size, "learning_rate": learning_rate,
-                   "command": " ".join(["accelerate launch", *sys.argv]) if sys.argv else None, **{f"eval_{k}": v for k, v in eval_results.items()}}
+        summary = run_summary(
+            args, accelerator, splits, global_step=global_step, num_epochs=num_epochs,
+            effective_batch_size=effective_batch_size, learning_rate=learning_rate, num_warmup_steps=num_warmup_steps,
+            eval_results=eval_results,
+        )  # fmt: skip
         (output_dir / "all_results.json").write_text(json.dumps(summary, indent=2))
-        logger.info(f"saved the model and image processor to {output_dir}")
+        # every output folder is publishable as it is: reconstruction pipeline, endpoint handler, model card
+        prepare_hub_folder(output_dir, repo_id=args.hub_model_id)
+        logger.info(f"saved the model, image processor and model card to {output_dir}")
         if args.push_to_hub:
-            push_folder_to_hub(
+            # refuses (FolderCheckError) a folder that does not load without the package; local files stay as they are
+            url = push_folder_to_hub(
                 output_dir,
                 repo_id=args.hub_model_id,
                 token=args.hub_token,
                 private=args.hub_private_repo,
+                revision=args.hub_revision,
                 commit_message=f"Pre-training: {global_step} steps",
             )
+            logger.info(f"pushed {output_dir} to {args.hub_model_id}: {url}")
     logger.info(f"rank {accelerator.process_index} finished: {global_step} steps", main_process_only=False)
     accelerator.end_training()
     return output_dir
+
+
+def run_summary(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    splits,
+    *,
+    global_step: int,
+    num_epochs: int,
+    effective_batch_size: int,
+    learning_rate: float,
+    num_warmup_steps: int,
+    eval_results: dict,
+) -> dict:
+    """`all_results.json`: what the run did and measured, which the model card is rendered from."""
+    source = args.dataset_name or args.celeba_dir or args.train_dir
+    if args.dataset_name:
+        name, is_celeba = args.dataset_name, "celeba" in args.dataset_name.lower()
+        description = f"[{name}](https://huggingface.co/datasets/{name})" + (
+            f" (configuration `{args.dataset_config_name}`)." if args.dataset_config_name else "."
+        )
+    elif args.celeba_dir and Path(args.celeba_dir).resolve() == DEFAULT_CELEBA_DIR.resolve():
+        name, is_celeba = "celeba_sample", False
+        description = (
+            "the 56-image stand-in in CelebA's layout shipped in the project's `data/celeba_sample/`: crops of three "
+            "public-domain / CC0 photographs (two people and a cat), **not CelebA**, so these weights and figures "
+            "say nothing about CelebA."
+        )
+    elif args.celeba_dir:
+        name, is_celeba = "CelebA", True
+        description = "CelebA (a raw download: `img_align_celeba`, 178x218 aligned crops, with the official partition)."
+    else:
+        name, is_celeba = Path(source).name, False
+        description = f"the image folder `{Path(source).name}`."
+
+    def num_examples(split: str) -> int | None:
+        try:
+            return len(splits[split])
+        except TypeError:  # a stream has no length
+            return None
+
+    device = accelerator.device
+    script = sys.argv[0] if sys.argv and Path(sys.argv[0]).name == "run_mae.py" else "scripts/run_mae.py"
+    return {
+        "global_step": global_step,
+        "epochs": num_epochs,
+        "num_processes": accelerator.num_processes,
+        "effective_batch_size": effective_batch_size,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "learning_rate": learning_rate,
+        "base_learning_rate": None if args.learning_rate else args.base_learning_rate,
+        "adam_betas": [args.adam_beta1, args.adam_beta2],
+        "weight_decay": args.weight_decay,
+        "warmup_steps": num_warmup_steps,
+        "seed": args.seed,
+        "init": args.model_name_or_path,
+        # the launcher's own flags are not visible to the script: hardware below says how it ran
+        "command": redact_command(["accelerate", "launch", script, *args.argv]),
+        "dataset": {
+            "name": name,
+            "hub_id": args.dataset_name,
+            "config_name": args.dataset_config_name,
+            "source": str(source),
+            "is_celeba": is_celeba,
+            "description": description,
+            "train_split": "train",
+            "train_samples": num_examples("train"),
+            "eval_split": "validation",
+            "eval_samples": num_examples("validation"),
+        },
+        "hardware": {
+            "device_type": device.type,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "distributed_type": getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)),
+        },
+        "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
+        "eval_samples": num_examples("validation"),
+        "eval_mask_seed": args.seed + EVAL_SEED_OFFSET,
+        **{f"eval_{k}": v for k, v in eval_results.items()},
+    }
 
 
 @torch.no_grad()

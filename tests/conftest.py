@@ -1,6 +1,9 @@
 """Shared fixtures: a tiny configuration (image 32, patch 4, hidden 32, 2 layers) so the suite runs on two CPU cores."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,3 +42,26 @@ def tiny_config(tiny_config_kwargs):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def reset_accelerate():
+    """Forget accelerate's process-wide state after a test that ran a training script in this process."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def run_without_package(args: list[str], workdir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """
+    Run `python *args` as a Hub user would: a fresh interpreter, offline, with an empty remote-code cache, started in
+    `workdir` (not the repository root, whose package folder would be importable) and without PYTHONPATH.
+    """
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(workdir) / "modules"), PYTHONNOUSERSITE="1")
+    return subprocess.run(
+        [sys.executable, *map(str, args)], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )

@@ -3,8 +3,6 @@ formats, colour modes, the postprocess inverse, save/load, and the error message
 
 import ast
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from skimage import data as skimage_data
 from transformers import AutoConfig, AutoImageProcessor, PreTrainedConfig, ViTImageProcessorPil
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
 
+from conftest import run_without_package
 from dilated_vit_mae import image_processing_dilated_vit_mae as module
 from dilated_vit_mae.image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
 
@@ -422,11 +421,6 @@ def test_remote_code_loads_in_a_clean_process(tmp_path, monkeypatch):
         "assert type(processor).__module__.startswith('transformers_modules.'), type(processor).__module__\n"
         "print(tuple(processor(np.zeros((50, 60, 3), np.uint8), return_tensors='pt')['pixel_values'].shape))\n"
     )
-    env = {
-        key: value for key, value in os.environ.items() if key != "PYTHONPATH"
-    } | {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
-    )
+    result = run_without_package(["-c", code], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("(1, 3, 64, 96)")

@@ -3,8 +3,6 @@
 import json
 import os
 import re
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -17,6 +15,7 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
+from conftest import run_without_package
 from dilated_vit_mae import (
     DilatedViTMAEConfig,
     DilatedViTMAEForImageClassification,
@@ -133,15 +132,6 @@ def test_folder_loads_with_trust_remote_code_without_the_package(hub_folder, tmp
     torch.save({"pixel_values": pixel_values, "noise": noise, "logits": logits}, tmp_path / "expected.pt")
     (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), PYTHONNOUSERSITE="1")
-    result = subprocess.run(
-        [sys.executable, str(tmp_path / "remote.py"), str(folder), str(tmp_path / "expected.pt")],
-        cwd=tmp_path,  # not the repository root, whose package folder would be importable
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_without_package([tmp_path / "remote.py", folder, tmp_path / "expected.pt"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout

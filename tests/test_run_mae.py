@@ -66,16 +66,6 @@ def read_log(output_dir) -> dict[int, dict]:
     return entries
 
 
-@pytest.fixture
-def reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
 def test_training_run_saves_a_loadable_hub_folder(tiny_model_dir, tmp_path, reset_accelerate):
     run_mae = load_script()
     output_dir = tmp_path / "out"

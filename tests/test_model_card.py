@@ -1,0 +1,222 @@
+"""The model card: rendered from `model_card.md` with huggingface_hub, filled in from the run, parsed back."""
+
+import json
+import re
+
+import numpy as np
+import PIL.Image
+import pytest
+from huggingface_hub import ModelCard
+
+from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
+from dilated_vit_mae.hub import prepare_hub_folder
+from dilated_vit_mae.model_card import (
+    CARD_TAGS,
+    dilated_leakage,
+    draw_tokenizer_diagram,
+    redact_command,
+    render_model_card,
+)
+
+
+COMMAND = (
+    "accelerate launch scripts/run_mae.py --dataset_name flwrlabs/celeba --num_train_epochs 3 --hub_token hf_SECRET"
+)
+RESULTS = {
+    "global_step": 9,
+    "epochs": 3,
+    "num_processes": 2,
+    "effective_batch_size": 8,
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 4.6875e-06,
+    "base_learning_rate": 1.5e-4,
+    "adam_betas": [0.9, 0.95],
+    "weight_decay": 0.05,
+    "warmup_steps": 1,
+    "seed": 0,
+    "init": None,
+    "command": COMMAND,
+    "dataset": {
+        "name": "flwrlabs/celeba", "hub_id": "flwrlabs/celeba", "config_name": "img_align+identity+attr",
+        "source": "flwrlabs/celeba", "is_celeba": True,
+        "description": "[flwrlabs/celeba](https://huggingface.co/datasets/flwrlabs/celeba).",
+        "train_split": "train", "train_samples": 12, "eval_split": "validation", "eval_samples": 4,
+    },
+    "hardware": {"device_type": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "num_processes": 2,
+                 "mixed_precision": "bf16", "distributed_type": "MULTI_GPU"},
+    "versions": {"transformers": "5.23.0", "torch": "2.13.0", "accelerate": "1.15.0"},
+    "eval_samples": 4,
+    "eval_mask_seed": 1000003,
+    "eval_loss": 0.91234,
+    "eval_masked_patch_mse": 0.0412345,
+    "eval_psnr": 17.25,
+}  # fmt: skip
+
+
+def make_folder(path, config: DilatedViTMAEConfig, results: dict | None = RESULTS):
+    DilatedViTMAEForPreTraining(config).save_pretrained(path)
+    DilatedViTMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    if results is not None:
+        (path / "all_results.json").write_text(json.dumps(results))
+    (path / "eval").mkdir()
+    PIL.Image.new("RGB", (128, 32)).save(path / "eval" / "reconstructions.png")
+    return path
+
+
+@pytest.fixture
+def run_folder(tiny_config, tmp_path):
+    return make_folder(tmp_path / "dilated-vit-mae-celeba", tiny_config)
+
+
+@pytest.fixture
+def card(run_folder) -> ModelCard:
+    prepare_hub_folder(run_folder)
+    return ModelCard.load(run_folder / "README.md")
+
+
+def test_card_parses_back_with_the_hub_metadata(card, run_folder):
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "image-feature-extraction"
+    assert data["license"] == "apache-2.0"
+    assert set(CARD_TAGS) == {"mae", "vit", "self-supervised", "dilated-tokenization", "custom_code"}
+    assert set(CARD_TAGS) <= set(data["tags"])
+    assert data["datasets"] == ["flwrlabs/celeba"]
+    assert set(data["metrics"]) == {"mse", "psnr"}
+    assert "base_model" not in data  # trained from scratch
+    # widget: the examples shipped in the folder with their static outputs
+    assert len(data["widget"]) == 3
+    for entry in data["widget"]:
+        assert (run_folder / entry["src"]).is_file() and (run_folder / entry["output"]["url"]).is_file()
+        assert PIL.Image.open(run_folder / entry["output"]["url"]).format == "PNG"
+
+
+def test_evaluation_results_are_eval_results_of_the_model_index(card):
+    results = {r.metric_type: r for r in card.data.eval_results}
+    assert set(results) == {"mse", "psnr"}
+    assert results["mse"].metric_value == pytest.approx(0.0412345)
+    assert results["psnr"].metric_value == pytest.approx(17.25)
+    for result in results.values():
+        assert result.dataset_type == "flwrlabs/celeba" and result.dataset_split == "validation"
+        assert result.dataset_config == "img_align+identity+attr"
+    assert card.data.model_name == "dilated-vit-mae-celeba"
+
+
+def unfilled(text: str) -> list[str]:
+    """Placeholders, or a missing value rendered as None (the one legitimate None is a config value)."""
+    text = text.replace("| `dilated_kernel_size` | `None` |", "")
+    return re.findall(r"TODO|None|\{\{ |\{%|%\}", text)
+
+
+def test_card_text_is_filled_in_from_the_run(card):
+    text = card.text
+    assert unfilled(text) == []
+    for section in ("## How the tokenizer differs", "## How to use", "### Image features", "### Masked reconstruction",
+                    "### Fine-tuning on face attributes", "## Training details", "## Evaluation",
+                    "## Limitations and biases", "## Citation"):  # fmt: skip
+        assert section in text, section
+    # config
+    assert "| `dilation_rates` | `[2]` |" in text and "| `dilated_context` | `full` |" in text
+    assert "| `dilated_fusion` | `sum` |" in text and "| `masking_mode` | `drop` |" in text
+    assert "32 px inputs cut into 4 px patches (64 tokens)" in text
+    # the exact command, without the token
+    assert redact_command(COMMAND) in text and "hf_SECRET" not in text and "--hub_token '***'" in text
+    # data, steps, hardware
+    assert "The `train` split (12 images) for training, `validation` (4 images) for evaluation." in text
+    assert "9 optimizer steps over 3 epochs, effective batch 8 (4 per device x 2 processes x 1 accumulation)" in text
+    assert "2 processes on NVIDIA H100 80GB HBM3 (cuda), bf16 mixed precision (MULTI_GPU)" in text
+    # evaluation
+    assert "| Masked-patch MSE | 0.04123 |" in text and "| PSNR (dB) | 17.25 |" in text
+    assert "![Reconstructions](eval/reconstructions.png)" in text
+    assert "![Dense and dilated patch tokenizer](assets/tokenizer_diagram.png)" in text
+    # usage: remote code with a pinned revision, and the package
+    assert "trust_remote_code=True" in text and 'REVISION = "main"' in text and "revision=REVISION" in text
+    assert 'pipeline("mae-reconstruction"' in text and "DilatedViTMAEForImageClassification" in text
+    assert "pip install -e ." in text
+    # limitations: leakage figures for this geometry, CelebA's terms
+    assert 'Masked pixels leak into visible tokens (`dilated_context="full"`)' in text
+    assert re.search(r"visible tokens read \d+% of the removed pixels", text)
+    assert "non-commercial research purposes only" in text
+    assert "He, Kaiming" in text and "arxiv.org/abs/2111.06377" in text
+
+
+def test_linear_probe_result_appears_only_when_measured(run_folder):
+    prepare_hub_folder(run_folder, examples=False)
+    card = ModelCard.load(run_folder / "README.md")
+    assert "accuracy" not in card.data.to_dict()["metrics"] and "Linear probe" not in card.text
+
+    (run_folder / "linear_probe_results.json").write_text(
+        json.dumps({"mean_attribute_accuracy": 0.8734, "split": "test", "num_attributes": 40})
+    )
+    card = render_model_card(run_folder)
+    assert ModelCard.load(run_folder / "README.md").data.to_dict() == card.data.to_dict()
+    probe = [r for r in card.data.eval_results if r.metric_type == "accuracy"]
+    assert len(probe) == 1 and probe[0].metric_value == pytest.approx(0.8734) and probe[0].dataset_split == "test"
+    assert "accuracy" in card.data.metrics
+    assert "mean per-attribute accuracy of **87.34%**" in card.text
+    assert "| Linear probe: mean attribute accuracy | 87.34% |" in card.text
+
+
+def test_unmeasured_results_are_left_out(tiny_config, tmp_path):
+    no_eval = {k: v for k, v in RESULTS.items() if not k.startswith("eval_")}
+    folder = make_folder(tmp_path / "no-eval", tiny_config, no_eval)
+    card = render_model_card(folder)
+    assert not card.data.eval_results and "## Evaluation" not in card.text
+    assert "## Training details" in card.text
+
+    bare = make_folder(tmp_path / "bare", tiny_config, results=None)  # save_pretrained only: no run to describe
+    card = render_model_card(bare)
+    assert "## Training details" not in card.text and "## Evaluation" not in card.text
+    assert unfilled(card.text) == []
+    assert ModelCard.load(bare / "README.md").data.library_name == "transformers"
+
+
+def test_a_card_for_a_repository_pins_the_revision_and_points_the_widget_at_it(run_folder):
+    prepare_hub_folder(run_folder)
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    card = render_model_card(run_folder, repo_id="me/dilated-vit-mae", revision=sha)
+    assert f'REVISION = "{sha}"  # the commit this card was published with' in card.text
+    assert 'AutoModel.from_pretrained("me/dilated-vit-mae", revision=REVISION, trust_remote_code=True' in card.text
+    assert card.data.model_name == "dilated-vit-mae"
+    for entry in card.data.widget:
+        assert entry["src"].startswith(f"https://huggingface.co/me/dilated-vit-mae/resolve/{sha}/examples/")
+
+
+def test_a_sample_run_says_it_is_not_celeba_and_a_visible_context_does_not_leak(tiny_config_kwargs, tmp_path):
+    config = DilatedViTMAEConfig(**tiny_config_kwargs, dilated_context="visible")
+    results = json.loads(json.dumps(RESULTS))
+    results["dataset"] = {"name": "celeba_sample", "is_celeba": False, "description": "a stand-in, **not CelebA**.",
+                          "train_split": "train", "eval_split": "validation"}  # fmt: skip
+    (tmp_path / "sample").mkdir()
+    folder = make_folder(tmp_path / "sample" / "out", config, results)
+    (folder / "linear_probe_results.json").write_text(json.dumps({"mean_attribute_accuracy": 0.9}))
+    card = render_model_card(folder)
+    assert card.data.datasets == ["celeba_sample"]
+    assert "These weights were not trained on CelebA.** They were trained on a stand-in, **not CelebA**." in card.text
+    assert "These labels are not CelebA's" in card.text
+    assert "No masked-pixel leakage" in card.text and "leak into visible tokens" not in card.text
+
+
+def test_leakage_geometry_matches_the_reference_figures():
+    # 224 px, patch 16, kernel 16, 75% masking: rate 2 reads ~13% of masked pixels and touches ~86% of masked patches
+    rate_2 = dilated_leakage(DilatedViTMAEConfig(dilation_rates=(2,)))
+    assert rate_2["pixels"] == pytest.approx(0.13, abs=0.01) and rate_2["patches"] == pytest.approx(0.86, abs=0.02)
+    rate_3 = dilated_leakage(DilatedViTMAEConfig(dilation_rates=(3,)))
+    assert rate_3["pixels"] == pytest.approx(0.19, abs=0.01)
+    assert dilated_leakage(DilatedViTMAEConfig(dilated_context="visible")) is None
+    assert dilated_leakage(DilatedViTMAEConfig(dilation_rates=())) is None
+    assert dilated_leakage(DilatedViTMAEConfig(), mask_ratio=0.0) is None
+
+
+def test_tokenizer_diagram_draws_the_patch_and_every_rate(tiny_config_kwargs):
+    image = draw_tokenizer_diagram(DilatedViTMAEConfig(**{**tiny_config_kwargs, "dilation_rates": (2, 3)}))
+    colours = {tuple(c) for c in np.asarray(image).reshape(-1, 3)}
+    assert (198, 219, 239) in colours  # the dense patch
+    assert (255, 127, 14) in colours and (44, 160, 44) in colours  # rate 2, rate 3
+
+
+def test_redact_command_hides_tokens():
+    assert redact_command(["run.py", "--token", "hf_x", "--hub_token=hf_y", "--seed", "1"]) == (
+        "run.py --token '***' '--hub_token=***' --seed 1"
+    )
