@@ -485,6 +485,24 @@ def test_invalid_configs_are_rejected(tiny_config_kwargs, overrides, message):
 
 
 @pytest.mark.parametrize(
+    "overrides,warns",
+    [
+        (dict(masking_mode="mask_token", dilation_rates=(2,)), True),
+        (dict(masking_mode="mask_token", dilation_rates=(2,), dilated_context="visible"), False),
+        (dict(masking_mode="mask_token", dilation_rates=()), False),
+        (dict(dilation_rates=(2,)), False),
+    ],
+)
+def test_mask_token_with_full_context_warns_of_self_leakage(tiny_config_kwargs, overrides, warns):
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    with CaptureLogger(logging.get_logger("dilated_vit_mae.configuration_dilated_vit_mae")) as captured:
+        make_config(tiny_config_kwargs, **overrides)
+    assert ("own (masked) pixels" in captured.out) == warns
+
+
+@pytest.mark.parametrize(
     "problem_type,labels",
     [
         ("multi_label_classification", torch.randint(0, 2, (3, 40)).float()),

@@ -1,0 +1,491 @@
+"""Linear probing of a frozen MAE encoder: whole-image features, an on-disk feature cache, and MAE's linear classifier.
+
+Used by `scripts/linear_probe.py` (CelebA attributes) and `benchmarks/ablation.py` (MNIST digits). Not part of the
+three model files (the Hub never runs this).
+
+The protocol follows MAE's linear probe (He et al. 2021, appendix A.2; `main_linprobe.py` of facebookresearch/mae):
+the encoder is frozen and sees the whole image (`mask_ratio=0`), one feature per image is pooled from its last layer
+(the CLS token, or the mean of the patch tokens), and a linear layer is trained on top of a `BatchNorm1d` without
+affine parameters, which standardises every feature with the batch statistics while training and the running ones at
+test time (a linear classifier is sensitive to feature scale, and MAE features are badly scaled).
+
+```python
+>>> import torch
+>>> from dilated_vit_mae.probe import predict_linear_probe, train_linear_probe
+>>> generator = torch.Generator().manual_seed(0)
+>>> labels = torch.arange(200) % 2
+>>> features = torch.randn(200, 8, generator=generator) + 4.0 * labels[:, None]  # two separable blobs
+>>> probe = train_linear_probe(features, labels, task="single_label", epochs=20, seed=0)
+>>> (predict_linear_probe(probe, features, task="single_label") == labels).float().mean().item()
+1.0
+
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_FEATURE_CACHE_DIR",
+    "FeatureCache",
+    "LinearProbe",
+    "Pooling",
+    "ProbeTask",
+    "class_ids",
+    "encode_images",
+    "extract_features",
+    "load_frozen_encoder",
+    "model_fingerprint",
+    "predict_linear_probe",
+    "probe_scores",
+    "train_linear_probe",
+]
+
+Pooling = Literal["cls", "mean"]
+ProbeTask = Literal["multi_label", "single_label"]
+
+# encoders whose forward takes `noise` and whose `last_hidden_state` is CLS + kept patch tokens
+SUPPORTED_MODEL_TYPES = ("dilated_vit_mae", "vit_mae")
+
+DEFAULT_FEATURE_CACHE_DIR: Path = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dilated_vit_mae" / "probe_features"
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The frozen encoder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_frozen_encoder(
+    model_name_or_path: str | os.PathLike[str],
+    *,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[nn.Module, Any]:
+    """
+    Load an encoder with `AutoModel` (ours, or transformers' `ViTMAEModel`) with `mask_ratio=0.0`, frozen and in eval
+    mode, and its image processor.
+
+    A checkpoint saved from a pre-training head (`DilatedViTMAEForPreTraining`, `ViTMAEForPreTraining`) loads its
+    encoder; the decoder is ignored. Any encoder weight missing from the checkpoint raises, since it would silently be
+    left random. Without a `preprocessor_config.json`, a [`DilatedViTMAEImageProcessor`] is built from the config
+    (image size, channels; ImageNet mean and std) and a warning says so.
+
+    Returns:
+        `(model, image_processor)`.
+    """
+    import dilated_vit_mae  # noqa: F401  (registers our Auto classes)
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    from .image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+
+    hub_kwargs = dict(revision=revision, token=token, cache_dir=cache_dir, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{model_name_or_path} is a {config.model_type!r} model; the linear probe supports "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} encoders (ours, or a transformers ViTMAE checkpoint)."
+        )
+    config.mask_ratio = 0.0  # whole-image features: nothing is masked
+    model, loading_info = AutoModel.from_pretrained(
+        model_name_or_path, config=config, output_loading_info=True, **hub_kwargs
+    )
+    if loading_info["missing_keys"]:
+        missing = sorted(loading_info["missing_keys"])
+        raise ValueError(
+            f"{model_name_or_path}: {len(missing)} encoder weights are missing from the checkpoint and would be random "
+            f"(e.g. {missing[:3]}); point --model_name_or_path at a trained encoder."
+        )
+    model.eval().requires_grad_(False)
+
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(model_name_or_path, **hub_kwargs)
+    except (OSError, ValueError) as error:
+        height, width = _pair(config.image_size)
+        logger.warning(
+            f"No image processor found for {model_name_or_path} ({error}); using a DilatedViTMAEImageProcessor that "
+            f"resizes to {height}x{width} with ImageNet mean/std. Save the right processor next to the model."
+        )
+        image_processor = DilatedViTMAEImageProcessor(
+            size={"shortest_edge": min(height, width)},
+            crop_size={"height": height, "width": width},
+            num_channels=config.num_channels,
+        )
+    return model, image_processor
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def num_patches_of(model: nn.Module, pixel_values: torch.Tensor) -> int:
+    patch_height, patch_width = _pair(model.config.patch_size)
+    return (pixel_values.shape[-2] // patch_height) * (pixel_values.shape[-1] // patch_width)
+
+
+@torch.no_grad()
+def encode_images(model: nn.Module, pixel_values: torch.Tensor, pooling: Pooling = "cls") -> torch.Tensor:
+    """
+    Pooled whole-image features of a frozen encoder.
+
+    Args:
+        model (`DilatedViTMAEModel` or `ViTMAEModel`):
+            The encoder; its `config.mask_ratio` must be 0 (see [`load_frozen_encoder`]).
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Images, normalised by the model's image processor.
+        pooling (`str`, *optional*, defaults to `"cls"`):
+            `"cls"`: the CLS token of the last layer (after the final layer norm); `"mean"`: the mean of the patch
+            tokens (CLS excluded), as MAE's `global_pool` but without its extra norm.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size, hidden_size)`, in float32.
+    """
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"`pooling` must be 'cls' or 'mean', got {pooling!r}.")
+    batch_size = pixel_values.shape[0]
+    num_patches = num_patches_of(model, pixel_values)
+    # With mask_ratio 0, transformers' ViTMAE still permutes the tokens by random `noise`; increasing noise keeps image
+    # order and consumes no random numbers (both poolings are order-invariant, but the features become deterministic).
+    noise = torch.arange(num_patches, device=pixel_values.device, dtype=torch.float32).expand(batch_size, -1)
+    outputs = model(pixel_values=pixel_values, noise=noise)
+    if outputs.mask is not None and bool(outputs.mask.any()):
+        raise ValueError(
+            f"The encoder masked {int(outputs.mask[0].sum())} of {num_patches} patches; set `config.mask_ratio = 0.0` "
+            "(load_frozen_encoder does) so that it encodes the whole image."
+        )
+    hidden_states = outputs.last_hidden_state  # (B, 1 + L, D)
+    pooled = hidden_states[:, 0] if pooling == "cls" else hidden_states[:, 1:].mean(dim=1)
+    return pooled.float()
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    dataloader: Iterable[dict[str, torch.Tensor]],
+    num_examples: int,
+    pooling: Pooling = "cls",
+    accelerator=None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """
+    Features of every example of a (possibly sharded) dataloader, in dataset order.
+
+    Args:
+        model: the frozen encoder, on the accelerator's device.
+        dataloader: batches with `pixel_values` and `sample_index` (each example's index in the split); with an
+            `accelerator`, a dataloader returned by `accelerator.prepare`, each process encoding its shard.
+        num_examples (`int`): the size of the split; every index in `range(num_examples)` must be seen once.
+        pooling (`str`): see [`encode_images`].
+        accelerator (`accelerate.Accelerator`, *optional*): gathers the shards with `gather_for_metrics` (which drops
+            the samples repeated to even out the last batch).
+        progress (`bool`): show a `tqdm` bar (main process only).
+
+    Returns:
+        `torch.FloatTensor` of shape `(num_examples, hidden_size)` on the CPU, on every process.
+    """
+    features, indices = [], []
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    show = progress and (accelerator is None or accelerator.is_local_main_process)
+    if show:
+        from tqdm.auto import tqdm
+
+        dataloader = tqdm(dataloader, desc=f"features ({pooling})")
+    for batch in dataloader:
+        pixel_values = batch["pixel_values"].to(device)
+        if accelerator is not None:
+            with accelerator.autocast():
+                batch_features = encode_images(model, pixel_values, pooling)
+            batch_features, batch_indices = accelerator.gather_for_metrics(
+                (batch_features.contiguous(), batch["sample_index"].to(device))
+            )
+        else:
+            batch_features, batch_indices = encode_images(model, pixel_values, pooling), batch["sample_index"]
+        features.append(batch_features.float().cpu())
+        indices.append(batch_indices.cpu())
+    features, indices = torch.cat(features), torch.cat(indices)
+    if sorted(indices.tolist()) != list(range(num_examples)):
+        raise RuntimeError(
+            f"Feature extraction saw {len(indices)} examples ({len(set(indices.tolist()))} distinct) but the split has "
+            f"{num_examples}; every example must be encoded exactly once (a dataloader with drop_last?)."
+        )
+    ordered = torch.empty_like(features)
+    ordered[indices] = features
+    return ordered
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Feature cache
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def model_fingerprint(model_name_or_path: str | os.PathLike[str], revision: str | None = None) -> dict[str, Any]:
+    """
+    What identifies a checkpoint's weights, for the feature cache: a local folder by its resolved path and the size
+    and modification time of its weight files (so retraining into the same folder invalidates the cache); a Hub id by
+    the commit its cached `config.json` comes from.
+    """
+    path = Path(model_name_or_path).expanduser()
+    if path.is_dir():
+        weights = sorted(
+            (file.name, file.stat().st_size, file.stat().st_mtime_ns)
+            for file in path.iterdir()
+            if file.suffix in (".safetensors", ".bin", ".pt", ".pth") or file.name.endswith(".index.json")
+        )
+        return {"model": str(path.resolve()), "weights": weights}
+    fingerprint: dict[str, Any] = {"model": str(model_name_or_path), "revision": revision or "main"}
+    try:
+        from transformers.utils import cached_file
+
+        config_file = Path(cached_file(str(model_name_or_path), "config.json", revision=revision))
+        if "snapshots" in config_file.parts:
+            fingerprint["commit"] = config_file.parent.name
+    except Exception:  # noqa: BLE001  (best effort: the revision string is the fallback)
+        pass
+    return fingerprint
+
+
+class FeatureCache:
+    """
+    Features on disk, one safetensors file per description (a JSON-able dict: model fingerprint, pooling, data source,
+    split, transform, ...), named by its hash; the description is stored in the file's metadata and checked on load.
+    Files are written to a temporary name and renamed, so a killed run never leaves a truncated cache entry.
+
+    ```python
+    >>> import tempfile, torch
+    >>> from dilated_vit_mae.probe import FeatureCache
+    >>> cache = FeatureCache(tempfile.mkdtemp())
+    >>> description = {"model": "m", "pooling": "cls", "split": "test"}
+    >>> cache.load(description) is None
+    True
+    >>> _ = cache.save(description, torch.ones(3, 2))
+    >>> cache.load(description).shape
+    torch.Size([3, 2])
+
+    ```
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] = DEFAULT_FEATURE_CACHE_DIR):
+        self.directory = Path(directory).expanduser()
+
+    @staticmethod
+    def key(description: dict[str, Any]) -> str:
+        canonical = json.dumps(description, sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+    def path(self, description: dict[str, Any]) -> Path:
+        return self.directory / f"features-{self.key(description)}.safetensors"
+
+    def load(self, description: dict[str, Any]) -> torch.Tensor | None:
+        """The cached features for `description`, or `None`."""
+        import safetensors
+        import safetensors.torch
+
+        path = self.path(description)
+        if not path.is_file():
+            return None
+        with safetensors.safe_open(str(path), framework="pt") as file:
+            stored = (file.metadata() or {}).get("description")
+        if stored != json.dumps(description, sort_keys=True, default=str):
+            logger.warning(f"Feature cache {path} holds another description (hash collision?); recomputing.")
+            return None
+        return safetensors.torch.load_file(str(path))["features"]
+
+    def save(self, description: dict[str, Any], features: torch.Tensor) -> Path:
+        import safetensors.torch
+
+        path = self.path(description)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        metadata = {"description": json.dumps(description, sort_keys=True, default=str)}
+        safetensors.torch.save_file({"features": features.contiguous().cpu()}, str(temporary), metadata=metadata)
+        os.replace(temporary, path)
+        return path
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The linear classifier
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class LinearProbe(nn.Module):
+    """
+    MAE's linear-probe head: `BatchNorm1d(affine=False, eps=1e-6)` then `Linear` (weights ~ truncated normal, std 0.01;
+    bias 0), as `main_linprobe.py` of facebookresearch/mae (commit efb2a80). The norm has no parameters: it only
+    standardises the features, so the classifier stays linear in them.
+    """
+
+    def __init__(self, num_features: int, num_outputs: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(num_features, affine=False, eps=1e-6)
+        self.head = nn.Linear(num_features, num_outputs)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(features))
+
+
+def train_linear_probe(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    task: ProbeTask,
+    num_outputs: int | None = None,
+    epochs: int = 90,
+    batch_size: int = 256,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    warmup_epochs: int = 10,
+    seed: int = 0,
+) -> LinearProbe:
+    """
+    Train a [`LinearProbe`] on frozen features.
+
+    Args:
+        features (`torch.FloatTensor` of shape `(num_examples, num_features)`): training features.
+        labels (`torch.Tensor`): `(num_examples, num_attributes)` 0/1 labels for `task="multi_label"` (one
+            `BCEWithLogits` output per attribute), or `(num_examples,)` class ids in `[0, num_outputs)` for
+            `task="single_label"` (cross-entropy).
+        num_outputs (`int`, *optional*): number of classes (single-label); defaults to `labels.max() + 1`.
+        epochs, batch_size, learning_rate, weight_decay, warmup_epochs: the optimisation. MAE's probe uses LARS
+            (lr 0.1 x batch / 256, batch 16384, 90 epochs, 10 warmup, no weight decay); at the batch sizes that fit
+            small data sets, AdamW (0.9, 0.999) with the same cosine schedule reaches the optimum of this convex
+            problem more reliably, so that is what is used here.
+        seed (`int`): seeds the initialisation and the shuffling.
+
+    Returns:
+        The trained probe, in eval mode, on the CPU.
+    """
+    if task not in ("multi_label", "single_label"):
+        raise ValueError(f"`task` must be 'multi_label' or 'single_label', got {task!r}.")
+    if features.ndim != 2 or features.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"`features` must be (num_examples, num_features) with one label row per example, got features "
+            f"{tuple(features.shape)} and labels {tuple(labels.shape)}."
+        )
+    if features.shape[0] < 2:
+        raise ValueError(f"A linear probe needs at least 2 training examples, got {features.shape[0]}.")
+    features = features.float()
+    if task == "multi_label":
+        if labels.ndim != 2:
+            raise ValueError(f"multi-label `labels` must be (num_examples, num_attributes), got {tuple(labels.shape)}.")
+        targets, num_outputs, loss_fn = labels.float(), labels.shape[1], nn.BCEWithLogitsLoss()
+    else:
+        if labels.ndim != 1:
+            raise ValueError(f"single-label `labels` must be (num_examples,) class ids, got {tuple(labels.shape)}.")
+        targets = labels.long()
+        num_outputs = int(targets.max()) + 1 if num_outputs is None else num_outputs
+        if int(targets.min()) < 0 or int(targets.max()) >= num_outputs:
+            raise ValueError(f"single-label `labels` must be class ids in [0, {num_outputs}), got {targets.unique()}.")
+        loss_fn = nn.CrossEntropyLoss()
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = LinearProbe(features.shape[1], num_outputs)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    num_examples = features.shape[0]
+    # a last batch of 1 would make BatchNorm's batch variance undefined: drop it when it would be that small
+    batch_size = min(batch_size, num_examples)
+    remainder = num_examples % batch_size
+    steps_per_epoch = num_examples // batch_size if remainder < 2 else math.ceil(num_examples / batch_size)
+    total_steps, warmup_steps = epochs * steps_per_epoch, min(warmup_epochs, epochs // 2) * steps_per_epoch
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    probe.train()
+    for _ in range(epochs):
+        order = torch.randperm(num_examples, generator=generator)
+        for step in range(steps_per_epoch):
+            batch = order[step * batch_size : (step + 1) * batch_size]
+            loss = loss_fn(probe(features[batch]), targets[batch])
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+    return probe.eval()
+
+
+@torch.no_grad()
+def predict_linear_probe(
+    probe: LinearProbe, features: torch.Tensor, *, task: ProbeTask, batch_size: int = 8192
+) -> torch.Tensor:
+    """0/1 predictions `(num_examples, num_attributes)` (logit > 0) for `multi_label`, class ids for `single_label`."""
+    probe.eval()
+    logits = torch.cat([probe(chunk.float()) for chunk in features.split(batch_size)])
+    return (logits > 0).long() if task == "multi_label" else logits.argmax(dim=-1)
+
+
+def probe_scores(
+    predictions: torch.Tensor | np.ndarray,
+    references: torch.Tensor | np.ndarray,
+    *,
+    task: ProbeTask,
+    train_labels: torch.Tensor | np.ndarray,
+    attribute_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """
+    Score probe predictions against the majority-class floor learnt from the training labels.
+
+    `multi_label`: the mean of per-attribute accuracies (the CelebA convention) through the package's
+    `mean_attribute_accuracy` metric, with `majority_reference` = the training split's positive fractions; returns
+    `mean_attribute_accuracy`, `per_attribute_accuracy`, `majority_baseline`.
+    `single_label`: `accuracy` and `majority_baseline`, the accuracy of always predicting the most frequent training
+    class (ties: the smallest id). References that are not a training class (`-1`) count as errors.
+    """
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    train_labels = np.asarray(train_labels)
+    if task == "multi_label":
+        from .metrics import load_metric
+
+        metric = load_metric("mean_attribute_accuracy", keep_in_memory=True)
+        return metric.compute(
+            predictions=predictions.astype(np.int64),
+            references=references.astype(np.int64),
+            attribute_names=list(attribute_names) if attribute_names is not None else None,
+            majority_reference=train_labels.astype(np.float64).mean(axis=0).tolist(),
+        )
+    if task != "single_label":
+        raise ValueError(f"`task` must be 'multi_label' or 'single_label', got {task!r}.")
+    majority_class = int(np.bincount(train_labels.astype(np.int64)).argmax())
+    return {
+        "accuracy": float((predictions == references).mean()),
+        "majority_baseline": float((references == majority_class).mean()),
+    }
+
+
+def class_ids(train_values: Sequence[Any], eval_values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+    """
+    Map the values of a single label column to class ids `0..K-1`, the classes being the sorted distinct training
+    values; an evaluation value never seen in training maps to `-1` (always an error). Returns
+    `(train_ids, eval_ids, classes)`.
+    """
+    classes = sorted(set(train_values))
+    index = {value: i for i, value in enumerate(classes)}
+    train_ids = np.array([index[value] for value in train_values], dtype=np.int64)
+    eval_ids = np.array([index.get(value, -1) for value in eval_values], dtype=np.int64)
+    return train_ids, eval_ids, classes
+

@@ -1,0 +1,359 @@
+#!/usr/bin/env python
+"""Linear probe of a frozen encoder on CelebA's attributes (or any single label column), with accelerate.
+
+    accelerate launch scripts/linear_probe.py --model_name_or_path outputs/dilated-vit-mae-sample   # shipped sample
+    accelerate launch scripts/linear_probe.py --model_name_or_path outputs/my-run --celeba_dir /data/celeba \\
+        --pooling mean
+    accelerate launch scripts/linear_probe.py --model_name_or_path facebook/vit-mae-base \\
+        --dataset_name flwrlabs/celeba --output_dir outputs/probe-vit-mae-base           # ViTMAE, for comparison
+
+The encoder (ours, or any transformers ViTMAE checkpoint, loaded with `AutoModel`) is frozen and sees the whole image
+(`mask_ratio=0`); one feature per image (`--pooling cls|mean`) is extracted for the train and evaluation splits with the
+model's own image processor (`MAEEvalTransform.from_image_processor`), sharded over the processes and gathered with
+`gather_for_metrics`, and cached on disk (keyed by the checkpoint's weights, pooling, data, split and transform), so a
+second probe of the same model (other labels, other probe settings) skips the encoder. A linear classifier (MAE's:
+BatchNorm1d without affine, then Linear) is trained on the main process: multi-label BCE on the 40 attributes
+(`--label_columns`, default every CelebA attribute present), or cross-entropy on one `--label_column`.
+
+Reported: the mean of per-attribute accuracies (the CelebA convention) and the majority-class floor (the training
+split's majority class of each attribute, scored on the evaluation split), through
+`dilated_vit_mae.metrics.load_metric("mean_attribute_accuracy")`; for one label column, accuracy and the majority floor.
+Written to OUTPUT_DIR/linear_probe_results.json (OUTPUT_DIR defaults to the model folder when it is local, so the model
+card can pick the numbers up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import broadcast_object_list
+from torch.utils.data import DataLoader
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
+
+from dilated_vit_mae.data import CELEBA_ATTRIBUTE_NAMES, load_celeba  # noqa: E402
+from dilated_vit_mae.probe import (  # noqa: E402
+    DEFAULT_FEATURE_CACHE_DIR,
+    FeatureCache,
+    class_ids,
+    extract_features,
+    load_frozen_encoder,
+    model_fingerprint,
+    predict_linear_probe,
+    probe_scores,
+    train_linear_probe,
+)
+from dilated_vit_mae.training import IndexedTransform, collate_indexed  # noqa: E402
+from dilated_vit_mae.transforms import MAEEvalTransform  # noqa: E402
+
+
+logger = get_logger(__name__)
+
+DEFAULT_CELEBA_DIR = REPO_ROOT / "data" / "celeba_sample"
+RESULTS_FILE = "linear_probe_results.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model_name_or_path", required=True, help="A folder saved by run_mae.py, or a ViTMAE checkpoint."
+    )
+    model.add_argument("--revision")
+    model.add_argument("--token", help="Hub token for private models/datasets.")
+    model.add_argument("--trust_remote_code", action="store_true")
+    model.add_argument("--cache_dir", help="Hub download cache.")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", help="Hub dataset id, e.g. flwrlabs/celeba.")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--celeba_dir", help=f"A raw CelebA download (default without a source: {DEFAULT_CELEBA_DIR}).")
+    data.add_argument("--train_dir", help="Any local image folder (imagefolder layout, metadata.csv with the labels).")
+    data.add_argument("--image_column_name", default="image")
+    data.add_argument("--train_split", default="train", help="Split the classifier is trained on.")
+    data.add_argument("--eval_split", default="test", help="Split the accuracy is reported on.")
+    data.add_argument("--max_train_samples", type=int)
+    data.add_argument("--max_eval_samples", type=int)
+    data.add_argument("--on_bad_image", choices=["raise", "skip"], default="raise")
+    data.add_argument("--preprocessing_num_workers", type=int, help="Threads for the up-front image check.")
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    labels = parser.add_argument_group("labels").add_mutually_exclusive_group()
+    labels.add_argument(
+        "--label_columns", nargs="+", help="Multi-label (BCE) columns; default: every CelebA attribute present."
+    )
+    labels.add_argument("--label_column", help="One label column instead (cross-entropy over its distinct values).")
+
+    features = parser.add_argument_group("features")
+    features.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="CLS token or mean patch token.")
+    features.add_argument("--per_device_batch_size", type=int, default=64)
+    features.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    features.add_argument("--feature_cache_dir", default=str(DEFAULT_FEATURE_CACHE_DIR))
+    features.add_argument("--no_feature_cache", action="store_true", help="Neither read nor write cached features.")
+
+    probe = parser.add_argument_group("linear classifier")
+    probe.add_argument("--probe_epochs", type=int, default=90)
+    probe.add_argument("--probe_batch_size", type=int, default=256)
+    probe.add_argument("--probe_learning_rate", type=float, default=1e-3)
+    probe.add_argument("--probe_weight_decay", type=float, default=0.0)
+    probe.add_argument("--seed", type=int, default=0)
+
+    parser.add_argument("--output_dir", help="For linear_probe_results.json (default: the model folder, if local).")
+    args = parser.parse_args(argv)
+
+    sources = [s for s in (args.dataset_name, args.celeba_dir, args.train_dir) if s]
+    if len(sources) > 1:
+        parser.error("Give one data source: --dataset_name, --celeba_dir or --train_dir.")
+    if not sources:
+        args.celeba_dir = str(DEFAULT_CELEBA_DIR)
+    if args.output_dir is None:
+        local = Path(args.model_name_or_path).expanduser()
+        args.output_dir = str(local) if local.is_dir() else str(
+            REPO_ROOT / "outputs" / "linear_probe" / re.sub(r"[^A-Za-z0-9_.-]+", "--", args.model_name_or_path)
+        )
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def select(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
+
+
+def data_fingerprint(dataset: datasets.Dataset, image_column: str) -> str:
+    """Identifies a split's images for the feature cache: the Arrow fingerprint of a dataset read from cache files
+    (Hub datasets), else the images' file paths (or byte sizes) in order."""
+    if dataset.cache_files:
+        return dataset._fingerprint
+    digest = hashlib.sha256()
+    for item in dataset.cast_column(image_column, datasets.Image(decode=False))[image_column]:
+        digest.update(str(item.get("path") or len(item.get("bytes") or b"")).encode() + b"\0")
+    return digest.hexdigest()[:24]
+
+
+def label_matrix(dataset: datasets.Dataset, columns: list[str]) -> np.ndarray:
+    """`(num_examples, len(columns))` 0/1 int array; CelebA's bool columns, or 0/1 (or -1/1) integers."""
+    matrix = np.stack([np.asarray(dataset[column]) for column in columns], axis=1).astype(np.int64)
+    if matrix.size and set(np.unique(matrix).tolist()) <= {-1, 1} and (matrix == -1).any():
+        matrix = (matrix + 1) // 2  # raw CelebA -1/1
+    bad = sorted(set(np.unique(matrix).tolist()) - {0, 1})
+    if bad:
+        raise ValueError(f"Multi-label columns must be binary (bool, 0/1 or -1/1), got values {bad[:5]} in {columns}.")
+    return matrix
+
+
+def resolve_label_columns(args: argparse.Namespace, column_names: list[str]) -> list[str]:
+    if args.label_column is not None:
+        wanted = [args.label_column]
+    elif args.label_columns:
+        wanted = list(args.label_columns)
+    else:
+        wanted = [name for name in CELEBA_ATTRIBUTE_NAMES if name in column_names]
+        if not wanted:
+            raise ValueError(
+                f"The dataset has no CelebA attribute columns (columns: {column_names}); pass --label_columns or "
+                "--label_column, or use a source with attributes (a raw CelebA download, flwrlabs/celeba)."
+            )
+    missing = [name for name in wanted if name not in column_names]
+    if missing:
+        raise ValueError(f"Label column(s) {missing} not in the dataset; it has {column_names}.")
+    return wanted
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Features (all processes), classifier (main process)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def split_features(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    dataset: datasets.Dataset,
+    transform: MAEEvalTransform,
+    description: dict[str, Any],
+    cache: FeatureCache | None,
+) -> tuple[torch.Tensor | None, bool]:
+    """The split's features on the main process (`None` elsewhere) and whether they came from the cache."""
+    cached = cache.load(description) if cache is not None and accelerator.is_main_process else None
+    hit = [cached is not None]
+    broadcast_object_list(hit)  # every process must agree on whether to run the (collective) extraction
+    if hit[0]:
+        return cached, True
+    dataset = dataset.select_columns([args.image_column_name]).add_column("sample_index", list(range(len(dataset))))
+    dataset.set_transform(IndexedTransform(transform, args.image_column_name))
+    dataloader = DataLoader(
+        dataset,
+        batch_size=args.per_device_batch_size,
+        collate_fn=collate_indexed,
+        num_workers=args.dataloader_num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+    dataloader = accelerator.prepare(dataloader)
+    features = extract_features(
+        model, dataloader, len(dataset), args.pooling, accelerator=accelerator, progress=True
+    )
+    if accelerator.is_main_process:
+        if cache is not None:
+            path = cache.save(description, features)
+            logger.info(f"cached {tuple(features.shape)} features of {description['split']} in {path}")
+        return features, False
+    return None, False
+
+
+def main(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Run the probe; returns the results (with `predictions` / `references` arrays) on the main process."""
+    # ---- accelerator -------------------------------------------------------------------------------------------------
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if accelerator.is_local_main_process:
+        datasets.utils.logging.set_verbosity_warning()
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        datasets.utils.logging.set_verbosity_error()
+        transformers.utils.logging.set_verbosity_error()
+
+    # ---- frozen encoder ----------------------------------------------------------------------------------------------
+    model, image_processor = load_frozen_encoder(
+        args.model_name_or_path,
+        revision=args.revision,
+        token=args.token,
+        cache_dir=args.cache_dir,
+        trust_remote_code=args.trust_remote_code,
+    )
+    model.to(accelerator.device)  # inference only: no `prepare` (no gradients to synchronise)
+    transform = MAEEvalTransform.from_image_processor(image_processor)
+
+    # ---- data --------------------------------------------------------------------------------------------------------
+    source = args.dataset_name or args.celeba_dir or args.train_dir
+    with accelerator.main_process_first():
+        splits = load_celeba(
+            source,
+            config_name=args.dataset_config_name,
+            on_bad_image=args.on_bad_image,
+            num_workers=args.preprocessing_num_workers,
+            cache_dir=args.cache_dir,
+            token=args.token,
+        )
+    for split in (args.train_split, args.eval_split):
+        if split not in splits:
+            raise ValueError(f"Split {split!r} not in {source}; it has {list(splits)}.")
+    train_set = select(splits[args.train_split], args.max_train_samples)
+    eval_set = select(splits[args.eval_split], args.max_eval_samples)
+    if args.image_column_name not in train_set.column_names:
+        raise ValueError(
+            f"--image_column_name {args.image_column_name!r} not in {source}; it has {train_set.column_names}."
+        )
+    label_columns = resolve_label_columns(args, train_set.column_names)
+
+    # ---- features ----------------------------------------------------------------------------------------------------
+    cache = None if args.no_feature_cache else FeatureCache(args.feature_cache_dir)
+    local_source = Path(source).expanduser()
+    common = {
+        **model_fingerprint(args.model_name_or_path, args.revision),
+        "pooling": args.pooling,
+        "transform": {"class": type(transform).__name__, **{k: v for k, v in vars(transform).items()}},
+        "source": str(local_source.resolve()) if local_source.exists() else source,
+        "dataset_config_name": args.dataset_config_name,
+        "mixed_precision": accelerator.mixed_precision,
+    }
+    features, from_cache = {}, {}
+    for name, dataset, split in (("train", train_set, args.train_split), ("eval", eval_set, args.eval_split)):
+        description = {
+            **common,
+            "split": split,
+            "num_examples": len(dataset),
+            "images": data_fingerprint(dataset, args.image_column_name),
+        }
+        features[name], from_cache[name] = split_features(
+            args, accelerator, model, dataset, transform, description, cache
+        )
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        accelerator.end_training()
+        return None
+
+    # ---- linear classifier (main process) ----------------------------------------------------------------------------
+    if args.label_column is not None:
+        task = "single_label"
+        train_ids, eval_ids, classes = class_ids(train_set[args.label_column], eval_set[args.label_column])
+        train_labels, eval_labels, num_outputs = torch.from_numpy(train_ids), torch.from_numpy(eval_ids), len(classes)
+    else:
+        task = "multi_label"
+        train_labels = torch.from_numpy(label_matrix(train_set, label_columns))
+        eval_labels = torch.from_numpy(label_matrix(eval_set, label_columns))
+        num_outputs = len(label_columns)
+    probe = train_linear_probe(
+        features["train"],
+        train_labels,
+        task=task,
+        num_outputs=num_outputs,
+        epochs=args.probe_epochs,
+        batch_size=args.probe_batch_size,
+        learning_rate=args.probe_learning_rate,
+        weight_decay=args.probe_weight_decay,
+        seed=args.seed,
+    )
+    predictions = predict_linear_probe(probe, features["eval"], task=task)
+    scores = probe_scores(
+        predictions, eval_labels, task=task, train_labels=train_labels, attribute_names=label_columns
+    )
+    if task == "single_label":
+        scores["per_attribute_accuracy"] = {args.label_column: scores["accuracy"]}
+
+    # ---- save --------------------------------------------------------------------------------------------------------
+    results = {
+        **scores,
+        "pooling": args.pooling,
+        "num_train": len(train_set),
+        "num_test": len(eval_set),
+        "model": args.model_name_or_path,
+        "command": " ".join(["accelerate launch", *sys.argv]) if sys.argv else None,
+        "task": task,
+        "label_columns": label_columns,
+        "train_split": args.train_split,
+        "eval_split": args.eval_split,
+        "dataset": source,
+        "feature_dim": int(features["train"].shape[1]),
+        "features_from_cache": from_cache,
+        "probe": {
+            "head": "BatchNorm1d(affine=False, eps=1e-6) + Linear",
+            "optimizer": "AdamW",
+            "epochs": args.probe_epochs,
+            "batch_size": args.probe_batch_size,
+            "learning_rate": args.probe_learning_rate,
+            "weight_decay": args.probe_weight_decay,
+            "seed": args.seed,
+        },
+    }
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    headline = "mean_attribute_accuracy" if task == "multi_label" else "accuracy"
+    logger.info(
+        f"{headline} {results[headline]:.4f} (majority floor {results['majority_baseline']:.4f}) on "
+        f"{len(eval_set)} {args.eval_split} images; wrote {output_dir / RESULTS_FILE}"
+    )
+    accelerator.end_training()
+    return {**results, "predictions": predictions.numpy(), "references": eval_labels.numpy()}
+
+
+if __name__ == "__main__":
+    main(parse_args())

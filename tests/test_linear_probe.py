@@ -1,0 +1,324 @@
+"""Tests of `dilated_vit_mae/probe.py` and `scripts/linear_probe.py`: the linear classifier on separable data, scores
+against a hand computation, the script end to end on the shipped CelebA sample with our encoder and with a
+transformers ViTMAE checkpoint, the feature cache, and sharded extraction over two processes."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
+from dilated_vit_mae.probe import (
+    FeatureCache,
+    LinearProbe,
+    class_ids,
+    encode_images,
+    extract_features,
+    load_frozen_encoder,
+    model_fingerprint,
+    predict_linear_probe,
+    probe_scores,
+    train_linear_probe,
+)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "scripts" / "linear_probe.py"
+SAMPLE_DIR = REPO_ROOT / "data" / "celeba_sample"
+RESULT_KEYS = {"majority_baseline", "per_attribute_accuracy", "pooling", "num_train", "num_test", "model", "command"}
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("linear_probe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def our_model_dir(tmp_path, tiny_config_kwargs):
+    """A random tiny DilatedViTMAE saved like run_mae.py saves (pre-training head + image processor), 32 px."""
+    folder = tmp_path / "ours"
+    config = DilatedViTMAEConfig(**tiny_config_kwargs, dilation_rates=(2,))
+    DilatedViTMAEForPreTraining(config).save_pretrained(folder)
+    DilatedViTMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def vit_mae_dir(tmp_path):
+    """A random tiny transformers ViTMAEModel with its PIL image processor (no torchvision), 32 px."""
+    from transformers import ViTImageProcessorPil, ViTMAEConfig, ViTMAEModel
+
+    folder = tmp_path / "vit-mae"
+    config = ViTMAEConfig(
+        image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    ViTMAEModel(config).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def probe_argv(model_dir, cache_dir, *extra) -> list[str]:
+    return [
+        "--model_name_or_path", str(model_dir),
+        "--celeba_dir", str(SAMPLE_DIR),
+        "--feature_cache_dir", str(cache_dir),
+        "--per_device_batch_size", "16",
+        "--probe_epochs", "30",
+        *extra,
+    ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The classifier and the scores
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_linear_probe_is_batchnorm_without_affine_then_linear():
+    probe = LinearProbe(num_features=8, num_outputs=3)
+    assert not probe.norm.affine and probe.norm.eps == 1e-6
+    assert sum(p.numel() for p in probe.parameters()) == 8 * 3 + 3  # only the linear layer learns
+    # the norm standardises badly scaled features: a feature x 1000 gives the same training-mode output
+    features = torch.randn(16, 8)
+    torch.testing.assert_close(probe.train()(features * 1000 + 5), probe(features), atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("task", ["single_label", "multi_label"])
+def test_train_linear_probe_fits_separable_data(task):
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=generator) * 4
+    classes = torch.arange(300) % 3
+    features = centres[classes] + torch.randn(300, 16, generator=generator) * 0.5
+    features = features * torch.logspace(-3, 3, 16)  # scales that an unnormalised linear layer would struggle with
+    labels = classes if task == "single_label" else torch.stack([classes == 0, classes != 1], dim=1).long()
+    probe = train_linear_probe(features[:200], labels[:200], task=task, epochs=50, batch_size=32, seed=0)
+    predictions = predict_linear_probe(probe, features[200:], task=task)
+    assert predictions.shape == labels[200:].shape
+    assert torch.equal(predictions, labels[200:])
+
+
+def test_train_linear_probe_is_deterministic_and_validates():
+    features, labels = torch.randn(50, 4), torch.randint(0, 2, (50, 3))
+    first = train_linear_probe(features, labels, task="multi_label", epochs=3, batch_size=8, seed=1)
+    second = train_linear_probe(features, labels, task="multi_label", epochs=3, batch_size=8, seed=1)
+    torch.testing.assert_close(first.state_dict(), second.state_dict(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="single-label `labels` must be"):
+        train_linear_probe(features, labels, task="single_label")
+    with pytest.raises(ValueError, match="`task` must be"):
+        train_linear_probe(features, labels, task="regression")
+
+
+def test_probe_scores_equal_hand_computation():
+    rng = np.random.default_rng(0)
+    predictions, references = rng.integers(0, 2, (30, 5)), rng.integers(0, 2, (30, 5))
+    train_labels = rng.integers(0, 2, (80, 5))
+    names = [f"attribute_{i}" for i in range(5)]
+    scores = probe_scores(predictions, references, task="multi_label", train_labels=train_labels, attribute_names=names)
+    per_attribute = (predictions == references).mean(axis=0)
+    assert scores["mean_attribute_accuracy"] == pytest.approx(per_attribute.mean())
+    assert scores["per_attribute_accuracy"] == pytest.approx(dict(zip(names, per_attribute)))
+    majority = (train_labels.mean(axis=0) > 0.5).astype(int)
+    assert scores["majority_baseline"] == pytest.approx((references == majority).mean(axis=0).mean())
+
+    single = probe_scores(
+        np.array([0, 2, 2, 1]), np.array([0, 2, 1, -1]), task="single_label", train_labels=np.array([1, 1, 0, 2])
+    )
+    assert single == {"accuracy": 0.5, "majority_baseline": 0.25}  # the unseen reference (-1) is an error
+
+
+def test_class_ids_maps_unseen_values_to_minus_one():
+    train_ids, eval_ids, classes = class_ids(["b", "a", "b"], ["a", "c"])
+    assert classes == ["a", "b"] and train_ids.tolist() == [1, 0, 1] and eval_ids.tolist() == [0, -1]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Encoders and features
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_vit_mae_features_are_whole_image_and_deterministic(vit_mae_dir):
+    model, image_processor = load_frozen_encoder(vit_mae_dir)
+    assert type(model).__name__ == "ViTMAEModel" and model.config.mask_ratio == 0.0
+    assert type(image_processor).__name__ == "ViTImageProcessorPil"
+    pixel_values = torch.randn(3, 3, 32, 32)
+    torch.manual_seed(1)
+    first = encode_images(model, pixel_values, "mean")
+    torch.manual_seed(2)  # ViTMAE would shuffle tokens with fresh random noise: we pass increasing noise
+    second = encode_images(model, pixel_values, "mean")
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    # the mean of the patch tokens of the unshuffled whole-image sequence
+    tokens = model(pixel_values, noise=torch.arange(64.0).expand(3, -1)).last_hidden_state
+    assert tokens.shape == (3, 65, 32)
+    torch.testing.assert_close(first, tokens[:, 1:].mean(dim=1))
+    torch.testing.assert_close(encode_images(model, pixel_values, "cls"), tokens[:, 0])
+
+
+def test_our_encoder_loads_from_a_pretraining_folder(our_model_dir):
+    model, image_processor = load_frozen_encoder(our_model_dir)
+    assert type(model).__name__ == "DilatedViTMAEModel" and model.config.mask_ratio == 0.0
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    reference = DilatedViTMAEForPreTraining.from_pretrained(our_model_dir).vit
+    torch.testing.assert_close(model.state_dict(), reference.state_dict())
+    assert encode_images(model, torch.randn(2, 3, 32, 32), "cls").shape == (2, 32)
+    with pytest.raises(ValueError, match="`pooling` must be"):
+        encode_images(model, torch.randn(2, 3, 32, 32), "max")
+
+
+def test_masking_encoder_is_refused(tiny_config):
+    from dilated_vit_mae import DilatedViTMAEModel
+
+    model = DilatedViTMAEModel(tiny_config).eval()  # mask_ratio 0.75
+    with pytest.raises(ValueError, match="mask_ratio"):
+        encode_images(model, torch.randn(1, 3, 32, 32))
+
+
+def test_unsupported_model_type_is_refused(tmp_path):
+    from transformers import ViTConfig
+
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="'vit' model"):
+        load_frozen_encoder(tmp_path)
+
+
+def test_extract_features_restores_dataset_order(tiny_config_kwargs):
+    from dilated_vit_mae import DilatedViTMAEModel
+
+    model = DilatedViTMAEModel(DilatedViTMAEConfig(**tiny_config_kwargs, mask_ratio=0.0)).eval()
+    pixel_values = torch.randn(5, 3, 32, 32)
+    shuffled = [{"pixel_values": pixel_values[[3, 1]], "sample_index": torch.tensor([3, 1])},
+                {"pixel_values": pixel_values[[4, 0, 2]], "sample_index": torch.tensor([4, 0, 2])}]  # fmt: skip
+    features = extract_features(model, shuffled, num_examples=5, pooling="cls")
+    torch.testing.assert_close(features, encode_images(model, pixel_values, "cls"))
+    with pytest.raises(RuntimeError, match="exactly once"):
+        extract_features(model, shuffled[:1], num_examples=5)
+
+
+def test_feature_cache_round_trip_and_fingerprint(tmp_path, our_model_dir):
+    cache = FeatureCache(tmp_path / "cache")
+    description = {"model": "m", "pooling": "cls", "split": "train"}
+    assert cache.load(description) is None
+    cache.save(description, torch.arange(6.0).reshape(3, 2))
+    torch.testing.assert_close(cache.load(description), torch.arange(6.0).reshape(3, 2))
+    assert cache.load({**description, "pooling": "mean"}) is None
+    assert not list((tmp_path / "cache").glob(".*tmp"))  # written atomically
+    # re-saving weights into the same folder changes the fingerprint, so stale features are not reused
+    before = model_fingerprint(our_model_dir)
+    weights = our_model_dir / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
+    assert model_fingerprint(our_model_dir) != before
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The script
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_script_on_celeba_sample_with_our_encoder_and_cache(our_model_dir, tmp_path, monkeypatch):
+    script = load_script()
+    results = script.main(script.parse_args(probe_argv(our_model_dir, tmp_path / "cache")))
+
+    # written next to the model by default, with the documented keys
+    written = json.loads((our_model_dir / "linear_probe_results.json").read_text())
+    assert RESULT_KEYS | {"mean_attribute_accuracy"} <= set(written)
+    assert written["num_train"] == 40 and written["num_test"] == 8 and written["pooling"] == "cls"
+    assert len(written["per_attribute_accuracy"]) == 40 and written["features_from_cache"] == {"train": False, "eval": False}
+
+    # the reported numbers are the hand computation from the predictions
+    predictions, references = results["predictions"], results["references"]
+    assert predictions.shape == references.shape == (8, 40)
+    per_attribute = (predictions == references).mean(axis=0)
+    assert written["mean_attribute_accuracy"] == pytest.approx(per_attribute.mean())
+    assert list(written["per_attribute_accuracy"].values()) == pytest.approx(per_attribute.tolist())
+    lines = (SAMPLE_DIR / "list_attr_celeba.txt").read_text().splitlines()[2:]
+    labels = (np.array([[int(v) for v in line.split()[1:]] for line in lines]) + 1) // 2
+    assert np.array_equal(references, labels[48:56])
+    majority = (labels[:40].mean(axis=0) > 0.5).astype(int)
+    assert written["majority_baseline"] == pytest.approx((labels[48:56] == majority).mean())
+    # the placeholder attributes are brightness cells: even a random encoder's features beat the floor on some
+    assert (per_attribute > (labels[48:56] == majority).mean(axis=0)).any()
+
+    # second call: features come from the cache, the encoder is not run again, the numbers are the same
+    def fail(*args, **kwargs):
+        raise AssertionError("features were recomputed although they are cached")
+
+    monkeypatch.setattr(script, "extract_features", fail)
+    again = script.main(script.parse_args(probe_argv(our_model_dir, tmp_path / "cache")))
+    assert again["features_from_cache"] == {"train": True, "eval": True}
+    assert again["mean_attribute_accuracy"] == written["mean_attribute_accuracy"]
+    # another pooling is another cache entry
+    with pytest.raises(AssertionError, match="recomputed"):
+        script.main(script.parse_args(probe_argv(our_model_dir, tmp_path / "cache", "--pooling", "mean")))
+
+
+def test_script_with_vit_mae_checkpoint_and_single_label(vit_mae_dir, tmp_path):
+    script = load_script()
+    output_dir = tmp_path / "out"
+    argv = probe_argv(
+        vit_mae_dir, tmp_path / "cache", "--pooling", "mean", "--label_column", "Smiling", "--output_dir", str(output_dir)
+    )
+    results = script.main(script.parse_args(argv))
+    written = json.loads((output_dir / "linear_probe_results.json").read_text())
+    assert RESULT_KEYS | {"accuracy"} <= set(written) and "mean_attribute_accuracy" not in written
+    assert written["model"] == str(vit_mae_dir) and written["pooling"] == "mean" and written["task"] == "single_label"
+    assert written["feature_dim"] == 32
+    assert written["accuracy"] == pytest.approx((results["predictions"] == results["references"]).mean())
+    assert written["per_attribute_accuracy"] == {"Smiling": written["accuracy"]}
+    assert 0.0 <= written["majority_baseline"] <= 1.0 and math.isfinite(written["accuracy"])
+
+
+def test_script_rejects_unknown_label_column(our_model_dir, tmp_path):
+    script = load_script()
+    with pytest.raises(ValueError, match="not in the dataset"):
+        script.main(script.parse_args(probe_argv(our_model_dir, tmp_path / "cache", "--label_columns", "Not_A_Column")))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Two processes
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+SHARDED_FEATURES_SCRIPT = """
+import sys
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from dilated_vit_mae.probe import encode_images, extract_features, load_frozen_encoder
+from dilated_vit_mae.training import collate_indexed
+
+model_dir, output_file = sys.argv[1:]
+accelerator = Accelerator()
+model, _ = load_frozen_encoder(model_dir)
+pixel_values = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+examples = [{"pixel_values": pixel_values[i], "sample_index": i} for i in range(7)]
+# batch 2 over 2 processes: 7 examples leave an uneven last batch, which gather_for_metrics must trim
+dataloader = accelerator.prepare(DataLoader(examples, batch_size=2, collate_fn=collate_indexed))
+features = extract_features(model, dataloader, num_examples=7, pooling="cls", accelerator=accelerator)
+if accelerator.is_main_process:
+    expected = encode_images(model, pixel_values, "cls")
+    torch.save({"features": features, "expected": expected, "num_processes": accelerator.num_processes}, output_file)
+"""
+
+
+@pytest.mark.slow  # two fresh interpreters (~15 s); fork-based launchers hang once torch's thread pool is in use
+def test_extract_features_over_two_processes(our_model_dir, tmp_path):
+    script, output_file = tmp_path / "sharded_features.py", tmp_path / "features.pt"
+    script.write_text(SHARDED_FEATURES_SCRIPT)
+    command = [
+        str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(script), str(our_model_dir), str(output_file),
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO_ROOT)}
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = torch.load(output_file)
+    assert result["num_processes"] == 2  # two real ranks (`--cpu --num_processes 2` would start one)
+    torch.testing.assert_close(result["features"], result["expected"], rtol=1e-5, atol=1e-5)
