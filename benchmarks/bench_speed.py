@@ -3,11 +3,19 @@
 
     python benchmarks/bench_speed.py                      # small config and ViT-B/16 at 224 px, on CPU
     python benchmarks/bench_speed.py --device cuda --dtype bfloat16 --presets base --batch_size 64
+    python benchmarks/bench_speed.py --device cuda --dtype bfloat16 --presets base --batch_size 64 --compile
 
 For each preset it times, interleaved and after warm-up, a training step (forward, backward, AdamW step) and an
 encoder forward over the whole image (`mask_ratio=0`, no grad), for ViTMAE and for our model with no dilation, the
 default dilation set and two rates; it prints medians and ratios to ViTMAE measured in the same run, and peak memory
 (CUDA: `max_memory_allocated`; CPU: how much a fresh process's peak RSS grows over 3 training steps). Writes JSON.
+
+Model FLOP utilisation: the FLOPs of one training step are counted, not estimated, with
+`torch.utils.flop_counter.FlopCounterMode` on an eager-attention copy of each model (batch 1, on the CPU; a
+multiply-add is 2 FLOPs; the optimizer step is not counted); ViTMAE's ViT-B/16 step counts 58.5 GFLOP per image,
+MAE's ~59. Achieved TFLOP/s = FLOPs per image x images/s; MFU = that / the device's peak (`--peak_tflops`, or for
+bf16/fp16 on a GPU whose dense peak is in `PEAK_TFLOPS_16BIT`). `--dtype` casts the models (no autocast); `--compile`
+wraps every model in `torch.compile` (its compilation happens in the untimed warm-up).
 """
 
 from __future__ import annotations
@@ -44,15 +52,39 @@ VARIANTS = {
 }
 
 
-def build(variant: str, preset: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
+# dense bf16/fp16 tensor-core peaks in TFLOP/s (vendor data sheets), matched against torch.cuda.get_device_name()
+PEAK_TFLOPS_16BIT = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0), ("L40S", 362.05), ("L4", 121.0))
+
+
+def build(variant: str, preset: str, device: str, dtype: torch.dtype, attn_implementation: str = "sdpa") -> torch.nn.Module:
     sizes = PRESETS[preset]
     if VARIANTS[variant] is None:
-        model = ViTMAEForPreTraining(ViTMAEConfig(**sizes, attn_implementation="sdpa"))
+        model = ViTMAEForPreTraining(ViTMAEConfig(**sizes, attn_implementation=attn_implementation))
     else:
         model = DilatedViTMAEForPreTraining._from_config(
-            DilatedViTMAEConfig(**sizes, **VARIANTS[variant]), attn_implementation="sdpa"
+            DilatedViTMAEConfig(**sizes, **VARIANTS[variant]), attn_implementation=attn_implementation
         )
     return model.to(device=device, dtype=dtype).train()
+
+
+def train_flops_per_image(variant: str, preset: str) -> float:
+    """FLOPs of one image's forward + backward, counted on an eager-attention copy (SDPA kernels are not counted on CPU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build(variant, preset, "cpu", torch.float32, attn_implementation="eager")
+    pixel_values, noise = make_inputs(preset, 1, "cpu", torch.float32)
+    with FlopCounterMode(display=False) as counter:
+        model(pixel_values=pixel_values, noise=noise).loss.backward()
+    return float(counter.get_total_flops())
+
+
+def peak_tflops(device: str, dtype_name: str, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    if device.startswith("cuda") and dtype_name in ("bfloat16", "float16"):
+        name = torch.cuda.get_device_name(device)
+        return next((peak for key, peak in PEAK_TFLOPS_16BIT if key in name), None)
+    return None
 
 
 def make_inputs(preset: str, batch_size: int, device: str, dtype: torch.dtype, seed: int = 0):
@@ -78,9 +110,11 @@ def train_step_fn(model, optimizer, pixel_values, noise):
     return step
 
 
-def encoder_fn(model, pixel_values):
-    encoder = model.vit
-    num_patches = encoder.embeddings.patch_embeddings.num_patches
+def encoder_fn(model, pixel_values, compile: bool = False):
+    model = getattr(model, "_orig_mod", model)  # a compiled model: compile its encoder on its own
+    vit = model.vit
+    encoder = torch.compile(vit) if compile else vit
+    num_patches = vit.embeddings.patch_embeddings.num_patches
     in_order = torch.arange(num_patches, device=pixel_values.device).expand(pixel_values.shape[0], -1)
 
     @torch.no_grad()
@@ -88,9 +122,9 @@ def encoder_fn(model, pixel_values):
         if isinstance(model, DilatedViTMAEForPreTraining):
             encoder(pixel_values=pixel_values, mask_ratio=0.0)
         else:  # ViTMAE takes the ratio from its config; noise keeps the order, as ours does without noise
-            encoder.config.mask_ratio = 0.0
+            vit.config.mask_ratio = 0.0
             encoder(pixel_values=pixel_values, noise=in_order)
-            encoder.config.mask_ratio = 0.75
+            vit.config.mask_ratio = 0.75
 
     return run
 
@@ -162,6 +196,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no_memory", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model (compiled in the warm-up)")
+    parser.add_argument("--peak_tflops", type=float, help="the device's peak for --dtype, for MFU (default: known GPUs)")
     parser.add_argument("--output_json", default="benchmarks/results/speed.json")
     parser.add_argument("--_memory_child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,17 +215,21 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "dtype": args.dtype,
+        "compile": args.compile,
+        "peak_tflops": peak_tflops(args.device, args.dtype, args.peak_tflops),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "results": {},
     }
     for preset, batch_size in zip(args.presets, batch_sizes):
         models = {name: build(name, preset, args.device, dtype) for name in VARIANTS}
+        if args.compile:
+            models = {name: torch.compile(model) for name, model in models.items()}
         pixel_values, noise = make_inputs(preset, batch_size, args.device, dtype)
         train_steps = {
             name: train_step_fn(model, torch.optim.AdamW(model.parameters(), lr=1e-4), pixel_values, noise)
             for name, model in models.items()
         }
-        encoders = {name: encoder_fn(model, pixel_values) for name, model in models.items()}
+        encoders = {name: encoder_fn(model, pixel_values, compile=args.compile) for name, model in models.items()}
         train_times = time_interleaved(train_steps, args.repeats, args.warmup, args.device)
         encoder_times = time_interleaved(encoders, args.repeats, args.warmup, args.device)
         del models, train_steps, encoders
@@ -205,6 +245,11 @@ def main() -> None:
                 "encoder_s": encoder,
                 "encoder_ratio": encoder / reference_encoder,
             }
+            flops = train_flops_per_image(name, preset)
+            rows[name]["train_gflop_per_image"] = flops / 1e9
+            rows[name]["train_tflops_per_s"] = flops * batch_size / train / 1e12
+            if report["peak_tflops"]:
+                rows[name]["mfu"] = rows[name]["train_tflops_per_s"] / report["peak_tflops"]
             if not args.no_memory:
                 rows[name]["peak_memory_mb"] = peak_memory_mb(name, preset, batch_size, args.device, args.dtype)
         if not args.no_memory:
@@ -212,15 +257,20 @@ def main() -> None:
                 row["peak_memory_ratio"] = row["peak_memory_mb"] / rows["vit_mae"]["peak_memory_mb"]
         report["results"][preset] = {"batch_size": batch_size, "rows": rows}
 
-        print(f"\n{preset} (batch {batch_size}, {args.device}, {args.dtype}, median of {args.repeats}, ratios to ViTMAE)")
-        header = f"{'model':<18}{'train step':>12}{'ratio':>8}{'images/s':>10}{'encoder':>10}{'ratio':>8}"
+        compiled = ", compiled" if args.compile else ""
+        print(f"\n{preset} (batch {batch_size}, {args.device}, {args.dtype}{compiled}, median of {args.repeats}, ratios to ViTMAE)")
+        header = f"{'model':<18}{'train step':>12}{'ratio':>8}{'images/s':>10}{'GFLOP/img':>10}{'TFLOP/s':>9}"
+        header += f"{'MFU':>7}" if report["peak_tflops"] else ""
+        header += f"{'encoder':>10}{'ratio':>8}"
         header += "" if args.no_memory else f"{'peak MB':>10}{'ratio':>8}"
         print(header)
         for name, row in rows.items():
             line = (
                 f"{name:<18}{row['train_step_s'] * 1000:>10.1f}ms{row['train_step_ratio']:>8.3f}{row['images_per_s']:>10.1f}"
-                f"{row['encoder_s'] * 1000:>8.1f}ms{row['encoder_ratio']:>8.3f}"
+                f"{row['train_gflop_per_image']:>10.2f}{row['train_tflops_per_s']:>9.3f}"
             )
+            line += f"{100 * row['mfu']:>6.1f}%" if "mfu" in row else ""
+            line += f"{row['encoder_s'] * 1000:>8.1f}ms{row['encoder_ratio']:>8.3f}"
             if not args.no_memory:
                 line += f"{row['peak_memory_mb']:>10.0f}{row['peak_memory_ratio']:>8.3f}"
             print(line)
