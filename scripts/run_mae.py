@@ -352,6 +352,7 @@ def main(args: argparse.Namespace) -> Path:
     images_seen = 0
     eval_results: dict = {}
     stop_reason = None
+    loop_start = time.perf_counter()  # this process's time in the loop (a resumed run: since it resumed)
     for epoch in range(start_epoch, num_epochs):
         if global_step >= max_train_steps or stop_reason:
             break
@@ -454,7 +455,7 @@ def main(args: argparse.Namespace) -> Path:
         summary = run_summary(
             args, accelerator, splits, global_step=global_step, num_epochs=num_epochs,
             effective_batch_size=effective_batch_size, learning_rate=learning_rate, num_warmup_steps=num_warmup_steps,
-            eval_results=eval_results,
+            eval_results=eval_results, train_runtime_seconds=time.perf_counter() - loop_start,
         )  # fmt: skip
         (output_dir / "all_results.json").write_text(json.dumps(summary, indent=2))
         # every output folder is publishable as it is: reconstruction pipeline, endpoint handler, model card
@@ -487,6 +488,7 @@ def run_summary(
     learning_rate: float,
     num_warmup_steps: int,
     eval_results: dict,
+    train_runtime_seconds: float | None = None,
 ) -> dict:
     """`all_results.json`: what the run did and measured, which the model card is rendered from."""
     source = args.dataset_name or args.celeba_dir or args.train_dir
@@ -551,6 +553,8 @@ def run_summary(
             "num_processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
             "distributed_type": getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)),
+            # training and evaluation loop of this run (a resumed run counts from its resumption)
+            "train_runtime_seconds": train_runtime_seconds,
         },
         "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
         "eval_samples": num_examples("validation"),

@@ -237,9 +237,10 @@ def test_training_run_renders_its_card_and_pushes(tiny_config_kwargs, tmp_path, 
     assert {r.metric_type for r in card.data.eval_results} == {"mse", "psnr"}
     assert "--num_train_epochs 1" in card.text and "hf_SECRET" not in card.text
     assert "2 optimizer steps over 1 epoch, effective batch 4" in card.text
-    assert "1 process on CPU, fp32" in card.text
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["dataset"]["train_samples"] == 8 and results["hardware"]["device_type"] == "cpu"
+    runtime = results["hardware"]["train_runtime_seconds"]
+    assert runtime > 0 and f"1 process on CPU, fp32, {runtime / 60:.1f} min of training" in card.text
     assert "hf_SECRET" not in results["command"]
     # and it was pushed: token, private repo, branch, after the check
     hf_api.assert_called_once_with(token="hf_SECRET")
