@@ -143,7 +143,7 @@ CHECK_SCRIPT = textwrap.dedent(
     """
     import sys
     sys.modules["dilated_vit_mae"] = None  # what a Hub user has: the folder's code, not this package
-    import importlib.util, json
+    import importlib.util, json, os
     import numpy as np
     import PIL.Image
     import torch
@@ -179,8 +179,8 @@ CHECK_SCRIPT = textwrap.dedent(
                 raise SystemExit(f"the {task} pipeline's {key!r} is not an image: {type(result[key])}")
         report.setdefault("pipelines", []).append(task)
 
-    handler_path = folder + "/handler.py"
-    if importlib.util.find_spec is not None and __import__("os").path.isfile(handler_path):
+    handler_path = os.path.join(folder, "handler.py")
+    if os.path.isfile(handler_path):
         spec = importlib.util.spec_from_file_location("endpoint_handler", handler_path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -189,8 +189,8 @@ CHECK_SCRIPT = textwrap.dedent(
             json.dumps(handler({"inputs": image, "parameters": parameters}))
         report["handler"] = True
 
-    card_path = folder + "/README.md"
-    if __import__("os").path.isfile(card_path):
+    card_path = os.path.join(folder, "README.md")
+    if os.path.isfile(card_path):
         card = ModelCard.load(card_path)
         data = card.data.to_dict()
         for key in ("library_name", "pipeline_tag", "license", "tags"):

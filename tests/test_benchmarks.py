@@ -1,6 +1,5 @@
 """The speed and data-pipeline benchmarks run end to end and report what the README quotes from them (tiny sizes)."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -9,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_file
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(f"benchmarks/{name}.py")
 
 
 @pytest.mark.slow  # eight models and four fresh interpreters (the peak-memory children): ~40 s

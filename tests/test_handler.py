@@ -1,7 +1,6 @@
 """The Inference Endpoints handler, as shipped in a published folder (`handler.py`), called locally."""
 
 import base64
-import importlib.util
 import io
 import json
 
@@ -11,13 +10,13 @@ import pytest
 import skimage.data
 import torch
 
+from conftest import TINY_CONFIG, load_file
 from dilated_vit_mae import DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
 from dilated_vit_mae.hub import add_inference_code
 
 
 @pytest.fixture(scope="module")
 def handler(tmp_path_factory):
-    from conftest import TINY_CONFIG
     from dilated_vit_mae import DilatedViTMAEConfig
 
     torch.manual_seed(0)
@@ -28,9 +27,7 @@ def handler(tmp_path_factory):
         folder
     )
     add_inference_code(folder)
-    spec = importlib.util.spec_from_file_location("endpoint_handler", folder / "handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file(folder / "handler.py", "endpoint_handler")
     return module.EndpointHandler(str(folder)), module
 
 

@@ -2,7 +2,6 @@
 against a hand computation, the script end to end on the shipped CelebA sample with our encoder and with a
 transformers ViTMAE checkpoint, the feature cache, and sharded extraction over two processes."""
 
-import importlib.util
 import json
 import math
 import os
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_file
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
 from dilated_vit_mae.probe import (
     FeatureCache,
@@ -36,10 +36,7 @@ RESULT_KEYS = {"majority_baseline", "per_attribute_accuracy", "pooling", "num_tr
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("linear_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(SCRIPT)
 
 
 @pytest.fixture

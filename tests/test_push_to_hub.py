@@ -2,7 +2,6 @@
 folder is refused before any call to the Hub, and `scripts/push_to_hub.py` / `run_mae.py --push_to_hub` make the
 expected calls to a mocked `huggingface_hub.HfApi`."""
 
-import importlib.util
 import json
 from pathlib import Path
 from unittest import mock
@@ -10,6 +9,7 @@ from unittest import mock
 import pytest
 from huggingface_hub import ModelCard
 
+from conftest import load_file
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor, hub
 from dilated_vit_mae.hub import FolderCheckError, check_folder, files_to_upload, prepare_hub_folder, push_folder_to_hub
 
@@ -20,10 +20,7 @@ FAKE_REPORT = {"loss": 1.0, "pipelines": ["mae-reconstruction"], "handler": True
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(f"scripts/{name}.py")
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """End-to-end tests of `scripts/run_mae.py` on the shipped CelebA sample with a tiny model: a run in-process, exact
 resume after SIGKILL with two real CPU processes, SIGTERM (preemption), a non-finite loss, and bad arguments."""
 
-import importlib.util
 import json
 import os
 import random
@@ -15,6 +14,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from conftest import load_file
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
 
 
@@ -23,10 +23,7 @@ SCRIPT = REPO_ROOT / "scripts" / "run_mae.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("run_mae", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(SCRIPT)
 
 
 @pytest.fixture

@@ -1,25 +1,20 @@
 """`scripts/visualize.py`: a PNG grid of original / masked / reconstruction / re-composited for any image folder."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import skimage.data
 
+from conftest import load_file
 from dilated_vit_mae import DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
 from dilated_vit_mae.pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("visualize", REPO_ROOT / "scripts" / "visualize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file("scripts/visualize.py")
 
 
 @pytest.fixture
