@@ -632,8 +632,9 @@ class DilatedViTMAEDecoder(nn.Module):
         # embed tokens: (B, 1 + K, D) -> (B, 1 + K, D_dec)
         hidden_states = self.decoder_embed(hidden_states)
         num_patches = ids_restore.shape[1]
-        if hidden_states.shape[1] != num_patches + 1:
-            # append mask tokens to the kept ones, then unshuffle to image order
+        if self.config.masking_mode == "drop":
+            # append mask tokens to the kept ones, then unshuffle to image order; also when none was removed (the
+            # kept tokens are still in noise order), as ViTMAE does
             mask_tokens = self.mask_token.expand(hidden_states.shape[0], num_patches + 1 - hidden_states.shape[1], -1)
             patch_tokens = torch.cat([hidden_states[:, 1:, :], mask_tokens], dim=1)  # (B, L, D_dec)
             patch_tokens = gather_tokens(patch_tokens, ids_restore)

@@ -257,9 +257,11 @@ def test_full_context_sees_masked_pixels(tiny_config_kwargs, masking_mode):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mask_ratio", [0.75, 0.0])
 @pytest.mark.parametrize("variant", ["vitmae", "sum_full", "sum_visible", "concat_full"])
-def test_vit_mae_checkpoint_loads_and_reproduces_vit_mae(tiny_config_kwargs, tmp_path, variant):
-    reference = vit_mae_random_checkpoint(tiny_config_kwargs, tmp_path)
+def test_vit_mae_checkpoint_loads_and_reproduces_vit_mae(tiny_config_kwargs, tmp_path, variant, mask_ratio):
+    # at mask ratio 0 with `noise`, the kept tokens are every patch in noise order: the decoder must still unshuffle
+    reference = vit_mae_random_checkpoint(tiny_config_kwargs, tmp_path, mask_ratio=mask_ratio)
     overrides = VARIANTS[variant]
     model, info = DilatedViTMAEForPreTraining.from_pretrained(tmp_path, output_loading_info=True, **overrides)
     model.eval()
@@ -273,9 +275,24 @@ def test_vit_mae_checkpoint_loads_and_reproduces_vit_mae(tiny_config_kwargs, tmp
     pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
     expected, actual = reference(pixel_values, noise=noise), model(pixel_values, noise=noise)
     torch.testing.assert_close(actual.logits, expected.logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(actual.loss, expected.loss, atol=1e-5, rtol=1e-5)
+    # with nothing masked the loss is 0 / 0 in both
+    torch.testing.assert_close(actual.loss, expected.loss, atol=1e-5, rtol=1e-5, equal_nan=mask_ratio == 0)
     torch.testing.assert_close(actual.mask, expected.mask)
     torch.testing.assert_close(actual.ids_restore, expected.ids_restore)
+    # the encoder output is ViTMAE's too: CLS, then the kept patches in noise order (shuffled even when all are kept)
+    expected_encoder = reference.vit(pixel_values, noise=noise).last_hidden_state
+    torch.testing.assert_close(model.vit(pixel_values, noise=noise).last_hidden_state, expected_encoder, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_reconstruction_at_mask_ratio_zero_does_not_depend_on_noise(tiny_config_kwargs, variant):
+    model = DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, **VARIANTS[variant])).eval()
+    randomize_dilated_branches(model)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    image_order = model(pixel_values, mask_ratio=0.0).logits
+    for _ in range(2):
+        shuffled = model(pixel_values, noise=torch.rand(2, 64), mask_ratio=0.0).logits
+        torch.testing.assert_close(shuffled, image_order, atol=1e-5, rtol=1e-5)
 
 
 def test_facebook_key_layout_loads(tiny_config_kwargs, tmp_path):
