@@ -20,6 +20,10 @@ instead of inheriting transformers' `PilBackend` / `TorchvisionBackend`, whose i
 and need torchvision for the unsuffixed class.
 """
 
+import base64
+import binascii
+import contextlib
+import io
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -38,19 +42,32 @@ from transformers.processing_utils import ImagesKwargs
 GREYSCALE_DEFAULT_MEAN = (0.449,)
 GREYSCALE_DEFAULT_STD = (0.226,)
 
-# num_channels -> PIL mode that every image is converted to before resizing
+# Bounds on what one image may cost, so that a hostile or accidental input cannot exhaust a server's memory (an
+# Inference Endpoint runs this code on whatever it is sent):
+MAX_IMAGE_PIXELS = 50_000_000  # width x height of an image to decode, checked from its header before decoding
+MAX_IMAGE_BYTES = 32 * 2**20  # size of an encoded image passed as bytes or base64
+# largest image a resize may produce; a bigger shortest-edge resize (an extreme aspect ratio: 1 x 1,000,000 px ->
+# 224 x 224,000,000) is fused with the centre crop, which then resamples only the pixels it keeps
+MAX_RESIZED_PIXELS = 2**24
+
+# num_channels -> PIL mode that every image is converted to before resizing; other channel counts come from arrays
 _TARGET_MODE = {1: "L", 3: "RGB"}
-# channel counts an input array may have: grey ("L"), "RGB", "RGBA"
+# channel counts an input array may have when num_channels is 1 or 3: grey ("L"), "RGB", "RGBA"
 _ARRAY_CHANNELS = (1, 3, 4)
-# PIL modes whose values are not 8-bit: `Image.convert` would clip them to 0..255 silently instead of rescaling
-_HIGH_BIT_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
+# 16/32-bit PIL modes: `Image.convert` would clip them to 0..255 instead of rescaling, so they are read as arrays
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_HIGH_BIT_DEPTH_MODES = ("I", "F", *_SIXTEEN_BIT_MODES)
 # a float array may exceed [0, 1] by this much (arithmetic round-off) and is then clipped
 _FLOAT_RANGE_SLACK = 1e-3
 
 _ACCEPTED_INPUTS = (
     "a PIL.Image.Image, a numpy.ndarray or torch.Tensor of shape (H, W), (H, W, C) or (C, H, W) with C in "
-    "{1, 3, 4} (uint8 in 0..255 or float in [0, 1]), a 4-D array/tensor holding a batch of such images, "
-    "a path to an image file, or a list of these"
+    "{1, 3, 4} or C = num_channels (uint8 in 0..255, uint16 in 0..65535 or float in [0, 1]), a 4-D array/tensor "
+    "holding a batch of such images, a path to an image file, or a list of these"
+)
+_BIT_DEPTH_RULES = (
+    "uint8 and other integer arrays are read as 0..255, uint16 arrays and PIL modes 'I;16*' and 'I' as 0..65535, "
+    "float arrays and PIL mode 'F' as [0, 1]"
 )
 
 
@@ -117,18 +134,55 @@ def _channel_stats(
 
 
 def _check_num_channels(num_channels: int) -> int:
-    if isinstance(num_channels, bool) or num_channels not in _TARGET_MODE:
+    if isinstance(num_channels, bool) or not isinstance(num_channels, (int, np.integer)) or num_channels < 1:
         raise ValueError(
-            f"`num_channels` must be 1 (greyscale) or 3 (RGB), got {num_channels!r}. Other channel counts are not "
-            "images this processor can read; preprocess them yourself."
+            "`num_channels` must be a positive int: 1 (greyscale), 3 (RGB), or the channel count of array inputs "
+            f"(e.g. 4 for RGB + near-infrared), got {num_channels!r}."
         )
     return int(num_channels)
 
 
-def _open_image_file(path: str | os.PathLike) -> PIL.Image.Image:
-    """Open an image file with PIL, applying its EXIF orientation, or raise a ValueError that names the file."""
+def _is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _read_errors_as_value_errors(name: str):
+    """Turn whatever a malformed file makes a PIL plugin raise (OSError, SyntaxError, struct.error, ...) into a
+    ValueError naming the file, so that a server answers a bad upload with a client error."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as err:
+        raise ValueError(f"Could not read {name}: {err}. Is it a valid image (PNG, JPEG, ...)?") from err
+
+
+def _check_pixel_count(image: PIL.Image.Image, name: str, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ValueError(
+            f"{name} is {width} x {height} = {width * height:,} pixels, more than the limit of {max_pixels:,}; "
+            "downscale it first."
+        )
+
+
+def _open_image(file: io.IOBase, name: str, max_pixels: int) -> PIL.Image.Image:
+    """Decode an image file object with PIL, applying its EXIF orientation (as transformers' `load_image` does)."""
+    with _read_errors_as_value_errors(name):
+        image = PIL.Image.open(file)
+    # PIL has read only the header: refuse before decoding, since a small file can declare a huge image
+    _check_pixel_count(image, name[0].upper() + name[1:], max_pixels)
+    with _read_errors_as_value_errors(name):
+        image.load()
+        PIL.ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a large photo
+    return image
+
+
+def _open_image_file(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> PIL.Image.Image:
+    """Open an image file, or raise a ValueError that names the file."""
     path_str = os.fspath(path)
-    if path_str.startswith(("http://", "https://")):
+    if _is_url(path_str):
         raise ValueError(
             f"Got the URL {_short_repr(path_str)}: this processor does not download images (remote code should not "
             "reach the network). Download the file and pass its path, or pass the opened PIL image."
@@ -138,33 +192,39 @@ def _open_image_file(path: str | os.PathLike) -> PIL.Image.Image:
             f"Got the string {_short_repr(path_str)}, which is not a path to an existing image file. Accepted: "
             f"{_ACCEPTED_INPUTS}."
         )
-    try:
-        with PIL.Image.open(path_str) as image:
-            image.load()
-            # camera photos store their rotation in EXIF; transformers' `load_image` applies it too
-            image = PIL.ImageOps.exif_transpose(image)
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as err:
-        raise ValueError(f"Could not read the image file {path_str!r}: {err}. Is it a valid image?") from err
-    return image
+    with open(path_str, "rb") as file:
+        return _open_image(file, f"the image file {path_str!r}", max_pixels)
 
 
-def _array_to_pil(
-    array: np.ndarray, channels_first_default: bool, input_data_format: str | None
-) -> PIL.Image.Image:
-    """Read one (H, W), (H, W, C) or (C, H, W) uint8 [0, 255] / float [0, 1] array as an 8-bit PIL image."""
-    if array.ndim not in (2, 3):
+def _bytes_from_base64(text: str, max_bytes: int) -> bytes:
+    """The bytes of a base64 string or of a `data:<type>;base64,<data>` URL, refused before decoding when too long."""
+    if text.startswith("data:"):
+        header, comma, text = text.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise ValueError(
+                f"Got a data URL starting {_short_repr(header, 40)} without ';base64,' before its data: send "
+                "'data:image/png;base64,<base64 data>'."
+            )
+    if len(text) > 4 * -(-max_bytes // 3):
         raise ValueError(
-            f"Expected an image of shape (H, W), (H, W, C) or (C, H, W), got an array of shape {tuple(array.shape)}. "
-            f"Accepted: {_ACCEPTED_INPUTS}."
+            f"The base64 image is {len(text):,} characters (~{len(text) * 3 / 4 / 2**20:.1f} MiB decoded), more than "
+            f"the limit of {max_bytes / 2**20:g} MiB; send a smaller image."
         )
-    if array.size == 0:
-        raise ValueError(f"Got an empty image array of shape {tuple(array.shape)}.")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ValueError(
+            f"Got the string {_short_repr(text, 40)}, which is neither a path to an existing image file nor "
+            f"base64-encoded image data ({err}). URLs are not downloaded."
+        ) from err
 
-    # values: 8-bit images arrive as uint8 (or ints in 0..255), normalised ones as floats in [0, 1]
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Pixel values as uint8, following `_BIT_DEPTH_RULES`; anything else raises, naming the problem."""
     if array.dtype == np.bool_ or array.dtype.kind not in "uif":
         raise TypeError(
-            f"Image arrays must hold uint8 (0..255) or float (0..1) pixel values, got dtype {array.dtype}. "
-            "Cast the array, e.g. `array.astype(np.uint8)`."
+            f"Image arrays must hold integer or float pixel values, got dtype {array.dtype}. Cast the array, e.g. "
+            "`array.astype(np.uint8)`."
         )
     if array.dtype.kind == "f":
         if not np.isfinite(array).all():
@@ -175,56 +235,92 @@ def _array_to_pil(
         low, high = float(array.min()), float(array.max())
         if low < -_FLOAT_RANGE_SLACK or high > 1 + _FLOAT_RANGE_SLACK:
             raise ValueError(
-                f"Float image arrays must hold values in [0, 1], got values in [{low:.4g}, {high:.4g}]. Divide "
-                "0..255 values by 255 (or cast them to uint8); to turn normalised model inputs/outputs back into "
-                "images use `postprocess`."
+                f"Float images must hold values in [0, 1], got values in [{low:.4g}, {high:.4g}]. Divide 0..255 "
+                "values by 255 (or cast them to uint8); to turn normalised model inputs/outputs back into images use "
+                "`postprocess`."
             )
         # round, not truncate, so that `uint8_array / 255` comes back as exactly `uint8_array`
-        array = np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
-    else:
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 255:
-            raise ValueError(
-                f"Integer image arrays must hold 8-bit values in 0..255, got values in [{low}, {high}]. Rescale "
-                "the image to 0..255 and cast it to uint8 (16-bit images are not supported)."
-            )
-        array = array.astype(np.uint8)
+        return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if array.dtype.kind == "u" and array.dtype.itemsize == 2:
+        # 16-bit: v * 255 / 65535 = v / 257 rounded to the nearest level (never a tie, 257 being odd)
+        return ((2 * array.astype(np.uint32) + 257) // 514).astype(np.uint8)
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"Integer image arrays must hold 8-bit values in 0..255 (uint16 arrays are read as 0..65535), got values "
+            f"in [{low}, {high}]. Rescale the image to 0..255 and cast it to uint8, or cast 16-bit data to uint16."
+        )
+    return array.astype(np.uint8)
 
-    # layout
-    if array.ndim == 3:
-        if input_data_format is not None:
-            # also accepts transformers' `ChannelDimension` enum, whose values are these strings
-            layout = getattr(input_data_format, "value", input_data_format)
-            if layout not in ("channels_first", "channels_last"):
-                raise ValueError(
-                    f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
-                )
-            channels_first = layout == "channels_first"
-        else:
-            first_ok, last_ok = array.shape[0] in _ARRAY_CHANNELS, array.shape[-1] in _ARRAY_CHANNELS
-            if not (first_ok or last_ok):
-                raise ValueError(
-                    f"Could not find the channel axis of an image array of shape {tuple(array.shape)}: expected 1 "
-                    "(grey), 3 (RGB) or 4 (RGBA) channels on the first (C, H, W) or last (H, W, C) axis."
-                )
-            # when both axes could hold channels (tiny images), follow the library's convention: torch is
-            # channels-first, numpy (like `np.asarray(pil_image)`) channels-last
-            channels_first = first_ok and (channels_first_default or not last_ok)
-        if channels_first:
-            array = np.moveaxis(array, 0, -1)
-        if array.shape[-1] not in _ARRAY_CHANNELS:
+
+def _high_bit_depth_to_8_bit(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An "L" image from a 16/32-bit or float PIL image, scaled by the mode's range (see `_BIT_DEPTH_RULES`)."""
+    values = np.asarray(image)
+    if image.mode == "I":
+        # PIL's 32-bit integer mode mostly carries 16-bit data (PNG/TIFF readers, `convert("I")`): read it as such
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
             raise ValueError(
-                f"Image arrays must have 1 (grey), 3 (RGB) or 4 (RGBA) channels, got {array.shape[-1]} channels "
-                f"(array of shape {tuple(array.shape)} read as {'(C, H, W)' if channels_first else '(H, W, C)'})."
+                f"Got a PIL image of mode 'I' with values in [{low}, {high}]; mode 'I' is read as 16-bit (0..65535) "
+                "and these values have no known range. Scale them to 0..65535, or to [0, 1] in mode 'F', first."
             )
-        if array.shape[-1] == 1:
-            array = array[..., 0]
-    # fromarray infers the mode from the shape: (H, W) -> L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA
-    return PIL.Image.fromarray(np.ascontiguousarray(array))
+        values = values.astype(np.uint16)
+    try:
+        return PIL.Image.fromarray(_to_uint8(values))
+    except ValueError as err:
+        raise ValueError(f"PIL image of mode {image.mode!r}: {err}") from err
+
+
+def _read_array(
+    array: np.ndarray, channels_first_default: bool, input_data_format: str | None, channel_counts: Sequence[int]
+) -> np.ndarray:
+    """Read one (H, W), (H, W, C) or (C, H, W) array (C in `channel_counts`) as a uint8 (H, W, C) array."""
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"Expected an image of shape (H, W), (H, W, C) or (C, H, W), got an array of shape {tuple(array.shape)}. "
+            f"Accepted: {_ACCEPTED_INPUTS}."
+        )
+    if array.size == 0:
+        raise ValueError(f"Got an empty image array of shape {tuple(array.shape)}.")
+    array = _to_uint8(array)
+    if array.ndim == 2:
+        return array[..., None]
+
+    counts = " or ".join(map(str, channel_counts))
+    if input_data_format is not None:
+        # also accepts transformers' `ChannelDimension` enum, whose values are these strings
+        layout = getattr(input_data_format, "value", input_data_format)
+        if layout not in ("channels_first", "channels_last"):
+            raise ValueError(
+                f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
+            )
+        channels_first = layout == "channels_first"
+    else:
+        first_ok, last_ok = array.shape[0] in channel_counts, array.shape[-1] in channel_counts
+        if not (first_ok or last_ok):
+            raise ValueError(
+                f"Could not find the channel axis of an image array of shape {tuple(array.shape)}: expected {counts} "
+                "channels on the first (C, H, W) or last (H, W, C) axis (other counts need `num_channels`)."
+            )
+        # when both axes could hold channels (tiny images), follow the library's convention: torch is
+        # channels-first, numpy (like `np.asarray(pil_image)`) channels-last
+        channels_first = first_ok and (channels_first_default or not last_ok)
+    if channels_first:
+        array = np.moveaxis(array, 0, -1)
+    if array.shape[-1] not in channel_counts:
+        raise ValueError(
+            f"Image arrays must have {counts} channels here, got {array.shape[-1]} channels (array of shape "
+            f"{tuple(array.shape)} read as {'(C, H, W)' if channels_first else '(H, W, C)'}); set `num_channels` "
+            "for other channel counts."
+        )
+    return array
 
 
 def _to_target_mode(image: PIL.Image.Image, num_channels: int, do_convert_rgb: bool) -> PIL.Image.Image:
     """Convert a PIL image to "RGB" (num_channels=3) or "L" (num_channels=1)."""
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        # a change of bit depth, not of colour: done whatever `do_convert_rgb`
+        image = _high_bit_depth_to_8_bit(image)
     target = _TARGET_MODE[num_channels]
     if image.mode == target:
         return image
@@ -232,11 +328,6 @@ def _to_target_mode(image: PIL.Image.Image, num_channels: int, do_convert_rgb: b
         raise ValueError(
             f"Got an image of PIL mode {image.mode!r}, but num_channels={num_channels} needs mode {target!r} and "
             "do_convert_rgb=False. Pass do_convert_rgb=True or convert the image first."
-        )
-    if image.mode in _HIGH_BIT_DEPTH_MODES:
-        raise ValueError(
-            f"Got an image of PIL mode {image.mode!r} (16/32-bit or float); PIL would clip it to 8 bits instead of "
-            "rescaling it. Scale it to 0..255 and convert it to 'L' or 'RGB' first."
         )
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         # composite transparency on white, as transformers' `convert_to_rgb` does, rather than dropping alpha:
@@ -250,18 +341,79 @@ def _to_target_mode(image: PIL.Image.Image, num_channels: int, do_convert_rgb: b
         raise ValueError(f"Cannot convert an image of PIL mode {image.mode!r} to {target!r}: {err}.") from err
 
 
-def _resize(image: PIL.Image.Image, size: dict[str, int], resample: int) -> PIL.Image.Image:
-    if "shortest_edge" in size:
-        width, height = image.size
-        short, long = (width, height) if width <= height else (height, width)
-        # truncate the long side like transformers' `get_resize_output_image_size`, so sizes agree with ViT's
-        new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
-        new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
-    else:
-        new_height, new_width = size["height"], size["width"]
-    if (new_width, new_height) == image.size:
-        return image
-    return image.resize((new_width, new_height), resample=resample)
+def _to_channel_images(
+    image: PIL.Image.Image | np.ndarray, num_channels: int, do_convert_rgb: bool
+) -> list[PIL.Image.Image]:
+    """
+    The image as 8-bit PIL images whose bands are its `num_channels` channels: one "L" or "RGB" image for 1 or 3
+    channels; one "L" image per channel otherwise (PIL has no mode for, e.g., RGB + near-infrared). PIL resamples
+    every band on its own, so both give the same pixels.
+    """
+    if num_channels in _TARGET_MODE:
+        if isinstance(image, np.ndarray):
+            # fromarray infers the mode from the shape: (H, W) -> L, (H, W, 3) -> RGB, (H, W, 4) -> RGBA
+            image = PIL.Image.fromarray(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image))
+        return [_to_target_mode(image, num_channels, do_convert_rgb)]
+    if isinstance(image, PIL.Image.Image):
+        raise ValueError(
+            f"Got a PIL image (mode {image.mode!r}), but num_channels={num_channels}: PIL images are read as "
+            f"greyscale or RGB only. Pass the {num_channels} channels as a numpy array or torch tensor of shape "
+            f"(H, W, {num_channels}) or ({num_channels}, H, W) (`np.asarray(image)` if its bands are those channels)."
+        )
+    return [PIL.Image.fromarray(np.ascontiguousarray(image[..., channel])) for channel in range(num_channels)]
+
+
+def _resized_size(image_size: tuple[int, int], size: dict[str, int]) -> tuple[int, int]:
+    """(width, height) of an image of `image_size` (width, height) resized to `size`."""
+    if "shortest_edge" not in size:
+        return size["width"], size["height"]
+    width, height = image_size
+    short, long = min(width, height), max(width, height)
+    # truncate the long side like transformers' `get_resize_output_image_size`, so sizes agree with ViT's
+    new_short, new_long = size["shortest_edge"], int(size["shortest_edge"] * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def _resize(
+    image: PIL.Image.Image, size: dict[str, int], resample: int, crop_size: dict[str, int] | None = None
+) -> PIL.Image.Image:
+    """Resize `image` to `size`, then centre-crop it to `crop_size` (if given)."""
+    new_width, new_height = _resized_size(image.size, size)
+    if new_width * new_height <= MAX_RESIZED_PIXELS:
+        if (new_width, new_height) != image.size:
+            image = image.resize((new_width, new_height), resample=resample)
+        return image if crop_size is None else _center_crop(image, crop_size)
+    if crop_size is None:
+        raise ValueError(
+            f"Resizing a {image.width} x {image.height} image to {size} gives {new_width} x {new_height} = "
+            f"{new_width * new_height:,} pixels, more than the limit of {MAX_RESIZED_PIXELS:,}. Turn on "
+            'do_center_crop, resize to {"height": h, "width": w}, or crop the image to a less extreme aspect ratio.'
+        )
+    return _resize_within_crop(image, (new_width, new_height), crop_size, resample)
+
+
+def _resize_within_crop(
+    image: PIL.Image.Image, resized_size: tuple[int, int], crop_size: dict[str, int], resample: int
+) -> PIL.Image.Image:
+    """
+    `_center_crop(image.resize(resized_size), crop_size)` without making the resized image: only the part that the
+    crop keeps is resampled (PIL's `box`, whose filter still reads the pixels around it), so the cost is that of the
+    crop whatever the aspect ratio. Equal to resizing then cropping up to float round-off in the filter weights.
+    """
+    new_width, new_height = resized_size
+    crop_width, crop_height = crop_size["width"], crop_size["height"]
+    left, top = (new_width - crop_width) // 2, (new_height - crop_height) // 2
+    # the crop window clipped to the resized image, in resized pixels; the rest of the crop is zero padding
+    x0, y0 = max(left, 0), max(top, 0)
+    x1, y1 = min(left + crop_width, new_width), min(top + crop_height, new_height)
+    scale_x, scale_y = image.width / new_width, image.height / new_height
+    box = (x0 * scale_x, y0 * scale_y, x1 * scale_x, y1 * scale_y)
+    kept = image.resize((x1 - x0, y1 - y0), resample=resample, box=box)
+    if kept.size == (crop_width, crop_height):
+        return kept
+    canvas = PIL.Image.new(image.mode, (crop_width, crop_height))
+    canvas.paste(kept, (x0 - left, y0 - top))
+    return canvas
 
 
 def _center_crop(image: PIL.Image.Image, crop_size: dict[str, int]) -> PIL.Image.Image:
@@ -271,6 +423,12 @@ def _center_crop(image: PIL.Image.Image, crop_size: dict[str, int]) -> PIL.Image
     # which is where transformers pads too
     top, left = (height - crop_height) // 2, (width - crop_width) // 2
     return image.crop((left, top, left + crop_width, top + crop_height))
+
+
+def _channels_first(image: PIL.Image.Image) -> np.ndarray:
+    """(C, H, W) float32 values of an "L" or "RGB" image."""
+    array = np.asarray(image, dtype=np.float32)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 class DilatedViTMAEImageProcessor(BaseImageProcessor):
@@ -283,8 +441,20 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
     shortest-edge resize followed by a centre crop so that non-square photos (CelebA's aligned faces are 178x218) are
     not distorted. The processing is written with PIL and numpy only: it needs no torchvision.
 
-    Every image is first read as an 8-bit PIL image: float inputs in [0, 1] are rounded to the nearest of 256 levels,
-    so a float image and the uint8 image it came from give identical results.
+    Every image is first read as 8-bit: float inputs in [0, 1] are rounded to the nearest of 256 levels, so a float
+    image and the uint8 image it came from give identical results, and 16/32-bit images are scaled by their range
+    rather than clipped: uint8 and other integer arrays are read as 0..255, uint16 arrays and the PIL modes `"I;16"`
+    (16-bit PNG/TIFF) and `"I"` (32-bit integer, read as 16-bit data: values outside 0..65535 are refused) as
+    0..65535, float arrays and the PIL mode `"F"` as [0, 1] (other values are refused).
+
+    Any channel count works with array inputs: `num_channels=4` (RGB + near-infrared) or more reads numpy arrays and
+    torch tensors with that many channels, each resampled like a greyscale image, and needs its own `image_mean` /
+    `image_std`; PIL images and files are then refused, as PIL reads them as greyscale or RGB only.
+
+    Inputs are bounded so that a hostile or accidental one cannot exhaust memory: files larger than `MAX_IMAGE_PIXELS`
+    are refused from their header, before decoding, and a shortest-edge resize of an extreme aspect ratio (1 x
+    1,000,000 px would become 224 x 224,000,000) resamples only the part the centre crop keeps (without a crop it is
+    refused).
 
     Args:
         do_resize (`bool`, *optional*, defaults to `True`):
@@ -318,8 +488,9 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             transformers' `convert_to_rgb` does; alpha is never simply dropped. With `False`, an image whose mode does
             not already match raises a `ValueError`.
         num_channels (`int`, *optional*, defaults to 3):
-            Number of channels of `pixel_values`: 3 (RGB) or 1 (greyscale). Must match the model config's
-            `num_channels` and the length of `image_mean` / `image_std`.
+            Number of channels of `pixel_values`: 3 (RGB), 1 (greyscale) or any other count for array inputs (then
+            `image_mean` and `image_std` have no default). Must match the model config's `num_channels` and the length
+            of `image_mean` / `image_std`.
 
     Example:
 
@@ -369,20 +540,24 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = self._check_rescale_factor(rescale_factor)
         self.do_normalize = bool(do_normalize)
-        default_mean, default_std = self._default_stats(self.num_channels)
-        self.image_mean = _channel_stats(
-            default_mean if image_mean is None else image_mean, self.num_channels, "image_mean"
-        )
-        self.image_std = self._check_std(
-            _channel_stats(default_std if image_std is None else image_std, self.num_channels, "image_std")
-        )
+        if image_mean is None or image_std is None:
+            default_mean, default_std = self._default_stats(self.num_channels)
+            image_mean = default_mean if image_mean is None else image_mean
+            image_std = default_std if image_std is None else image_std
+        self.image_mean = _channel_stats(image_mean, self.num_channels, "image_mean")
+        self.image_std = self._check_std(_channel_stats(image_std, self.num_channels, "image_std"))
         self.do_convert_rgb = bool(do_convert_rgb)
 
     @staticmethod
     def _default_stats(num_channels: int) -> tuple[Sequence[float], Sequence[float]]:
         if num_channels == 1:
             return GREYSCALE_DEFAULT_MEAN, GREYSCALE_DEFAULT_STD
-        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        if num_channels == 3:
+            return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        raise ValueError(
+            f"num_channels={num_channels} has no default `image_mean` / `image_std` (ImageNet's are for RGB): pass "
+            "one value per channel, e.g. your data's per-channel mean and standard deviation of values in [0, 1]."
+        )
 
     @staticmethod
     def _check_resample(resample: PILImageResampling | int) -> PILImageResampling:
@@ -404,35 +579,38 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             raise ValueError(f"`image_std` must be positive (it divides the pixels), got {image_std!r}.")
         return image_std
 
-    def _make_list_of_pil_images(
-        self, images: Any, input_data_format: str | None
-    ) -> list[PIL.Image.Image]:
-        """Turn any accepted input (single image, batch array, list, path) into a flat list of PIL images."""
+    def _make_list_of_images(
+        self, images: Any, input_data_format: str | None, channel_counts: Sequence[int]
+    ) -> list[PIL.Image.Image | np.ndarray]:
+        """Turn any accepted input (single image, batch array, list, path) into a flat list of PIL images and uint8
+        (H, W, C) arrays."""
         if images is None:
             raise TypeError(f"`images` is None. Accepted: {_ACCEPTED_INPUTS}.")
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
             # a 4-D array/tensor is a batch (e.g. from a DataLoader): one image per leading index
             images = list(images)
-        if isinstance(images, (list, tuple)):
-            if len(images) == 0:
-                raise ValueError(f"`images` is an empty {type(images).__name__}; pass at least one image.")
-            pil_images = []
-            for index, image in enumerate(images):
-                if isinstance(image, (list, tuple)):
-                    raise TypeError(
-                        f"images[{index}] is a {type(image).__name__}: nested lists are not supported. Pass a flat "
-                        "list of images."
-                    )
-                try:
-                    pil_images.append(self._to_pil_image(image, input_data_format))
-                except (TypeError, ValueError) as err:
-                    # say which image of the batch is broken
-                    raise type(err)(f"images[{index}]: {err}") from err
-            return pil_images
-        return [self._to_pil_image(images, input_data_format)]
+        if not isinstance(images, (list, tuple)):
+            return [self._read_image(images, input_data_format, channel_counts)]
+        if len(images) == 0:
+            raise ValueError(f"`images` is an empty {type(images).__name__}; pass at least one image.")
+        read = []
+        for index, image in enumerate(images):
+            if isinstance(image, (list, tuple)):
+                raise TypeError(
+                    f"images[{index}] is a {type(image).__name__}: nested lists are not supported. Pass a flat "
+                    "list of images."
+                )
+            try:
+                read.append(self._read_image(image, input_data_format, channel_counts))
+            except (TypeError, ValueError) as err:
+                # say which image of the batch is broken
+                raise type(err)(f"images[{index}]: {err}") from err
+        return read
 
     @staticmethod
-    def _to_pil_image(image: Any, input_data_format: str | None) -> PIL.Image.Image:
+    def _read_image(
+        image: Any, input_data_format: str | None, channel_counts: Sequence[int]
+    ) -> PIL.Image.Image | np.ndarray:
         if isinstance(image, PIL.Image.Image):
             return image
         if isinstance(image, (str, os.PathLike)):
@@ -442,12 +620,77 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             tensor = image.detach().cpu()
             if tensor.is_floating_point():
                 tensor = tensor.float()
-            return _array_to_pil(tensor.numpy(), channels_first_default=True, input_data_format=input_data_format)
+            return _read_array(tensor.numpy(), True, input_data_format, channel_counts)
         if isinstance(image, np.ndarray):
-            return _array_to_pil(image, channels_first_default=False, input_data_format=input_data_format)
+            return _read_array(image, False, input_data_format, channel_counts)
         if image is None:
             raise TypeError(f"Got None instead of an image. Accepted: {_ACCEPTED_INPUTS}.")
         raise TypeError(f"Unsupported image type {type(image).__name__}. Accepted: {_ACCEPTED_INPUTS}.")
+
+    @staticmethod
+    def load_image(
+        image: "PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike | bytes",
+        max_pixels: int = MAX_IMAGE_PIXELS,
+        max_bytes: int = MAX_IMAGE_BYTES,
+    ) -> "PIL.Image.Image | np.ndarray | torch.Tensor":
+        r"""
+        Read one image from what a pipeline or a server receives, within bounds, without touching the network. What
+        the pipelines, the Inference Endpoints handler and the demo use, so that they all accept and refuse the same
+        inputs.
+
+        Args:
+            image:
+                A `PIL.Image.Image` (refused when larger than `max_pixels`), a numpy array or torch tensor (returned
+                as they are), a path to an image file, raw encoded bytes, or a base64 string (optionally a
+                `data:image/...;base64,` URL). URLs are refused: this code does not download.
+            max_pixels (`int`, *optional*, defaults to `MAX_IMAGE_PIXELS`):
+                Largest width x height to decode, checked from the file header before decoding.
+            max_bytes (`int`, *optional*, defaults to `MAX_IMAGE_BYTES`):
+                Largest encoded image (bytes, or base64 once decoded), checked before decoding.
+
+        Returns:
+            A decoded `PIL.Image.Image` in its own mode (the processor converts it), or the array/tensor given.
+
+        Raises:
+            `ValueError` naming the problem, whatever it is, so that a server can answer it as a bad request.
+        """
+        if isinstance(image, (np.ndarray, torch.Tensor)):
+            return image
+        if isinstance(image, PIL.Image.Image):
+            # an opened file is decoded lazily: this still comes before its pixels are read
+            _check_pixel_count(image, "The image", max_pixels)
+            return image
+        if isinstance(image, os.PathLike) or (
+            isinstance(image, str) and (_is_url(image) or (len(image) < 4096 and os.path.isfile(image)))
+        ):
+            return _open_image_file(image, max_pixels)
+        if isinstance(image, str):
+            image = _bytes_from_base64(image, max_bytes)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            if len(image) > max_bytes:
+                raise ValueError(
+                    f"The image is {len(image) / 2**20:.1f} MiB, more than the limit of {max_bytes / 2**20:g} MiB; "
+                    "send a smaller image."
+                )
+            return _open_image(io.BytesIO(image), "the image data", max_pixels)
+        raise ValueError(
+            f"Unsupported image type {type(image).__name__}: pass a PIL image, a path, encoded bytes, a base64 "
+            "string or an array."
+        )
+
+    def _num_channels_for_call(
+        self, num_channels: int | None, image_mean: float | list[float] | None, image_std: float | list[float] | None
+    ) -> int:
+        """
+        `num_channels` if given; else the number of per-call `image_mean` / `image_std` values, which name one value
+        per channel (transformers' processors read that many channels from arrays, e.g. its shared
+        `test_call_numpy_4_channels`); else the processor's.
+        """
+        if num_channels is None:
+            stats = (image_mean, image_std)
+            per_call = [len(v) for v in stats if not isinstance(v, (str, int, float)) and np.ndim(v) == 1]
+            num_channels = per_call[0] if per_call else self.num_channels
+        return _check_num_channels(num_channels)
 
     def preprocess(
         self,
@@ -474,11 +717,11 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
         Args:
             images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, `str` or a `list` of these):
                 The image(s). Arrays and tensors may be `(H, W)` greyscale, `(H, W, C)` or `(C, H, W)` with 1, 3 or 4
-                (RGBA) channels, holding uint8 (or integer) values in 0..255 or float values in [0, 1]; a 4-D
-                array/tensor is a batch. When both the first and last axis could be channels, numpy arrays are read
-                as `(H, W, C)` and tensors as `(C, H, W)` (override with `input_data_format`). A string or
-                `os.PathLike` is the path of an image file, opened with PIL (EXIF orientation applied); URLs are not
-                downloaded.
+                (RGBA) channels, or `num_channels` channels for another count, holding uint8 (or integer) values in
+                0..255, uint16 values in 0..65535 or float values in [0, 1]; a 4-D array/tensor is a batch. When both
+                the first and last axis could be channels, numpy arrays are read as `(H, W, C)` and tensors as
+                `(C, H, W)` (override with `input_data_format`). A string or `os.PathLike` is the path of an image
+                file, opened with PIL (EXIF orientation applied); URLs are not downloaded.
             do_resize (`bool`, *optional*):
                 Whether to resize the image.
             size (`dict[str, int]`, *optional*):
@@ -502,7 +745,9 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             do_convert_rgb (`bool`, *optional*):
                 Whether to convert images to the mode `num_channels` asks for ("RGB" or "L").
             num_channels (`int`, *optional*):
-                1 or 3. When it differs from the processor's, pass a matching `image_mean` and `image_std` too.
+                Channels of `pixel_values`. When it differs from the processor's, pass a matching `image_mean` and
+                `image_std` too. Left to `None`, per-call `image_mean` / `image_std` sequences set it (one value per
+                channel, as transformers' processors read any channel count from arrays), else the processor's.
             return_tensors (`str` or `TensorType`, *optional*):
                 `"pt"` for a `torch.FloatTensor`, `"np"` for a `np.ndarray`, both of shape
                 `(batch_size, num_channels, height, width)`; `None` (transformers' convention) for a list of
@@ -519,7 +764,7 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
                 f"Unexpected argument(s) {sorted(kwargs)} to {type(self).__name__}.preprocess. Valid ones are the "
                 "`__init__` arguments plus `return_tensors` and `input_data_format`."
             )
-        num_channels = _check_num_channels(self.num_channels if num_channels is None else num_channels)
+        num_channels = self._num_channels_for_call(num_channels, image_mean, image_std)
         do_resize = self.do_resize if do_resize is None else do_resize
         size = _to_size_dict(self.size if size is None else size, "size", allow_shortest_edge=True)
         resample = self._check_resample(self.resample if resample is None else resample)
@@ -539,16 +784,16 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
 
         mean = np.asarray(image_mean, dtype=np.float32)[:, None, None]
         std = np.asarray(image_std, dtype=np.float32)[:, None, None]
+        # an array may have 1, 3 or 4 (RGBA) channels for a greyscale or RGB output, exactly num_channels otherwise
+        channel_counts = _ARRAY_CHANNELS if num_channels in _TARGET_MODE else (num_channels,)
         pixel_values = []
-        for image in self._make_list_of_pil_images(images, input_data_format):
-            image = _to_target_mode(image, num_channels, do_convert_rgb)
+        for image in self._make_list_of_images(images, input_data_format, channel_counts):
+            parts = _to_channel_images(image, num_channels, do_convert_rgb)
             if do_resize:
-                image = _resize(image, size, resample)
-            if do_center_crop:
-                image = _center_crop(image, crop_size)
-            array = np.asarray(image, dtype=np.float32)
-            # (H, W) or (H, W, C) -> (C, H, W)
-            array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+                parts = [_resize(part, size, resample, crop_size if do_center_crop else None) for part in parts]
+            elif do_center_crop:
+                parts = [_center_crop(part, crop_size) for part in parts]
+            array = np.concatenate([_channels_first(part) for part in parts])  # (C, H, W)
             if do_rescale:
                 array = array * np.float32(rescale_factor)
             if do_normalize:
@@ -590,8 +835,9 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             pixel_values (`torch.Tensor` or `np.ndarray` of shape `(batch_size, num_channels, height, width)`):
                 Normalised pixel values, channels first; a single `(num_channels, height, width)` image works too.
             return_type (`str`, *optional*, defaults to `"pil"`):
-                `"pil"` for PIL images ("RGB" or "L"); `"np"` for uint8 arrays of shape `(H, W, 3)` or `(H, W)`
-                (what `np.asarray` gives for the PIL image), stacked to `(batch_size, ...)` for 4-D input.
+                `"pil"` for PIL images ("RGB" or "L"; 1 or 3 channels only); `"np"` for uint8 arrays of shape
+                `(H, W, C)` or `(H, W)` for one channel (what `np.asarray` gives for the PIL image), stacked to
+                `(batch_size, ...)` for 4-D input.
             do_normalize, image_mean, image_std, do_rescale, rescale_factor (*optional*):
                 The settings used by `preprocess`; default to the processor's.
 
@@ -615,9 +861,16 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
         is_batched = pixel_values.ndim == 4
         batch = pixel_values if is_batched else pixel_values[None]
         num_channels = batch.shape[1]
-        if num_channels not in _TARGET_MODE:
+        expected = self.num_channels if image_mean is None and image_std is None else num_channels
+        if num_channels != expected:
             raise ValueError(
-                f"`pixel_values` must be channels first with 1 or 3 channels, got shape {tuple(pixel_values.shape)}."
+                f"`pixel_values` must be channels first with {expected} channels (the processor's num_channels), got "
+                f"shape {tuple(pixel_values.shape)}."
+            )
+        if return_type == "pil" and num_channels not in _TARGET_MODE:
+            raise ValueError(
+                f"PIL images hold 1 or 3 channels, `pixel_values` have {num_channels}: pass return_type='np' for "
+                f"uint8 arrays of shape (H, W, {num_channels})."
             )
         if not np.isfinite(batch).all():
             raise ValueError("`pixel_values` contains NaN or infinite values; they cannot be turned into an image.")

@@ -366,7 +366,9 @@ def test_corrupt_file_error_names_the_file(tmp_path):
     [
         ({"image_mean": [0.5, 0.5]}, r"image_mean.*one value per channel \(num_channels=3\), got 2"),
         ({"num_channels": 1, "image_std": IMAGENET_DEFAULT_STD}, r"image_std.*num_channels=1"),
-        ({"num_channels": 4}, "must be 1 \\(greyscale\\) or 3 \\(RGB\\), got 4"),
+        ({"num_channels": 4}, "num_channels=4 has no default `image_mean`"),
+        ({"num_channels": 0}, "`num_channels` must be a positive int"),
+        ({"num_channels": 2, "image_mean": [0.5, 0.5]}, "no default `image_mean` / `image_std`"),
         ({"image_std": [0.2, 0.0, 0.2]}, "must be positive"),
         ({"size": {"longest_edge": 224}}, r"`size` must be .*shortest_edge.*longest_edge"),
         ({"crop_size": {"shortest_edge": 224}}, r"`crop_size` must be \{\"height\""),
@@ -391,8 +393,6 @@ def test_bad_call_arguments_raise_clear_errors(chelsea):
         processor(chelsea, return_tensors="tf")
     with pytest.raises(TypeError, match=r"Unexpected argument\(s\) \['do_resise'\]"):
         processor(chelsea, do_resise=False)
-    with pytest.raises(ValueError, match="16/32-bit or float"):
-        processor(PIL.Image.new("I;16", (8, 8)))
 
 
 def test_bad_postprocess_inputs_raise_clear_errors():
@@ -401,8 +401,10 @@ def test_bad_postprocess_inputs_raise_clear_errors():
         processor.postprocess(torch.full((1, 3, 4, 4), float("nan")))
     with pytest.raises(ValueError, match=r"got \(2, 3\)"):
         processor.postprocess(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="channels first with 1 or 3 channels"):
+    with pytest.raises(ValueError, match=r"channels first with 3 channels \(the processor's num_channels\)"):
         processor.postprocess(np.zeros((2, 4, 4, 3)))  # channels-last by mistake
+    with pytest.raises(ValueError, match="pass return_type='np'"):
+        processor.postprocess(np.zeros((4, 4, 4)), image_mean=[0.5] * 4, image_std=[0.5] * 4)
     with pytest.raises(ValueError, match="`return_type` must be 'pil' or 'np'"):
         processor.postprocess(np.zeros((3, 4, 4)), return_type="pt")
 
@@ -424,3 +426,213 @@ def test_remote_code_loads_in_a_clean_process(tmp_path, monkeypatch):
     result = run_without_package(["-c", code], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("(1, 3, 64, 96)")
+
+
+# ---------------------------------------------------------------- any channel count
+
+
+def _random_images(num_channels: int, count: int = 3, seed: int = 0) -> list[np.ndarray]:
+    """Like transformers' `prepare_image_inputs(numpify=True)`: uint8 (H, W, C) arrays of different sizes."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(30, 400, size=(count, 2))
+    return [rng.integers(0, 256, size=(int(h), int(w), num_channels), dtype=np.uint8) for h, w in sizes]
+
+
+@pytest.mark.parametrize("do_convert_rgb", [None, False])
+def test_call_numpy_4_channels_as_in_transformers_common_tests(do_convert_rgb):
+    """transformers' shared `test_call_numpy_4_channels`: a processor built with its usual settings reads 4-channel
+    arrays when the call names 4 per-channel means and stds (with or without `do_convert_rgb=False`)."""
+    processor = DilatedViTMAEImageProcessor(size={"shortest_edge": 20}, crop_size={"height": 18, "width": 18})
+    images = _random_images(4)
+    kwargs = dict(input_data_format="channels_last", image_mean=(0.0,) * 4, image_std=(1.0,) * 4)
+    if do_convert_rgb is not None:
+        kwargs["do_convert_rgb"] = do_convert_rgb
+    assert tuple(processor(images[0], return_tensors="pt", **kwargs).pixel_values.shape) == (1, 4, 18, 18)
+    assert tuple(processor(images, return_tensors="pt", **kwargs).pixel_values.shape) == (3, 4, 18, 18)
+
+    # normalisation is applied to each channel independently
+    constant = np.zeros((16, 16, 4), dtype=np.uint8)
+    constant[...] = (255, 128, 51, 0)
+    output = DilatedViTMAEImageProcessor(do_convert_rgb=False, do_resize=False, do_center_crop=False)(
+        constant, input_data_format="channels_last", image_mean=(0.0,) * 4, image_std=(1.0, 2.0, 4.0, 8.0),
+        return_tensors="pt",
+    ).pixel_values  # fmt: skip
+    for channel, expected in enumerate((1.0, 128 / 255 / 2, 51 / 255 / 4, 0.0)):
+        torch.testing.assert_close(output[0, channel], torch.full((16, 16), expected))
+
+
+@pytest.mark.parametrize("num_channels", [4, 5])
+def test_any_channel_count_from_arrays_and_tensors(num_channels, tmp_path):
+    channels = range(num_channels)
+    stats = dict(image_mean=[0.1 * c for c in channels], image_std=[0.2 + 0.1 * c for c in channels])
+    processor = DilatedViTMAEImageProcessor(num_channels=num_channels, **stats)
+    hwc = _random_images(num_channels, count=1)[0]
+    pixel_values = _pixels(processor, hwc)
+    assert pixel_values.shape == (1, num_channels, 224, 224)
+    # every channel is resampled, cropped and normalised exactly as a greyscale image with that channel's statistics
+    for channel in range(num_channels):
+        grey = DilatedViTMAEImageProcessor(
+            num_channels=1, image_mean=stats["image_mean"][channel], image_std=stats["image_std"][channel]
+        )
+        np.testing.assert_allclose(pixel_values[0, channel], _pixels(grey, hwc[..., channel])[0, 0], atol=1e-6)
+    # the same image as (C, H, W), as a tensor, as floats, as a 4-D batch
+    chw = hwc.transpose(2, 0, 1)
+    for image in (chw, torch.from_numpy(chw.copy()), torch.from_numpy(chw / 255.0), np.stack([hwc, hwc])):
+        np.testing.assert_allclose(_pixels(processor, image)[:1], pixel_values, atol=1e-6)
+    # saved and loaded, the channel count and statistics come back; postprocess inverts preprocess
+    processor.save_pretrained(tmp_path)
+    loaded = DilatedViTMAEImageProcessor.from_pretrained(tmp_path)
+    assert loaded.num_channels == num_channels and loaded.to_dict() == processor.to_dict()
+    unresized = _pixels(loaded, hwc, do_resize=False, do_center_crop=False)
+    restored = loaded.postprocess(unresized, return_type="np")[0]
+    assert restored.shape == hwc.shape and np.abs(restored.astype(int) - hwc).max() <= 1
+
+
+def test_any_channel_count_matches_the_model(tiny_config_kwargs):
+    from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining
+
+    model = DilatedViTMAEForPreTraining(DilatedViTMAEConfig(**tiny_config_kwargs, num_channels=5)).eval()
+    processor = DilatedViTMAEImageProcessor(
+        num_channels=5, size={"shortest_edge": 32}, crop_size=32, image_mean=[0.5] * 5, image_std=[0.25] * 5
+    )
+    pixel_values = processor(_random_images(5, count=2), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        outputs = model(pixel_values, mask_ratio=0.5)
+    reconstruction = processor.postprocess(model.unpatchify(outputs.logits), return_type="np")
+    assert reconstruction.shape == (2, 32, 32, 5) and reconstruction.dtype == np.uint8
+
+
+def test_pil_images_with_other_channel_counts_raise_clear_errors(chelsea, tmp_path):
+    processor = DilatedViTMAEImageProcessor(num_channels=4, image_mean=[0.5] * 4, image_std=[0.5] * 4)
+    path = tmp_path / "chelsea.png"
+    chelsea.save(path)
+    for image in (chelsea, chelsea.convert("RGBA"), str(path)):
+        with pytest.raises(ValueError, match=r"PIL image \(mode 'RGBA?'\), but num_channels=4.*\(H, W, 4\)"):
+            processor(image)
+    with pytest.raises(ValueError, match=r"must have 4 channels here, got 3 channels"):
+        processor(np.zeros((8, 8, 3), np.uint8), input_data_format="channels_last")
+    with pytest.raises(ValueError, match=r"channel axis .*expected 4 channels"):
+        processor(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"image_std.*one value per channel \(num_channels=4\)"):
+        DilatedViTMAEImageProcessor()(np.zeros((8, 8, 4), np.uint8), image_mean=[0.5] * 4)
+
+
+# ---------------------------------------------------------------- 16- and 32-bit images
+
+
+def _gradient_16_bit(height: int = 48, width: int = 256) -> np.ndarray:
+    return np.tile(np.linspace(0, 65535, width).round().astype(np.uint16), (height, 1))
+
+
+@pytest.fixture
+def raw_processor() -> DilatedViTMAEImageProcessor:
+    return DilatedViTMAEImageProcessor(num_channels=1, do_resize=False, do_center_crop=False, do_normalize=False)
+
+
+def test_16_bit_images_are_scaled_not_clipped(raw_processor, tmp_path):
+    gradient = _gradient_16_bit()
+    expected = gradient / 65535.0
+    i16 = PIL.Image.fromarray(gradient)
+    assert i16.mode == "I;16"
+    big_endian = PIL.Image.frombytes("I;16B", i16.size, gradient.astype(">u2").tobytes())
+    i16.save(tmp_path / "gradient.png")  # a 16-bit PNG, opened again as "I;16"
+    for name, image in {
+        "I;16": i16, "I;16B": big_endian, "I": i16.convert("I"), "png": str(tmp_path / "gradient.png"),
+        "uint16 array": gradient, "uint16 tensor": torch.from_numpy(gradient.astype(np.int32)).to(torch.uint16),
+    }.items():  # fmt: skip
+        pixel_values = _pixels(raw_processor, image)[0, 0]
+        # within half an 8-bit level of the true value: a gradient, not 99% white as with `convert("L")`
+        np.testing.assert_allclose(pixel_values, expected, atol=0.5 / 255 + 1e-6, err_msg=name)
+    assert np.asarray(i16.convert("L")).mean() > 250  # what PIL itself does
+    # RGB and the default pipeline settings: the grey gradient replicated into three channels
+    rgb = _pixels(DilatedViTMAEImageProcessor(do_normalize=False, do_center_crop=False, do_resize=False), i16)[0]
+    np.testing.assert_allclose(rgb, np.broadcast_to(expected, (3, *expected.shape)), atol=0.5 / 255 + 1e-6)
+
+
+def test_float_and_32_bit_images_follow_the_documented_rules(raw_processor):
+    ramp = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    np.testing.assert_allclose(_pixels(raw_processor, PIL.Image.fromarray(ramp, mode="F"))[0, 0], ramp, atol=0.5 / 255)
+    with pytest.raises(ValueError, match=r"mode 'F'.*values in \[0, 1\], got values in \[0, 255\]"):
+        raw_processor(PIL.Image.fromarray(ramp * 255, mode="F"))
+    with pytest.raises(ValueError, match=r"mode 'I' with values in \[0, 70000\].*0..65535"):
+        raw_processor(PIL.Image.fromarray(np.array([[0, 70000]], dtype=np.int32), mode="I"))
+    with pytest.raises(ValueError, match=r"uint16 arrays are read as 0..65535"):
+        raw_processor(np.array([[0, 1000]], dtype=np.int32))
+
+
+# ---------------------------------------------------------------- bounds
+
+
+def test_extreme_aspect_ratio_resamples_only_the_centre_crop():
+    import time
+
+    strip = PIL.Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (1, 4000)).repeat(3, 0)[:1])  # 1 x 1,024,000
+    strip = strip.convert("RGB")
+    start = time.perf_counter()
+    pixel_values = _pixels(DilatedViTMAEImageProcessor(do_normalize=False), strip)
+    assert time.perf_counter() - start < 2  # a 224 x 229,376,000 intermediate would take minutes and ~150 GB
+    assert pixel_values.shape == (1, 3, 224, 224)
+    # the centre 224 columns of the 224-times enlargement: ~1 source pixel, constant down each column
+    assert np.ptp(pixel_values[0], axis=1).max() < 1e-6
+    with pytest.raises(ValueError, match=r"1024000 x 1 image .* gives 229376000 x 224 = .* more than the limit"):
+        DilatedViTMAEImageProcessor(do_center_crop=False)(strip)
+
+
+@pytest.mark.parametrize("crop", [(64, 48), (200, 30)])
+def test_fused_resize_and_crop_matches_resize_then_crop(chelsea, monkeypatch, crop):
+    processor = DilatedViTMAEImageProcessor(size={"shortest_edge": 150}, crop_size=crop, do_normalize=False)
+    exact = _pixels(processor, chelsea)
+    monkeypatch.setattr(module, "MAX_RESIZED_PIXELS", 100)  # force the fused path
+    fused = _pixels(processor, chelsea)
+    assert fused.shape == exact.shape == (1, 3, *crop)
+    # float round-off in the filter weights may move a value by one 8-bit level
+    assert np.abs(fused - exact).max() <= 1 / 255 + 1e-6
+
+
+def _png(image: PIL.Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_load_image_reads_bytes_base64_and_paths_within_bounds(chelsea, tmp_path):
+    import base64
+
+    data = _png(chelsea)
+    text = base64.b64encode(data).decode()
+    (tmp_path / "chelsea.png").write_bytes(data)
+    load = DilatedViTMAEImageProcessor.load_image
+    path = tmp_path / "chelsea.png"
+    for source in (data, text, "data:image/png;base64," + text, str(path), path):
+        assert np.array_equal(np.asarray(load(source)), np.asarray(chelsea))
+    array = np.zeros((4, 4, 3), np.uint8)
+    assert load(array) is array and load(chelsea) is chelsea
+
+
+@pytest.mark.parametrize(
+    "source, kwargs, match",
+    [
+        ("https://example.com/face.jpg", {}, "does not download"),
+        ("data:image/png;base64", {}, "without ';base64,' before its data"),
+        ("data:image/png,abc", {}, "without ';base64,'"),
+        ("not base64!", {}, "neither a path to an existing image file nor base64"),
+        ("QUJD" * 1000, {"max_bytes": 100}, r"4,000 characters .* more than the limit"),
+        (b"x" * 200, {"max_bytes": 100}, "more than the limit"),
+        (b"plain text", {}, "Could not read the image data"),
+        (None, {}, "Unsupported image type NoneType"),
+        ("png-truncated", {}, "Could not read the image data: image file is truncated"),
+        ("png-large", {"max_pixels": 1000}, r"The image data is 451 x 300 = 135,300 pixels, more than the limit"),
+        ("pil-large", {"max_pixels": 1000}, r"The image is 451 x 300"),
+    ],
+)
+def test_load_image_refuses_bad_inputs_with_value_errors(source, kwargs, match, chelsea):
+    if source == "png-truncated":
+        source = _png(chelsea)[:5000]
+    elif source == "png-large":
+        source = _png(chelsea)
+    elif source == "pil-large":
+        source = chelsea
+    with pytest.raises(ValueError, match=match):
+        DilatedViTMAEImageProcessor.load_image(source, **kwargs)
