@@ -99,7 +99,15 @@ class DilatedViTMAEConfig(PreTrainedConfig):
             pixels, so reconstruction becomes nearly trivial: the config warns; use `"visible"` with it). The loss stays on
             masked patches in both modes.
         classifier_pooling (`str`, *optional*, defaults to `"cls"`):
-            New. Token pooling of [`DilatedViTMAEForImageClassification`]: `"cls"` or `"mean"` (of the patch tokens).
+            New. Token pooling of [`DilatedViTMAEForImageClassification`], as MAE's fine-tuning
+            (`main_finetune.py`): `"cls"`, the CLS token after the encoder's final `layernorm`; `"mean"` (MAE's
+            `global_pool`), the mean of the patch tokens out of the last encoder block followed by a new LayerNorm
+            `fc_norm`, with no final encoder `layernorm` (a checkpoint's `vit.layernorm` is then not loaded).
+        drop_path_rate (`float`, *optional*, defaults to 0.0):
+            New. Stochastic depth of the encoder, in `[0, 1)`: layer `i` of `n` drops its attention and MLP branches
+            for whole samples with probability `drop_path_rate * i / (n - 1)` (0 for the first layer, as timm / MAE),
+            in training mode only. The decoder has none. MAE fine-tunes with 0.1 (ViT-B); `0.0` (pre-training) keeps
+            exact parity with ViTMAE.
 
     Example:
 
@@ -138,6 +146,7 @@ class DilatedViTMAEConfig(PreTrainedConfig):
     dilated_context: Literal["full", "visible"] = "full"
     masking_mode: Literal["drop", "mask_token"] = "drop"
     classifier_pooling: Literal["cls", "mean"] = "cls"
+    drop_path_rate: float | int = 0.0
 
     def __post_init__(self, **kwargs):
         # A ViTMAE `config.json` (warm start) carries `model_type="vit_mae"`: it must not override ours.
@@ -195,6 +204,11 @@ class DilatedViTMAEConfig(PreTrainedConfig):
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
+        if not isinstance(self.drop_path_rate, (int, float)) or not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(
+                f"`drop_path_rate` must be in [0, 1) (the last encoder layer's stochastic depth), got "
+                f"{self.drop_path_rate!r}; MAE fine-tunes with 0.1."
+            )
         if self.masking_mode == "mask_token" and self.dilated_context == "full" and rates:
             # allowed (it is the design the ablation measures), but it is rarely what anyone wants to pre-train
             logger.warning(

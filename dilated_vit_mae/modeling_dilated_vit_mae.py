@@ -313,15 +313,20 @@ class DilatedViTMAEPatchEmbeddings(nn.Module):
 
 
 class DilatedViTMAEEmbeddings(nn.Module):
-    """CLS token, (dense + dilated) patch tokens, fixed 2D sin-cos position embeddings, and MAE's random masking."""
+    """
+    CLS token, (dense + dilated) patch tokens, fixed 2D sin-cos position embeddings, and MAE's random masking.
 
-    def __init__(self, config: DilatedViTMAEConfig):
+    `use_mask_token=False` builds an encoder for whole images only (the classifier's): without a mask token, which
+    would be a parameter without gradient (DDP refuses those).
+    """
+
+    def __init__(self, config: DilatedViTMAEConfig, use_mask_token: bool | None = None):
         super().__init__()
         self.config = config
+        if use_mask_token is None:
+            use_mask_token = config.masking_mode == "mask_token"
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.mask_token = (
-            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.masking_mode == "mask_token" else None
-        )
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if use_mask_token else None
         self.patch_embeddings = DilatedViTMAEPatchEmbeddings(config)
         self.image_size = self.patch_embeddings.image_size
         self.patch_size = self.patch_embeddings.patch_size
@@ -377,6 +382,11 @@ class DilatedViTMAEEmbeddings(nn.Module):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"`mask_ratio` must be in [0, 1), got {mask_ratio!r}.")
         len_keep = int(num_patches * (1 - mask_ratio))
+        if self.config.masking_mode == "mask_token" and self.mask_token is None and len_keep < num_patches:
+            raise ValueError(
+                "This encoder was built without a mask token (`use_mask_token=False`, e.g. the classifier's) and "
+                f"encodes whole images only, got `mask_ratio={mask_ratio!r}`; pass `mask_ratio=0.0`."
+            )
         if noise is None and len_keep == num_patches:
             # nothing to mask: keep the patches in image order rather than shuffling them by random noise
             noise = torch.arange(num_patches, device=pixel_values.device).expand(batch_size, -1)
@@ -519,35 +529,69 @@ class DilatedViTMAEIntermediate(nn.Module):
 
 
 class DilatedViTMAEOutput(nn.Module):
+    """Output projection of the MLP; the residual is added in [`DilatedViTMAELayer`] (after drop path)."""
+
     def __init__(self, config: DilatedViTMAEConfig, hidden_size: int, intermediate_size: int):
         super().__init__()
         self.dense = nn.Linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.dense(hidden_states)) + input_tensor
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense(hidden_states))
+
+
+class DilatedViTMAEDropPath(nn.Module):
+    """
+    Stochastic depth: in training, a residual branch is dropped for whole samples with probability `drop_prob` and
+    kept ones are scaled by `1 / (1 - drop_prob)`; the identity in eval mode or at `drop_prob=0`. As timm's `DropPath`
+    (https://github.com/huggingface/pytorch-image-models/blob/v0.3.2/timm/models/layers/drop.py), used by MAE.
+    """
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        # one draw per sample, broadcast over tokens and channels: (B, 1, 1)
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        return hidden_states * keep / keep_prob
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
 
 
 class DilatedViTMAELayer(GradientCheckpointingLayer):
     """A pre-norm transformer block; encoder and decoder share it with their own sizes."""
 
-    def __init__(self, config: DilatedViTMAEConfig, hidden_size: int, num_attention_heads: int, intermediate_size: int):
+    def __init__(
+        self,
+        config: DilatedViTMAEConfig,
+        hidden_size: int,
+        num_attention_heads: int,
+        intermediate_size: int,
+        drop_path_prob: float = 0.0,
+    ):
         super().__init__()
         self.attention = DilatedViTMAEAttention(config, hidden_size, num_attention_heads)
         self.intermediate = DilatedViTMAEIntermediate(config, hidden_size, intermediate_size)
         self.output = DilatedViTMAEOutput(config, hidden_size, intermediate_size)
         self.layernorm_before = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.drop_path = DilatedViTMAEDropPath(drop_path_prob)
 
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         # self-attention, residual
         attention_output, attn_weights = self.attention(self.layernorm_before(hidden_states), output_attentions)
-        hidden_states = attention_output + hidden_states
+        hidden_states = self.drop_path(attention_output) + hidden_states
         # MLP, residual
-        layer_output = self.output(self.intermediate(self.layernorm_after(hidden_states)), hidden_states)
-        return layer_output, attn_weights
+        mlp_output = self.output(self.intermediate(self.layernorm_after(hidden_states)))
+        return self.drop_path(mlp_output) + hidden_states, attn_weights
 
 
 def run_layers(
@@ -573,9 +617,13 @@ def run_layers(
 class DilatedViTMAEEncoder(nn.Module):
     def __init__(self, config: DilatedViTMAEConfig):
         super().__init__()
+        # stochastic depth rising linearly from 0 to `drop_path_rate` over the layers, as timm / MAE
+        drop_path_probs = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
         self.layer = nn.ModuleList(
-            DilatedViTMAELayer(config, config.hidden_size, config.num_attention_heads, config.intermediate_size)
-            for _ in range(config.num_hidden_layers)
+            DilatedViTMAELayer(
+                config, config.hidden_size, config.num_attention_heads, config.intermediate_size, drop_path_prob
+            )
+            for drop_path_prob in drop_path_probs
         )
 
     def forward(self, hidden_states, output_attentions: bool = False, output_hidden_states: bool = False):
@@ -723,6 +771,21 @@ class DilatedViTMAEPreTrainedModel(PreTrainedModel):
         elif isinstance(module, (DilatedViTMAEEmbeddings, DilatedViTMAEDecoder)):
             module.initialize_weights()
 
+    def post_init(self) -> None:
+        super().post_init()
+        # transformers merges every sub-model's patterns into its parent's: the encoder's `^decoder\.` would hide a
+        # pre-training checkpoint's unexpected decoder keys. Keep this class's own patterns, plus the parameters of
+        # the other masking mode (or of pre-training) that this model does not have: those are expected to go unused.
+        own = {name for name, _ in self.named_parameters()}
+        patterns = set(type(self)._keys_to_ignore_on_load_unexpected or [])
+        if not any(name.endswith("embeddings.mask_token") for name in own):
+            patterns.add(r"(^|\.)embeddings\.mask_token$")
+        if any(name.startswith("decoder.") for name in own) and "decoder.mask_token" not in own:
+            patterns.add(r"^decoder\.mask_token$")
+        if not any(name.startswith("layernorm.") or name.startswith("vit.layernorm.") for name in own):
+            patterns.add(r"(^|\.)layernorm\.(weight|bias)$")
+        self._keys_to_ignore_on_load_unexpected = patterns
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """[`PreTrainedModel.save_pretrained`], with every Auto class in `auto_map` whichever head is saved."""
         # transformers only writes the saved class's own Auto class; a Hub repository should serve them all
@@ -759,14 +822,25 @@ class DilatedViTMAEModel(DilatedViTMAEPreTrainedModel):
     torch.Size([1, 17, 32])
     ```"""
 
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^classifier\."]
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^classifier\.", r"^fc_norm\."]
 
-    def __init__(self, config: DilatedViTMAEConfig):
+    def __init__(
+        self, config: DilatedViTMAEConfig, use_mask_token: bool | None = None, add_final_layernorm: bool = True
+    ):
+        r"""
+        use_mask_token (`bool`, *optional*):
+            Whether the embeddings own a mask token; defaults to `config.masking_mode == "mask_token"`. `False` gives
+            an encoder of whole images only.
+        add_final_layernorm (`bool`, *optional*, defaults to `True`):
+            Whether the encoder output goes through the final `layernorm` (MAE's global-pool fine-tuning drops it).
+        """
         super().__init__(config)
         self.config = config
-        self.embeddings = DilatedViTMAEEmbeddings(config)
+        self.embeddings = DilatedViTMAEEmbeddings(config, use_mask_token=use_mask_token)
         self.encoder = DilatedViTMAEEncoder(config)
-        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layernorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if add_final_layernorm else nn.Identity()
+        )
         self.post_init()
 
     def get_input_embeddings(self) -> DilatedViTMAEPatchEmbeddings:
@@ -1015,9 +1089,11 @@ class DilatedViTMAEForPreTraining(DilatedViTMAEPreTrainedModel):
 
 class DilatedViTMAEForImageClassification(DilatedViTMAEPreTrainedModel):
     r"""
-    DilatedViTMAE encoder (no masking) with a linear head on the CLS token or the mean patch token
-    (`config.classifier_pooling`): single-label, multi-label (e.g. CelebA's 40 attributes) or regression, chosen by
-    `config.problem_type` as in transformers' ViT.
+    DilatedViTMAE encoder of the whole image (no masking, no mask token) with a linear head, pooled by
+    `config.classifier_pooling` as MAE fine-tunes: `"cls"`, the CLS token after the encoder's final `layernorm`;
+    `"mean"` (MAE's `global_pool`), the mean of the patch tokens out of the last block, then `fc_norm` (the final
+    `layernorm` is not built). Single-label, multi-label (e.g. CelebA's 40 attributes) or regression, chosen by
+    `config.problem_type` as in transformers' ViT. `config.drop_path_rate` adds MAE's stochastic depth.
 
     Example:
 
@@ -1039,7 +1115,10 @@ class DilatedViTMAEForImageClassification(DilatedViTMAEPreTrainedModel):
     def __init__(self, config: DilatedViTMAEConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.vit = DilatedViTMAEModel(config)
+        global_pool = config.classifier_pooling == "mean"
+        self.vit = DilatedViTMAEModel(config, use_mask_token=False, add_final_layernorm=not global_pool)
+        # MAE main_finetune.py `global_pool`: a LayerNorm of the pooled patch tokens replaces the encoder's final one
+        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if global_pool else None
         self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
@@ -1071,9 +1150,9 @@ class DilatedViTMAEForImageClassification(DilatedViTMAEPreTrainedModel):
             return_dict=True,
             mask_ratio=0.0,
         )
-        sequence_output = outputs.last_hidden_state
-        if self.config.classifier_pooling == "mean":
-            pooled = sequence_output[:, 1:, :].mean(dim=1)
+        sequence_output = outputs.last_hidden_state  # (B, 1 + L, D)
+        if self.fc_norm is not None:
+            pooled = self.fc_norm(sequence_output[:, 1:, :].mean(dim=1))
         else:
             pooled = sequence_output[:, 0, :]
         logits = self.classifier(pooled)

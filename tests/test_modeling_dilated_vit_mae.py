@@ -539,16 +539,112 @@ def test_image_classification_losses(tiny_config_kwargs, problem_type, labels):
     torch.testing.assert_close(outputs.loss, expected)
     # no masking: the whole image, deterministically
     torch.testing.assert_close(model(pixel_values).logits, outputs.logits, rtol=0, atol=0)
-    features = model.vit(pixel_values, mask_ratio=0.0).last_hidden_state
-    torch.testing.assert_close(model.classifier(features[:, 1:].mean(1)), outputs.logits)
+    features = model.vit(pixel_values, mask_ratio=0.0).last_hidden_state  # no final norm with "mean" pooling
+    torch.testing.assert_close(model.classifier(model.fc_norm(features[:, 1:].mean(1))), outputs.logits)
 
 
-def test_classifier_loads_pretraining_checkpoint(tiny_config, tmp_path):
-    DilatedViTMAEForPreTraining(tiny_config).save_pretrained(tmp_path)
-    model, info = DilatedViTMAEForImageClassification.from_pretrained(tmp_path, num_labels=5, output_loading_info=True)
-    assert set(info["missing_keys"]) == {"classifier.weight", "classifier.bias"}
+@pytest.mark.parametrize("masking_mode", ["drop", "mask_token"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_classifier_loads_pretraining_checkpoint(tiny_config_kwargs, tmp_path, pooling, masking_mode):
+    DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, masking_mode=masking_mode)).save_pretrained(tmp_path)
+    model, info = DilatedViTMAEForImageClassification.from_pretrained(
+        tmp_path, num_labels=5, classifier_pooling=pooling, output_loading_info=True
+    )
+    # MAE's global pool: a new `fc_norm`, and the encoder's final norm (and any mask token) is not used, so not loaded
+    new = {"classifier.weight", "classifier.bias"} | ({"fc_norm.weight", "fc_norm.bias"} if pooling == "mean" else set())
+    assert set(info["missing_keys"]) == new
     assert not info["unexpected_keys"]
     assert model(torch.randn(1, 3, 32, 32)).logits.shape == (1, 5)
+
+
+def test_mean_pooling_is_mae_global_pool_with_fc_norm(tiny_config_kwargs):
+    config = make_config(tiny_config_kwargs, num_labels=3, classifier_pooling="mean")
+    model = DilatedViTMAEForImageClassification(config).eval()
+    with torch.no_grad():
+        model.fc_norm.weight.normal_(1.0, 0.5)
+        model.fc_norm.bias.normal_(0.0, 0.5)
+    assert "fc_norm.weight" in model.state_dict() and "vit.layernorm.weight" not in model.state_dict()
+    encoder = DilatedViTMAEModel(config).eval()
+    missing, unexpected = encoder.load_state_dict(model.vit.state_dict(), strict=False)
+    assert set(missing) == {"layernorm.weight", "layernorm.bias"} and not unexpected
+    pixel_values = torch.randn(2, 3, 32, 32)
+    # main_finetune.py global_pool: mean of the patch tokens out of the last block (no final norm), fc_norm, head
+    last_block = encoder(pixel_values, mask_ratio=0.0, output_hidden_states=True).hidden_states[-1]
+    expected = model.classifier(model.fc_norm(last_block[:, 1:].mean(dim=1)))
+    torch.testing.assert_close(model(pixel_values).logits, expected)
+
+
+@pytest.mark.parametrize("masking_mode", ["drop", "mask_token"])
+def test_classifier_encodes_the_whole_image(tiny_config_kwargs, masking_mode):
+    config = make_config(tiny_config_kwargs, num_labels=3, mask_ratio=0.75, masking_mode=masking_mode)
+    model = DilatedViTMAEForImageClassification(config).train()
+    randomize_dilated_branches(model)
+    outputs = model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 2]), output_hidden_states=True)
+    assert outputs.hidden_states[-1].shape == (2, 65, 32)  # CLS + all 64 patches
+    outputs.loss.backward()
+    # every trainable parameter is used (DDP needs it): in particular no mask token is created
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert "vit.embeddings.mask_token" not in model.state_dict()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_classifier_exports_with_a_dynamic_batch(tiny_config_kwargs, pooling):
+    """`torch.export` (what `torch.onnx.export` runs first) fails on Python control flow over tensor values."""
+    config = make_config(tiny_config_kwargs, num_labels=3, classifier_pooling=pooling, dilation_rates=(2, 3))
+    model = DilatedViTMAEForImageClassification(config).eval()
+    randomize_dilated_branches(model)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(
+        model, (torch.randn(2, 3, 32, 32),), dynamic_shapes={"pixel_values": {0: batch}}, strict=False
+    )
+    pixel_values = torch.randn(5, 3, 32, 32)
+    torch.testing.assert_close(exported.module()(pixel_values).logits, model(pixel_values).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_classifier_onnx_export_runs_in_onnxruntime(tiny_config_kwargs, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime (with onnx, onnxscript) is an optional extra")
+    pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
+    config = make_config(tiny_config_kwargs, num_labels=3, classifier_pooling="mean", dilation_rates=(2,))
+    model = DilatedViTMAEForImageClassification(config).eval()
+    randomize_dilated_branches(model)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.onnx.export(
+        model, (torch.randn(2, 3, 32, 32),), tmp_path / "model.onnx", input_names=["pixel_values"],
+        dynamic_shapes={"pixel_values": {0: batch}}, dynamo=True, external_data=False,
+    )
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    pixel_values = torch.randn(3, 3, 32, 32)
+    (logits,) = session.run(None, {"pixel_values": pixel_values.numpy()})[:1]
+    torch.testing.assert_close(torch.from_numpy(logits), model(pixel_values).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_drop_path_rates_rise_linearly_over_the_encoder_only(tiny_config_kwargs):
+    model = DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, num_hidden_layers=3, drop_path_rate=0.2))
+    rates = [layer.drop_path.drop_prob for layer in model.vit.encoder.layer]
+    assert rates == pytest.approx([0.0, 0.1, 0.2])  # timm / MAE: linspace(0, drop_path_rate, depth)
+    assert all(layer.drop_path.drop_prob == 0.0 for layer in model.decoder.decoder_layers)
+
+
+def test_drop_path_drops_whole_samples_in_training_only(tiny_config_kwargs):
+    from dilated_vit_mae.modeling_dilated_vit_mae import DilatedViTMAEDropPath
+
+    drop_path = DilatedViTMAEDropPath(0.25).train()
+    out = drop_path(torch.ones(4000, 3, 2))
+    per_sample = out.reshape(4000, -1)
+    assert ((per_sample == 0).all(1) | (per_sample == 1 / 0.75).all(1)).all()  # kept samples rescaled by 1/keep
+    assert abs((per_sample[:, 0] == 0).float().mean().item() - 0.25) < 0.03
+    assert torch.equal(drop_path.eval()(torch.ones(8, 3)), torch.ones(8, 3))
+
+    config = make_config(tiny_config_kwargs, num_labels=3, drop_path_rate=0.5)
+    model = DilatedViTMAEForImageClassification(config)
+    plain = DilatedViTMAEForImageClassification(make_config(tiny_config_kwargs, num_labels=3))
+    plain.load_state_dict(model.state_dict())
+    pixel_values = torch.randn(8, 3, 32, 32)
+    torch.testing.assert_close(model.eval()(pixel_values).logits, plain.eval()(pixel_values).logits, rtol=0, atol=0)
+    model.train()
+    assert not torch.allclose(model(pixel_values).logits, model(pixel_values).logits)
+    plain.train()  # without drop path (and dropout 0) training mode is deterministic
+    torch.testing.assert_close(plain(pixel_values).logits, plain(pixel_values).logits, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
