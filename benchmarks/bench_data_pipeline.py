@@ -43,7 +43,10 @@ DEFAULT_MODEL_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dil
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: `--tok` for `--token` would slip past redaction, and a new flag could change what one means
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--celeba_dir", type=Path, default=CELEBA_SAMPLE_DIR, help="raw CelebA layout directory")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--num_images", type=int, default=2000, help="images per measurement")

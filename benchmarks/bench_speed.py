@@ -188,7 +188,10 @@ def current_rss_mb() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: `--tok` for `--token` would slip past redaction, and a new flag could change what one means
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--presets", nargs="+", default=["small", "base"], choices=sorted(PRESETS))
     parser.add_argument("--batch_size", type=int, nargs="+", default=None, help="One per preset (default: 32 small, 8 base).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

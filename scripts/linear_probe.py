@@ -68,7 +68,10 @@ RESULTS_FILE = "linear_probe_results.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: `--tok` for `--token` would slip past redaction, and a new flag could change what one means
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model_name_or_path", required=True, help="A folder saved by run_mae.py, or a ViTMAE checkpoint."
@@ -345,7 +348,10 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     }
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    # uploaded with the model: token values (however the flag was spelt) and local paths stay out of it
+    from dilated_vit_mae.redaction import publishable, secret_values
+
+    (output_dir / RESULTS_FILE).write_text(json.dumps(publishable(results, secret_values(args)), indent=2))
     headline = "mean_attribute_accuracy" if task == "multi_label" else "accuracy"
     logger.info(
         f"{headline} {results[headline]:.4f} (majority floor {results['majority_baseline']:.4f}) on "

@@ -37,7 +37,10 @@ logger = logging.getLogger("push_to_hub")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: `--tok` for `--token` would slip past redaction, and a new flag could change what one means
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("output_dir", help="A folder saved by scripts/run_mae.py (model, image processor, card).")
     parser.add_argument("--repo_id", required=True, help="namespace/name on the Hub.")
     parser.add_argument("--private", action="store_true", help="Create the repository private.")

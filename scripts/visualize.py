@@ -36,7 +36,10 @@ COLUMNS = ("original", "masked", "reconstruction", "recomposited")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: `--tok` for `--token` would slip past redaction, and a new flag could change what one means
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--model", required=True, help="A saved model folder or a Hub id.")
     parser.add_argument("--revision", help="Commit, branch or tag of a Hub model.")
     parser.add_argument("--images", required=True, nargs="+", help="Image files and/or folders of images.")

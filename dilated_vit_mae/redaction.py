@@ -1,0 +1,132 @@
+"""
+What may be published: every file the project writes that can reach the Hub (`README.md`, `all_results.json`,
+`linear_probe_results.json`, `train_log.jsonl`) goes through `publishable(obj, secret_values(args))` first.
+
+- **Secrets are redacted by value**, not by flag name: argparse accepted `--tok` for `--token`, so a redaction that
+  looked for `--token` on the command line let the value through. `secret_values(args)` collects the values of every
+  argument whose name contains "token", of `HF_TOKEN` / `HUGGING_FACE_HUB_TOKEN` and the cached Hub login, and
+  `redact(obj, secrets)` replaces each occurrence of them (and of anything shaped like a Hub token) in the strings of
+  nested dicts / lists with `"<redacted>"`.
+- **Local paths become names**: `scrub_local_paths(obj)` replaces every absolute path (`/home/me/data/celeba`,
+  `~/data`, `C:\\data`) in those strings with its last component (`celeba`); relative paths and URLs are kept.
+
+Not Hub code (the Hub never runs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+
+T = TypeVar("T")
+
+REDACTED = "<redacted>"
+TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+# shorter values cannot be real credentials, and replacing them everywhere would mangle the file
+MIN_SECRET_LENGTH = 4
+# a Hub user access token ("hf_" + 34 letters and digits), wherever it came from
+HUB_TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{30,}\b")
+# an absolute path: `/a/b`, `~/a`, `C:\a` or `C:/a`, not inside a word, a relative path (`data/x`, `./x`) or a URL
+LOCAL_PATH_PATTERN = re.compile(r"""(?<![\w.~:/\\-])(?:~|[A-Za-z]:)?[/\\](?![/\\\s])[^\s'"`()<>\[\]{},;|*]+""")
+
+
+def _cached_token() -> str | None:
+    """The logged-in Hub token (`hf auth login`), or `None`; never raises (no huggingface_hub, unreadable file...)."""
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:
+        return None
+
+
+def secret_values(
+    args: Any = None, environ: Mapping[str, str] | None = None, cached_token: bool = True
+) -> set[str]:
+    """
+    The secrets a published file must not contain.
+
+    Args:
+        args (`argparse.Namespace` or mapping, *optional*): the values of every argument whose name contains "token"
+            (`--token`, `--hub_token`, ...), strings or lists of strings.
+        environ (*optional*): defaults to `os.environ`; `HF_TOKEN` and `HUGGING_FACE_HUB_TOKEN` are read from it.
+        cached_token (`bool`, *optional*, defaults to `True`): add the cached Hub login (`huggingface_hub.get_token()`).
+
+    Returns:
+        The values (of at least `MIN_SECRET_LENGTH` characters).
+    """
+    environ = os.environ if environ is None else environ
+    fields = vars(args) if args is not None and not isinstance(args, Mapping) else dict(args or {})
+    values: list[Any] = [value for name, value in fields.items() if "token" in str(name).lower()]
+    values += [environ.get(name) for name in TOKEN_ENV_VARS]
+    if cached_token:
+        values.append(_cached_token())
+    flat = [v for value in values for v in (value if isinstance(value, (list, tuple)) else [value])]
+    return {v for v in flat if isinstance(v, str) and len(v.strip()) >= MIN_SECRET_LENGTH}
+
+
+def _map_strings(obj: Any, function) -> Any:
+    """`obj` with `function` applied to every string in it (dict keys included), through dicts, lists and tuples."""
+    if isinstance(obj, str):
+        return function(obj)
+    if isinstance(obj, Mapping):
+        return {_map_strings(key, function): _map_strings(value, function) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_strings(item, function) for item in obj)
+    return obj
+
+
+def redact(obj: T, secrets: Iterable[str] | None = None) -> T:
+    """
+    `obj` (a string, or dicts / lists / tuples of them and other values) with every occurrence of each secret, and
+    anything shaped like a Hub token, replaced by `"<redacted>"`. `secrets` defaults to `secret_values()` (environment
+    and cached login).
+    """
+    secrets = secret_values() if secrets is None else secrets
+    ordered = sorted({s for s in secrets if isinstance(s, str) and len(s.strip()) >= MIN_SECRET_LENGTH}, key=len)
+
+    def hide(text: str) -> str:
+        for secret in reversed(ordered):  # longest first: a secret inside another is not left half-replaced
+            text = text.replace(secret, REDACTED)
+        return HUB_TOKEN_PATTERN.sub(REDACTED, text)
+
+    return _map_strings(obj, hide)
+
+
+def local_path_name(path: str | os.PathLike) -> str:
+    """The last component of a path (`/home/me/data/celeba/` -> `celeba`), what a published file may say of it."""
+    return re.split(r"[/\\]", str(path).rstrip("/\\"))[-1] or str(path)
+
+
+def scrub_local_paths(obj: T) -> T:
+    """`obj` with every absolute local path in its strings replaced by its last component (`local_path_name`)."""
+    return _map_strings(obj, lambda text: LOCAL_PATH_PATTERN.sub(lambda m: local_path_name(m.group(0)), text))
+
+
+def publishable(obj: T, secrets: Iterable[str] | None = None) -> T:
+    """`obj` as it may be published: secrets redacted (`redact`), local paths reduced to names (`scrub_local_paths`)."""
+    return scrub_local_paths(redact(obj, secrets))
+
+
+def write_publishable_json(path: str | os.PathLike, obj: Any, secrets: Iterable[str] | None = None) -> Path:
+    """Write `publishable(obj, secrets)` to `path` as indented JSON; returns the path."""
+    path = Path(path)
+    path.write_text(json.dumps(publishable(obj, secrets), indent=2) + "\n")
+    return path
+
+
+__all__ = [
+    "REDACTED",
+    "TOKEN_ENV_VARS",
+    "local_path_name",
+    "publishable",
+    "redact",
+    "scrub_local_paths",
+    "secret_values",
+    "write_publishable_json",
+]
