@@ -631,7 +631,12 @@ class DilatedViTMAEEncoder(nn.Module):
 
 
 class DilatedViTMAEDecoder(nn.Module):
-    """MAE's lightweight decoder: re-inserts mask tokens, unshuffles, adds positions and predicts every patch."""
+    """
+    MAE's lightweight decoder: re-inserts mask tokens, unshuffles, adds positions and predicts every patch.
+
+    With `masking_mode="mask_token"` the encoder already returns every position in image order, so the decoder has
+    no `mask_token` (it would never receive a gradient, which DDP refuses).
+    """
 
     def __init__(self, config: DilatedViTMAEConfig, num_patches: int):
         super().__init__()
@@ -642,7 +647,9 @@ class DilatedViTMAEDecoder(nn.Module):
         )
         patch_height, patch_width = to_2tuple(config.patch_size)
         self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size, bias=True)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
+        self.mask_token = (
+            nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size)) if config.masking_mode == "drop" else None
+        )
         # fixed sin-cos embedding
         self.decoder_pos_embed = nn.Parameter(
             torch.zeros(1, num_patches + 1, config.decoder_hidden_size), requires_grad=False
@@ -666,7 +673,7 @@ class DilatedViTMAEDecoder(nn.Module):
         if _needs_init(self.decoder_pos_embed):
             table = get_2d_sincos_pos_embed(self.config.decoder_hidden_size, self.grid_size, add_cls_token=True)
             self.decoder_pos_embed.copy_(table.unsqueeze(0))
-        if _needs_init(self.mask_token):
+        if self.mask_token is not None and _needs_init(self.mask_token):
             nn.init.normal_(self.mask_token, std=self.config.initializer_range)
 
     def forward(

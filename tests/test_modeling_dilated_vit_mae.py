@@ -325,6 +325,26 @@ def test_vit_mae_encoder_loads_into_model(tiny_config_kwargs, tmp_path):
     )
 
 
+@pytest.mark.parametrize("source,target", [("drop", "mask_token"), ("mask_token", "drop"), ("mask_token", "mask_token")])
+def test_checkpoints_of_either_masking_mode_load(tiny_config_kwargs, tmp_path, source, target):
+    DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, masking_mode=source)).save_pretrained(tmp_path)
+    model, info = DilatedViTMAEForPreTraining.from_pretrained(tmp_path, masking_mode=target, output_loading_info=True)
+    # the other mode's mask token is not a surprise; this mode's own one is new (freshly initialised) and says so
+    new_token = {"drop": "decoder.mask_token", "mask_token": "vit.embeddings.mask_token"}[target]
+    assert set(info["missing_keys"]) == (set() if source == target else {new_token})
+    assert not info["unexpected_keys"]
+    # mask-token mode: the encoder holds every position, so the decoder has no mask token (DDP needs every gradient)
+    assert (model.decoder.mask_token is None) == (target == "mask_token")
+    assert torch.isfinite(model(torch.randn(1, 3, 32, 32)).loss)
+
+
+def test_unexpected_decoder_keys_are_reported(tiny_config_kwargs, tmp_path):
+    # the encoder ignores a pre-training checkpoint's decoder; the pre-training model itself must not
+    DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, decoder_num_hidden_layers=2)).save_pretrained(tmp_path)
+    _, info = DilatedViTMAEForPreTraining.from_pretrained(tmp_path, decoder_num_hidden_layers=1, output_loading_info=True)
+    assert info["unexpected_keys"] and all(k.startswith("decoder.decoder_layers.1.") for k in info["unexpected_keys"])
+
+
 def test_save_load_round_trip_keeps_outputs_and_key_layout(tiny_config_kwargs, tmp_path):
     model = DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, dilation_rates=(2, 3))).eval()
     randomize_dilated_branches(model)
