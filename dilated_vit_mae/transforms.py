@@ -24,13 +24,19 @@ centre-crop of the image processor. Both are plain picklable classes, usable in 
 import io
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, Literal
 
 import numpy as np
 import PIL.Image
 import torch
 from torch.utils.data import get_worker_info
+
+try:  # optional: libjpeg-turbo through a thin binding, ~1.5x faster than PIL's decode of a CelebA JPEG
+    import simplejpeg
+except ImportError:
+    simplejpeg = None
 
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
@@ -38,6 +44,8 @@ __all__ = [
     "MAEBatchTransform",
     "MAECollator",
     "MAEEvalTransform",
+    "MAEHostCollator",
+    "MAEHostTransform",
     "MAETrainTransform",
     "collate_fn",
     "random_resized_crop_params",
@@ -48,6 +56,7 @@ IMAGENET_DEFAULT_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 ImageInput = PIL.Image.Image | np.ndarray | str | os.PathLike | dict
+Decoder = Literal["auto", "simplejpeg", "pil"]
 
 
 def random_resized_crop_params(
@@ -203,11 +212,7 @@ class MAETrainTransform:
         """
         image = _prepare_image(image, self.num_channels)
         generator = generator if generator is not None else self._worker_generator()
-        top, left, crop_height, crop_width = random_resized_crop_params(
-            image.height, image.width, self.scale, self.ratio, generator
-        )
-        # torchvision's RandomHorizontalFlip: `if torch.rand(1) < self.p`, drawn after the crop
-        flip = torch.rand(1, generator=generator).item() < self.flip_prob
+        (top, left, crop_height, crop_width), flip = self._draw(image.height, image.width, generator)
         height, width = self.size
         image = image.resize(
             (width, height), self.resample, box=(left, top, left + crop_width, top + crop_height)
@@ -215,6 +220,65 @@ class MAETrainTransform:
         if flip:
             image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
         return _to_normalized_tensor(image, self.image_mean, self.image_std, self.rescale_factor)
+
+    def host_params(
+        self,
+        image: ImageInput,
+        generator: torch.Generator | None = None,
+        decoder: Decoder = "auto",
+        draft: bool = True,
+    ) -> dict[str, Any]:
+        """
+        The host half of the augmentation, for [`~dilated_vit_mae.device_augment.DeviceAugmentation`]: decode the
+        image to uint8 and draw its crop box and flip, with the same draws as `__call__` (so a generator in the same
+        state gives the same box and flip), leaving crop, resize, flip and normalisation to the device.
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, path or `{"bytes", "path"}` dict):
+                The image. Paths and dicts (`datasets.Image(decode=False)`) are decoded here, JPEGs with simplejpeg
+                where it is installed; a uint8 `(height, width, num_channels)` array (a decoded-cache row) is used
+                as it is.
+            generator (`torch.Generator`, *optional*):
+                Source of randomness for this call, overriding the transform's own.
+            decoder (`"auto"`, `"simplejpeg"` or `"pil"`, *optional*, defaults to `"auto"`):
+                JPEG decoder for encoded inputs: `"auto"` uses simplejpeg when it is installed, PIL otherwise.
+            draft (`bool`, *optional*, defaults to `True`):
+                Decode a JPEG at a reduced DCT scale (1/2, 1/4, 1/8) when the crop still has at least the output's
+                size there; the box is then given in the reduced image's pixels. Never happens when upscaling
+                (CelebA's 178x218 crops at 224 px).
+
+        Returns:
+            `dict` with `image_uint8` (`torch.ByteTensor` of shape `(num_channels, height, width)`, a view of a
+            channels-last array), `crop_box` (`(top, left, height, width)` floats, in `image_uint8`'s pixels) and
+            `flip` (`bool`).
+
+        Example:
+
+        ```python
+        >>> import PIL.Image, torch
+        >>> from dilated_vit_mae.transforms import MAETrainTransform
+        >>> params = MAETrainTransform(224).host_params(PIL.Image.new("RGB", (178, 218)), torch.Generator().manual_seed(0))
+        >>> params["image_uint8"].shape, len(params["crop_box"]), type(params["flip"])
+        (torch.Size([3, 218, 178]), 4, <class 'bool'>)
+        ```
+        """
+        (height, width), decode = _open_for_decode(image, self.num_channels, _check_decoder(decoder))
+        generator = generator if generator is not None else self._worker_generator()
+        box, flip = self._draw(height, width, generator)
+        pixels = decode(_draft_size(box, (height, width), self.size) if draft else (height, width))
+        scale_y, scale_x = pixels.shape[0] / height, pixels.shape[1] / width
+        top, left, crop_height, crop_width = box
+        crop_box = (top * scale_y, left * scale_x, crop_height * scale_y, crop_width * scale_x)
+        # (H, W, C) -> (C, H, W) as a view: the collator copies it into a channels-last batch
+        return {"image_uint8": torch.from_numpy(pixels).permute(2, 0, 1), "crop_box": crop_box, "flip": flip}
+
+    def _draw(
+        self, height: int, width: int, generator: torch.Generator | None
+    ) -> tuple[tuple[int, int, int, int], bool]:
+        box = random_resized_crop_params(height, width, self.scale, self.ratio, generator)
+        # torchvision's RandomHorizontalFlip: `if torch.rand(1) < self.p`, drawn after the crop
+        flip = torch.rand(1, generator=generator).item() < self.flip_prob
+        return box, flip
 
     def _worker_generator(self) -> torch.Generator | None:
         if self._generator is None:
@@ -232,6 +296,46 @@ class MAETrainTransform:
             f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
             f"flip_prob={self.flip_prob}, num_channels={self.num_channels}, seed={self.seed})"
         )
+
+
+class MAEHostTransform(MAETrainTransform):
+    r"""
+    The host half of [`MAETrainTransform`] for training on an accelerator: `__call__(image, generator)` returns
+    [`~MAETrainTransform.host_params`] (uint8 image, crop box, flip) instead of a float tensor. Batch its outputs with
+    [`MAEHostCollator`] and finish them on the device with
+    [`~dilated_vit_mae.device_augment.DeviceAugmentation.from_transform`]. The host then only decodes: about a
+    fifth of the CPU time per image of the float32 path (`benchmarks/bench_data_pipeline.py`).
+
+    Args:
+        *args, **kwargs:
+            [`MAETrainTransform`]'s arguments (size, normalisation, crop ranges, flip probability, resampling, seed);
+            the device side reads them from this transform.
+        decoder (`"auto"`, `"simplejpeg"` or `"pil"`, *optional*, defaults to `"auto"`):
+            JPEG decoder; `"simplejpeg"` raises `ImportError` here when the package is missing.
+        draft (`bool`, *optional*, defaults to `True`):
+            Decode JPEGs at a reduced DCT scale when the crop keeps at least the output size (see `host_params`).
+
+    Example:
+
+    ```python
+    >>> import PIL.Image
+    >>> from dilated_vit_mae.transforms import MAEHostCollator, MAEHostTransform
+    >>> transform = MAEHostTransform(224, seed=0)
+    >>> batch = MAEHostCollator()([transform(PIL.Image.new("RGB", (178, 218))) for _ in range(2)])
+    >>> batch["pixel_values_uint8"].shape, batch["crop_boxes"].shape
+    (torch.Size([2, 3, 218, 178]), torch.Size([2, 4]))
+    ```
+    """
+
+    def __init__(self, *args: Any, decoder: Decoder = "auto", draft: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.decoder = _check_decoder(decoder)
+        if self.decoder == "simplejpeg" and simplejpeg is None:
+            raise ImportError("decoder='simplejpeg' needs the simplejpeg package: `pip install simplejpeg`, or use 'auto'.")
+        self.draft = bool(draft)
+
+    def __call__(self, image: ImageInput, generator: torch.Generator | None = None) -> dict[str, Any]:
+        return self.host_params(image, generator, self.decoder, self.draft)
 
 
 class MAEEvalTransform:
@@ -488,6 +592,63 @@ class MAECollator:
         return batch
 
 
+class MAEHostCollator:
+    """
+    `collate_fn` for [`MAEHostTransform`] outputs: pads the uint8 images into one channels-last batch (zeros beyond
+    each image; images of one size, such as CelebA's, are stacked without padding) and stacks their boxes and flips.
+    Inside a `DataLoader` worker the batch is allocated in shared memory, as `default_collate` does, so it reaches the
+    main process without another copy; every output is a plain tensor, so `pin_memory=True` pins them all.
+
+    An example is a dict with `image_uint8`, `crop_box` and `flip`, either at its top level or under `pixel_values`
+    (what `SeededAugmentation(MAEHostTransform(...), ...)` returns); `index_key` is passed through when present.
+
+    Returns:
+        `dict` with `pixel_values_uint8` (`torch.ByteTensor` of shape `(batch_size, num_channels, max_height,
+        max_width)`, channels-last in memory), `image_sizes` (`(batch_size, 2)` int64, height and width),
+        `crop_boxes` (`(batch_size, 4)` float32, `(top, left, height, width)`), `flips` (`(batch_size,)` bool) and
+        `index_key` (int64) if the examples have it.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dilated_vit_mae.transforms import MAEHostCollator
+    >>> example = {"image_uint8": torch.zeros(3, 4, 5, dtype=torch.uint8), "crop_box": (0, 0, 4, 5), "flip": True}
+    >>> MAEHostCollator()([example])["flips"]
+    tensor([True])
+    ```
+    """
+
+    def __init__(self, index_key: str = "sample_index") -> None:
+        self.index_key = index_key
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("Cannot collate an empty list of examples.")
+        fields = [_host_fields(example) for example in examples]
+        images = [f["image_uint8"] for f in fields]  # (C, H, W) views of (H, W, C) arrays
+        num_channels = images[0].shape[0]
+        if any(image.shape[0] != num_channels for image in images):
+            raise ValueError(f"Cannot batch images with different channel counts, got {[i.shape[0] for i in images]}.")
+        sizes = torch.tensor([image.shape[1:] for image in images], dtype=torch.int64)
+        max_height, max_width = sizes.max(dim=0).values.tolist()
+        batch = _new_uint8((len(images), max_height, max_width, num_channels))  # (B, H, W, C)
+        if not bool((sizes == sizes[0]).all()):
+            batch.zero_()
+        for row, image in zip(batch.numpy(), images):
+            # numpy: a torch copy_ here splits over intra-op threads, 100x slower when the cores are busy
+            row[: image.shape[1], : image.shape[2]] = image.permute(1, 2, 0).numpy()
+        output = {
+            "pixel_values_uint8": batch.permute(0, 3, 1, 2),  # (B, C, H, W), channels-last
+            "image_sizes": sizes,
+            "crop_boxes": torch.tensor([f["crop_box"] for f in fields], dtype=torch.float32),
+            "flips": torch.tensor([bool(f["flip"]) for f in fields], dtype=torch.bool),
+        }
+        if self.index_key in examples[0]:
+            output[self.index_key] = torch.tensor([int(example[self.index_key]) for example in examples])
+        return output
+
+
 def collate_fn(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack `pixel_values` only; see [`MAECollator`] for labels."""
     return MAECollator()(examples)
@@ -548,17 +709,9 @@ def _as_dict(size: Any) -> dict:
 
 def _prepare_image(image: ImageInput, num_channels: int) -> PIL.Image.Image:
     """Open / check the input and convert it to `RGB` (3 channels) or `L` (1 channel)."""
-    name = None
-    if isinstance(image, dict):  # datasets.Image(decode=False)
-        data, name = image.get("bytes"), image.get("path")
-        if data is None and name is None:
-            raise ValueError(f"Image dict has neither 'bytes' nor 'path': {image!r}.")
-        source = io.BytesIO(data) if data is not None else name
-        name = name or "<in-memory bytes>"
-        image = _open(source, name)
-    elif isinstance(image, (str, os.PathLike)):
-        name = os.fspath(image)
-        image = _open(name, name)
+    data, name = _read_encoded(image)  # paths and {"bytes", "path"} dicts
+    if data is not None:
+        image = _open(io.BytesIO(data), name)
     elif isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
             raise ValueError(
@@ -590,10 +743,11 @@ def _prepare_image(image: ImageInput, num_channels: int) -> PIL.Image.Image:
     return image.convert(target_mode)
 
 
-def _open(source: Any, name: str) -> PIL.Image.Image:
+def _open(source: Any, name: str, load: bool = True) -> PIL.Image.Image:
     try:
         image = PIL.Image.open(source)
-        image.load()
+        if load:
+            image.load()
     except FileNotFoundError:
         raise
     except Exception as error:  # PIL raises many types for a corrupt file
@@ -615,3 +769,103 @@ def _to_normalized_tensor(
     pixel_values -= mean
     pixel_values /= std
     return torch.from_numpy(pixel_values)
+
+
+def _check_decoder(decoder: str) -> str:
+    if decoder not in ("auto", "simplejpeg", "pil"):
+        raise ValueError(f"`decoder` must be 'auto', 'simplejpeg' or 'pil', got {decoder!r}.")
+    return decoder
+
+
+def _host_fields(example: dict[str, Any]) -> dict[str, Any]:
+    fields = example.get("pixel_values") if isinstance(example.get("pixel_values"), dict) else example
+    if "image_uint8" not in fields:
+        raise KeyError(
+            f"Expected MAEHostTransform outputs (image_uint8, crop_box, flip), got keys {sorted(example)}: use "
+            "MAECollator for float pixel_values."
+        )
+    return fields
+
+
+def _new_uint8(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor; in shared memory inside a `DataLoader` worker, like `default_collate`'s."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+def _draft_size(box: tuple[int, int, int, int], size: tuple[int, int], output_size: tuple[int, int]) -> tuple[int, int]:
+    """
+    The decoded `(height, width)` for `box`: the image reduced by the largest of 8, 4, 2 (JPEG DCT scaling, PIL's
+    `draft` factors) at which the crop keeps at least `output_size` pixels, or its full size.
+    """
+    _, _, crop_height, crop_width = box
+    factor = next((f for f in (8, 4, 2) if crop_height >= f * output_size[0] and crop_width >= f * output_size[1]), 1)
+    return -(-size[0] // factor), -(-size[1] // factor)
+
+
+def _open_for_decode(
+    image: ImageInput, num_channels: int, decoder: str
+) -> tuple[tuple[int, int], Callable[[tuple[int, int]], np.ndarray]]:
+    """
+    `(height, width)` of `image`, read from the header where it is encoded, and a function that decodes it to a
+    `(H, W, num_channels)` uint8 array at a size of at least the `(min_height, min_width)` it is given (JPEG DCT
+    scaling; other images are decoded at full size).
+    """
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == num_channels:
+        pixels = image if image.flags.writeable else image.copy()  # torch refuses read-only memory
+        return image.shape[:2], lambda min_size: pixels  # already decoded, e.g. a row of a decoded cache
+    data, name = _read_encoded(image)
+    if data is None:  # a PIL image or another array: decoded already
+        pil = _prepare_image(image, num_channels)
+        return (pil.height, pil.width), lambda min_size: _pil_to_array(pil)
+    if decoder != "pil" and simplejpeg is not None and data[:2] == b"\xff\xd8":
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            return (height, width), partial(_decode_simplejpeg, data, num_channels, name)
+        except ValueError:
+            pass  # not a JPEG libjpeg-turbo reads: PIL names the problem below
+    pil = _open(io.BytesIO(data), name, load=False)
+    return (pil.height, pil.width), partial(_decode_pil, pil, num_channels, name)
+
+
+def _read_encoded(image: ImageInput) -> tuple[bytes | None, str | None]:
+    if isinstance(image, dict):  # datasets.Image(decode=False)
+        data, name = image.get("bytes"), image.get("path")
+        if data is None and name is None:
+            raise ValueError(f"Image dict has neither 'bytes' nor 'path': {image!r}.")
+        if data is None:
+            with open(name, "rb") as file:
+                data = file.read()
+        return data, name or "<in-memory bytes>"
+    if isinstance(image, (str, os.PathLike)):
+        with open(image, "rb") as file:
+            return file.read(), os.fspath(image)
+    return None, None
+
+
+def _decode_simplejpeg(data: bytes, num_channels: int, name: str, min_size: tuple[int, int]) -> np.ndarray:
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="RGB" if num_channels == 3 else "GRAY", min_height=min_size[0], min_width=min_size[1]
+        )
+    except ValueError:  # e.g. CMYK, which libjpeg-turbo does not convert to RGB: PIL does
+        return _decode_pil(_open(io.BytesIO(data), name, load=False), num_channels, name, min_size)
+    return pixels if pixels.ndim == 3 else pixels[:, :, None]
+
+
+def _decode_pil(image: PIL.Image.Image, num_channels: int, name: str, min_size: tuple[int, int]) -> np.ndarray:
+    factor = round(image.height / min_size[0])  # _draft_size's 1, 2, 4 or 8
+    if image.format == "JPEG" and factor > 1:
+        image.draft(None, (image.width // factor, image.height // factor))
+    try:
+        image.load()
+    except Exception as error:  # PIL raises many types for a corrupt file
+        raise ValueError(f"Cannot decode image {name}: {type(error).__name__}: {error}") from error
+    return _pil_to_array(_prepare_image(image, num_channels))
+
+
+def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:
+    array = np.array(image)  # a writable copy, (H, W) or (H, W, C)
+    return array[:, :, None] if array.ndim == 2 else array

@@ -17,6 +17,8 @@ from dilated_vit_mae.transforms import (
     MAEBatchTransform,
     MAECollator,
     MAEEvalTransform,
+    MAEHostCollator,
+    MAEHostTransform,
     MAETrainTransform,
     collate_fn,
     random_resized_crop_params,
@@ -279,3 +281,106 @@ def test_crop_scale_reaches_output_as_zoom():
     ramp_small = (small[0, :, -1] - small[0, :, 0]).mean()
     ramp_whole = (whole[0, :, -1] - whole[0, :, 0]).mean()
     assert ramp_small / ramp_whole == pytest.approx(math.sqrt(0.2), abs=0.1)
+
+
+# ---- host half of the device path: MAEHostTransform / host_params / MAEHostCollator ---------------------------------
+
+
+def jpeg_bytes(image: PIL.Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("decoder", ["auto", "pil"])
+def test_host_params_draw_the_box_and_flip_of_the_float_transform(decoder):
+    image = face_like_image()
+    encoded = {"bytes": jpeg_bytes(image), "path": "face.jpg"}
+    transform = MAETrainTransform(224)
+    for seed in range(20):
+        params = transform.host_params(encoded, torch.Generator().manual_seed(seed), decoder=decoder)
+        # the same draws, in the same order, as __call__ (the crop, then `torch.rand(1) < flip_prob`)
+        generator = torch.Generator().manual_seed(seed)
+        box = random_resized_crop_params(218, 178, transform.scale, transform.ratio, generator)
+        assert params["crop_box"] == tuple(float(v) for v in box)
+        assert params["flip"] == (torch.rand(1, generator=generator).item() < 0.5)
+        assert params["image_uint8"].shape == (3, 218, 178) and params["image_uint8"].dtype == torch.uint8
+    # the decoded pixels are the JPEG's, whichever decoder (libjpeg-turbo in both; identical here)
+    decoded = np.asarray(PIL.Image.open(io.BytesIO(encoded["bytes"])).convert("RGB"))
+    assert np.abs(params["image_uint8"].permute(1, 2, 0).numpy().astype(int) - decoded).max() <= 1
+
+
+def test_host_params_accept_every_input_of_the_float_transform():
+    image = face_like_image(64, 48)
+    generator_state = torch.Generator().manual_seed(3).get_state()
+    inputs = [image, np.asarray(image), {"bytes": jpeg_bytes(image), "path": None}, image.convert("P")]
+    for item in inputs:
+        params = MAEHostTransform(32)(item, generator=torch.Generator().set_state(generator_state))
+        assert params["image_uint8"].shape == (3, 48, 64)
+    grey = MAEHostTransform(32, image_mean=[0.5], image_std=[0.5], num_channels=1)(
+        {"bytes": jpeg_bytes(image), "path": "g.jpg"}, generator=torch.Generator().manual_seed(0)
+    )
+    assert grey["image_uint8"].shape == (1, 48, 64)
+    with pytest.raises(ValueError, match=r"Cannot decode image corrupt\.jpg"):
+        MAEHostTransform(32)({"bytes": b"\xff\xd8 not a jpeg", "path": "corrupt.jpg"})
+    with pytest.raises(ValueError, match="`decoder` must be 'auto', 'simplejpeg' or 'pil', got 'turbo'"):
+        MAEHostTransform(32, decoder="turbo")
+    # a seeded host transform draws like a seeded float transform, and pickles with its generator
+    host, plain = MAEHostTransform(32, seed=4), MAETrainTransform(32, seed=4)
+    assert pickle.loads(pickle.dumps(host))(image)["crop_box"] == host(image)["crop_box"]
+    assert MAEHostTransform(32, seed=4)(image)["crop_box"] == plain.host_params(image)["crop_box"]
+
+
+def test_host_params_draft_decodes_large_jpegs_at_a_reduced_scale():
+    large = face_like_image(1600, 1200)
+    encoded = {"bytes": jpeg_bytes(large), "path": "large.jpg"}
+    for decoder in ("auto", "pil"):
+        drafted = MAETrainTransform(32).host_params(encoded, torch.Generator().manual_seed(0), decoder=decoder)
+        full = MAETrainTransform(32).host_params(encoded, torch.Generator().manual_seed(0), decoder=decoder, draft=False)
+        height, width = drafted["image_uint8"].shape[1:]
+        assert (height, width) == (150, 200)  # 1/8: the crop (>= 20% of the area) is still > 32 px there
+        assert full["image_uint8"].shape[1:] == (1200, 1600)
+        top, left, crop_height, crop_width = full["crop_box"]
+        assert drafted["crop_box"] == pytest.approx((top / 8, left / 8, crop_height / 8, crop_width / 8))
+    # upscaling (CelebA's crops at 224 px): nothing to gain, decoded at full size
+    celeba = MAETrainTransform(224).host_params({"bytes": jpeg_bytes(face_like_image()), "path": "f.jpg"})
+    assert celeba["image_uint8"].shape[1:] == (218, 178)
+
+
+def test_host_collator_stacks_pads_and_keeps_the_index():
+    small, large = face_like_image(40, 30), face_like_image(50, 60, seed=1)
+    transform = MAEHostTransform(16)
+    examples = [
+        {"pixel_values": transform(small, torch.Generator().manual_seed(0)), "sample_index": 7},
+        {"pixel_values": transform(large, torch.Generator().manual_seed(1)), "sample_index": 9},
+    ]
+    batch = MAEHostCollator()(examples)
+    images = batch["pixel_values_uint8"]
+    assert images.shape == (2, 3, 60, 50) and images.dtype == torch.uint8
+    assert images.permute(0, 2, 3, 1).is_contiguous()  # channels-last: one memcpy per decoded image
+    assert torch.equal(images[0, :, :30, :40], torch.from_numpy(np.array(small)).permute(2, 0, 1))
+    assert images[0, :, 30:].eq(0).all() and images[0, :, :, 40:].eq(0).all()  # padding
+    assert torch.equal(images[1], torch.from_numpy(np.array(large)).permute(2, 0, 1))
+    assert batch["image_sizes"].tolist() == [[30, 40], [60, 50]]
+    assert batch["crop_boxes"].tolist() == [list(e["pixel_values"]["crop_box"]) for e in examples]
+    assert batch["flips"].tolist() == [e["pixel_values"]["flip"] for e in examples]
+    assert batch["sample_index"].tolist() == [7, 9]
+    with pytest.raises(KeyError, match="Expected MAEHostTransform outputs"):
+        MAEHostCollator()([{"pixel_values": torch.zeros(3, 4, 4)}])
+    with pytest.raises(ValueError, match="Cannot collate an empty list"):
+        MAEHostCollator()([])
+    grey = MAEHostTransform(16, image_mean=[0.5], image_std=[0.5], num_channels=1)(small)
+    with pytest.raises(ValueError, match="different channel counts, got \\[3, 1\\]"):
+        MAEHostCollator()([examples[0], grey])
+
+
+def test_host_collator_in_dataloader_workers_uses_shared_memory():
+    dataset = [{"image_uint8": torch.full((3, 5, 4), i, dtype=torch.uint8), "crop_box": (0, 0, 5, 4), "flip": False,
+                "sample_index": i} for i in range(8)]  # fmt: skip
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=MAEHostCollator())
+    batches = list(loader)
+    assert [b["sample_index"].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    for batch in batches:
+        images = batch["pixel_values_uint8"]
+        assert images.permute(0, 2, 3, 1).is_contiguous()  # the layout survives the trip from the worker
+        assert torch.equal(images[:, 0, 0, 0], batch["sample_index"].to(torch.uint8))
