@@ -452,6 +452,13 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+class DilatedViTMAEQKVProjection(nn.Linear):
+    """
+    One of the query, key and value projections. MAE fuses them in one `nn.Linear(D, 3 * D)`; kept separate here (as
+    ViTMAE, whose parameter names checkpoints use) but initialised with the fused layer's fan, `sqrt(6 / (D + 3 * D))`.
+    """
+
+
 class DilatedViTMAESelfAttention(nn.Module):
     def __init__(self, config: DilatedViTMAEConfig, hidden_size: int, num_attention_heads: int):
         super().__init__()
@@ -461,9 +468,9 @@ class DilatedViTMAESelfAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.dropout_prob = config.attention_probs_dropout_prob
         self.is_causal = False
-        self.query = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
-        self.key = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
-        self.value = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.query = DilatedViTMAEQKVProjection(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.key = DilatedViTMAEQKVProjection(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.value = DilatedViTMAEQKVProjection(hidden_size, hidden_size, bias=config.qkv_bias)
 
     def forward(
         self, hidden_states: torch.Tensor, output_attentions: bool = False
@@ -765,9 +772,13 @@ class DilatedViTMAEPreTrainedModel(PreTrainedModel):
             if module.bias is not None and _needs_init(module.bias):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Linear):
-            # MAE uses xavier_uniform following the official JAX ViT
+            # MAE uses xavier_uniform following the official JAX ViT; q/k/v with the fan of MAE's fused qkv (D, 3D)
             if _needs_init(module.weight):
-                nn.init.xavier_uniform_(module.weight)
+                if isinstance(module, DilatedViTMAEQKVProjection):
+                    bound = (6.0 / (module.in_features + 3 * module.out_features)) ** 0.5
+                    nn.init.uniform_(module.weight, -bound, bound)
+                else:
+                    nn.init.xavier_uniform_(module.weight)
             if module.bias is not None and _needs_init(module.bias):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):

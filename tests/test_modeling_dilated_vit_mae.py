@@ -181,6 +181,25 @@ def test_from_scratch_tokens_and_projections_initialised_as_mae(tiny_config_kwar
     assert all(p.abs().sum() == 0 for p in model.vit.embeddings.patch_embeddings.dilated_projections.parameters())
 
 
+def test_query_key_value_initialised_as_mae_fused_qkv(tiny_config_kwargs):
+    # MAE: xavier_uniform_ on one fused Linear(D, 3D), bound sqrt(6 / (D + 3D)); separate Linears would be sqrt(2) wider
+    config = make_config(
+        tiny_config_kwargs, hidden_size=384, num_attention_heads=6, num_hidden_layers=1, decoder_hidden_size=64,
+        decoder_num_attention_heads=4,
+    )
+    model = DilatedViTMAEForPreTraining(config)
+    for width, attention in ((384, model.vit.encoder.layer[0].attention.attention),
+                             (64, model.decoder.decoder_layers[0].attention.attention)):
+        bound = (6 / (width + 3 * width)) ** 0.5
+        weights = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight])
+        assert weights.abs().max() <= bound and weights.abs().max() > 0.99 * bound
+        assert weights.std().item() == pytest.approx(bound / 3**0.5, rel=0.02)  # 0.0361 at D=384 (not 0.0510)
+        assert all(layer.bias.abs().sum() == 0 for layer in (attention.query, attention.key, attention.value))
+    # the other projections keep their own xavier fan
+    dense = model.vit.encoder.layer[0].attention.output.dense.weight
+    assert dense.abs().max() > 0.99 * (6 / (384 + 384)) ** 0.5
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # the dilated tokenizer
 # ----------------------------------------------------------------------------------------------------------------------
