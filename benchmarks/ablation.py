@@ -229,7 +229,7 @@ def masked_patch_mse(
     squared_error, count = 0.0, 0
     for start in range(0, len(pixel_values), 250):
         batch = pixel_values[start : start + 250]
-        noise = masking_noise(torch.arange(start, start + len(batch)), num_patches, EVAL_MASK_SEED)
+        noise = masking_noise(torch.arange(start, start + len(batch)), num_patches, stream="eval_mask", seed=EVAL_MASK_SEED)
         outputs = model(pixel_values=batch, noise=noise)
         images = reconstruction_images(model, batch, outputs.logits, outputs.mask, [mean], [std])
         pixel_mask = images["pixel_mask"].bool()

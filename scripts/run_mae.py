@@ -1,19 +1,25 @@
 #!/usr/bin/env python
 """Pre-train a DilatedViTMAE (or plain ViTMAE) on CelebA with accelerate.
 
-    accelerate launch scripts/run_mae.py                        # small model, shipped sample, a short run
+    accelerate launch scripts/run_mae.py                        # small model, shipped sample, the sample recipe
     accelerate launch scripts/run_mae.py --dataset_name flwrlabs/celeba --config_name configs/dilated-vit-mae-base \\
         --per_device_train_batch_size 256 --num_train_epochs 400 --mixed_precision bf16 --with_tracking
 
 One CPU, several CPU processes or many GPUs with the same command (see docs/distributed.md). Checkpoints are
 `accelerator.save_state` folders under OUTPUT_DIR/checkpoints/step_N; `--resume_from_checkpoint latest` continues
-mid-epoch and reproduces the uninterrupted run exactly (augmentation and masks depend only on seed, epoch and
-example). The end result is a Hub-ready folder: model, image processor and their code.
+mid-epoch and reproduces the uninterrupted run exactly (augmentation, training masks and evaluation masks are three
+independent streams, each a function of seed, epoch and example only). The end result is a Hub-ready folder: model,
+image processor, their code, a model card.
+
+Without a data source the run trains on the sample shipped in data/celeba_sample/ with the sample recipe
+(configs/dilated-vit-mae-tiny-64/sample_recipe.json: a higher learning rate, pixel loss, 900 steps of batch 16, so that
+the two-minute CPU run visibly learns); every flag given on the command line wins over it. With a real data source
+the defaults are MAE's recipe.
 """
 
-from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -46,7 +52,6 @@ from dilated_vit_mae import (  # noqa: E402
 from dilated_vit_mae.data import load_celeba  # noqa: E402
 from dilated_vit_mae.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
 from dilated_vit_mae.model_card import redact_command  # noqa: E402
-from dilated_vit_mae.metrics import load_metric  # noqa: E402
 from dilated_vit_mae.training import (  # noqa: E402
     CheckpointManager,
     IndexedTransform,
@@ -56,6 +61,9 @@ from dilated_vit_mae.training import (  # noqa: E402
     param_groups_weight_decay,
     reconstruction_grid,
     reconstruction_images,
+    reconstruction_scores,
+    summary_keys,
+    visible_mean_images,
 )
 from dilated_vit_mae.transforms import MAEEvalTransform, MAETrainTransform  # noqa: E402
 
@@ -64,31 +72,84 @@ logger = get_logger(__name__)
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "dilated-vit-mae-tiny-64"
 DEFAULT_CELEBA_DIR = REPO_ROOT / "data" / "celeba_sample"
-EVAL_SEED_OFFSET = 1_000_003  # eval masks use their own stream, fixed for the whole run
+SAMPLE_RECIPE = DEFAULT_CONFIG / "sample_recipe.json"
+# MAE's recipe, the defaults for real data; the sample recipe overrides what it names when training on the sample
+RECIPE_DEFAULTS = {
+    "learning_rate": None,
+    "base_learning_rate": 1.5e-4,
+    "per_device_train_batch_size": 8,
+    "num_train_epochs": 20,
+    "max_train_steps": None,
+    "norm_pix_loss": None,  # the config's
+    "eval_steps": 2000,
+    "checkpointing_steps": "2000",
+    "logging_steps": 10,
+}
+
+
+def _integer(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _checkpointing_steps(text: str) -> str:
+    if text in ("epoch", "no"):
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'must be "epoch", "no" or a positive number of steps, got {text!r}')
+    return text
+
+
+positive_int, non_negative_int = _integer(1), _integer(0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", help="Hub dataset id, e.g. flwrlabs/celeba or nielsr/CelebA-faces.")
     data.add_argument("--dataset_config_name", help="Hub dataset configuration.")
     data.add_argument("--celeba_dir", help=f"A raw CelebA download (default when no source is given: {DEFAULT_CELEBA_DIR}).")
     data.add_argument("--train_dir", help="Any local image folder (imagefolder layout, optional metadata.csv).")
     data.add_argument("--image_column_name", default="image")
-    data.add_argument("--streaming", action="store_true", help="Stream the Hub dataset (needs --max_train_steps).")
-    data.add_argument("--max_train_samples", type=int)
-    data.add_argument("--max_eval_samples", type=int)
+    data.add_argument("--streaming", action="store_true", help="Stream the dataset (needs --max_train_steps).")
+    data.add_argument("--max_train_samples", type=positive_int)
+    data.add_argument("--max_eval_samples", type=positive_int)
     data.add_argument("--on_bad_image", choices=["raise", "skip"], default="raise")
-    data.add_argument("--preprocessing_num_workers", type=int, help="Threads for the up-front image check.")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    data.add_argument("--preprocessing_num_workers", type=positive_int, help="Threads for the up-front image check.")
+    data.add_argument(
+        "--dataloader_num_workers", type=non_negative_int,
+        help="DataLoader worker processes (persistent). Default: on GPUs, the CPUs per process less one (at most 8); "
+        "on CPU, 0 (the loader runs about 20x faster than CPU training, and workers would take the training's cores).",
+    )  # fmt: skip
+    data.add_argument("--dataloader_prefetch_factor", type=positive_int, default=4, help="Batches each worker prepares ahead.")
     data.add_argument("--cache_dir")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", help="Our checkpoint, or a facebook/vit-mae-* one to warm-start from.")
     model.add_argument("--config_name", help=f"Config folder or Hub id (default without --model_name_or_path: {DEFAULT_CONFIG}).")
-    model.add_argument("--image_processor_name", help="Image processor folder or Hub id (default: the config's).")
+    model.add_argument("--image_processor_name", help="Image processor folder or Hub id (default: one matching the config).")
     model.add_argument("--config_overrides", help='e.g. "hidden_size=192,num_hidden_layers=6" (config.update_from_string).')
-    model.add_argument("--dilation_rates", type=int, nargs="*", help="Dilation rates of the extra branches; none for ViTMAE.")
+    model.add_argument("--dilation_rates", type=positive_int, nargs="*", help="Dilation rates of the extra branches; none for ViTMAE.")
     model.add_argument("--dilated_context", choices=["full", "visible"])
     model.add_argument("--dilated_fusion", choices=["sum", "concat"])
     model.add_argument("--masking_mode", choices=["drop", "mask_token"])
@@ -96,35 +157,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction, default=None)
     model.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
     model.add_argument("--gradient_checkpointing", action="store_true")
+    model.add_argument("--torch_compile", action="store_true", help="torch.compile the model (GPU runs).")
     model.add_argument("--revision", default="main")
     model.add_argument("--token", help="Hub token for private models/datasets.")
 
-    optim = parser.add_argument_group("optimisation (MAE recipe)")
-    optim.add_argument("--base_learning_rate", type=float, default=1.5e-4, help="lr = blr x effective batch / 256.")
-    optim.add_argument("--learning_rate", type=float, help="Absolute lr; overrides --base_learning_rate.")
+    optim = parser.add_argument_group("optimisation (MAE recipe; the sample recipe on the shipped sample)")
+    optim.add_argument("--base_learning_rate", type=_positive_float, help="lr = blr x effective batch / 256 (MAE: 1.5e-4).")
+    optim.add_argument("--learning_rate", type=_positive_float, help="Absolute lr; overrides --base_learning_rate.")
     optim.add_argument("--weight_decay", type=float, default=0.05)
     optim.add_argument("--adam_beta1", type=float, default=0.9)
     optim.add_argument("--adam_beta2", type=float, default=0.95)
     optim.add_argument("--warmup_ratio", type=float, default=0.05, help="Warmup fraction (MAE: 40 of 800 epochs).")
-    optim.add_argument("--num_warmup_steps", type=int, help="Overrides --warmup_ratio.")
-    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    optim.add_argument("--max_grad_norm", type=float, default=None, help="Clip gradients (MAE pre-training: none).")
+    optim.add_argument("--num_warmup_steps", type=non_negative_int, help="Overrides --warmup_ratio.")
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    optim.add_argument("--max_grad_norm", type=_positive_float, default=None, help="Clip gradients (MAE pre-training: none).")
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    optim.add_argument("--num_train_epochs", type=int, default=20)
-    optim.add_argument("--max_train_steps", type=int, help="Optimizer steps; overrides --num_train_epochs.")
-    optim.add_argument("--per_device_train_batch_size", type=int, default=8)
-    optim.add_argument("--per_device_eval_batch_size", type=int, default=8)
+    optim.add_argument("--num_train_epochs", type=positive_int, help="Default 20.")
+    optim.add_argument("--max_train_steps", type=positive_int, help="Optimizer steps; overrides --num_train_epochs.")
+    optim.add_argument("--per_device_train_batch_size", type=positive_int, help="Default 8 (the sample recipe: 16).")
+    optim.add_argument("--per_device_eval_batch_size", type=positive_int, default=8)
     optim.add_argument("--seed", type=int, default=0)
 
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default="outputs/dilated-vit-mae-sample")
-    run.add_argument("--overwrite_output_dir", action="store_true")
-    run.add_argument("--checkpointing_steps", default="epoch", help='"epoch", a number of steps, or "no".')
-    run.add_argument("--checkpoints_total_limit", type=int, default=3)
+    run.add_argument("--overwrite_output_dir", action="store_true", help="Remove everything an earlier run wrote there first.")
+    run.add_argument("--checkpointing_steps", type=_checkpointing_steps, help='A number of steps (default 2000), "epoch" or "no"; the last step is always saved unless "no".')
+    run.add_argument("--checkpoints_total_limit", type=positive_int, default=3)
     run.add_argument("--resume_from_checkpoint", help='A checkpoint folder or "latest".')
-    run.add_argument("--eval_every_epochs", type=int, default=1, help="0 evaluates only at the end.")
-    run.add_argument("--num_grid_images", type=int, default=8)
-    run.add_argument("--logging_steps", type=int, default=1)
+    run.add_argument("--eval_steps", type=non_negative_int, help="Evaluate every N steps (default 2000; 0: only at the end).")
+    run.add_argument("--no_eval", action="store_true", help="No evaluation at all (e.g. a source without a validation split).")
+    run.add_argument("--num_grid_images", type=positive_int, default=8)
+    run.add_argument("--logging_steps", type=positive_int, help="Log (and check the loss is finite) every N steps (default 10).")
     run.add_argument("--with_tracking", action="store_true")
     run.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all", ... (accelerate).')
     run.add_argument("--push_to_hub", action="store_true")
@@ -140,13 +203,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("Give one data source: --dataset_name, --celeba_dir or --train_dir.")
     if not sources:
         args.celeba_dir = str(DEFAULT_CELEBA_DIR)
+    apply_recipe(args)
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a stream has no length to count epochs).")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. your-name/dilated-vit-mae-celeba).")
-    if args.checkpointing_steps not in ("epoch", "no") and not args.checkpointing_steps.isdigit():
-        parser.error(f'--checkpointing_steps must be "epoch", "no" or a number, got {args.checkpointing_steps!r}.')
+    if args.resume_from_checkpoint and args.overwrite_output_dir:
+        parser.error("--resume_from_checkpoint continues the run in --output_dir; --overwrite_output_dir removes it: give one.")
     return args
+
+
+def uses_sample_recipe(args: argparse.Namespace) -> bool:
+    """The shipped sample with the default model: the run the README's first command makes."""
+    on_sample = args.celeba_dir is not None and Path(args.celeba_dir).resolve() == DEFAULT_CELEBA_DIR.resolve()
+    return on_sample and not args.config_name and not args.model_name_or_path
+
+
+def apply_recipe(args: argparse.Namespace) -> None:
+    """Fill the flags not given: the sample recipe on the shipped sample, MAE's recipe otherwise."""
+    recipe = json.loads(SAMPLE_RECIPE.read_text())["training"] if uses_sample_recipe(args) else {}
+    # a flag the user gave wins over the recipe's value for the same thing
+    if args.num_train_epochs is not None:
+        recipe.pop("max_train_steps", None)
+    if args.base_learning_rate is not None:
+        recipe.pop("learning_rate", None)
+    args.recipe = "sample" if recipe else "mae"
+    for name, default in RECIPE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, recipe.get(name, default))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model, image processor and data
+# ----------------------------------------------------------------------------------------------------------------------
 
 
 def build_config(args: argparse.Namespace) -> DilatedViTMAEConfig:
@@ -164,7 +253,80 @@ def build_config(args: argparse.Namespace) -> DilatedViTMAEConfig:
     return config
 
 
-def load_datasets(args: argparse.Namespace) -> datasets.DatasetDict:
+def _image_size(config: DilatedViTMAEConfig) -> tuple[int, int]:
+    size = config.image_size
+    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+
+def _processor_mismatch(processor: DilatedViTMAEImageProcessor, config: DilatedViTMAEConfig) -> str | None:
+    crop = processor.crop_size
+    height, width = _image_size(config)
+    if (crop["height"], crop["width"]) != (height, width):
+        return f"crops images to {crop['height']}x{crop['width']} but the model's image_size is {height}x{width}"
+    if processor.num_channels != config.num_channels:
+        return f"makes {processor.num_channels}-channel images but the model's num_channels is {config.num_channels}"
+    return None
+
+
+def build_image_processor(args: argparse.Namespace, config: DilatedViTMAEConfig) -> DilatedViTMAEImageProcessor:
+    """
+    The processor the run trains with and saves, always matching the model's config. An explicit
+    --image_processor_name that does not match is refused; one that comes along with --model_name_or_path /
+    --config_name (or the default config) is adapted to the config (its resampling, mean and std kept where they fit).
+    """
+    name = args.image_processor_name or args.config_name or args.model_name_or_path or str(DEFAULT_CONFIG)
+    try:
+        processor = DilatedViTMAEImageProcessor.from_pretrained(name, token=args.token, revision=args.revision)
+    except OSError:
+        if args.image_processor_name:
+            raise
+        processor = None
+    mismatch = processor and _processor_mismatch(processor, config)
+    if mismatch and args.image_processor_name:
+        raise ValueError(
+            f"--image_processor_name {args.image_processor_name} {mismatch}. Pass a processor made for this model, "
+            "or drop --image_processor_name to use one that matches the config."
+        )
+    if processor is not None and not mismatch:
+        return processor
+    height, width = _image_size(config)
+    kwargs = {}
+    if processor is not None:
+        if processor.num_channels == config.num_channels:
+            kwargs.update(image_mean=processor.image_mean, image_std=processor.image_std)
+        kwargs.update(resample=processor.resample)
+    if processor is not None:
+        logger.info(f"image processor of {name}: {mismatch}; using one sized for the model instead")
+    return DilatedViTMAEImageProcessor(
+        size={"shortest_edge": min(height, width)},
+        crop_size={"height": height, "width": width},
+        num_channels=config.num_channels,
+        **kwargs,
+    )
+
+
+def build_model(args: argparse.Namespace, config: DilatedViTMAEConfig) -> DilatedViTMAEForPreTraining:
+    model_kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    if args.model_name_or_path:
+        model = DilatedViTMAEForPreTraining.from_pretrained(
+            args.model_name_or_path, config=config, revision=args.revision, token=args.token, cache_dir=args.cache_dir,
+            **model_kwargs,
+        )  # fmt: skip
+    else:
+        model = DilatedViTMAEForPreTraining._from_config(config, **model_kwargs)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def _with_index(dataset, streaming: bool):
+    """Add `sample_index` (the example's position in its split): it fixes the example's augmentation and masks."""
+    if streaming:
+        return dataset.map(lambda example, index: {"sample_index": index}, with_indices=True)
+    return dataset.add_column("sample_index", list(range(len(dataset))))
+
+
+def load_datasets(args: argparse.Namespace) -> dict:
     source = args.dataset_name or args.celeba_dir or args.train_dir
     splits = load_celeba(
         source,
@@ -175,362 +337,485 @@ def load_datasets(args: argparse.Namespace) -> datasets.DatasetDict:
         cache_dir=args.cache_dir,
         token=args.token,
     )
-    if args.image_column_name not in splits["train"].column_names:
-        raise ValueError(
-            f"--image_column_name {args.image_column_name!r} is not a column of {source}; it has "
-            f"{splits['train'].column_names}."
-        )
-    selected = {"train": args.max_train_samples, "validation": args.max_eval_samples}
+    columns = splits["train"].column_names
+    if columns is not None and args.image_column_name not in columns:
+        raise ValueError(f"--image_column_name {args.image_column_name!r} is not a column of {source}; it has {columns}.")
     output = {}
-    for split, limit in selected.items():
+    for split, limit in {"train": args.max_train_samples, "validation": args.max_eval_samples}.items():
         dataset = splits[split]
         if limit is not None:
             dataset = dataset.take(limit) if args.streaming else dataset.select(range(min(limit, len(dataset))))
-        if not args.streaming:
-            # an example's index fixes its augmentation and its mask, whatever batch or process it lands in
-            dataset = dataset.add_column("sample_index", list(range(len(dataset))))
-        output[split] = dataset
-    return datasets.DatasetDict(output) if not args.streaming else output
+        if not args.streaming and len(dataset) == 0 and (split == "train" or not args.no_eval):
+            hint = "check the source and --max_train_samples" if split == "train" else "pass --no_eval to train without evaluation"
+            raise ValueError(f"The {split} split of {source} is empty: {hint}.")
+        output[split] = _with_index(dataset, args.streaming)
+    return output
 
 
-def main(args: argparse.Namespace) -> Path:
-    # ---- accelerator -------------------------------------------------------------------------------------------------
-    output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to if args.with_tracking else None,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
-        # seeded, epoch-aware shuffling (set_epoch), saved with the state: resume continues the same order
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if int(os.environ.get("WORLD_SIZE", "1")) > accelerator.num_processes:
-        raise RuntimeError(
-            f"The launcher started {os.environ['WORLD_SIZE']} processes but accelerate sees {accelerator.num_processes}: "
-            "each would train its own copy into the same folder. On CPU, launch with ACCELERATE_USE_CPU=true (see "
-            "docs/distributed.md)."
-        )
-    logger.info(accelerator.state, main_process_only=False)
-    if accelerator.is_local_main_process:
-        datasets.utils.logging.set_verbosity_warning()
-        transformers.utils.logging.set_verbosity_warning()
-    else:
-        datasets.utils.logging.set_verbosity_error()
-        transformers.utils.logging.set_verbosity_error()
-    checkpoints = CheckpointManager(output_dir / "checkpoints", args.checkpoints_total_limit)
-    if (
-        not args.resume_from_checkpoint
-        and not args.overwrite_output_dir
-        and checkpoints.latest() is not None
-    ):
-        raise FileExistsError(
-            f"{output_dir} already has checkpoints; pass --resume_from_checkpoint latest to continue, or "
-            "--overwrite_output_dir to start over."
-        )
+def _default_num_workers(accelerator: Accelerator) -> int:
+    """On GPUs the CPUs per local process less one (the training loop's), at most 8; on CPU none (see --help)."""
+    if accelerator.device.type == "cpu":
+        return 0
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (os.cpu_count() or 1) // local_processes - 1))
 
-    # ---- seed --------------------------------------------------------------------------------------------------------
-    set_seed(args.seed)
 
-    # ---- model and image processor -----------------------------------------------------------------------------------
-    config = build_config(args)
-    processor_name = args.image_processor_name or args.model_name_or_path or args.config_name or str(DEFAULT_CONFIG)
-    try:
-        image_processor = DilatedViTMAEImageProcessor.from_pretrained(processor_name, token=args.token, revision=args.revision)
-    except OSError:
-        height, width = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
-        image_processor = DilatedViTMAEImageProcessor(
-            size={"shortest_edge": min(height, width)}, crop_size={"height": height, "width": width}, num_channels=config.num_channels
-        )
-    model_kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
-    if args.model_name_or_path:
-        model = DilatedViTMAEForPreTraining.from_pretrained(
-            args.model_name_or_path, config=config, revision=args.revision, token=args.token, cache_dir=args.cache_dir, **model_kwargs
-        )
-    else:
-        model = DilatedViTMAEForPreTraining._from_config(config, **model_kwargs)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    num_patches = model.vit.embeddings.patch_embeddings.num_patches
-
-    # ---- data --------------------------------------------------------------------------------------------------------
-    with accelerator.main_process_first():
-        splits = load_datasets(args)
+def build_dataloaders(args, accelerator, config, image_processor, splits) -> tuple[DataLoader, DataLoader, SeededAugmentation]:
     crop = image_processor.crop_size
-    image_size = (crop["height"], crop["width"])
     transform_kwargs = dict(image_mean=image_processor.image_mean, image_std=image_processor.image_std, num_channels=config.num_channels)
-    train_augmentation = SeededAugmentation(MAETrainTransform(image_size, **transform_kwargs), args.seed, args.image_column_name)
+    train_augmentation = SeededAugmentation(
+        MAETrainTransform((crop["height"], crop["width"]), **transform_kwargs), args.seed, args.image_column_name
+    )
     eval_transform = IndexedTransform(MAEEvalTransform.from_image_processor(image_processor), args.image_column_name)
-    splits["train"].set_transform(train_augmentation)
-    splits["validation"].set_transform(eval_transform)
-    loader_kwargs = dict(collate_fn=collate_indexed, num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
-    train_dataloader = DataLoader(splits["train"], shuffle=True, batch_size=args.per_device_train_batch_size, **loader_kwargs)
+    for split, transform in (("train", train_augmentation), ("validation", eval_transform)):
+        if args.streaming:  # an IterableDataset has no set_transform: map lazily, keeping only what the batch needs
+            splits[split] = splits[split].map(transform, batched=True, batch_size=16, remove_columns=splits[split].column_names)
+        else:
+            splits[split].set_transform(transform)
+    workers = args.dataloader_num_workers if args.dataloader_num_workers is not None else _default_num_workers(accelerator)
+    loader_kwargs = dict(collate_fn=collate_indexed, num_workers=workers, pin_memory=accelerator.device.type == "cuda")
+    if workers:
+        loader_kwargs.update(persistent_workers=True, prefetch_factor=args.dataloader_prefetch_factor)
+    shuffle = {} if args.streaming else {"shuffle": True}
+    train_dataloader = DataLoader(splits["train"], batch_size=args.per_device_train_batch_size, **shuffle, **loader_kwargs)
     eval_dataloader = DataLoader(splits["validation"], batch_size=args.per_device_eval_batch_size, **loader_kwargs)
+    return train_dataloader, eval_dataloader, train_augmentation
 
-    # ---- optimizer and schedule --------------------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The run's state, optimizer and resume
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """What a checkpoint's `trainer_state.json` holds besides accelerate's state: where the run is, and its recipe."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_done_in_epoch: int = 0
+    max_train_steps: int = 0
+    num_processes: int = 1
+    effective_batch_size: int = 0
+    learning_rate: float = 0.0
+    # [step from which it applies, lr], one entry per lr the run used (a resume may change it)
+    learning_rate_history: list = dataclasses.field(default_factory=list)
+    seed: int = 0
+    train_runtime_seconds: float = 0.0  # cumulative over every resumed part
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the loop, the evaluation and the save share."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    model: torch.nn.Module
+    unwrapped: DilatedViTMAEForPreTraining
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    train_dataloader: DataLoader
+    eval_dataloader: DataLoader
+    train_augmentation: SeededAugmentation
+    image_processor: DilatedViTMAEImageProcessor
+    checkpoints: CheckpointManager
+    splits: dict
+    state: TrainerState
+    num_epochs: int
+    num_warmup_steps: int
+    stop_requested: bool = False  # set by SIGTERM
+    preempted: bool = False
+    eval_results: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_patches(self) -> int:
+        return self.unwrapped.vit.embeddings.patch_embeddings.num_patches
+
+
+def training_schedule(args, accelerator, splits) -> tuple[int, int, int, float]:
+    """(steps per epoch, max train steps, epochs, lr) for this launch."""
     effective_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    learning_rate = args.learning_rate or args.base_learning_rate * effective_batch_size / 256
-    logger.info(
-        f"effective batch size {effective_batch_size} = {args.per_device_train_batch_size} per device x "
-        f"{accelerator.num_processes} processes x {args.gradient_accumulation_steps} accumulation; "
-        f"lr = {learning_rate:.3g}" + ("" if args.learning_rate else f" (blr {args.base_learning_rate:.3g} x {effective_batch_size} / 256)")
-    )
-    optimizer = torch.optim.AdamW(
-        param_groups_weight_decay(model, args.weight_decay), lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2)
-    )
     if args.streaming:
-        steps_per_epoch = args.max_train_steps
+        steps_per_epoch = args.max_train_steps  # a stream has no length: one pass is an "epoch"
     else:
         batches_per_process = math.ceil(len(splits["train"]) / (args.per_device_train_batch_size * accelerator.num_processes))
         steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
-    num_warmup_steps = args.num_warmup_steps if args.num_warmup_steps is not None else round(args.warmup_ratio * max_train_steps)
+    learning_rate = args.learning_rate or args.base_learning_rate * effective_batch_size / 256
+    logger.info(
+        f"effective batch size {effective_batch_size} = {args.per_device_train_batch_size} per device x "
+        f"{accelerator.num_processes} processes x {args.gradient_accumulation_steps} accumulation; lr = "
+        f"{learning_rate:.3g}" + ("" if args.learning_rate else f" (blr {args.base_learning_rate:.3g} x {effective_batch_size} / 256)")
+        + f"; {max_train_steps} steps ({args.recipe} recipe)"
+    )  # fmt: skip
+    return effective_batch_size, max_train_steps, num_epochs, learning_rate
+
+
+def build_optimizer(args, model, accelerator, learning_rate: float, max_train_steps: int, num_warmup_steps: int):
+    fused = {"fused": True} if accelerator.device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(
+        param_groups_weight_decay(model, args.weight_decay), lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2), **fused
+    )
     # the prepared scheduler steps once per process at every optimizer step (accelerate's convention)
     lr_scheduler = get_cosine_schedule_with_warmup(
         optimizer, num_warmup_steps * accelerator.num_processes, max_train_steps * accelerator.num_processes
     )
+    return optimizer, lr_scheduler
 
-    # ---- accelerator.prepare -----------------------------------------------------------------------------------------
-    model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
-        model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
+
+def apply_learning_rate(run: Run, saved: TrainerState, learning_rate: float) -> None:
+    """
+    A resume whose flags give another lr than the checkpoint's applies it from here on: the restored scheduler
+    keeps its position and shape, scaled to the new peak. The history records which lr ran when.
+    """
+    run.state.learning_rate_history = saved.learning_rate_history or [[0, saved.learning_rate]]
+    if math.isclose(learning_rate, saved.learning_rate, rel_tol=1e-9):
+        run.state.learning_rate = saved.learning_rate
+        return
+    scheduler = run.lr_scheduler.scheduler
+    scheduler.base_lrs = [learning_rate for _ in scheduler.base_lrs]
+    for group, lr_lambda in zip(run.optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * lr_lambda(scheduler.last_epoch)
+    run.state.learning_rate_history.append([run.state.global_step, learning_rate])
+    logger.warning(
+        f"the checkpoint was trained with lr {saved.learning_rate:.3g}; this launch's flags give {learning_rate:.3g}, "
+        f"applied from step {run.state.global_step} on (recorded in learning_rate_history)."
     )
-    if args.with_tracking:
-        accelerator.init_trackers("dilated_vit_mae", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 
-    # ---- resume ------------------------------------------------------------------------------------------------------
-    global_step, start_epoch, batches_done_in_epoch = 0, 0, 0
-    if args.resume_from_checkpoint:
-        checkpoint = checkpoints.resolve(args.resume_from_checkpoint)
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        global_step, start_epoch, batches_done_in_epoch = state["global_step"], state["epoch"], state["batches_done_in_epoch"]
-        if state["num_processes"] != accelerator.num_processes or state["effective_batch_size"] != effective_batch_size:
-            logger.warning(
-                f"Resuming a run saved with {state['num_processes']} processes and effective batch "
-                f"{state['effective_batch_size']} on {accelerator.num_processes} / {effective_batch_size}: the run "
-                "continues, but it will not reproduce the uninterrupted one."
-            )
-        logger.info(f"resumed from {checkpoint} at step {global_step} (epoch {start_epoch}, batch {batches_done_in_epoch})")
 
-    # ---- preemption: SIGTERM saves a checkpoint at the next step and exits -------------------------------------------
-    preempted = {"flag": False}
+def resume(run: Run, learning_rate: float) -> None:
+    checkpoint = run.checkpoints.resolve(run.args.resume_from_checkpoint)
+    run.accelerator.load_state(str(checkpoint))
+    fields = {f.name for f in dataclasses.fields(TrainerState)}
+    saved_dict = json.loads((checkpoint / "trainer_state.json").read_text())
+    saved = TrainerState(**{k: v for k, v in saved_dict.items() if k in fields})
+    state = run.state
+    state.global_step, state.epoch, state.batches_done_in_epoch = saved.global_step, saved.epoch, saved.batches_done_in_epoch
+    state.train_runtime_seconds = saved.train_runtime_seconds
+    if saved.num_processes != state.num_processes or saved.effective_batch_size != state.effective_batch_size:
+        logger.warning(
+            f"Resuming a run saved with {saved.num_processes} processes and effective batch {saved.effective_batch_size} "
+            f"on {state.num_processes} / {state.effective_batch_size}: the run continues, but it will not reproduce "
+            "the uninterrupted one."
+        )
+    apply_learning_rate(run, saved, learning_rate)
+    logger.info(f"resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch}, batch {state.batches_done_in_epoch})")
 
-    def request_stop(signum, frame):
-        preempted["flag"] = True
 
-    signal.signal(signal.SIGTERM, request_stop)
+def save_checkpoint(run: Run) -> Path:
+    """A checkpoint of the current step, refused if any parameter is not finite (it would be resumed from)."""
+    finite = torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all().float().reshape(1)
+    if run.accelerator.gather(finite).min().item() < 1:
+        raise RuntimeError(
+            f"Parameters are not finite at step {run.state.global_step}; no checkpoint written. The last good "
+            f"checkpoint is {run.checkpoints.latest() or 'none'}: lower the learning rate and resume from it."
+        )
+    return run.checkpoints.save(run.accelerator, run.state.global_step, dataclasses.asdict(run.state))
 
-    def trainer_state(epoch: int, batches_done: int) -> dict:
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class StepMeter:
+    """
+    Loss and finiteness accumulated on the device over every micro-batch, read only at synchronisation points
+    (logging, checkpoint and evaluation steps), so that the host never waits for the device in between.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.loss_sum = torch.zeros((), device=device)
+        self.micro_batches = 0
+        self.first_bad_step = torch.full((), -1.0, device=device)  # the first step with a non-finite micro-batch loss
+        self.first_bad_loss = torch.zeros((), device=device)
+        self.images, self.data_wait, self.tick = 0, 0.0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, step: int, images: int) -> None:
+        loss = loss.detach().float()
+        bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
+        self.first_bad_loss = torch.where(bad, loss, self.first_bad_loss)
+        self.loss_sum += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+        self.micro_batches += 1
+        self.images += images
+
+    def synchronise(self, accelerator: Accelerator, stop_requested: bool) -> dict:
+        """One collective: the mean loss over every micro-batch since the last log, the first bad step, a stop."""
+        local = torch.stack([
+            self.loss_sum, torch.tensor(float(self.micro_batches), device=self.device),
+            torch.where(self.first_bad_step < 0, torch.full_like(self.first_bad_step, math.inf), self.first_bad_step),
+            self.first_bad_loss, torch.tensor(float(stop_requested), device=self.device),
+        ]).reshape(1, -1)  # fmt: skip
+        rows = accelerator.gather(local).cpu()
+        first_bad = rows[:, 2].min().item()
+        bad_row = rows[:, 2].argmin().item()
         return {
-            "global_step": global_step,
-            "epoch": epoch,
-            "batches_done_in_epoch": batches_done,
-            "max_train_steps": max_train_steps,
-            "num_processes": accelerator.num_processes,
-            "effective_batch_size": effective_batch_size,
-            "learning_rate": learning_rate,
-            "seed": args.seed,
+            "loss": rows[:, 0].sum().item() / max(rows[:, 1].sum().item(), 1),
+            "first_bad_step": None if math.isinf(first_bad) else int(first_bad),
+            "first_bad_loss": rows[bad_row, 3].item(),
+            "stop": rows[:, 4].max().item() > 0,
         }
 
-    log_path = output_dir / "train_log.jsonl"
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    def reset_interval(self) -> dict:
+        elapsed = max(time.perf_counter() - self.tick, 1e-9)
+        interval = {"images_per_second": self.images / elapsed, "data_wait_fraction": min(1.0, self.data_wait / elapsed)}
+        self.loss_sum.zero_()
+        self.micro_batches, self.images, self.data_wait, self.tick = 0, 0, 0.0, time.perf_counter()
+        return interval
 
-    def log(values: dict, step: int) -> None:
-        if args.with_tracking:
-            accelerator.log(values, step=step)
-        if accelerator.is_main_process:
-            with log_path.open("a") as file:
-                file.write(json.dumps({"step": step, **values}) + "\n")
 
-    # ---- loop --------------------------------------------------------------------------------------------------------
-    progress = tqdm(
-        total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="pre-training"
-    )
-    unwrapped = accelerator.unwrap_model(model)
-    images_seen = 0
-    eval_results: dict = {}
-    stop_reason = None
-    loop_start = time.perf_counter()  # this process's time in the loop (a resumed run: since it resumed)
-    for epoch in range(start_epoch, num_epochs):
-        if global_step >= max_train_steps or stop_reason:
+def timed_batches(dataloader, meter: StepMeter):
+    """Iterate `dataloader`, adding the time spent waiting for each batch to `meter.data_wait`."""
+    iterator = iter(dataloader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        meter.data_wait += time.perf_counter() - start
+        yield batch
+
+
+def train_micro_batch(run: Run, batch: dict, epoch: int, meter: StepMeter) -> None:
+    args, accelerator, model = run.args, run.accelerator, run.model
+    # the training masks are their own stream: independent of the augmentation drawn for the same example
+    noise = masking_noise(batch["sample_index"], run.num_patches, stream="train_mask", seed=args.seed, epoch=epoch)
+    with accelerator.accumulate(model):
+        loss = model(pixel_values=batch["pixel_values"], noise=noise).loss
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad()
+    meter.add(loss, run.state.global_step + 1, batch["pixel_values"].shape[0] * accelerator.num_processes)
+
+
+def _checkpoint_due(run: Run, at_epoch_end: bool) -> bool:
+    every, step = run.args.checkpointing_steps, run.state.global_step
+    if every == "no":
+        return False
+    last = step >= run.state.max_train_steps
+    return last or (every == "epoch" and at_epoch_end) or (every.isdigit() and step % int(every) == 0)
+
+
+def after_step(run: Run, meter: StepMeter, epoch: int, at_epoch_end: bool, log) -> bool:
+    """Logging, the finiteness check, checkpoints, evaluation and preemption at the end of a step; True stops."""
+    args, step = run.args, run.state.global_step
+    last = step >= run.state.max_train_steps
+    checkpoint = _checkpoint_due(run, at_epoch_end)
+    evaluation = not args.no_eval and args.eval_steps and step % args.eval_steps == 0 and not last
+    logging_step = step % args.logging_steps == 0 or last
+    single_stop = run.stop_requested and run.accelerator.num_processes == 1
+    if not (logging_step or checkpoint or evaluation or single_stop):
+        return False
+    synced = meter.synchronise(run.accelerator, run.stop_requested)
+    if synced["first_bad_step"] is not None:
+        raise RuntimeError(
+            f"Loss is {synced['first_bad_loss']} at step {synced['first_bad_step']}; stopping. The last good "
+            f"checkpoint is {run.checkpoints.latest() or 'none (no checkpoint was written yet)'}: lower the learning "
+            "rate, check the data or use --mixed_precision bf16 instead of fp16, then resume with "
+            "--resume_from_checkpoint."
+        )
+    if logging_step:
+        lr = run.lr_scheduler.get_last_lr()[0]
+        log({"train_loss": synced["loss"], "lr": lr, "epoch": epoch, **meter.reset_interval()}, step)
+    if checkpoint or synced["stop"]:
+        save_checkpoint(run)
+    if synced["stop"]:
+        run.preempted = True
+        return True
+    if evaluation:
+        run.eval_results = evaluate(run, log)
+    return last
+
+
+def train(run: Run, log) -> None:
+    args, accelerator, state = run.args, run.accelerator, run.state
+    progress = tqdm(total=state.max_train_steps, initial=state.global_step, disable=not accelerator.is_local_main_process, desc="pre-training")
+    meter = StepMeter(accelerator.device)
+    start_epoch, skip = state.epoch, state.batches_done_in_epoch
+    for epoch in range(start_epoch, run.num_epochs if not args.streaming else sys.maxsize):
+        if state.global_step >= state.max_train_steps:
             break
-        model.train()
-        train_augmentation.epoch = epoch
-        train_dataloader.set_epoch(epoch)
-        skip = batches_done_in_epoch if epoch == start_epoch else 0
-        active_dataloader = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
-        tick, batches_done, at_epoch_end = time.perf_counter(), skip, False
-        for batch in active_dataloader:
-            noise = masking_noise(batch["sample_index"], num_patches, args.seed, epoch).to(accelerator.device)
-            with accelerator.accumulate(model):
-                loss = model(pixel_values=batch["pixel_values"], noise=noise).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
+        run.model.train()
+        run.train_augmentation.epoch = epoch
+        run.train_dataloader.set_epoch(epoch)
+        skipped = skip if epoch == start_epoch else 0
+        loader = accelerator.skip_first_batches(run.train_dataloader, skipped) if skipped else run.train_dataloader
+        batches_done, steps_before = skipped, state.global_step
+        for batch in timed_batches(loader, meter):
+            train_micro_batch(run, batch, epoch, meter)
             batches_done += 1
-            images_seen += batch["pixel_values"].shape[0]
             if not accelerator.sync_gradients:
                 continue
-
-            global_step += 1
+            state.global_step += 1
             progress.update(1)
-            # one collective a step: the mean loss (for the log and the finiteness check) and the stop request
-            status = torch.tensor([loss.detach().float().item(), float(preempted["flag"])], device=accelerator.device)
-            status = accelerator.reduce(status, reduction="sum")
-            step_loss = status[0].item() / accelerator.num_processes
-            if not math.isfinite(step_loss):
-                last = checkpoints.latest()
-                raise RuntimeError(
-                    f"Loss is {step_loss} at step {global_step} (epoch {epoch}); stopping. The last good checkpoint is "
-                    f"{last or 'none (no checkpoint was written yet)'}: lower the learning rate, check the data or use "
-                    "--mixed_precision bf16 instead of fp16, then resume with --resume_from_checkpoint."
-                )
-            if global_step % args.logging_steps == 0 or global_step == max_train_steps:
-                elapsed = time.perf_counter() - tick
-                log(
-                    {
-                        "train_loss": step_loss,
-                        "lr": lr_scheduler.get_last_lr()[0],
-                        "images_per_second": images_seen * accelerator.num_processes / max(elapsed, 1e-9),
-                        "epoch": epoch,
-                    },
-                    step=global_step,
-                )
-                tick, images_seen = time.perf_counter(), 0
-                progress.set_postfix(loss=f"{step_loss:.4f}")
-
             at_epoch_end = accelerator.gradient_state.end_of_dataloader
-            stop = status[1].item() > 0
-            periodic = args.checkpointing_steps.isdigit() and global_step % int(args.checkpointing_steps) == 0
-            if stop or (periodic and not at_epoch_end):  # epoch ends are saved after the epoch, below
-                state = trainer_state(epoch + 1, 0) if at_epoch_end else trainer_state(epoch, batches_done)
-                checkpoints.save(accelerator, global_step, state)
-            if stop:
-                stop_reason = "preempted"
-                break
-            if global_step >= max_train_steps:
-                break
-        if stop_reason:
-            break
-
-        already_saved = (checkpoints.latest() or Path("step_-1")).name == f"step_{global_step}"
-        if not already_saved and (
-            args.checkpointing_steps == "epoch"
-            or (args.checkpointing_steps.isdigit() and global_step % int(args.checkpointing_steps) == 0)
-        ):
-            # a finished epoch is saved as the start of the next one; a run that reached max_train_steps mid-epoch
-            # is saved where it stopped, so that a resume with more steps continues the same epoch
-            state = trainer_state(epoch + 1, 0) if at_epoch_end else trainer_state(epoch, batches_done)
-            checkpoints.save(accelerator, global_step, state)
-
-        # ---- evaluate ------------------------------------------------------------------------------------------------
-        last_epoch = epoch == num_epochs - 1 or global_step >= max_train_steps
-        if last_epoch or (args.eval_every_epochs and (epoch + 1) % args.eval_every_epochs == 0):
-            eval_results = evaluate(args, accelerator, model, unwrapped, eval_dataloader, image_processor, num_patches, epoch)
-            log({f"eval_{k}": v for k, v in eval_results.items()}, step=global_step)
-
+            state.epoch, state.batches_done_in_epoch = (epoch + 1, 0) if at_epoch_end else (epoch, batches_done)
+            if after_step(run, meter, epoch, at_epoch_end, log):
+                progress.close()
+                return
+        if state.global_step == steps_before:
+            raise ValueError(f"Epoch {epoch} yielded no training batch: the training data ran out (streaming?).")
+        state.epoch, state.batches_done_in_epoch = epoch + 1, 0
     progress.close()
-    if stop_reason == "preempted":
-        logger.info(
-            f"SIGTERM: saved {checkpoints.latest()} at step {global_step}; continue with --resume_from_checkpoint latest."
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _caption(results: dict, step: int, norm_pix_loss: bool) -> str:
+    ratio = results["loss"] / max(results["baseline_visible_mean_loss"], 1e-12)
+    lines = [
+        f"step {step}; held-out images, fixed masks. Masked-patch MSE in [0, 1]: model {results['masked_patch_mse']:.4f}, "
+        f"visible-patch mean {results['baseline_visible_mean_masked_patch_mse']:.4f}, zeros "
+        f"{results['baseline_zeros_masked_patch_mse']:.4f}",
+        f"loss {results['loss']:.4f} = {ratio:.2f}x the visible-patch mean's; PSNR {results['psnr']:.1f} dB (visible-patch "
+        f"mean {results['baseline_visible_mean_psnr']:.1f} dB)",
+    ]
+    if norm_pix_loss:
+        lines.append("norm_pix_loss: the reconstruction column borrows each masked patch's true mean and variance")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def evaluate(run: Run, log) -> dict:
+    """
+    The loss, masked-patch MSE and PSNR on the validation split with fixed per-example masks (their own stream),
+    beside the same metrics for two trivial predictors on the same masks (see `reconstruction_scores`).
+    """
+    args, accelerator, processor = run.args, run.accelerator, run.image_processor
+    run.model.eval()
+    totals, count, grid_images = {}, 0, None
+    for batch in run.eval_dataloader:
+        pixel_values = batch["pixel_values"]
+        noise = masking_noise(batch["sample_index"], run.num_patches, stream="eval_mask", seed=args.seed)
+        outputs = run.model(pixel_values=pixel_values, noise=noise)
+        scores = reconstruction_scores(
+            run.unwrapped, pixel_values, outputs.logits, outputs.mask, processor.image_mean, processor.image_std
         )
-        accelerator.end_training()
-        return output_dir
-
-    # ---- save --------------------------------------------------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    unwrapped.save_pretrained(
-        output_dir,
-        is_main_process=accelerator.is_main_process,
-        save_function=accelerator.save,
-        state_dict=accelerator.get_state_dict(model),
-    )
-    if accelerator.is_main_process:
-        image_processor.save_pretrained(output_dir)
-        summary = run_summary(
-            args, accelerator, splits, global_step=global_step, num_epochs=num_epochs,
-            effective_batch_size=effective_batch_size, learning_rate=learning_rate, num_warmup_steps=num_warmup_steps,
-            eval_results=eval_results, train_runtime_seconds=time.perf_counter() - loop_start,
-        )  # fmt: skip
-        (output_dir / "all_results.json").write_text(json.dumps(summary, indent=2))
-        # every output folder is publishable as it is: reconstruction pipeline, endpoint handler, model card
-        prepare_hub_folder(output_dir, repo_id=args.hub_model_id)
-        logger.info(f"saved the model, image processor and model card to {output_dir}")
-        if args.push_to_hub:
-            # refuses (FolderCheckError) a folder that does not load without the package; local files stay as they are
-            url = push_folder_to_hub(
-                output_dir,
-                repo_id=args.hub_model_id,
-                token=args.hub_token,
-                private=args.hub_private_repo,
-                revision=args.hub_revision,
-                commit_message=f"Pre-training: {global_step} steps",
+        names = sorted(scores)
+        gathered = accelerator.gather_for_metrics(torch.stack([scores[name] for name in names], dim=1))  # (B, metrics)
+        for name, column in zip(names, gathered.sum(dim=0).tolist()):
+            totals[name] = totals.get(name, 0.0) + column
+        count += gathered.shape[0]
+        if grid_images is None:
+            grid_images = reconstruction_images(
+                run.unwrapped, pixel_values, outputs.logits, outputs.mask, processor.image_mean, processor.image_std
             )
-            logger.info(f"pushed {output_dir} to {args.hub_model_id}: {url}")
-    logger.info(f"rank {accelerator.process_index} finished: {global_step} steps", main_process_only=False)
-    accelerator.end_training()
-    return output_dir
+            grid_images["baseline"] = visible_mean_images(
+                run.unwrapped, pixel_values, outputs.mask, processor.image_mean, processor.image_std
+            )
+    run.model.train()
+    if count == 0:
+        raise ValueError("The validation split yielded no batch: pass --no_eval to train without evaluation.")
+    results = summary_keys({name: total / count for name, total in totals.items()})
+    step = run.state.global_step
+    log({f"eval_{k}": v for k, v in results.items()}, step)
+    if accelerator.is_main_process:
+        grid = reconstruction_grid(grid_images, args.num_grid_images, caption=_caption(results, step, run.unwrapped.config.norm_pix_loss))
+        eval_dir = Path(args.output_dir) / "eval"
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        grid.save(eval_dir / f"reconstructions_step_{step}.png")
+        grid.save(eval_dir / "reconstructions.png")
+        if args.with_tracking:
+            for tracker in accelerator.trackers:
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_image("eval/reconstructions", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
+    ratio = results["loss"] / max(results["baseline_visible_mean_loss"], 1e-12)
+    logger.info(
+        f"step {step}: eval loss {results['loss']:.4f} ({ratio:.2f}x the visible-patch mean's), masked-patch MSE "
+        f"{results['masked_patch_mse']:.4f} (visible-patch mean {results['baseline_visible_mean_masked_patch_mse']:.4f}), "
+        f"PSNR {results['psnr']:.2f} dB"
+    )
+    return results
 
 
-def run_summary(
-    args: argparse.Namespace,
-    accelerator: Accelerator,
-    splits,
-    *,
-    global_step: int,
-    num_epochs: int,
-    effective_batch_size: int,
-    learning_rate: float,
-    num_warmup_steps: int,
-    eval_results: dict,
-    train_runtime_seconds: float | None = None,
-) -> dict:
-    """`all_results.json`: what the run did and measured, which the model card is rendered from."""
+# ----------------------------------------------------------------------------------------------------------------------
+# Save and summary
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def save_outputs(run: Run) -> None:
+    args, accelerator = run.args, run.accelerator
+    output_dir = Path(args.output_dir)
+    accelerator.wait_for_everyone()
+    run.unwrapped.save_pretrained(
+        output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
+        state_dict=accelerator.get_state_dict(run.model),
+    )  # fmt: skip
+    if not accelerator.is_main_process:
+        return
+    run.image_processor.save_pretrained(output_dir)
+    (output_dir / "all_results.json").write_text(json.dumps(run_summary(run), indent=2))
+    # every output folder is publishable as it is: reconstruction pipeline, endpoint handler, model card
+    prepare_hub_folder(output_dir, repo_id=args.hub_model_id)
+    logger.info(f"saved the model, image processor and model card to {output_dir}")
+    if args.push_to_hub:
+        # refuses (FolderCheckError) a folder that does not load without the package; local files stay as they are
+        url = push_folder_to_hub(
+            output_dir, repo_id=args.hub_model_id, token=args.hub_token, private=args.hub_private_repo,
+            revision=args.hub_revision, commit_message=f"Pre-training: {run.state.global_step} steps",
+        )  # fmt: skip
+        logger.info(f"pushed {output_dir} to {args.hub_model_id}: {url}")
+
+
+def _dataset_description(args: argparse.Namespace) -> tuple[str, bool, str]:
+    """(name, is_celeba, description) of the training data, with no local path in it."""
     source = args.dataset_name or args.celeba_dir or args.train_dir
     if args.dataset_name:
-        name, is_celeba = args.dataset_name, "celeba" in args.dataset_name.lower()
+        name = args.dataset_name
         description = f"[{name}](https://huggingface.co/datasets/{name})" + (
             f" (configuration `{args.dataset_config_name}`)." if args.dataset_config_name else "."
         )
-    elif args.celeba_dir and Path(args.celeba_dir).resolve() == DEFAULT_CELEBA_DIR.resolve():
-        name, is_celeba = "celeba_sample", False
+        return name, "celeba" in name.lower(), description
+    if args.celeba_dir and Path(args.celeba_dir).resolve() == DEFAULT_CELEBA_DIR.resolve():
         description = (
             "the 56-image stand-in in CelebA's layout shipped in the project's `data/celeba_sample/`: crops of three "
             "public-domain / CC0 photographs (two people and a cat), **not CelebA**, so these weights and figures "
             "say nothing about CelebA."
         )
-    elif args.celeba_dir:
-        name, is_celeba = "CelebA", True
-        description = "CelebA (a raw download: `img_align_celeba`, 178x218 aligned crops, with the official partition)."
-    else:
-        name, is_celeba = Path(source).name, False
-        description = f"the image folder `{Path(source).name}`."
+        return "celeba_sample", False, description
+    if args.celeba_dir:
+        return "CelebA", True, "CelebA (a raw download: `img_align_celeba`, 178x218 aligned crops, with the official partition)."
+    return Path(source).name, False, f"the image folder `{Path(source).name}`."
+
+
+def run_summary(run: Run) -> dict:
+    """`all_results.json`: what the run did and measured, which the model card is rendered from."""
+    args, accelerator, state = run.args, run.accelerator, run.state
+    name, is_celeba, description = _dataset_description(args)
 
     def num_examples(split: str) -> int | None:
         try:
-            return len(splits[split])
+            return len(run.splits[split])
         except TypeError:  # a stream has no length
             return None
 
     device = accelerator.device
     script = sys.argv[0] if sys.argv and Path(sys.argv[0]).name == "run_mae.py" else "scripts/run_mae.py"
     return {
-        "global_step": global_step,
-        "epochs": num_epochs,
+        "global_step": state.global_step,
+        "epochs": run.num_epochs,
         "num_processes": accelerator.num_processes,
-        "effective_batch_size": effective_batch_size,
+        "effective_batch_size": state.effective_batch_size,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "learning_rate": learning_rate,
+        "recipe": args.recipe,
+        "learning_rate": state.learning_rate_history[-1][1] if state.learning_rate_history else state.learning_rate,
+        "learning_rate_history": state.learning_rate_history,
         "base_learning_rate": None if args.learning_rate else args.base_learning_rate,
         "adam_betas": [args.adam_beta1, args.adam_beta2],
         "weight_decay": args.weight_decay,
-        "warmup_steps": num_warmup_steps,
+        "warmup_steps": run.num_warmup_steps,
         "seed": args.seed,
         "init": args.model_name_or_path,
         # the launcher's own flags are not visible to the script: hardware below says how it ran
@@ -539,7 +824,6 @@ def run_summary(
             "name": name,
             "hub_id": args.dataset_name,
             "config_name": args.dataset_config_name,
-            "source": str(source),
             "is_celeba": is_celeba,
             "description": description,
             "train_split": "train",
@@ -553,63 +837,126 @@ def run_summary(
             "num_processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
             "distributed_type": getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)),
-            # training and evaluation loop of this run (a resumed run counts from its resumption)
-            "train_runtime_seconds": train_runtime_seconds,
+            # the training loop, summed over every resumed part of the run
+            "train_runtime_seconds": state.train_runtime_seconds,
         },
         "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
-        "eval_samples": num_examples("validation"),
-        "eval_mask_seed": args.seed + EVAL_SEED_OFFSET,
-        **{f"eval_{k}": v for k, v in eval_results.items()},
+        "eval_samples": num_examples("validation") if run.eval_results else None,
+        "eval_mask_stream": {"stream": "eval_mask", "seed": args.seed},
+        **{f"eval_{k}": v for k, v in run.eval_results.items()},
     }
 
 
-@torch.no_grad()
-def evaluate(args, accelerator, model, unwrapped, eval_dataloader, image_processor, num_patches, epoch) -> dict:
-    """Masked-patch MSE and PSNR of the re-composited image on the validation split, with fixed per-example masks."""
-    model.eval()
-    masked_mse = load_metric("masked_patch_mse", keep_in_memory=True) if accelerator.is_main_process else None
-    psnr = load_metric("psnr", keep_in_memory=True) if accelerator.is_main_process else None
-    # metrics are computed batch by batch and averaged over images (every image has as many masked pixels), so that
-    # memory stays flat on the full validation split
-    totals, num_images, grid = {"loss": 0.0, "masked_patch_mse": 0.0, "psnr": 0.0}, 0, None
-    for batch in eval_dataloader:
-        noise = masking_noise(batch["sample_index"], num_patches, args.seed + EVAL_SEED_OFFSET).to(accelerator.device)
-        outputs = model(pixel_values=batch["pixel_values"], noise=noise)
-        images = reconstruction_images(
-            unwrapped, batch["pixel_values"], outputs.logits, outputs.mask, image_processor.image_mean, image_processor.image_std
+# ----------------------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def setup_accelerator(args: argparse.Namespace) -> Accelerator:
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to if args.with_tracking else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
+        # seeded, epoch-aware shuffling (set_epoch), saved with the state: resume continues the same order;
+        # batches go to the device from pinned memory without blocking the host
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if int(os.environ.get("WORLD_SIZE", "1")) > accelerator.num_processes:
+        raise RuntimeError(
+            f"The launcher started {os.environ['WORLD_SIZE']} processes but accelerate sees {accelerator.num_processes}: "
+            "each would train its own copy into the same folder. On CPU, launch with ACCELERATE_USE_CPU=true (see "
+            "docs/distributed.md)."
         )
-        batch_size = batch["pixel_values"].shape[0]
-        # every image has the same number of masked pixels, so they stack into (B, n)
-        masked_pred = images["reconstruction"][images["pixel_mask"].bool()].reshape(batch_size, -1)
-        masked_true = images["original"][images["pixel_mask"].bool()].reshape(batch_size, -1)
-        gathered = accelerator.gather_for_metrics(
-            (masked_pred, masked_true, images["recomposited"].flatten(1), images["original"].flatten(1),
-             outputs.loss.detach().repeat(batch_size))
+    logger.info(accelerator.state, main_process_only=False)
+    verbosity = "warning" if accelerator.is_local_main_process else "error"
+    getattr(datasets.utils.logging, f"set_verbosity_{verbosity}")()
+    getattr(transformers.utils.logging, f"set_verbosity_{verbosity}")()
+    if accelerator.device.type == "cuda" and accelerator.mixed_precision == "no":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # TF32 for fp32 runs
+    return accelerator
+
+
+def check_output_dir(args: argparse.Namespace, checkpoints: CheckpointManager) -> None:
+    if not args.resume_from_checkpoint and not args.overwrite_output_dir and checkpoints.latest() is not None:
+        raise FileExistsError(
+            f"{args.output_dir} already has checkpoints; pass --resume_from_checkpoint latest to continue, or "
+            "--overwrite_output_dir to start over."
         )
-        if accelerator.is_main_process:
-            count = gathered[0].shape[0]
-            batch_mse = masked_mse.compute(predictions=gathered[0].cpu().numpy(), references=gathered[1].cpu().numpy())
-            batch_psnr = psnr.compute(predictions=gathered[2].cpu().numpy(), references=gathered[3].cpu().numpy(), data_range=1.0)
-            totals["masked_patch_mse"] += batch_mse["masked_patch_mse"] * count
-            totals["psnr"] += batch_psnr["psnr"] * count
-            totals["loss"] += gathered[4].sum().item()
-            num_images += count
-        if grid is None:
-            grid = reconstruction_grid(images, args.num_grid_images)
-    model.train()
-    if not accelerator.is_main_process:
-        return {}
-    results = {name: total / num_images for name, total in totals.items()}
-    eval_dir = Path(args.output_dir) / "eval"
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    grid.save(eval_dir / f"reconstructions_epoch_{epoch}.png")
-    grid.save(eval_dir / "reconstructions.png")
+
+
+def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: CheckpointManager) -> tuple[Run, float]:
+    """Model, data, optimizer and schedule, prepared; the lr this launch's flags give."""
+    config = build_config(args)
+    image_processor = build_image_processor(args, config)
+    model = build_model(args, config)
+    with accelerator.main_process_first():
+        splits = load_datasets(args)
+    train_dataloader, eval_dataloader, train_augmentation = build_dataloaders(args, accelerator, config, image_processor, splits)
+    effective_batch_size, max_train_steps, num_epochs, learning_rate = training_schedule(args, accelerator, splits)
+    num_warmup_steps = args.num_warmup_steps if args.num_warmup_steps is not None else round(args.warmup_ratio * max_train_steps)
+    optimizer, lr_scheduler = build_optimizer(args, model, accelerator, learning_rate, max_train_steps, num_warmup_steps)
+    if args.torch_compile:
+        model = torch.compile(model)
+    model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
+    )
+    state = TrainerState(
+        max_train_steps=max_train_steps, num_processes=accelerator.num_processes,
+        effective_batch_size=effective_batch_size, learning_rate=learning_rate,
+        learning_rate_history=[[0, learning_rate]], seed=args.seed,
+    )  # fmt: skip
+    run = Run(
+        args=args, accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model), optimizer=optimizer,
+        lr_scheduler=lr_scheduler, train_dataloader=train_dataloader, eval_dataloader=eval_dataloader,
+        train_augmentation=train_augmentation, image_processor=image_processor, checkpoints=checkpoints, splits=splits,
+        state=state, num_epochs=num_epochs, num_warmup_steps=num_warmup_steps,
+    )  # fmt: skip
+    return run, learning_rate
+
+
+def main(args: argparse.Namespace) -> Path:
+    accelerator = setup_accelerator(args)
+    output_dir = Path(args.output_dir)
+    checkpoints = CheckpointManager(output_dir / "checkpoints", args.checkpoints_total_limit)
+    check_output_dir(args, checkpoints)
+    set_seed(args.seed)
+    run, learning_rate = build_run(args, accelerator, checkpoints)
     if args.with_tracking:
-        for tracker in accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.writer.add_image("eval/reconstructions", np.asarray(grid.convert("RGB")), epoch, dataformats="HWC")
-    logger.info(f"epoch {epoch}: " + ", ".join(f"eval_{k} {v:.4f}" for k, v in results.items()))
-    return results
+        accelerator.init_trackers("dilated_vit_mae", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    if args.resume_from_checkpoint:
+        resume(run, learning_rate)
+
+    def request_stop(signum, frame):  # preemption: save a checkpoint at the next synchronised step and exit 0
+        run.stop_requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    log_path = output_dir / "train_log.jsonl"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    def log(values: dict, step: int) -> None:
+        if args.with_tracking:
+            accelerator.log(values, step=step)
+        if accelerator.is_main_process:
+            with log_path.open("a") as file:
+                file.write(json.dumps({"step": step, **values}) + "\n")
+
+    loop_start = time.perf_counter()
+    train(run, log)
+    run.state.train_runtime_seconds += time.perf_counter() - loop_start
+    if run.preempted:
+        logger.info(f"SIGTERM: saved {checkpoints.latest()} at step {run.state.global_step}; continue with --resume_from_checkpoint latest.")
+        accelerator.end_training()
+        return output_dir
+    if not args.no_eval:
+        run.eval_results = evaluate(run, log)
+    save_outputs(run)
+    logger.info(f"rank {accelerator.process_index} finished: {run.state.global_step} steps", main_process_only=False)
+    accelerator.end_training()
+    return output_dir
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 resume after SIGKILL with two real CPU processes, SIGTERM (preemption), a non-finite loss, and bad arguments."""
 
 import json
+import math
+import re
 import os
 import random
 import signal
@@ -49,6 +51,7 @@ def run_args(config_dir, output_dir, *extra) -> list[str]:
         "--learning_rate", "1e-3",
         "--num_train_epochs", "3",
         "--seed", "0",
+        "--logging_steps", "1",
         *extra,
     ]  # fmt: skip
 
@@ -66,7 +69,7 @@ def read_log(output_dir) -> dict[int, dict]:
 def test_training_run_saves_a_loadable_hub_folder(tiny_model_dir, tmp_path, reset_accelerate):
     run_mae = load_script()
     output_dir = tmp_path / "out"
-    run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir, "--checkpoints_total_limit", "2")))
+    run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir, "--checkpoints_total_limit", "2", "--checkpointing_steps", "epoch")))
 
     expected = {"config.json", "model.safetensors", "preprocessor_config.json", "configuration_dilated_vit_mae.py",
                 "modeling_dilated_vit_mae.py", "image_processing_dilated_vit_mae.py", "all_results.json"}  # fmt: skip
@@ -105,8 +108,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
 
     monkeypatch.setattr(DilatedViTMAEForPreTraining, "forward_loss", loss_goes_nan_at_step_4)
     output_dir = tmp_path / "out"
-    args = run_args(tiny_model_dir, output_dir, "--checkpointing_steps", "2", "--eval_every_epochs", "0")
-    with pytest.raises(RuntimeError, match=r"Loss is nan at step 4 .*step_2"):
+    args = run_args(tiny_model_dir, output_dir, "--checkpointing_steps", "2", "--eval_steps", "0")
+    with pytest.raises(RuntimeError, match=r"Loss is nan at step 4\b.*step_2"):
         run_mae.main(run_mae.parse_args(args))
     assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_2"]
     assert not (output_dir / "model.safetensors").exists()
@@ -115,7 +118,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
 def test_bad_arguments_are_rejected():
     run_mae = load_script()
     with pytest.raises(SystemExit):
-        run_mae.parse_args(["--streaming"])
+        run_mae.parse_args(["--streaming", "--celeba_dir", "/data/celeba"])
     with pytest.raises(SystemExit):
         run_mae.parse_args(["--push_to_hub"])
     with pytest.raises(SystemExit):
@@ -240,7 +243,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_model_dir, tmp_path):
 def test_run_stopped_mid_epoch_by_max_steps_resumes_in_that_epoch(tiny_model_dir, tmp_path, reset_accelerate):
     run_mae = load_script()
     output_dir = tmp_path / "out"
-    common = ("--checkpointing_steps", "epoch", "--eval_every_epochs", "0")
+    common = ("--checkpointing_steps", "epoch", "--eval_steps", "0")
     run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir, *common, "--max_train_steps", "2")))
     state = json.loads((output_dir / "checkpoints" / "step_2" / "trainer_state.json").read_text())
     assert (state["epoch"], state["batches_done_in_epoch"]) == (0, 2)  # 3 batches an epoch: stopped inside epoch 0
@@ -268,3 +271,184 @@ def test_launch_that_would_train_independent_copies_is_refused(tiny_model_dir, t
     )
     assert result.returncode != 0
     assert "ACCELERATE_USE_CPU=true" in result.stdout + result.stderr
+
+
+def _checkpoint_is_finite(checkpoint: Path) -> bool:
+    weights = safetensors.torch.load_file(checkpoint / "model.safetensors")
+    return all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+def test_nan_in_an_earlier_micro_batch_is_caught_at_its_step_and_never_checkpointed(
+    tiny_model_dir, tmp_path, monkeypatch, reset_accelerate
+):
+    # with gradient accumulation the old loop checked only the last micro-batch of a step: a NaN in the first one
+    # reached the weights, was caught a step late, and the checkpoint it named as "last good" held NaN weights
+    run_mae = load_script()
+    original = DilatedViTMAEForPreTraining.forward_loss
+    calls = {"n": 0}
+
+    def nan_in_first_micro_batch_of_step_3(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if self.training and calls["n"] == 5 else loss  # micro-batches 5, 6 make step 3
+
+    monkeypatch.setattr(DilatedViTMAEForPreTraining, "forward_loss", nan_in_first_micro_batch_of_step_3)
+    output_dir = tmp_path / "out"
+    args = run_args(
+        tiny_model_dir, output_dir, "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+        "--checkpointing_steps", "1", "--eval_steps", "0", "--logging_steps", "5",
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"Loss is nan at step 3\b.*step_2"):
+        run_mae.main(run_mae.parse_args(args))
+    checkpoints = sorted(p.name for p in (output_dir / "checkpoints").iterdir())
+    assert checkpoints == ["step_1", "step_2"]
+    assert all(_checkpoint_is_finite(output_dir / "checkpoints" / name) for name in checkpoints)
+
+
+def test_logged_loss_is_the_mean_over_micro_batches(tiny_model_dir, tmp_path, monkeypatch, reset_accelerate):
+    run_mae = load_script()
+    original = DilatedViTMAEForPreTraining.forward_loss
+    seen = []
+
+    def recording(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        if self.training:
+            seen.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(DilatedViTMAEForPreTraining, "forward_loss", recording)
+    output_dir = tmp_path / "out"
+    args = run_args(tiny_model_dir, output_dir, "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+                    "--max_train_steps", "2", "--checkpointing_steps", "no", "--no_eval")  # fmt: skip
+    run_mae.main(run_mae.parse_args(args))
+    log = read_log(output_dir)
+    assert log[1]["train_loss"] == pytest.approx((seen[0] + seen[1]) / 2, rel=1e-5)
+    assert log[2]["train_loss"] == pytest.approx((seen[2] + seen[3]) / 2, rel=1e-5)
+
+
+def test_exploding_learning_rate_never_writes_a_non_finite_checkpoint(tiny_model_dir, tmp_path, reset_accelerate):
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    args = run_args(tiny_model_dir, output_dir, "--learning_rate", "1e6", "--checkpointing_steps", "1", "--eval_steps", "0")
+    with pytest.raises(RuntimeError, match="not finite|Loss is"):
+        run_mae.main(run_mae.parse_args(args))
+    for checkpoint in (output_dir / "checkpoints").glob("step_*"):
+        assert _checkpoint_is_finite(checkpoint), checkpoint.name
+
+
+def test_learning_rate_given_on_resume_is_applied_and_recorded(tiny_model_dir, tmp_path, reset_accelerate):
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    common = ("--checkpointing_steps", "1", "--eval_steps", "0", "--num_warmup_steps", "0")
+    run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir, *common, "--max_train_steps", "2")))
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    (output_dir / "all_results.json").unlink()
+    resumed = run_args(tiny_model_dir, output_dir, *common, "--max_train_steps", "2", "--resume_from_checkpoint", "latest")
+    resumed[resumed.index("--learning_rate") + 1] = "5e-4"
+    resumed[resumed.index("--max_train_steps") + 1] = "4"
+    run_mae.main(run_mae.parse_args(resumed))
+    log = read_log(output_dir)
+    # cosine over 4 steps without warmup: the lr after step 3 is peak x 0.5 x (1 + cos(pi x 3/4)) with the new peak
+    assert log[3]["lr"] == pytest.approx(5e-4 * 0.5 * (1 + math.cos(math.pi * 3 / 4)), rel=1e-6)
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["learning_rate"] == 5e-4
+    assert results["learning_rate_history"] == [[0, 1e-3], [2, 5e-4]]
+
+
+def test_config_overrides_of_the_image_size_give_a_matching_processor(tiny_model_dir, tmp_path, reset_accelerate):
+    # the old run kept the default config's 64 px processor: "Input image size (64*64) doesn't match model (32*32)"
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    args = ["--output_dir", str(output_dir), "--config_overrides", "image_size=32,hidden_size=48,num_hidden_layers=1,"
+            "intermediate_size=96,num_attention_heads=3,decoder_num_hidden_layers=1", "--max_train_steps", "2",
+            "--per_device_train_batch_size", "4", "--checkpointing_steps", "no", "--max_eval_samples", "4"]  # fmt: skip
+    run_mae.main(run_mae.parse_args(args))
+    assert DilatedViTMAEImageProcessor.from_pretrained(output_dir).crop_size == {"height": 32, "width": 32}
+
+
+def test_an_explicit_processor_that_does_not_match_is_refused_naming_both_sizes(tiny_model_dir, tmp_path, reset_accelerate):
+    run_mae = load_script()
+    args = run_args(tiny_model_dir, tmp_path / "out", "--image_processor_name", str(REPO_ROOT / "configs" / "dilated-vit-mae-tiny-64"))
+    with pytest.raises(ValueError, match=r"64x64 but the model's image_size is 32x32.*--image_processor_name"):
+        run_mae.main(run_mae.parse_args(args))
+
+
+def test_streaming_from_a_local_folder_trains(tiny_model_dir, tmp_path, reset_accelerate):
+    # an IterableDataset has no set_transform and no sample_index column: the old run failed at once
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    args = run_args(tiny_model_dir, output_dir, "--streaming", "--max_train_steps", "3", "--checkpointing_steps", "no")
+    run_mae.main(run_mae.parse_args(args))
+    assert sorted(read_log(output_dir)) == [1, 2, 3]
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["global_step"] == 3 and results["eval_loss"] > 0
+
+
+def test_streaming_from_the_hub_trains(tiny_model_dir, tmp_path, monkeypatch, reset_accelerate):
+    import datasets
+
+    from dilated_vit_mae import data as celeba_data
+
+    local = celeba_data.load_celeba(REPO_ROOT / "data" / "celeba_sample")
+    calls = []
+
+    def load_dataset(path, name=None, streaming=False, **kwargs):
+        calls.append((path, streaming))
+        splits = {"train": local["train"], "valid": local["validation"], "test": local["test"]}
+        return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in splits.items()})
+
+    monkeypatch.setattr(celeba_data.datasets, "load_dataset", load_dataset)
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    args = run_args(tiny_model_dir, output_dir, "--streaming", "--max_train_steps", "2", "--checkpointing_steps", "no")
+    args[args.index("--config_name"):args.index("--config_name")] = ["--dataset_name", "someone/celeba-copy"]
+    run_mae.main(run_mae.parse_args(args))
+    assert calls == [("someone/celeba-copy", True)]
+    assert sorted(read_log(output_dir)) == [1, 2]
+
+
+def test_evaluation_reports_trivial_predictors_on_the_same_masks(tiny_model_dir, tmp_path, reset_accelerate):
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir, "--max_train_steps", "2", "--checkpointing_steps", "no")))
+    results = json.loads((output_dir / "all_results.json").read_text())
+    for predictor in ("", "baseline_zeros_", "baseline_visible_mean_"):
+        for metric in ("loss", "masked_patch_mse", "psnr"):
+            assert math.isfinite(results[f"eval_{predictor}{metric}"]), predictor + metric
+    # the tiny config trains with norm_pix_loss: the oracle figures are reported apart, beside their own baseline
+    assert results["eval_oracle_psnr"] > 0 and results["eval_baseline_zeros_oracle_psnr"] > 0
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max_train_steps", "-5"], "--max_train_steps: .*>= 1, got -5"),
+        (["--max_train_steps", "0"], "--max_train_steps: .*>= 1, got 0"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps"),
+        (["--checkpointing_steps", "0"], "--checkpointing_steps"),
+        (["--max_eval_samples", "0"], "--max_eval_samples"),
+        (["--tok", "hf_x"], "unrecognized arguments: --tok"),
+        (["--hub_tok", "hf_x"], "unrecognized arguments: --hub_tok"),
+        (["--learning_rate", "nan"], "--learning_rate"),
+        (["--overwrite_output_dir", "--resume_from_checkpoint", "latest"], "give one"),
+    ],
+)
+def test_bad_flags_are_refused_by_argparse(flags, message, capsys):
+    run_mae = load_script()
+    with pytest.raises(SystemExit) as exit_info:
+        run_mae.parse_args(flags)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_sample_recipe_applies_on_the_shipped_sample_only():
+    run_mae = load_script()
+    sample = run_mae.parse_args([])
+    assert (sample.recipe, sample.learning_rate, sample.max_train_steps, sample.norm_pix_loss) == ("sample", 2e-3, 900, False)
+    given = run_mae.parse_args(["--learning_rate", "1e-4", "--num_train_epochs", "2"])
+    assert (given.learning_rate, given.max_train_steps, given.per_device_train_batch_size) == (1e-4, None, 16)
+    real = run_mae.parse_args(["--celeba_dir", "/data/celeba"])
+    assert (real.recipe, real.learning_rate, real.base_learning_rate, real.norm_pix_loss) == ("mae", None, 1.5e-4, None)
