@@ -48,7 +48,9 @@ __all__ = [
     "MAEHostTransform",
     "MAETrainTransform",
     "collate_fn",
+    "decode_uint8",
     "random_resized_crop_params",
+    "read_image_size",
 ]
 
 # The normalisation of facebookresearch/mae and of the `facebook/vit-mae-*` preprocessor configs.
@@ -336,6 +338,20 @@ class MAEHostTransform(MAETrainTransform):
 
     def __call__(self, image: ImageInput, generator: torch.Generator | None = None) -> dict[str, Any]:
         return self.host_params(image, generator, self.decoder, self.draft)
+
+
+def decode_uint8(image: ImageInput, num_channels: int = 3, decoder: Decoder = "auto") -> np.ndarray:
+    """
+    Decode an image (any input of [`MAETrainTransform`]) at full size to a `(height, width, num_channels)` uint8
+    array, JPEGs with simplejpeg where installed (`decoder="auto"`); the decoded cache stores these.
+    """
+    (height, width), decode = _open_for_decode(image, _check_num_channels(num_channels), _check_decoder(decoder))
+    return decode((height, width))
+
+
+def read_image_size(image: ImageInput, num_channels: int = 3) -> tuple[int, int]:
+    """`(height, width)` of an image, from its header where it is encoded (nothing is decoded)."""
+    return _open_for_decode(image, _check_num_channels(num_channels), "auto")[0]
 
 
 class MAEEvalTransform:

@@ -1,0 +1,104 @@
+"""Tests for `dilated_vit_mae.decoded_cache`: build once on a tiny folder of JPEGs, reuse, refuse what cannot work."""
+
+import json
+import shutil
+from collections import namedtuple
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dilated_vit_mae.decoded_cache import DecodedImageCache
+from dilated_vit_mae.transforms import MAEHostCollator, MAEHostTransform, decode_uint8
+
+
+def jpeg_folder(root, sizes) -> datasets.Dataset:
+    """JPEGs of the given (width, height) sizes, as an image dataset with a `sample_index` column."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (width, height) in enumerate(sizes):
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        path = root / f"{i:06d}.jpg"
+        PIL.Image.fromarray(pixels).save(path, quality=90)
+        paths.append(str(path))
+    dataset = datasets.Dataset.from_dict({"image": paths}).cast_column("image", datasets.Image())
+    return dataset.add_column("sample_index", list(range(len(paths))))
+
+
+class SeededHost:
+    """A batch transform like training's SeededAugmentation: one generator per sample index."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, batch):
+        images = [self.transform(i, torch.Generator().manual_seed(s)) for i, s in zip(batch["image"], batch["sample_index"])]
+        return {"pixel_values": images, "sample_index": batch["sample_index"]}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_cache_holds_the_decoded_images_in_row_order_and_is_reused(tmp_path, num_workers, caplog):
+    dataset = jpeg_folder(tmp_path / "jpegs", [(17, 21)] * 300)  # more than one worker task of 256 images
+    with caplog.at_level("INFO", logger="dilated_vit_mae.decoded_cache"):
+        cache = DecodedImageCache.build(dataset, tmp_path / "cache", num_workers=num_workers)
+    # the size and the free disk are stated before anything is written
+    assert any("300 images of 21x17x3 uint8 = 0.00 GB" in r.message and "GB free there" in r.message for r in caplog.records)
+    assert cache.shape == (300, 21, 17, 3) and len(cache) == 300 and cache.nbytes == 300 * 21 * 17 * 3
+    files = dataset.cast_column("image", datasets.Image(decode=False))["image"]
+    for i in (0, 1, 255, 256, 299):
+        assert np.array_equal(cache[i], decode_uint8(files[i]))
+    meta = json.loads((cache.directory / "meta.json").read_text())
+    assert meta["fingerprint"] == dataset._fingerprint and meta["shape"] == [300, 21, 17, 3]
+    assert cache.directory.name == f"decoded-{dataset._fingerprint}-3ch"
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [cache.directory.name]  # no temporary left
+
+    # a second build opens the first: no image is decoded again
+    shutil.rmtree(tmp_path / "jpegs")
+    again = DecodedImageCache.build(dataset, tmp_path / "cache")
+    assert again.directory == cache.directory and np.array_equal(again[299], cache[299])
+    # another dataset (another fingerprint) gets its own cache
+    other = jpeg_folder(tmp_path / "other", [(17, 21)] * 3)
+    assert DecodedImageCache.build(other, tmp_path / "cache").directory != cache.directory
+
+
+def test_cached_dataset_feeds_the_host_transform_like_the_files(tmp_path):
+    dataset = jpeg_folder(tmp_path / "jpegs", [(30, 40)] * 8)
+    cache = DecodedImageCache.build(dataset, tmp_path / "cache")
+    transform = SeededHost(MAEHostTransform(16))
+    loader = DataLoader(cache.as_dataset(transform), batch_size=4, num_workers=2, collate_fn=MAEHostCollator())
+    from_cache = list(loader)
+    undecoded = dataset.cast_column("image", datasets.Image(decode=False))
+    for start, batch in zip((0, 4), from_cache):
+        rows = undecoded[start : start + 4]
+        expected = MAEHostCollator()(
+            [{"pixel_values": p, "sample_index": i} for p, i in zip(*transform(rows).values())]
+        )
+        for key in ("pixel_values_uint8", "crop_boxes", "flips", "sample_index", "image_sizes"):
+            assert torch.equal(batch[key], expected[key]), key
+    assert not cache[0].flags.owndata  # a view of the memory map, not a copy
+    cache[0][0, 0, 0] = 255 - cache[0][0, 0, 0]  # copy-on-write: the file does not change
+    assert np.array_equal(DecodedImageCache(cache.directory)[0], decode_uint8(undecoded[0]["image"]))
+
+
+def test_mixed_sizes_are_refused_before_writing(tmp_path):
+    dataset = jpeg_folder(tmp_path / "jpegs", [(17, 21)] * 5 + [(20, 21)])
+    with pytest.raises(ValueError, match=r"needs images of one size, got 2 sizes: 21x17 .*x5.* 21x20 .*000005\.jpg"):
+        DecodedImageCache.build(dataset, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_disk_too_small_is_refused_with_the_sizes(tmp_path, monkeypatch):
+    dataset = jpeg_folder(tmp_path / "jpegs", [(17, 21)] * 4)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match=r"Not enough disk for the decoded cache: it needs 0\.00 GB .* 0\.00 GB free"):
+        DecodedImageCache.build(dataset, tmp_path / "cache", reserve_bytes=0)  # 4 x 21 x 17 x 3 = 4,284 bytes
+    assert not any((tmp_path / "cache").iterdir())
+    with pytest.raises(FileNotFoundError, match="is not a decoded cache"):
+        DecodedImageCache(tmp_path / "cache")
+    with pytest.raises(ValueError, match="No column 'img'"):
+        DecodedImageCache.build(dataset, tmp_path / "cache", image_column="img")
