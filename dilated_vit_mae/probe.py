@@ -1,7 +1,8 @@
-"""Linear probing of a frozen MAE encoder: whole-image features, an on-disk feature cache, and MAE's linear classifier.
+"""Linear probing and k-NN evaluation of a frozen MAE encoder: whole-image features, an on-disk feature cache, MAE's
+linear classifier and DINO's weighted k-NN ([`knn_predict`]).
 
-Used by `scripts/linear_probe.py` (CelebA attributes) and `benchmarks/ablation.py` (MNIST digits). Not part of the
-three model files (the Hub never runs this).
+Used by `scripts/linear_probe.py` (CelebA attributes), `benchmarks/ablation.py` and `benchmarks/downstream.py` (MNIST
+digits). Not part of the three model files (the Hub never runs this).
 
 The protocol follows MAE's linear probe (He et al. 2021, appendix A.2; `main_linprobe.py` of facebookresearch/mae):
 the encoder is frozen and sees the whole image (`mask_ratio=0`), one feature per image is pooled from its last layer
@@ -35,6 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -43,16 +45,21 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_FEATURE_CACHE_DIR",
     "FeatureCache",
+    "KNN_K",
+    "KNN_TEMPERATURE",
     "LinearProbe",
     "Pooling",
     "ProbeTask",
     "class_ids",
     "encode_images",
     "extract_features",
+    "knn_predict",
+    "label_matrix",
     "load_frozen_encoder",
     "model_fingerprint",
     "predict_linear_probe",
     "probe_scores",
+    "resolve_label_columns",
     "train_linear_probe",
 ]
 
@@ -489,3 +496,129 @@ def class_ids(train_values: Sequence[Any], eval_values: Sequence[Any]) -> tuple[
     eval_ids = np.array([index.get(value, -1) for value in eval_values], dtype=np.int64)
     return train_ids, eval_ids, classes
 
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Weighted k-NN (DINO)
+# ----------------------------------------------------------------------------------------------------------------------
+
+KNN_K = 20
+KNN_TEMPERATURE = 0.07
+
+
+@torch.no_grad()
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    eval_features: torch.Tensor,
+    *,
+    task: ProbeTask,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+    num_classes: int | None = None,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """
+    DINO's weighted k-NN classifier (Caron et al. 2021, `eval_knn.py` of facebookresearch/dino, commit 7c446df): the
+    features are L2-normalised, each evaluation example's `k` nearest training examples by cosine similarity `s` vote
+    with weight `exp(s / temperature)`, and the class with the largest total weight wins (ties: the smallest id).
+
+    Multi-label: every attribute is voted on separately by the same neighbours with the same weights; an attribute is
+    predicted 1 when the neighbours that have it outweigh those that do not (ties: 0).
+
+    Args:
+        train_features (`torch.FloatTensor` of shape `(num_train, num_features)`): the training features.
+        train_labels (`torch.Tensor`): `(num_train,)` class ids in `[0, num_classes)` (single-label), or
+            `(num_train, num_attributes)` 0/1 labels (multi-label).
+        eval_features (`torch.FloatTensor` of shape `(num_eval, num_features)`): the features to classify.
+        task (`str`): `"single_label"` or `"multi_label"`.
+        k (`int`, *optional*, defaults to 20): neighbours; capped at `num_train`.
+        temperature (`float`, *optional*, defaults to 0.07): the temperature of the vote weights.
+        num_classes (`int`, *optional*): single-label classes; defaults to `train_labels.max() + 1`.
+        chunk_size (`int`, *optional*, defaults to 256): evaluation rows per similarity matrix (memory:
+            `chunk_size * num_train` floats).
+
+    Returns:
+        `torch.LongTensor`: class ids `(num_eval,)` (single-label) or 0/1 `(num_eval, num_attributes)` (multi-label).
+    """
+    if task not in ("multi_label", "single_label"):
+        raise ValueError(f"`task` must be 'multi_label' or 'single_label', got {task!r}.")
+    if k < 1 or not temperature > 0:
+        raise ValueError(f"k-NN needs `k` >= 1 and `temperature` > 0, got k={k!r}, temperature={temperature!r}.")
+    if train_features.ndim != 2 or eval_features.ndim != 2 or train_features.shape[1] != eval_features.shape[1]:
+        raise ValueError(
+            f"k-NN features must be (num_examples, num_features) with the same width, got train "
+            f"{tuple(train_features.shape)} and eval {tuple(eval_features.shape)}."
+        )
+    if train_labels.shape[0] != train_features.shape[0] or train_features.shape[0] == 0:
+        raise ValueError(
+            f"k-NN needs one label row per training feature, got {train_labels.shape[0]} labels for "
+            f"{train_features.shape[0]} features."
+        )
+    if task == "multi_label":
+        # each neighbour votes +1 for an attribute it has and -1 for one it lacks
+        votes_per_label = train_labels.float() * 2 - 1  # (N, A)
+    else:
+        num_classes = int(train_labels.max()) + 1 if num_classes is None else num_classes
+        votes_per_label = F.one_hot(train_labels.long(), num_classes).float()  # (N, K)
+    train_features = F.normalize(train_features.float(), dim=1)
+    k = min(k, train_features.shape[0])
+    predictions = []
+    for chunk in F.normalize(eval_features.float(), dim=1).split(chunk_size):
+        similarity, neighbours = (chunk @ train_features.T).topk(k, dim=1)  # (B, k), cosine similarities
+        weights = (similarity / temperature).exp()
+        votes = torch.einsum("bk,bkc->bc", weights, votes_per_label[neighbours])  # (B, K) or (B, A)
+        predictions.append((votes > 0).long() if task == "multi_label" else votes.argmax(dim=1))
+    return torch.cat(predictions)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Label columns
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def label_matrix(dataset, columns: Sequence[str]) -> np.ndarray:
+    """`(num_examples, len(columns))` 0/1 int array of a `datasets.Dataset`'s label columns: CelebA's bool columns, or
+    0/1 (or raw CelebA -1/1) integers; anything else raises `ValueError`."""
+    columns = list(columns)
+    matrix = np.stack([np.asarray(dataset[column]) for column in columns], axis=1).astype(np.int64)
+    if matrix.size and set(np.unique(matrix).tolist()) <= {-1, 1} and (matrix == -1).any():
+        matrix = (matrix + 1) // 2  # raw CelebA -1/1
+    bad = sorted(set(np.unique(matrix).tolist()) - {0, 1})
+    if bad:
+        raise ValueError(f"Multi-label columns must be binary (bool, 0/1 or -1/1), got values {bad[:5]} in {columns}.")
+    return matrix
+
+
+def resolve_label_columns(
+    column_names: Sequence[str],
+    *,
+    label_column: str | None = None,
+    label_columns: Sequence[str] | None = None,
+    fallback: Sequence[str] = (),
+) -> list[str]:
+    """
+    The label columns: `[label_column]`, or `label_columns`, or by default every CelebA attribute in `column_names`,
+    else the first `fallback` column present (e.g. `celeb_id`, `label`). A missing column raises `ValueError` naming
+    the columns there are.
+    """
+    from .data import CELEBA_ATTRIBUTE_NAMES
+
+    column_names = list(column_names)
+    if label_column is not None:
+        wanted = [label_column]
+    elif label_columns:
+        wanted = list(label_columns)
+    else:
+        wanted = [name for name in CELEBA_ATTRIBUTE_NAMES if name in column_names]
+        wanted = wanted or [name for name in fallback if name in column_names][:1]
+        if not wanted:
+            raise ValueError(
+                f"The dataset has no CelebA attribute columns{' nor ' + '/'.join(fallback) if fallback else ''} "
+                f"(columns: {column_names}); pass --label_columns or --label_column, or use a source with attributes "
+                "(a raw CelebA download, flwrlabs/celeba)."
+            )
+    missing = [name for name in wanted if name not in column_names]
+    if missing:
+        raise ValueError(f"Label column(s) {missing} not in the dataset; it has {column_names}.")
+    return wanted

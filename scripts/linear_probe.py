@@ -20,6 +20,14 @@ split's majority class of each attribute, scored on the evaluation split), throu
 `dilated_vit_mae.metrics.load_metric("mean_attribute_accuracy")`; for one label column, accuracy and the majority floor.
 Written to OUTPUT_DIR/linear_probe_results.json (OUTPUT_DIR defaults to the model folder when it is local, so the model
 card can pick the numbers up).
+
+`--protocol knn` replaces the linear classifier by DINO's weighted k-NN on the same (cached) features: L2-normalised
+features, the `--knn_k` (20) most cosine-similar training images vote with weight exp(similarity / `--knn_temperature`
+(0.07)); multi-label attributes are voted on one by one by the same neighbours. Written to OUTPUT_DIR/knn_results.json,
+with the same score keys as the linear probe plus `knn_accuracy` (the headline: the mean attribute accuracy, or the
+accuracy for one label column).
+
+    accelerate launch scripts/linear_probe.py --model_name_or_path outputs/my-run --protocol knn
 """
 
 from __future__ import annotations
@@ -34,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 import transformers
 from accelerate import Accelerator
@@ -45,16 +52,22 @@ from torch.utils.data import DataLoader
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
-from dilated_vit_mae.data import CELEBA_ATTRIBUTE_NAMES, load_celeba  # noqa: E402
+from dilated_vit_mae.data import load_celeba  # noqa: E402
+from dilated_vit_mae.finetune import positive_float, positive_int  # noqa: E402
 from dilated_vit_mae.probe import (  # noqa: E402
     DEFAULT_FEATURE_CACHE_DIR,
+    KNN_K,
+    KNN_TEMPERATURE,
     FeatureCache,
     class_ids,
     extract_features,
+    knn_predict,
+    label_matrix,
     load_frozen_encoder,
     model_fingerprint,
     predict_linear_probe,
     probe_scores,
+    resolve_label_columns,
     train_linear_probe,
 )
 from dilated_vit_mae.training import IndexedTransform, collate_indexed  # noqa: E402
@@ -65,6 +78,7 @@ logger = get_logger(__name__)
 
 DEFAULT_CELEBA_DIR = REPO_ROOT / "data" / "celeba_sample"
 RESULTS_FILE = "linear_probe_results.json"
+KNN_RESULTS_FILE = "knn_results.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,6 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     features.add_argument("--feature_cache_dir", default=str(DEFAULT_FEATURE_CACHE_DIR))
     features.add_argument("--no_feature_cache", action="store_true", help="Neither read nor write cached features.")
 
+    parser.add_argument(
+        "--protocol", choices=["linear", "knn"], default="linear", help="Linear classifier, or DINO's weighted k-NN."
+    )
+    knn = parser.add_argument_group("k-NN (--protocol knn)")
+    knn.add_argument("--knn_k", type=positive_int, default=KNN_K, help="Neighbours that vote.")
+    knn.add_argument("--knn_temperature", type=positive_float, default=KNN_TEMPERATURE, help="Votes weigh exp(sim / T).")
     probe = parser.add_argument_group("linear classifier")
     probe.add_argument("--probe_epochs", type=int, default=90)
     probe.add_argument("--probe_batch_size", type=int, default=256)
@@ -151,35 +171,6 @@ def data_fingerprint(dataset: datasets.Dataset, image_column: str) -> str:
     return digest.hexdigest()[:24]
 
 
-def label_matrix(dataset: datasets.Dataset, columns: list[str]) -> np.ndarray:
-    """`(num_examples, len(columns))` 0/1 int array; CelebA's bool columns, or 0/1 (or -1/1) integers."""
-    matrix = np.stack([np.asarray(dataset[column]) for column in columns], axis=1).astype(np.int64)
-    if matrix.size and set(np.unique(matrix).tolist()) <= {-1, 1} and (matrix == -1).any():
-        matrix = (matrix + 1) // 2  # raw CelebA -1/1
-    bad = sorted(set(np.unique(matrix).tolist()) - {0, 1})
-    if bad:
-        raise ValueError(f"Multi-label columns must be binary (bool, 0/1 or -1/1), got values {bad[:5]} in {columns}.")
-    return matrix
-
-
-def resolve_label_columns(args: argparse.Namespace, column_names: list[str]) -> list[str]:
-    if args.label_column is not None:
-        wanted = [args.label_column]
-    elif args.label_columns:
-        wanted = list(args.label_columns)
-    else:
-        wanted = [name for name in CELEBA_ATTRIBUTE_NAMES if name in column_names]
-        if not wanted:
-            raise ValueError(
-                f"The dataset has no CelebA attribute columns (columns: {column_names}); pass --label_columns or "
-                "--label_column, or use a source with attributes (a raw CelebA download, flwrlabs/celeba)."
-            )
-    missing = [name for name in wanted if name not in column_names]
-    if missing:
-        raise ValueError(f"Label column(s) {missing} not in the dataset; it has {column_names}.")
-    return wanted
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Features (all processes), classifier (main process)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -219,6 +210,44 @@ def split_features(
             logger.info(f"cached {tuple(features.shape)} features of {description['split']} in {path}")
         return features, False
     return None, False
+
+
+def probe_labels(
+    args: argparse.Namespace, train_set: datasets.Dataset, eval_set: datasets.Dataset, label_columns: list[str]
+) -> tuple[str, torch.Tensor, torch.Tensor, int]:
+    """`(task, train_labels, eval_labels, num_outputs)`: class ids of one `--label_column`, else 0/1 attribute rows."""
+    if args.label_column is not None:
+        train_ids, eval_ids, classes = class_ids(train_set[args.label_column], eval_set[args.label_column])
+        return "single_label", torch.from_numpy(train_ids), torch.from_numpy(eval_ids), len(classes)
+    train_labels = torch.from_numpy(label_matrix(train_set, label_columns))
+    return "multi_label", train_labels, torch.from_numpy(label_matrix(eval_set, label_columns)), len(label_columns)
+
+
+def classify(
+    args: argparse.Namespace, features: dict[str, torch.Tensor], train_labels: torch.Tensor, task: str, num_outputs: int
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Predictions for the evaluation features (linear probe or k-NN) and the settings to record with them."""
+    if args.protocol == "knn":
+        predictions = knn_predict(
+            features["train"], train_labels, features["eval"], task=task, k=args.knn_k,
+            temperature=args.knn_temperature, num_classes=num_outputs,
+        )  # fmt: skip
+        knn = {
+            "k": args.knn_k, "temperature": args.knn_temperature, "features": "L2-normalised",
+            "similarity": "cosine", "vote_weight": "exp(similarity / temperature)",
+        }  # fmt: skip
+        return predictions, {"protocol": "knn", "knn": knn}
+    probe = train_linear_probe(
+        features["train"], train_labels, task=task, num_outputs=num_outputs, epochs=args.probe_epochs,
+        batch_size=args.probe_batch_size, learning_rate=args.probe_learning_rate,
+        weight_decay=args.probe_weight_decay, seed=args.seed,
+    )  # fmt: skip
+    settings = {
+        "head": "BatchNorm1d(affine=False, eps=1e-6) + Linear", "optimizer": "AdamW", "epochs": args.probe_epochs,
+        "batch_size": args.probe_batch_size, "learning_rate": args.probe_learning_rate,
+        "weight_decay": args.probe_weight_decay, "seed": args.seed,
+    }  # fmt: skip
+    return predict_linear_probe(probe, features["eval"], task=task), {"protocol": "linear", "probe": settings}
 
 
 def main(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -264,7 +293,9 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         raise ValueError(
             f"--image_column_name {args.image_column_name!r} not in {source}; it has {train_set.column_names}."
         )
-    label_columns = resolve_label_columns(args, train_set.column_names)
+    label_columns = resolve_label_columns(
+        train_set.column_names, label_column=args.label_column, label_columns=args.label_columns
+    )
 
     # ---- features ----------------------------------------------------------------------------------------------------
     cache = None if args.no_feature_cache else FeatureCache(args.feature_cache_dir)
@@ -293,33 +324,17 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         accelerator.end_training()
         return None
 
-    # ---- linear classifier (main process) ----------------------------------------------------------------------------
-    if args.label_column is not None:
-        task = "single_label"
-        train_ids, eval_ids, classes = class_ids(train_set[args.label_column], eval_set[args.label_column])
-        train_labels, eval_labels, num_outputs = torch.from_numpy(train_ids), torch.from_numpy(eval_ids), len(classes)
-    else:
-        task = "multi_label"
-        train_labels = torch.from_numpy(label_matrix(train_set, label_columns))
-        eval_labels = torch.from_numpy(label_matrix(eval_set, label_columns))
-        num_outputs = len(label_columns)
-    probe = train_linear_probe(
-        features["train"],
-        train_labels,
-        task=task,
-        num_outputs=num_outputs,
-        epochs=args.probe_epochs,
-        batch_size=args.probe_batch_size,
-        learning_rate=args.probe_learning_rate,
-        weight_decay=args.probe_weight_decay,
-        seed=args.seed,
-    )
-    predictions = predict_linear_probe(probe, features["eval"], task=task)
+    # ---- linear classifier or k-NN (main process) --------------------------------------------------------------------
+    task, train_labels, eval_labels, num_outputs = probe_labels(args, train_set, eval_set, label_columns)
+    predictions, method = classify(args, features, train_labels, task, num_outputs)
     scores = probe_scores(
         predictions, eval_labels, task=task, train_labels=train_labels, attribute_names=label_columns
     )
+    headline = "mean_attribute_accuracy" if task == "multi_label" else "accuracy"
     if task == "single_label":
         scores["per_attribute_accuracy"] = {args.label_column: scores["accuracy"]}
+    if args.protocol == "knn":
+        scores["knn_accuracy"] = scores[headline]
 
     # ---- save --------------------------------------------------------------------------------------------------------
     results = {
@@ -336,26 +351,18 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         "dataset": source,
         "feature_dim": int(features["train"].shape[1]),
         "features_from_cache": from_cache,
-        "probe": {
-            "head": "BatchNorm1d(affine=False, eps=1e-6) + Linear",
-            "optimizer": "AdamW",
-            "epochs": args.probe_epochs,
-            "batch_size": args.probe_batch_size,
-            "learning_rate": args.probe_learning_rate,
-            "weight_decay": args.probe_weight_decay,
-            "seed": args.seed,
-        },
+        **method,
     }
+    results_file = KNN_RESULTS_FILE if args.protocol == "knn" else RESULTS_FILE
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # uploaded with the model: token values (however the flag was spelt) and local paths stay out of it
     from dilated_vit_mae.redaction import publishable, secret_values
 
-    (output_dir / RESULTS_FILE).write_text(json.dumps(publishable(results, secret_values(args)), indent=2))
-    headline = "mean_attribute_accuracy" if task == "multi_label" else "accuracy"
+    (output_dir / results_file).write_text(json.dumps(publishable(results, secret_values(args)), indent=2))
     logger.info(
-        f"{headline} {results[headline]:.4f} (majority floor {results['majority_baseline']:.4f}) on "
-        f"{len(eval_set)} {args.eval_split} images; wrote {output_dir / RESULTS_FILE}"
+        f"{args.protocol}: {headline} {results[headline]:.4f} (majority floor {results['majority_baseline']:.4f}) on "
+        f"{len(eval_set)} {args.eval_split} images; wrote {output_dir / results_file}"
     )
     accelerator.end_training()
     return {**results, "predictions": predictions.numpy(), "references": eval_labels.numpy()}

@@ -21,10 +21,13 @@ from dilated_vit_mae.probe import (
     class_ids,
     encode_images,
     extract_features,
+    knn_predict,
+    label_matrix,
     load_frozen_encoder,
     model_fingerprint,
     predict_linear_probe,
     probe_scores,
+    resolve_label_columns,
     train_linear_probe,
 )
 
@@ -134,6 +137,93 @@ def test_probe_scores_equal_hand_computation():
 def test_class_ids_maps_unseen_values_to_minus_one():
     train_ids, eval_ids, classes = class_ids(["b", "a", "b"], ["a", "c"])
     assert classes == ["a", "b"] and train_ids.tolist() == [1, 0, 1] and eval_ids.tolist() == [0, -1]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Weighted k-NN
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def brute_force_knn(train_features, train_labels, eval_features, k, temperature, multi_label):
+    """DINO's weighted vote written out one example at a time in numpy: cosine similarity, the k most similar
+    training rows, weight exp(s / T) per neighbour, then the heaviest class (or, per attribute, the heavier side)."""
+    train = train_features.numpy().astype(np.float64)
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    labels = train_labels.numpy()
+    predictions = []
+    for row in eval_features.numpy().astype(np.float64):
+        similarity = train @ (row / np.linalg.norm(row))
+        neighbours = np.argsort(-similarity)[:k]
+        if multi_label:
+            positive = sum(math.exp(similarity[j] / temperature) * labels[j] for j in neighbours)
+            negative = sum(math.exp(similarity[j] / temperature) * (1 - labels[j]) for j in neighbours)
+            predictions.append((positive > negative).astype(int))
+            continue
+        weights = {}
+        for j in neighbours:
+            weights[int(labels[j])] = weights.get(int(labels[j]), 0.0) + math.exp(similarity[j] / temperature)
+        predictions.append(max(sorted(weights), key=lambda c: weights[c]))
+    return np.array(predictions)
+
+
+@pytest.mark.parametrize("k, temperature", [(20, 0.07), (5, 0.5), (1, 1.0)])
+def test_knn_equals_brute_force_single_label(k, temperature):
+    generator = torch.Generator().manual_seed(k)
+    train, eval_ = torch.randn(60, 6, generator=generator) * 3, torch.randn(25, 6, generator=generator)
+    labels = torch.randint(0, 4, (60,), generator=generator)
+    predictions = knn_predict(train, labels, eval_, task="single_label", k=k, temperature=temperature, chunk_size=7)
+    assert predictions.dtype == torch.long and predictions.shape == (25,)
+    assert predictions.tolist() == brute_force_knn(train, labels, eval_, k, temperature, False).tolist()
+
+
+def test_knn_equals_brute_force_multi_label():
+    generator = torch.Generator().manual_seed(3)
+    train, eval_ = torch.randn(50, 5, generator=generator), torch.randn(30, 5, generator=generator)
+    labels = torch.randint(0, 2, (50, 7), generator=generator)
+    predictions = knn_predict(train, labels, eval_, task="multi_label", k=9, temperature=0.1)
+    assert predictions.shape == (30, 7)
+    assert np.array_equal(predictions.numpy(), brute_force_knn(train, labels, eval_, 9, 0.1, True))
+
+
+def test_knn_weights_votes_and_ignores_feature_scale():
+    # one near neighbour of class 1 outweighs two farther ones of class 0 at a low temperature, not at a high one
+    train = torch.tensor([[1.0, 0.05], [0.6, 0.8], [0.6, -0.8]]) * torch.tensor([[100.0], [0.01], [3.0]])
+    labels, query = torch.tensor([1, 0, 0]), torch.tensor([[1.0, 0.0]])
+    assert knn_predict(train, labels, query, task="single_label", k=3, temperature=0.07).item() == 1
+    assert knn_predict(train, labels, query, task="single_label", k=3, temperature=100.0).item() == 0
+    # k larger than the training set uses all of it
+    assert knn_predict(train, labels, query * 5, task="single_label", k=50, temperature=0.07).item() == 1
+
+
+def test_knn_validates():
+    features, labels = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="`task` must be"):
+        knn_predict(features, labels, features, task="regression")
+    with pytest.raises(ValueError, match="k-NN needs `k` >= 1"):
+        knn_predict(features, labels, features, task="single_label", k=0)
+    with pytest.raises(ValueError, match="same width"):
+        knn_predict(features, labels, torch.randn(2, 5), task="single_label")
+    with pytest.raises(ValueError, match="one label row per training feature"):
+        knn_predict(features, labels[:3], features, task="single_label")
+
+
+def test_label_columns_default_to_attributes_then_fallback():
+    assert resolve_label_columns(["image", "Smiling", "Male", "celeb_id"]) == ["Male", "Smiling"]  # CelebA's order
+    assert resolve_label_columns(["image", "celeb_id", "label"], fallback=("celeb_id", "label")) == ["celeb_id"]
+    assert resolve_label_columns(["image", "x"], label_column="x") == ["x"]
+    with pytest.raises(ValueError, match="no CelebA attribute columns"):
+        resolve_label_columns(["image", "label"])
+    with pytest.raises(ValueError, match="not in the dataset"):
+        resolve_label_columns(["image"], label_columns=["Smiling"])
+
+
+def test_label_matrix_maps_celeba_minus_one_and_refuses_other_values():
+    import datasets
+
+    dataset = datasets.Dataset.from_dict({"a": [-1, 1, 1], "b": [1, -1, 1]})
+    assert label_matrix(dataset, ["a", "b"]).tolist() == [[0, 1], [1, 0], [1, 1]]
+    with pytest.raises(ValueError, match="must be binary"):
+        label_matrix(datasets.Dataset.from_dict({"a": [0, 2]}), ["a"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -264,11 +354,70 @@ def test_script_with_vit_mae_checkpoint_and_single_label(vit_mae_dir, tmp_path):
     results = script.main(script.parse_args(argv))
     written = json.loads((output_dir / "linear_probe_results.json").read_text())
     assert RESULT_KEYS | {"accuracy"} <= set(written) and "mean_attribute_accuracy" not in written
-    assert written["model"] == str(vit_mae_dir) and written["pooling"] == "mean" and written["task"] == "single_label"
+    # published without local paths: the model folder by its name
+    assert written["model"] == vit_mae_dir.name and written["pooling"] == "mean" and written["task"] == "single_label"
     assert written["feature_dim"] == 32
     assert written["accuracy"] == pytest.approx((results["predictions"] == results["references"]).mean())
     assert written["per_attribute_accuracy"] == {"Smiling": written["accuracy"]}
     assert 0.0 <= written["majority_baseline"] <= 1.0 and math.isfinite(written["accuracy"])
+
+
+def cached_features(cache_dir) -> dict[str, torch.Tensor]:
+    """The cached features of each split, by the split named in each entry's stored description."""
+    import safetensors
+    import safetensors.torch
+
+    features = {}
+    for path in Path(cache_dir).glob("features-*.safetensors"):
+        with safetensors.safe_open(str(path), framework="pt") as file:
+            split = json.loads(file.metadata()["description"])["split"]
+        features[split] = safetensors.torch.load_file(str(path))["features"]
+    return features
+
+
+def test_script_knn_protocol_on_the_cached_features(our_model_dir, tmp_path, monkeypatch):
+    script = load_script()
+    cache_dir = tmp_path / "cache"
+    script.main(script.parse_args(probe_argv(our_model_dir, cache_dir)))  # the linear probe fills the cache
+    linear = (our_model_dir / "linear_probe_results.json").read_text()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("features were recomputed although they are cached")
+
+    monkeypatch.setattr(script, "extract_features", fail)
+    results = script.main(script.parse_args(probe_argv(our_model_dir, cache_dir, "--protocol", "knn", "--knn_k", "5")))
+    written = json.loads((our_model_dir / "knn_results.json").read_text())
+    assert (our_model_dir / "linear_probe_results.json").read_text() == linear  # left alone
+    assert written["protocol"] == "knn" and written["features_from_cache"] == {"train": True, "eval": True}
+    assert written["knn"]["k"] == 5 and written["knn"]["temperature"] == 0.07
+    assert RESULT_KEYS | {"knn_accuracy", "mean_attribute_accuracy"} <= set(written) and "probe" not in written
+    assert written["knn_accuracy"] == written["mean_attribute_accuracy"]
+    per_attribute = (results["predictions"] == results["references"]).mean(axis=0)
+    assert written["knn_accuracy"] == pytest.approx(per_attribute.mean())
+    # the predictions are DINO's weighted vote on exactly those features
+    features = cached_features(cache_dir)
+    lines = (SAMPLE_DIR / "list_attr_celeba.txt").read_text().splitlines()[2:]
+    train_labels = (torch.tensor([[int(v) for v in line.split()[1:]] for line in lines[:40]]) + 1) // 2
+    expected = knn_predict(features["train"], train_labels, features["test"], task="multi_label", k=5, temperature=0.07)
+    assert np.array_equal(results["predictions"], expected.numpy())
+
+
+def test_script_knn_single_label(our_model_dir, tmp_path):
+    script = load_script()
+    argv = probe_argv(our_model_dir, tmp_path / "cache", "--protocol", "knn", "--label_column", "celeb_id",
+                      "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    results = script.main(script.parse_args(argv))
+    written = json.loads((tmp_path / "out" / "knn_results.json").read_text())
+    assert written["task"] == "single_label" and written["knn_accuracy"] == written["accuracy"]
+    assert written["accuracy"] == pytest.approx((results["predictions"] == results["references"]).mean())
+    assert set(results["predictions"].tolist()) <= {0, 1, 2}  # the sample's three identities
+
+
+@pytest.mark.parametrize("extra", [["--protocol", "nearest"], ["--knn_k", "0"], ["--knn_temperature", "-1"], ["--knn_k", "2.5"]])
+def test_script_rejects_bad_knn_arguments(our_model_dir, tmp_path, extra):
+    script = load_script()
+    with pytest.raises(SystemExit):
+        script.parse_args(probe_argv(our_model_dir, tmp_path / "cache", *extra))
 
 
 def test_script_rejects_unknown_label_column(our_model_dir, tmp_path):

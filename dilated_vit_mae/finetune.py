@@ -1,0 +1,523 @@
+"""Fine-tuning helpers for `scripts/run_finetune.py` and `benchmarks/downstream.py`: MAE's recipe
+(`main_finetune.py` of facebookresearch/mae, commit efb2a80) without timm.
+
+- labels: [`resolve_labels`] picks the task (CelebA's attributes multi-label, else `celeb_id` / `label` single-label)
+  and encodes every split into one tensor, indexed by each example's `sample_index`;
+- layer-wise learning-rate decay: [`param_groups_lrd`] (MAE's `util/lr_decay.py`);
+- mixup / cutmix: [`MixupCutmix`] (timm 0.3.2's `Mixup`, batch mode), seeded per batch so a resumed run redraws the same;
+- the loss: [`classification_loss`] (label smoothing or soft targets for single-label, BCE for multi-label);
+- warm start: [`load_classifier`] from our pre-training folders or transformers ViTMAE checkpoints (`facebook/vit-mae-*`),
+  refusing a checkpoint that would leave encoder weights random;
+- the publishable folder's card: [`render_classifier_card`].
+
+Not part of the three model files (the Hub never runs this).
+
+```python
+>>> import torch
+>>> from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForImageClassification
+>>> from dilated_vit_mae.finetune import param_groups_lrd
+>>> model = DilatedViTMAEForImageClassification(DilatedViTMAEConfig(num_hidden_layers=2, hidden_size=32,
+...     num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=4, num_labels=3))
+>>> sorted({group["lr_scale"] for group in param_groups_lrd(model, weight_decay=0.05, layer_decay=0.5)})
+[0.125, 0.25, 0.5, 1.0]
+
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .probe import class_ids, label_matrix, resolve_label_columns
+from .training import stable_seed
+
+
+__all__ = [
+    "LabelSpec",
+    "MixupCutmix",
+    "as_our_image_processor",
+    "classification_loss",
+    "layer_id_for_vit",
+    "load_classifier",
+    "non_negative_float",
+    "non_negative_int",
+    "param_groups_lrd",
+    "positive_float",
+    "positive_int",
+    "probability",
+    "render_classifier_card",
+    "resolve_labels",
+]
+
+Task = Literal["single_label", "multi_label"]
+
+# the single-label columns tried, in order, when no label flag is given and the data has no CelebA attributes
+DEFAULT_SINGLE_LABEL_COLUMNS = ("celeb_id", "label")
+# MAE fine-tuning exempts the ViT's `no_weight_decay()` set ({'pos_embed', 'cls_token', 'dist_token'}) besides 1-D
+# parameters; unlike pre-training, where the CLS token is decayed
+NO_WEIGHT_DECAY = ("cls_token", "position_embeddings")
+MIXUP_STREAM = 101  # the tag of mixup / cutmix draws (other streams: dilated_vit_mae.training.STREAMS)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# argparse types: a bad value fails at parse time with the flag's name
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _number(text: str, kind: type, check, requirement: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}") from None
+    if not check(value) or (kind is float and not math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v > 0, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0, "a positive number")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0, "a number >= 0")
+
+
+def probability(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Labels
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelSpec:
+    """
+    What the classifier predicts.
+
+    Args:
+        task (`str`): `"multi_label"` (one 0/1 output per column, BCE) or `"single_label"` (one class per example).
+        columns (`list[str]`): the label columns (single-label: exactly one).
+        classes (`list[str]`): the output names in order: the attribute names (multi-label) or the classes, the
+            sorted distinct training values as strings (single-label; ClassLabel columns by their names).
+    """
+
+    task: Task
+    columns: list[str]
+    classes: list[str]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.classes)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.classes))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.classes)}
+
+    @property
+    def problem_type(self) -> str:
+        return "multi_label_classification" if self.task == "multi_label" else "single_label_classification"
+
+    def encode(self, dataset) -> torch.Tensor:
+        """`(num_examples, num_labels)` float 0/1 (multi-label) or `(num_examples,)` long class ids, -1 for a class
+        never seen in training (always scored as an error)."""
+        if self.task == "multi_label":
+            return torch.from_numpy(label_matrix(dataset, self.columns)).float()
+        _, ids, _ = class_ids(self.classes, _column_values(dataset, self.columns[0]))
+        return torch.from_numpy(ids)
+
+
+def _column_values(dataset, column: str) -> list[str]:
+    """A single-label column as strings; a `ClassLabel` column by its class names (image folders' folder names)."""
+    feature = dataset.features[column]
+    values = dataset[column]
+    if hasattr(feature, "int2str"):
+        return [feature.int2str(int(value)) for value in values]
+    return [str(value) for value in values]
+
+
+def resolve_labels(train_dataset, label_column: str | None = None, label_columns: Sequence[str] | None = None) -> LabelSpec:
+    """
+    The labels to fine-tune on: `label_columns` (multi-label), `label_column` (single-label), or by default every
+    CelebA attribute present (multi-label), else the first of `celeb_id` / `label` present (single-label).
+
+    Single-label classes are the sorted distinct training values (as strings), so `id2label` reads as the data does.
+    """
+    columns = resolve_label_columns(
+        train_dataset.column_names, label_column=label_column, label_columns=label_columns,
+        fallback=DEFAULT_SINGLE_LABEL_COLUMNS,
+    )  # fmt: skip
+    multi = label_columns is not None or (label_column is None and columns[0] not in DEFAULT_SINGLE_LABEL_COLUMNS)
+    if multi:
+        label_matrix(train_dataset, columns)  # raises on non-binary columns
+        return LabelSpec("multi_label", columns, list(columns))
+    _, _, classes = class_ids(_column_values(train_dataset, columns[0]), [])
+    if len(classes) < 2:
+        raise ValueError(
+            f"Label column {columns[0]!r} has {len(classes)} distinct value(s) in the training split ({classes}); a "
+            "classifier needs at least 2. Pick another --label_column."
+        )
+    return LabelSpec("single_label", columns, classes)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Layer-wise learning-rate decay
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def layer_id_for_vit(name: str, num_layers: int) -> int:
+    """
+    MAE's `get_layer_id_for_vit` with our parameter names: the embeddings (CLS token, position table, dense and
+    dilated tokenizer) are layer 0, encoder block `i` is layer `i + 1`, and everything after the blocks (final norm,
+    `fc_norm`, classifier) is layer `num_layers` (= number of blocks + 1).
+    """
+    name = name.removeprefix("vit.")
+    if name.startswith("embeddings."):
+        return 0
+    match = re.match(r"encoder\.layer\.(\d+)\.", name)
+    return int(match.group(1)) + 1 if match else num_layers
+
+
+def param_groups_lrd(
+    model: nn.Module, weight_decay: float, layer_decay: float, no_weight_decay: Sequence[str] = NO_WEIGHT_DECAY
+) -> list[dict[str, Any]]:
+    """
+    MAE's `param_groups_lrd` (`util/lr_decay.py`): one group per (layer, decay / no decay), with `lr_scale =
+    layer_decay ** (num_layers - layer_id)`, `num_layers` = blocks + 1; so the head has scale 1, the last block
+    `layer_decay`, the embeddings `layer_decay ** (blocks + 1)`. No weight decay on 1-D parameters (norms, biases) and
+    on the CLS token / position tables; frozen parameters are left out.
+
+    Multiply each group's `lr` by its `lr_scale` before building the scheduler (`apply_lr_scale`), as MAE's
+    `adjust_learning_rate` does at every step.
+    """
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"`layer_decay` must be in (0, 1] (1 disables the decay), got {layer_decay!r}.")
+    num_layers = model.config.num_hidden_layers + 1
+    groups: dict[str, dict[str, Any]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim == 1 or name.endswith(tuple(no_weight_decay))
+        layer_id = layer_id_for_vit(name, num_layers)
+        key = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}"
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "param_names": [],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": layer_decay ** (num_layers - layer_id),
+            }
+        groups[key]["params"].append(param)
+        groups[key]["param_names"].append(name)
+    return list(groups.values())
+
+
+def apply_lr_scale(param_groups: list[dict[str, Any]], learning_rate: float) -> list[dict[str, Any]]:
+    """Set each group's `lr` to `learning_rate * lr_scale` (a scheduler's lambda then scales every group alike)."""
+    return [{**group, "lr": learning_rate * group.get("lr_scale", 1.0)} for group in param_groups]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Mixup / cutmix and the loss
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """timm's `one_hot` with `off = smoothing / K`, `on = 1 - smoothing + off` (the target of label smoothing)."""
+    off_value = smoothing / num_classes
+    targets = torch.full((labels.shape[0], num_classes), off_value, device=labels.device)
+    return targets.scatter_(1, labels.long().view(-1, 1), 1.0 - smoothing + off_value)
+
+
+class MixupCutmix:
+    """
+    timm's `Mixup` in batch mode (timm 0.3.2, as MAE fine-tunes with it), without timm: with probability `prob`, the
+    batch is mixed with its reverse, either by mixup (`x * lam + x.flip(0) * (1 - lam)`, `lam ~ Beta(mixup_alpha)`)
+    or, with probability `switch_prob` when both are on, by cutmix (a random box of area `1 - lam` pasted from the
+    reversed batch, `lam ~ Beta(cutmix_alpha)`, then `lam` corrected to the box actually pasted). Targets are mixed
+    with the same `lam`: smoothed one-hot vectors (single-label) or the 0/1 attribute vectors (multi-label).
+
+    Randomness comes from the `numpy.random.Generator` passed to each call (seeded per batch by the caller: a resumed
+    run redraws the same boxes and `lam`).
+
+    Args:
+        mixup_alpha (`float`): Beta parameter of mixup; 0 disables mixup (MAE: 0.8).
+        cutmix_alpha (`float`): Beta parameter of cutmix; 0 disables cutmix (MAE: 1.0).
+        prob (`float`): probability of mixing a batch at all.
+        switch_prob (`float`): probability of cutmix instead of mixup when both are enabled.
+        num_classes (`int`): classes of a single-label task.
+        label_smoothing (`float`): smoothing of the single-label targets (MAE: 0.1).
+        task (`str`): `"single_label"` or `"multi_label"`.
+    """
+
+    def __init__(
+        self,
+        mixup_alpha: float,
+        cutmix_alpha: float,
+        *,
+        num_classes: int,
+        task: Task,
+        prob: float = 1.0,
+        switch_prob: float = 0.5,
+        label_smoothing: float = 0.0,
+    ):
+        if mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ValueError(f"mixup and cutmix alphas must be >= 0, got {mixup_alpha!r} and {cutmix_alpha!r}.")
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+        self.prob, self.switch_prob = float(prob), float(switch_prob)
+        self.num_classes, self.task, self.label_smoothing = num_classes, task, float(label_smoothing)
+
+    @property
+    def enabled(self) -> bool:
+        return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.prob > 0
+
+    def draw(self, rng: np.random.Generator) -> tuple[float, bool]:
+        """`(lam, use_cutmix)` for one batch; `lam == 1` means no mixing."""
+        if not self.enabled or rng.random() >= self.prob:
+            return 1.0, False
+        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or rng.random() < self.switch_prob)
+        alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
+        return float(rng.beta(alpha, alpha)), use_cutmix
+
+    def targets(self, labels: torch.Tensor, lam: float) -> torch.Tensor:
+        if self.task == "multi_label":
+            labels = labels.float()
+        else:
+            labels = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
+        return labels * lam + labels.flip(0) * (1.0 - lam)
+
+    def __call__(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixed `(pixel_values, soft targets)`; the input tensors are not modified."""
+        lam, use_cutmix = self.draw(rng)
+        if lam == 1.0:
+            return pixel_values, self.targets(labels, 1.0)
+        if use_cutmix:
+            (top, bottom, left, right), lam = cutmix_box(pixel_values.shape[-2:], lam, rng)
+            mixed = pixel_values.clone()
+            mixed[:, :, top:bottom, left:right] = pixel_values.flip(0)[:, :, top:bottom, left:right]
+        else:
+            mixed = pixel_values * lam + pixel_values.flip(0) * (1.0 - lam)
+        return mixed, self.targets(labels, lam)
+
+
+def cutmix_box(
+    image_size: Sequence[int], lam: float, rng: np.random.Generator
+) -> tuple[tuple[int, int, int, int], float]:
+    """timm's `rand_bbox` + `correct_lam`: a box of about `(1 - lam)` of the image centred anywhere (clipped at the
+    border), and `lam` recomputed from the area actually pasted. Returns `((top, bottom, left, right), lam)`."""
+    height, width = int(image_size[0]), int(image_size[1])
+    ratio = math.sqrt(1.0 - lam)
+    cut_height, cut_width = int(height * ratio), int(width * ratio)
+    centre_y, centre_x = int(rng.integers(0, height)), int(rng.integers(0, width))
+    top, bottom = np.clip([centre_y - cut_height // 2, centre_y + cut_height // 2], 0, height)
+    left, right = np.clip([centre_x - cut_width // 2, centre_x + cut_width // 2], 0, width)
+    lam = 1.0 - (bottom - top) * (right - left) / float(height * width)
+    return (int(top), int(bottom), int(left), int(right)), float(lam)
+
+
+def batch_rng(*parts: int) -> np.random.Generator:
+    """The mixup / cutmix generator of one batch, a function of `parts` (seed, epoch, batch, process) only."""
+    return np.random.default_rng(stable_seed(MIXUP_STREAM, *parts))
+
+
+def classification_loss(
+    logits: torch.Tensor, targets: torch.Tensor, task: Task, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """
+    The training loss. `multi_label`: BCE with logits on 0/1 (or mixed) targets `(B, A)`. `single_label`: cross-entropy
+    with `label_smoothing` on class ids `(B,)`, or soft-target cross-entropy `-sum(t * log_softmax)` on soft targets
+    `(B, K)` (mixup; the smoothing is then already in the targets), as timm's `SoftTargetCrossEntropy`.
+    """
+    logits = logits.float()
+    if task == "multi_label":
+        return F.binary_cross_entropy_with_logits(logits, targets.float())
+    if targets.ndim == 2:
+        return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits, targets.long(), label_smoothing=label_smoothing)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Warm start
+# ----------------------------------------------------------------------------------------------------------------------
+
+# weights a pre-training checkpoint cannot have: the new head, and (from a ViTMAE checkpoint) the dilated branches,
+# which start at zero (sum fusion) or as the identity on the dense token (concat), so that the model starts as ViTMAE
+NEW_HEAD_PATTERN = re.compile(r"^(classifier|fc_norm)\.")
+NEW_TOKENIZER_PATTERN = re.compile(r"^vit\.embeddings\.patch_embeddings\.(dilated_projections|fusion)\.")
+
+
+def load_classifier(model_name_or_path: str | os.PathLike[str], config, **kwargs) -> nn.Module:
+    """
+    `DilatedViTMAEForImageClassification` with the encoder of a pre-training checkpoint: a `scripts/run_mae.py` output
+    folder (or any of our checkpoints), or a transformers ViTMAE one (`facebook/vit-mae-base`, ...; its config must
+    have been read into `config`, a `DilatedViTMAEConfig`). The decoder is dropped; the classification head is new.
+
+    Raises `ValueError` when a weight other than the new head (and, from a ViTMAE checkpoint, the new dilated
+    branches) is missing or has another shape: it would silently be left random.
+    """
+    from .modeling_dilated_vit_mae import DilatedViTMAEForImageClassification
+
+    model, info = DilatedViTMAEForImageClassification.from_pretrained(
+        model_name_or_path, config=config, output_loading_info=True, **kwargs
+    )
+    source_type = _source_model_type(model_name_or_path, kwargs)
+    allowed = [NEW_HEAD_PATTERN] + ([NEW_TOKENIZER_PATTERN] if source_type == "vit_mae" else [])
+    missing = sorted(key for key in info["missing_keys"] if not any(p.match(key) for p in allowed))
+    mismatched = sorted(str(item) for item in info.get("mismatched_keys", ()))
+    if missing or mismatched:
+        raise ValueError(
+            f"{model_name_or_path}: {len(missing)} encoder weights are missing (e.g. {missing[:3]}) and "
+            f"{len(mismatched)} have another shape (e.g. {mismatched[:2]}); they would be trained from random. Point "
+            "--model_name_or_path at a pre-training checkpoint of the same architecture, or leave it out (and give "
+            "--config_name) to train from scratch."
+        )
+    return model
+
+
+def _source_model_type(model_name_or_path: str | os.PathLike[str], kwargs: dict) -> str | None:
+    from transformers import PreTrainedConfig
+
+    hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "cache_dir") if key in kwargs}
+    config_dict, _ = PreTrainedConfig.get_config_dict(str(model_name_or_path), **hub_kwargs)
+    return config_dict.get("model_type")
+
+
+def as_our_image_processor(image_processor):
+    """
+    A [`DilatedViTMAEImageProcessor`] doing what `image_processor` does (ours, or a transformers PIL processor such as
+    `facebook/vit-mae-*`'s `ViTImageProcessorPil`): resize, centre crop, rescale, normalise, as
+    [`~dilated_vit_mae.transforms.MAEEvalTransform.from_image_processor`] reads them; so that a fine-tuned folder
+    carries our processor (and its code) whatever it was warm-started from.
+    """
+    from .image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+    from .transforms import MAEEvalTransform
+
+    if isinstance(image_processor, DilatedViTMAEImageProcessor):
+        return image_processor
+    transform = MAEEvalTransform.from_image_processor(image_processor)
+    resize = transform.resize_size
+    height, width = transform.size
+    return DilatedViTMAEImageProcessor(
+        size={"shortest_edge": resize} if isinstance(resize, int) else {"height": resize[0], "width": resize[1]},
+        crop_size={"height": height, "width": width},
+        resample=transform.resample,
+        rescale_factor=transform.rescale_factor,
+        image_mean=transform.image_mean.reshape(-1).tolist(),
+        image_std=transform.image_std.reshape(-1).tolist(),
+        num_channels=transform.num_channels,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model card of a fine-tuned classifier
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def render_classifier_card(results: dict[str, Any], repo_id: str | None = None):
+    """
+    A short `huggingface_hub.ModelCard` for a fine-tuned classifier folder, from its `all_results.json` (`results`):
+    metadata (`pipeline_tag: image-classification`, `base_model` when `init_is_hub_id`, `model-index`
+    with the selected accuracy), what was trained on what, the figures measured and how to load it. Local paths appear
+    as folder names only; `results` must already be redacted (`dilated_vit_mae.redaction.publishable`).
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    metric, dataset = results["metric_name"], results["dataset"]
+    init = results.get("init") if results.get("init_is_hub_id") else None
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "mae", "vit", "dilated-tokenization", "custom_code"],
+        base_model=init,
+        datasets=[dataset["hub_id"]] if dataset.get("hub_id") else None,
+        metrics=["accuracy"],
+        model_name=repo_id or "dilated-vit-mae-classifier",
+        eval_results=[
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=dataset.get("hub_id") or re.sub(r"[^\w.-]+", "-", dataset["name"]),
+                dataset_name=dataset["name"],
+                dataset_split=results["eval_split"],
+                metric_type="accuracy",
+                metric_name=metric.replace("_", " "),
+                metric_value=round(results[f"eval_{metric}"], 4),
+            )
+        ],
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_card_body(results, repo_id)}")
+
+
+def _card_body(results: dict[str, Any], repo_id: str | None) -> str:
+    metric, labels, dataset = results["metric_name"], results["labels"], results["dataset"]
+    init = results.get("init") or "a random initialisation (no pre-training)"
+    split = results["eval_split"]
+    rows = [f"| {split} (best of {len(results['eval_history'])} epochs: {results['best_epoch']}) | {metric} | "
+            f"{results[f'eval_{metric}']:.4f} |"]  # fmt: skip
+    if results.get("eval_majority_baseline") is not None:
+        rows.append(f"| {split} | majority-class floor | {results['eval_majority_baseline']:.4f} |")
+    if results.get(f"test_{metric}") is not None:
+        rows.append(f"| {results['test_split']} (the selected model) | {metric} | {results[f'test_{metric}']:.4f} |")
+        rows.append(f"| {results['test_split']} | majority-class floor | {results['test_majority_baseline']:.4f} |")
+    multi = labels["task"] == "multi_label"
+    task = "multi-label (one sigmoid per attribute)" if multi else "single-label (softmax)"
+    about = f"{dataset['name']}" + (f", {dataset['description']}" if dataset.get("description") else "")
+    smoothing = "none (multi-label)" if multi else results["label_smoothing"]
+    model_id = repo_id or "path/to/this/folder"
+    return f"""# DilatedViTMAE image classifier
+
+A DilatedViTMAE encoder (a ViTMAE whose patch tokens are gathered densely and with dilated convolutions) fine-tuned
+with MAE's recipe (`scripts/run_finetune.py` of the dilated-vit-mae project) for {task} classification of
+{labels['num_labels']} labels ({', '.join(labels['columns'][:3])}{', ...' if len(labels['columns']) > 3 else ''}) on
+{about}, starting from {init}.
+
+## Results
+
+| split | metric | value |
+|---|---|---|
+{chr(10).join(rows)}
+
+## Training
+
+- {results['global_step']} optimizer steps ({results['epochs']} epochs), effective batch {results['effective_batch_size']}, seed {results['seed']}
+- AdamW, betas {tuple(results['adam_betas'])}, weight decay {results['weight_decay']}, peak learning rate {results['learning_rate']:.3g},
+  {results['warmup_steps']} warmup steps, cosine decay, layer-wise learning-rate decay {results['layer_decay']}
+- drop path {results['drop_path_rate']}, {results['classifier_pooling']} pooling, label smoothing {smoothing},
+  mixup {results['mixup']}, cutmix {results['cutmix']}
+
+## Use
+
+```python
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+processor = AutoImageProcessor.from_pretrained("{model_id}", trust_remote_code=True)
+model = AutoModelForImageClassification.from_pretrained("{model_id}", trust_remote_code=True)
+```
+
+`model.config.id2label` names the outputs{'; apply a sigmoid to each (multi-label)' if multi else ''}.
+"""

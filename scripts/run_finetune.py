@@ -1,0 +1,681 @@
+#!/usr/bin/env python
+"""Fine-tune a pre-trained DilatedViTMAE (or ViTMAE) encoder as an image classifier with MAE's recipe, with accelerate.
+
+    accelerate launch scripts/run_finetune.py --model_name_or_path outputs/dilated-vit-mae-sample   # shipped sample
+    accelerate launch scripts/run_finetune.py --model_name_or_path outputs/my-run --dataset_name flwrlabs/celeba \\
+        --per_device_train_batch_size 128 --num_train_epochs 100 --mixed_precision bf16
+    accelerate launch scripts/run_finetune.py --model_name_or_path facebook/vit-mae-base --dilation_rates \\
+        --train_dir data/pets/train --validation_dir data/pets/val --mixup 0.8 --cutmix 1.0     # ViTMAE, any folders
+
+MAE's recipe (`main_finetune.py` of facebookresearch/mae): the whole image is encoded, the patch tokens are averaged and
+normalised (`--classifier_pooling mean`, `fc_norm`), AdamW (0.9, 0.999) with weight decay 0.05, lr = blr x batch / 256
+(`--base_learning_rate` 5e-4) with layer-wise decay (`--layer_decay` 0.75; MAE uses 0.65 for ViT-B) after
+`--warmup_epochs` 5 of linear warmup and a cosine decay, stochastic depth (`--drop_path_rate` 0.1), label smoothing 0.1,
+and optionally mixup 0.8 / cutmix 1.0 (`--mixup`, `--cutmix`; off by default). Augmentation is RandomResizedCrop
+(`--crop_scale_min` 0.08) + horizontal flip; timm's RandAugment and random erasing are not reproduced. Labels: CelebA's
+40 attributes (multi-label: BCE, scored by the mean of per-attribute accuracies) when the data has them, else `celeb_id`
+or an image folder's `label` (single-label: cross-entropy, top-1 accuracy); `--label_column` / `--label_columns` choose.
+
+Every epoch the model is evaluated on `--eval_split`; the best one is kept (OUTPUT_DIR/checkpoints/best) and becomes
+the output folder, which also reports it on `--test_split` when the data has one. Checkpoints and
+`--resume_from_checkpoint latest` work as in `scripts/run_mae.py`: a resumed run reproduces the uninterrupted one
+exactly (crops, mixup, drop path and batch order depend only on seed, epoch and batch). The output folder is a
+publishable classifier: `AutoModelForImageClassification.from_pretrained(OUTPUT_DIR, trust_remote_code=True)` loads it
+without this package, with `id2label`, a model card (README.md) and `all_results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import accelerate
+import datasets
+import numpy as np
+import safetensors.torch
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoImageProcessor, get_cosine_schedule_with_warmup
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
+
+from dilated_vit_mae import (  # noqa: E402
+    DilatedViTMAEConfig,
+    DilatedViTMAEForImageClassification,
+    DilatedViTMAEImageProcessor,
+)
+from dilated_vit_mae.data import load_celeba  # noqa: E402
+from dilated_vit_mae.finetune import (  # noqa: E402
+    LabelSpec,
+    MixupCutmix,
+    apply_lr_scale,
+    as_our_image_processor,
+    batch_rng,
+    classification_loss,
+    load_classifier,
+    non_negative_float,
+    non_negative_int,
+    param_groups_lrd,
+    positive_float,
+    positive_int,
+    probability,
+    render_classifier_card,
+    resolve_labels,
+)
+from dilated_vit_mae.probe import probe_scores  # noqa: E402
+from dilated_vit_mae.redaction import publishable, secret_values, write_publishable_json  # noqa: E402
+from dilated_vit_mae.training import (  # noqa: E402
+    CheckpointManager,
+    IndexedTransform,
+    SeededAugmentation,
+    collate_indexed,
+    stable_seed,
+)
+from dilated_vit_mae.transforms import MAEEvalTransform, MAETrainTransform  # noqa: E402
+
+
+logger = get_logger(__name__)
+
+DEFAULT_CELEBA_DIR = REPO_ROOT / "data" / "celeba_sample"
+BEST_DIR = "best"  # under OUTPUT_DIR/checkpoints: the best model so far (CheckpointManager keeps only step_N folders)
+DROP_PATH_STREAM = 102  # the tag of the model's own random draws (drop path, dropout), reseeded every batch
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", help="Hub dataset id, e.g. flwrlabs/celeba.")
+    data.add_argument("--dataset_config_name", help="Hub dataset configuration.")
+    data.add_argument("--celeba_dir", help=f"A raw CelebA download (default without a source: {DEFAULT_CELEBA_DIR}).")
+    data.add_argument("--train_dir", help="An image folder (one subfolder per class, or a metadata.csv with labels).")
+    data.add_argument("--validation_dir", help="The evaluation image folder for --train_dir (default: carved from it).")
+    data.add_argument("--image_column_name", default="image")
+    data.add_argument("--eval_split", default="validation", help="Split evaluated every epoch (best model selection).")
+    data.add_argument("--test_split", default="test", help='Split the selected model is scored on at the end ("" for none).')
+    data.add_argument("--max_train_samples", type=positive_int)
+    data.add_argument("--max_eval_samples", type=positive_int)
+    data.add_argument("--on_bad_image", choices=["raise", "skip"], default="raise")
+    data.add_argument("--preprocessing_num_workers", type=positive_int, help="Threads for the up-front image check.")
+    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
+    data.add_argument("--cache_dir")
+    labels = data.add_mutually_exclusive_group()
+    labels.add_argument("--label_column", help="One label column (single-label); default: celeb_id, then label.")
+    labels.add_argument("--label_columns", nargs="+", help="Multi-label columns; default: every CelebA attribute present.")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model_name_or_path", help="A run_mae.py output folder, or a facebook/vit-mae-* checkpoint.")
+    model.add_argument("--config_name", help="Config to train from scratch (without --model_name_or_path).")
+    model.add_argument("--image_processor_name", help="Image processor folder or Hub id (default: the model's).")
+    model.add_argument("--config_overrides", help='e.g. "hidden_dropout_prob=0.1" (config.update_from_string).')
+    model.add_argument("--dilation_rates", type=positive_int, nargs="*", help="Dilated branches; none for ViTMAE.")
+    model.add_argument("--dilated_context", choices=["full", "visible"])
+    model.add_argument("--classifier_pooling", choices=["mean", "cls"], default="mean", help="MAE: mean + fc_norm.")
+    model.add_argument("--drop_path_rate", type=probability, default=0.1, help="Stochastic depth (MAE ViT-B: 0.1).")
+    model.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
+    model.add_argument("--gradient_checkpointing", action="store_true")
+    model.add_argument("--revision", default="main")
+    model.add_argument("--token", help="Hub token for private models/datasets.")
+
+    optim = parser.add_argument_group("optimisation (MAE fine-tuning recipe)")
+    optim.add_argument("--base_learning_rate", type=positive_float, default=5e-4, help="lr = blr x batch / 256.")
+    optim.add_argument("--learning_rate", type=positive_float, help="Absolute peak lr; overrides --base_learning_rate.")
+    optim.add_argument("--layer_decay", type=positive_float, default=0.75, help="Layer-wise lr decay (1: none).")
+    optim.add_argument("--weight_decay", type=non_negative_float, default=0.05)
+    optim.add_argument("--adam_beta1", type=probability, default=0.9)
+    optim.add_argument("--adam_beta2", type=probability, default=0.999)
+    optim.add_argument("--label_smoothing", type=probability, default=0.1, help="Single-label only.")
+    optim.add_argument("--mixup", type=non_negative_float, default=0.0, help="Mixup Beta alpha (MAE: 0.8; 0: off).")
+    optim.add_argument("--cutmix", type=non_negative_float, default=0.0, help="Cutmix Beta alpha (MAE: 1.0; 0: off).")
+    optim.add_argument("--mixup_prob", type=probability, default=1.0, help="Probability of mixing a batch.")
+    optim.add_argument("--mixup_switch_prob", type=probability, default=0.5, help="Cutmix instead of mixup.")
+    optim.add_argument("--crop_scale_min", type=probability, default=0.08, help="RandomResizedCrop's smallest area.")
+    optim.add_argument("--warmup_epochs", type=non_negative_float, default=5.0)
+    optim.add_argument("--num_warmup_steps", type=non_negative_int, help="Overrides --warmup_epochs.")
+    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
+    optim.add_argument("--max_grad_norm", type=positive_float, help="Clip gradients (MAE fine-tuning: none).")
+    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"])
+    optim.add_argument("--num_train_epochs", type=positive_int, default=100)
+    optim.add_argument("--max_train_steps", type=positive_int, help="Optimizer steps; overrides --num_train_epochs.")
+    optim.add_argument("--per_device_train_batch_size", type=positive_int, default=32)
+    optim.add_argument("--per_device_eval_batch_size", type=positive_int, default=64)
+    optim.add_argument("--seed", type=int, default=0)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", default="outputs/dilated-vit-mae-classifier")
+    run.add_argument("--overwrite_output_dir", action="store_true")
+    run.add_argument("--checkpointing_steps", default="epoch", help='"epoch", a number of steps, or "no".')
+    run.add_argument("--checkpoints_total_limit", type=positive_int, default=2)
+    run.add_argument("--resume_from_checkpoint", help='A checkpoint folder or "latest".')
+    run.add_argument("--logging_steps", type=positive_int, default=10)
+    run.add_argument("--with_tracking", action="store_true")
+    run.add_argument("--report_to", default="tensorboard")
+    run.add_argument("--hub_model_id", help="The repository id the model card names (nothing is pushed).")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded (secrets redacted) in all_results.json
+
+    sources = [s for s in (args.dataset_name, args.celeba_dir, args.train_dir) if s]
+    if len(sources) > 1:
+        parser.error("Give one data source: --dataset_name, --celeba_dir or --train_dir.")
+    if args.validation_dir and not args.train_dir:
+        parser.error("--validation_dir goes with --train_dir (the other sources have their own validation split).")
+    if not sources:
+        args.celeba_dir = str(DEFAULT_CELEBA_DIR)
+    if not args.model_name_or_path and not args.config_name:
+        parser.error("Give --model_name_or_path (a pre-training checkpoint) or --config_name (to train from scratch).")
+    if any(rate < 2 for rate in args.dilation_rates or ()):
+        parser.error(f"--dilation_rates must be >= 2 (none at all for ViTMAE), got {args.dilation_rates}.")
+    if args.drop_path_rate >= 1:
+        parser.error(f"--drop_path_rate must be in [0, 1), got {args.drop_path_rate}.")
+    if args.layer_decay > 1:
+        parser.error(f"--layer_decay must be in (0, 1] (1 disables it), got {args.layer_decay}.")
+    if args.checkpointing_steps not in ("epoch", "no") and not args.checkpointing_steps.isdigit():
+        parser.error(f'--checkpointing_steps must be "epoch", "no" or a number, got {args.checkpointing_steps!r}.')
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_splits(args: argparse.Namespace) -> datasets.DatasetDict:
+    """train / `--eval_split` / `--test_split` (where present) from the data source, with `--max_*_samples`."""
+    kwargs = dict(
+        config_name=args.dataset_config_name, on_bad_image=args.on_bad_image,
+        num_workers=args.preprocessing_num_workers, cache_dir=args.cache_dir, token=args.token,
+    )  # fmt: skip
+    if args.validation_dir:
+        # two folders: nothing is carved out of either
+        train = load_celeba(args.train_dir, validation_fraction=0.0, test_fraction=0.0, **kwargs)["train"]
+        evaluation = load_celeba(args.validation_dir, validation_fraction=0.0, test_fraction=0.0, **kwargs)["train"]
+        splits = {"train": train, args.eval_split: evaluation}
+    else:
+        splits = dict(load_celeba(args.dataset_name or args.celeba_dir or args.train_dir, **kwargs))
+    for split in ("train", args.eval_split):
+        if split not in splits or len(splits[split]) == 0:
+            raise ValueError(f"The data has no (or an empty) {split!r} split; it has {sorted(splits)}. Pass --eval_split.")
+    if args.image_column_name not in splits["train"].column_names:
+        raise ValueError(
+            f"--image_column_name {args.image_column_name!r} is not a column; there are {splits['train'].column_names}."
+        )
+    output = {"train": _select(splits["train"], args.max_train_samples)}
+    output[args.eval_split] = _select(splits[args.eval_split], args.max_eval_samples)
+    if args.test_split and len(splits.get(args.test_split) or []) > 0 and args.test_split != args.eval_split:
+        output[args.test_split] = _select(splits[args.test_split], args.max_eval_samples)
+    return datasets.DatasetDict(output)
+
+
+def _select(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
+    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
+
+
+def image_dataset(dataset: datasets.Dataset, transform, image_column: str) -> datasets.Dataset:
+    """Images only, with each example's index (which fixes its augmentation and finds its labels)."""
+    dataset = dataset.select_columns([image_column]).add_column("sample_index", list(range(len(dataset))))
+    dataset.set_transform(transform)
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_config(args: argparse.Namespace, labels: LabelSpec) -> DilatedViTMAEConfig:
+    """The pre-training config (ours, or a ViTMAE one read as ours), with the classifier's fields."""
+    name = args.model_name_or_path or args.config_name
+    config = DilatedViTMAEConfig.from_pretrained(name, revision=args.revision, token=args.token, cache_dir=args.cache_dir)
+    if args.config_overrides:
+        config.update_from_string(args.config_overrides)
+    if args.dilation_rates is not None:
+        config.dilation_rates = tuple(args.dilation_rates)
+    if args.dilated_context is not None:
+        config.dilated_context = args.dilated_context
+    config.drop_path_rate = args.drop_path_rate
+    config.classifier_pooling = args.classifier_pooling
+    config.mask_ratio = 0.0  # a classifier encodes whole images; AutoModel on its folder then gives whole-image features
+    config.id2label, config.label2id = labels.id2label, labels.label2id
+    config.problem_type = labels.problem_type
+    config._validate_dilated_vit_mae()
+    return config
+
+
+def build_model(args: argparse.Namespace, config: DilatedViTMAEConfig) -> DilatedViTMAEForImageClassification:
+    kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    if args.model_name_or_path:
+        model = load_classifier(
+            args.model_name_or_path, config, revision=args.revision, token=args.token, cache_dir=args.cache_dir, **kwargs
+        )
+    else:
+        model = DilatedViTMAEForImageClassification._from_config(config, **kwargs)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def load_image_processor(args: argparse.Namespace, config: DilatedViTMAEConfig) -> DilatedViTMAEImageProcessor:
+    """The checkpoint's processor (ours, or e.g. ViTMAE's) as our processor, so that the folder is self-contained; else
+    the config's size and channels with ImageNet mean and std."""
+    name = args.image_processor_name or args.model_name_or_path or args.config_name
+    try:
+        processor = AutoImageProcessor.from_pretrained(name, token=args.token, revision=args.revision, cache_dir=args.cache_dir)
+        return as_our_image_processor(processor)
+    except (OSError, ValueError) as error:
+        height, width = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
+        logger.warning(f"No usable image processor in {name} ({error}); resizing to {height}x{width}, ImageNet mean/std.")
+        return DilatedViTMAEImageProcessor(
+            size={"shortest_edge": min(height, width)}, crop_size={"height": height, "width": width},
+            num_channels=config.num_channels,
+        )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Optimizer and schedule
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_optimizer(args: argparse.Namespace, model, num_processes: int, num_train: int) -> dict[str, Any]:
+    """AdamW over MAE's layer-decayed groups, and the step counts of the cosine schedule with warmup."""
+    effective_batch_size = args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps
+    learning_rate = args.learning_rate or args.base_learning_rate * effective_batch_size / 256
+    groups = apply_lr_scale(param_groups_lrd(model, args.weight_decay, args.layer_decay), learning_rate)
+    for group in groups:
+        group.pop("param_names")
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+    batches_per_process = math.ceil(num_train / (args.per_device_train_batch_size * num_processes))
+    steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    warmup = args.num_warmup_steps if args.num_warmup_steps is not None else round(args.warmup_epochs * steps_per_epoch)
+    if warmup > max_train_steps:
+        logger.warning(f"{warmup} warmup steps exceed the run's {max_train_steps} steps; warming up over all of them.")
+        warmup = max_train_steps
+    # the prepared scheduler steps once per process at every optimizer step (accelerate's convention)
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, warmup * num_processes, max_train_steps * num_processes)
+    return {
+        "optimizer": optimizer, "lr_scheduler": lr_scheduler, "learning_rate": learning_rate,
+        "effective_batch_size": effective_batch_size, "steps_per_epoch": steps_per_epoch,
+        "max_train_steps": max_train_steps, "num_epochs": math.ceil(max_train_steps / steps_per_epoch),
+        "num_warmup_steps": warmup,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training and evaluation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def train_step(args, accelerator, model, batch, targets, plan, mixup: MixupCutmix, labels: LabelSpec, draw: tuple) -> torch.Tensor:
+    """One (micro-)batch: mixup / cutmix, forward, loss, backward, and the optimizer step when gradients sync."""
+    pixel_values = batch["pixel_values"]
+    if mixup.enabled:
+        pixel_values, targets = mixup(pixel_values, targets, batch_rng(*draw))
+    # the model's own randomness (drop path) is a function of the batch, not of the history of the global RNG
+    torch.manual_seed(stable_seed(DROP_PATH_STREAM, *draw))
+    with accelerator.accumulate(model):
+        logits = model(pixel_values=pixel_values).logits
+        loss = classification_loss(logits, targets, labels.task, args.label_smoothing)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        plan["optimizer"].step()
+        plan["lr_scheduler"].step()
+        plan["optimizer"].zero_grad()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate(accelerator, model, dataloader, references: torch.Tensor, train_labels: torch.Tensor, labels: LabelSpec) -> dict:
+    """The split's accuracy (single-label) or mean attribute accuracy (multi-label), the majority-class floor and the
+    loss, on the main process (`{}` elsewhere)."""
+    model.eval()
+    logits, indices = [], []
+    for batch in dataloader:
+        batch_logits = model(pixel_values=batch["pixel_values"]).logits.float()
+        batch_logits, batch_indices = accelerator.gather_for_metrics((batch_logits.contiguous(), batch["sample_index"]))
+        logits.append(batch_logits.cpu())
+        indices.append(batch_indices.cpu())
+    model.train()
+    if not accelerator.is_main_process:
+        return {}
+    logits = torch.cat(logits)[torch.cat(indices).argsort()]  # dataset order
+    if labels.task == "multi_label":
+        predictions, valid = (logits > 0).long(), slice(None)
+    else:
+        predictions, valid = logits.argmax(dim=-1), references >= 0  # -1: a class never seen in training
+    scores = probe_scores(
+        predictions, references, task=labels.task, train_labels=train_labels, attribute_names=labels.columns
+    )
+    scores["loss"] = classification_loss(logits[valid], references[valid], labels.task).item()
+    return scores
+
+
+def metric_name(labels: LabelSpec) -> str:
+    return "mean_attribute_accuracy" if labels.task == "multi_label" else "accuracy"
+
+
+def save_best(accelerator, model, checkpoints_dir: Path) -> None:
+    """The model's weights and config into `checkpoints/best`, replaced atomically (every process must call this)."""
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        temporary, final = checkpoints_dir / f".tmp-{BEST_DIR}", checkpoints_dir / BEST_DIR
+        shutil.rmtree(temporary, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(temporary, state_dict=state_dict, save_function=accelerator.save)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temporary, final)
+    accelerator.wait_for_everyone()
+
+
+def load_best(accelerator, model, checkpoints_dir: Path) -> None:
+    state_dict = safetensors.torch.load_file(str(checkpoints_dir / BEST_DIR / "model.safetensors"))
+    accelerator.unwrap_model(model).load_state_dict(state_dict)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def dataset_facts(args: argparse.Namespace, splits: datasets.DatasetDict) -> dict[str, Any]:
+    source = args.dataset_name or args.celeba_dir or args.train_dir
+    local = Path(source).expanduser()
+    if args.celeba_dir and local.resolve() == DEFAULT_CELEBA_DIR.resolve():
+        name, description = "celeba_sample", "the project's 56-image stand-in in CelebA's layout (not CelebA)"
+    else:
+        name, description = args.dataset_name or local.name, None
+    return {
+        "name": name,
+        "description": description,
+        "hub_id": args.dataset_name,
+        "config_name": args.dataset_config_name,
+        "source": str(source),
+        "validation_dir": args.validation_dir,
+        **{f"{split}_samples": len(dataset) for split, dataset in splits.items()},
+    }
+
+
+def run_summary(args, accelerator, splits, labels: LabelSpec, plan: dict, state: dict, final: dict) -> dict[str, Any]:
+    """`all_results.json`: what the run did and measured; the model card is rendered from it."""
+    metric = metric_name(labels)
+    script = "scripts/run_finetune.py"
+    return {
+        "task": labels.task,
+        "metric_name": metric,
+        "eval_split": args.eval_split,
+        **{f"eval_{key}": value for key, value in state["best_scores"].items()},
+        "best_epoch": state["best_epoch"],
+        "best_step": state["best_step"],
+        "last_eval": state["history"][-1] if state["history"] else None,
+        "eval_history": state["history"],
+        **({"test_split": args.test_split, **{f"test_{k}": v for k, v in final.items()}} if final else {}),
+        "labels": {"task": labels.task, "num_labels": labels.num_labels, "columns": labels.columns},
+        "global_step": state["global_step"],
+        "epochs": plan["num_epochs"],
+        "num_processes": accelerator.num_processes,
+        "effective_batch_size": plan["effective_batch_size"],
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "learning_rate": plan["learning_rate"],
+        "base_learning_rate": None if args.learning_rate else args.base_learning_rate,
+        "layer_decay": args.layer_decay,
+        "weight_decay": args.weight_decay,
+        "adam_betas": [args.adam_beta1, args.adam_beta2],
+        "warmup_steps": plan["num_warmup_steps"],
+        "drop_path_rate": args.drop_path_rate,
+        "classifier_pooling": args.classifier_pooling,
+        "label_smoothing": args.label_smoothing if labels.task == "single_label" else None,
+        "mixup": args.mixup,
+        "cutmix": args.cutmix,
+        "seed": args.seed,
+        "init": args.model_name_or_path,
+        "init_is_hub_id": bool(args.model_name_or_path) and not Path(args.model_name_or_path).expanduser().exists(),
+        "command": " ".join(["accelerate", "launch", script, *args.argv]),
+        "dataset": dataset_facts(args, splits),
+        "hardware": {
+            "device_type": accelerator.device.type,
+            "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "train_runtime_seconds": state["train_runtime_seconds"],
+        },
+        "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
+    }
+
+
+def save_folder(args, accelerator, model, image_processor, summary: dict) -> None:
+    """The publishable classifier folder: model (the selected weights), processor, code, all_results.json, README.md."""
+    output_dir = Path(args.output_dir)
+    accelerator.unwrap_model(model).save_pretrained(output_dir, save_function=accelerator.save)
+    image_processor.save_pretrained(output_dir)
+    summary = publishable(summary, secret_values(args))
+    write_publishable_json(output_dir / "all_results.json", summary, secrets=())
+    render_classifier_card(summary, repo_id=args.hub_model_id).save(output_dir / "README.md")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def setup_accelerator(args: argparse.Namespace) -> Accelerator:
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to if args.with_tracking else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
+        # seeded, epoch-aware shuffling (set_epoch), saved with the state: resume continues the same order
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    verbosity = "warning" if accelerator.is_local_main_process else "error"
+    getattr(datasets.utils.logging, f"set_verbosity_{verbosity}")()
+    getattr(transformers.utils.logging, f"set_verbosity_{verbosity}")()
+    return accelerator
+
+
+def prepare_data(args, accelerator, config, image_processor, labels: LabelSpec, splits) -> dict[str, Any]:
+    """Dataloaders of every split and each split's label tensor (indexed by `sample_index`)."""
+    crop = image_processor.crop_size
+    train_augmentation = SeededAugmentation(
+        MAETrainTransform(
+            (crop["height"], crop["width"]), image_mean=image_processor.image_mean, image_std=image_processor.image_std,
+            num_channels=config.num_channels, scale=(args.crop_scale_min, 1.0),
+        ),
+        args.seed, args.image_column_name,
+    )  # fmt: skip
+    eval_transform = IndexedTransform(MAEEvalTransform.from_image_processor(image_processor), args.image_column_name)
+    loader_kwargs = dict(collate_fn=collate_indexed, num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
+    loaders = {
+        "train": DataLoader(
+            image_dataset(splits["train"], train_augmentation, args.image_column_name), shuffle=True,
+            batch_size=args.per_device_train_batch_size, **loader_kwargs,
+        )
+    }  # fmt: skip
+    for split in splits:
+        if split != "train":
+            dataset = image_dataset(splits[split], eval_transform, args.image_column_name)
+            loaders[split] = DataLoader(dataset, batch_size=args.per_device_eval_batch_size, **loader_kwargs)
+    return {
+        "loaders": loaders,
+        "augmentation": train_augmentation,
+        "labels": {split: labels.encode(dataset) for split, dataset in splits.items()},
+    }
+
+
+def resume(args, accelerator, checkpoints: CheckpointManager, effective_batch_size: int) -> dict[str, Any]:
+    """The trainer state to start from: a fresh one, or the checkpoint's (after `load_state`)."""
+    state = {
+        "global_step": 0, "epoch": 0, "batches_done_in_epoch": 0, "best_metric": -math.inf, "best_scores": {},
+        "best_epoch": None, "best_step": None, "history": [],
+    }  # fmt: skip
+    if not args.resume_from_checkpoint:
+        return state
+    checkpoint = checkpoints.resolve(args.resume_from_checkpoint)
+    accelerator.load_state(str(checkpoint))
+    state.update(json.loads((checkpoint / "trainer_state.json").read_text()))
+    if state["num_processes"] != accelerator.num_processes or state["effective_batch_size"] != effective_batch_size:
+        logger.warning(
+            f"Resuming a run saved with {state['num_processes']} processes and effective batch "
+            f"{state['effective_batch_size']} on {accelerator.num_processes} / {effective_batch_size}: the run "
+            "continues, but it will not reproduce the uninterrupted one."
+        )
+    logger.info(f"resumed from {checkpoint} at step {state['global_step']} (epoch {state['epoch']})")
+    return state
+
+
+def check_output_dir(args: argparse.Namespace, checkpoints: CheckpointManager) -> None:
+    if not args.resume_from_checkpoint and not args.overwrite_output_dir and checkpoints.latest() is not None:
+        raise FileExistsError(
+            f"{args.output_dir} already has checkpoints; pass --resume_from_checkpoint latest to continue, or "
+            "--overwrite_output_dir to start over."
+        )
+
+
+def main(args: argparse.Namespace) -> Path:
+    # ---- accelerator, seed -------------------------------------------------------------------------------------------
+    accelerator = setup_accelerator(args)
+    checkpoints = CheckpointManager(Path(args.output_dir) / "checkpoints", args.checkpoints_total_limit)
+    check_output_dir(args, checkpoints)
+    set_seed(args.seed)
+
+    # ---- data, labels, model -----------------------------------------------------------------------------------------
+    with accelerator.main_process_first():
+        splits = load_splits(args)
+    labels = resolve_labels(splits["train"], args.label_column, args.label_columns)
+    config = build_config(args, labels)
+    model = build_model(args, config)
+    image_processor = load_image_processor(args, config)
+    data = prepare_data(args, accelerator, config, image_processor, labels, splits)
+    logger.info(f"{labels.task}: {labels.num_labels} labels from {labels.columns[:3]}{'...' if len(labels.columns) > 3 else ''}")
+
+    # ---- optimizer, schedule, prepare, resume ------------------------------------------------------------------------
+    plan = build_optimizer(args, model, accelerator.num_processes, len(splits["train"]))
+    model, plan["optimizer"], plan["lr_scheduler"], *loaders = accelerator.prepare(
+        model, plan["optimizer"], plan["lr_scheduler"], *data["loaders"].values()
+    )
+    data["loaders"] = dict(zip(data["loaders"], loaders))
+    if args.with_tracking:
+        accelerator.init_trackers("dilated_vit_mae_finetune", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    state = resume(args, accelerator, checkpoints, plan["effective_batch_size"])
+
+    # ---- loop, evaluate every epoch, keep the best -------------------------------------------------------------------
+    state["train_runtime_seconds"] = train(args, accelerator, model, plan, data, labels, checkpoints, state)
+
+    # ---- the selected model, its test score, the folder --------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    load_best(accelerator, model, checkpoints.checkpoints_dir)
+    final = {}
+    if args.test_split in data["loaders"]:
+        final = evaluate(accelerator, model, data["loaders"][args.test_split], data["labels"][args.test_split],
+                         data["labels"]["train"], labels)  # fmt: skip
+    if accelerator.is_main_process:
+        save_folder(args, accelerator, model, image_processor, run_summary(args, accelerator, splits, labels, plan, state, final))
+        logger.info(f"saved the classifier (best epoch {state['best_epoch']}) to {args.output_dir}")
+    accelerator.end_training()
+    return Path(args.output_dir)
+
+
+def train(args, accelerator, model, plan, data, labels: LabelSpec, checkpoints: CheckpointManager, state: dict) -> float:
+    """The training loop, from `state` (updated in place); returns the seconds it ran."""
+    train_loader, train_labels = data["loaders"]["train"], data["labels"]["train"]
+    max_train_steps, num_epochs = plan["max_train_steps"], plan["num_epochs"]
+    mixup = MixupCutmix(
+        args.mixup, args.cutmix, num_classes=labels.num_labels, task=labels.task, prob=args.mixup_prob,
+        switch_prob=args.mixup_switch_prob, label_smoothing=args.label_smoothing,
+    )  # fmt: skip
+    progress = tqdm(total=max_train_steps, initial=state["global_step"], disable=not accelerator.is_local_main_process)
+    start, start_epoch = time.perf_counter(), state["epoch"]
+
+    def save_checkpoint(epoch: int, batches_done: int) -> None:
+        trainer_state = {
+            **{key: state[key] for key in ("global_step", "best_metric", "best_scores", "best_epoch", "best_step", "history")},
+            "epoch": epoch, "batches_done_in_epoch": batches_done, "num_processes": accelerator.num_processes,
+            "effective_batch_size": plan["effective_batch_size"], "max_train_steps": max_train_steps,
+        }  # fmt: skip
+        checkpoints.save(accelerator, state["global_step"], trainer_state)
+
+    for epoch in range(start_epoch, num_epochs):
+        if state["global_step"] >= max_train_steps:
+            break
+        model.train()
+        data["augmentation"].epoch = epoch
+        train_loader.set_epoch(epoch)
+        skip = state["batches_done_in_epoch"] if epoch == start_epoch else 0
+        batches_done, at_epoch_end = skip, False
+        for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
+            targets = train_labels[batch["sample_index"].cpu()].to(accelerator.device)
+            draw = (args.seed, epoch, batches_done, accelerator.process_index)
+            loss = train_step(args, accelerator, model, batch, targets, plan, mixup, labels, draw)
+            batches_done += 1
+            if not accelerator.sync_gradients:
+                continue
+            state["global_step"] += 1
+            progress.update(1)
+            step_loss = accelerator.reduce(loss.float(), reduction="mean").item()
+            if not math.isfinite(step_loss):
+                raise RuntimeError(
+                    f"Loss is {step_loss} at step {state['global_step']}; lower the learning rate, then resume from "
+                    f"{checkpoints.latest() or 'the start (no checkpoint yet)'} with --resume_from_checkpoint."
+                )
+            if state["global_step"] % args.logging_steps == 0 or state["global_step"] == max_train_steps:
+                lr = plan["lr_scheduler"].get_last_lr()[-1]  # the head's (the last group)
+                log(args, accelerator, {"train_loss": step_loss, "lr": lr, "epoch": epoch}, state["global_step"])
+            progress.set_postfix(loss=f"{step_loss:.4f}")
+            at_epoch_end = accelerator.gradient_state.end_of_dataloader
+            periodic = args.checkpointing_steps.isdigit() and state["global_step"] % int(args.checkpointing_steps) == 0
+            if periodic and not at_epoch_end:  # epoch ends are saved after the evaluation, below
+                save_checkpoint(epoch, batches_done)
+            if state["global_step"] >= max_train_steps:
+                break
+
+        # ---- evaluate, keep the best, then checkpoint the epoch (with the best so far in its state) ------------------
+        end_epoch_evaluation(args, accelerator, model, data, labels, checkpoints, state, epoch)
+        if args.checkpointing_steps != "no":
+            save_checkpoint(epoch + 1, 0) if at_epoch_end else save_checkpoint(epoch, batches_done)
+    progress.close()
+    return time.perf_counter() - start
+
+
+def log(args, accelerator, values: dict, step: int) -> None:
+    """To the trackers (`--with_tracking`) and OUTPUT_DIR/train_log.jsonl (numbers only: publishable as it is)."""
+    if args.with_tracking:
+        accelerator.log(values, step=step)
+    if accelerator.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        with (Path(args.output_dir) / "train_log.jsonl").open("a") as file:
+            file.write(json.dumps({"step": step, **values}) + "\n")
+
+
+def end_epoch_evaluation(args, accelerator, model, data, labels: LabelSpec, checkpoints, state: dict, epoch: int) -> None:
+    split = args.eval_split
+    scores = evaluate(accelerator, model, data["loaders"][split], data["labels"][split], data["labels"]["train"], labels)
+    metric = metric_name(labels)
+    shared = [scores.get(metric, 0.0), scores.get("loss", 0.0)]
+    accelerator.wait_for_everyone()
+    shared = accelerate.utils.broadcast_object_list(shared)  # every process decides alike whether this is the best
+    entry = {"epoch": epoch, "step": state["global_step"], metric: shared[0], "loss": shared[1]}
+    state["history"].append(entry)
+    logger.info(f"epoch {epoch}: eval {metric} {shared[0]:.4f}, loss {shared[1]:.4f}")
+    log(args, accelerator, {f"eval_{metric}": shared[0], "eval_loss": shared[1], "epoch": epoch}, state["global_step"])
+    if shared[0] > state["best_metric"]:
+        state.update(best_metric=shared[0], best_epoch=epoch, best_step=state["global_step"], best_scores=scores)
+        save_best(accelerator, model, checkpoints.checkpoints_dir)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,340 @@
+"""End-to-end tests of `scripts/run_finetune.py` with tiny 32 px models: the shipped CelebA sample's 40 attributes
+(multi-label) from one of our pre-training folders, image folders from a transformers ViTMAE checkpoint, exact resume
+after a crash, best-epoch selection, the published folder loading with and without the package, and bad arguments."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import safetensors.torch
+import torch
+
+from conftest import load_file, run_without_package
+from dilated_vit_mae import (
+    DilatedViTMAEConfig,
+    DilatedViTMAEForImageClassification,
+    DilatedViTMAEForPreTraining,
+    DilatedViTMAEImageProcessor,
+)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO_ROOT / "data" / "celeba_sample"
+FAKE_TOKEN = "hf_" + "Q" * 34
+
+
+@pytest.fixture
+def script():
+    return load_file("scripts/run_finetune.py")
+
+
+def processor_32() -> DilatedViTMAEImageProcessor:
+    return DilatedViTMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+
+@pytest.fixture
+def pretrained_dir(tmp_path, tiny_config_kwargs):
+    """What scripts/run_mae.py writes (pre-training head with its decoder, image processor), tiny and untrained."""
+    folder = tmp_path / "pretrained"
+    model = DilatedViTMAEForPreTraining(DilatedViTMAEConfig(**tiny_config_kwargs, dilation_rates=(2,)))
+    with torch.no_grad():
+        model.vit.embeddings.patch_embeddings.dilated_projections[0].weight.normal_(0, 0.05)
+    model.save_pretrained(folder)
+    processor_32().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def vit_mae_dir(tmp_path):
+    """A transformers ViTMAEForPreTraining with its PIL processor: an offline stand-in for facebook/vit-mae-base."""
+    from transformers import ViTImageProcessorPil, ViTMAEConfig, ViTMAEForPreTraining
+
+    folder = tmp_path / "vit-mae"
+    config = ViTMAEConfig(
+        image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=4, decoder_intermediate_size=64,
+    )  # fmt: skip
+    ViTMAEForPreTraining(config).save_pretrained(folder)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def image_folders(tmp_path):
+    """Two classes a classifier can learn in a few steps: reddish and bluish noise, in class subfolders."""
+    rng = np.random.default_rng(0)
+    roots = {}
+    for split, count in (("train", 12), ("val", 6)):
+        for name, channel in (("blue", 2), ("red", 0)):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)
+                pixels[..., channel] += 120
+                PIL.Image.fromarray(pixels).save(folder / f"{i}.png")
+        roots[split] = tmp_path / split
+    return roots
+
+
+def argv(model_dir, output_dir, *extra) -> list[str]:
+    return [
+        "--model_name_or_path", str(model_dir),
+        "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "8",
+        "--per_device_eval_batch_size", "8",
+        "--learning_rate", "2e-3",
+        "--num_warmup_steps", "1",
+        "--num_train_epochs", "3",
+        "--logging_steps", "1",
+        "--seed", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+def reset_accelerate_state() -> None:
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def train_losses(output_dir) -> dict[int, float]:
+    """The last logged training loss of each step (a resumed run logs the steps after its checkpoint again)."""
+    losses = {}
+    for line in (Path(output_dir) / "train_log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if "train_loss" in entry:
+            losses[entry["step"]] = entry["train_loss"]
+    return losses
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(Path(path) / "model.safetensors"))
+
+
+def assert_same_weights(first, second):
+    first, second = weights(first), weights(second)
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0, msg=key)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CelebA attributes, from our pre-training folder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_celeba_attributes_from_our_pretraining_folder(script, pretrained_dir, tmp_path, reset_accelerate):
+    output_dir = tmp_path / "out"
+    script.main(script.parse_args(argv(pretrained_dir, output_dir, "--num_train_epochs", "4", "--token", FAKE_TOKEN)))
+    results = json.loads((output_dir / "all_results.json").read_text())
+
+    # multi-label on the 40 attributes, scored by the mean of per-attribute accuracies; the best epoch is selected
+    assert results["task"] == "multi_label" and results["labels"]["num_labels"] == 40
+    history = [entry["mean_attribute_accuracy"] for entry in results["eval_history"]]
+    assert len(history) == 4 and results["best_epoch"] == int(np.argmax(history))
+    assert results["eval_mean_attribute_accuracy"] == max(history)
+    assert 0 < results["test_mean_attribute_accuracy"] <= 1 and results["test_split"] == "test"
+    assert_same_weights(output_dir, output_dir / "checkpoints" / "best")
+
+    # the loss falls
+    losses = train_losses(output_dir)
+    assert sorted(losses) == list(range(1, 21))  # 40 images / batch 8 = 5 steps x 4 epochs
+    assert np.mean([losses[s] for s in range(16, 21)]) < np.mean([losses[s] for s in range(1, 6)])
+
+    # the folder is a classifier: MAE's fine-tuning head, labels named, and the reported figure is reproducible
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(output_dir).eval()
+    assert isinstance(model, DilatedViTMAEForImageClassification) and model.fc_norm is not None
+    assert model.config.id2label[0] == "5_o_Clock_Shadow" and model.config.label2id["Young"] == 39
+    assert model.config.problem_type == "multi_label_classification" and model.config.drop_path_rate == 0.1
+    processor = AutoImageProcessor.from_pretrained(output_dir)
+    names = [f"{i:06d}.jpg" for i in range(41, 49)]  # the sample's validation split
+    images = [PIL.Image.open(SAMPLE_DIR / "img_align_celeba" / name) for name in names]
+    with torch.no_grad():
+        predictions = (model(**processor(images, return_tensors="pt")).logits > 0).numpy()
+    rows = {line.split()[0]: line.split()[1:] for line in (SAMPLE_DIR / "list_attr_celeba.txt").read_text().splitlines()[2:]}
+    references = (np.array([[int(v) for v in rows[name]] for name in names]) + 1) // 2
+    assert (predictions == references).mean(axis=0).mean() == pytest.approx(results["eval_mean_attribute_accuracy"])
+
+    # nothing secret or local is published
+    for name in ("README.md", "all_results.json", "train_log.jsonl", "config.json"):
+        text = (output_dir / name).read_text()
+        assert FAKE_TOKEN not in text and str(tmp_path) not in text, name
+    card = (output_dir / "README.md").read_text()
+    assert "pipeline_tag: image-classification" in card and f"{results['eval_mean_attribute_accuracy']:.4f}" in card
+
+    # a second run into the same folder must say whether to resume or start over
+    reset_accelerate_state()
+    with pytest.raises(FileExistsError, match="--resume_from_checkpoint latest"):
+        script.main(script.parse_args(argv(pretrained_dir, output_dir)))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Resume and best-epoch selection
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(script, pretrained_dir, tmp_path, monkeypatch, reset_accelerate):
+    # single-label (the sample's 3 identities) with every random draw of the recipe switched on
+    common = ["--label_column", "celeb_id", "--mixup", "0.8", "--cutmix", "1.0", "--drop_path_rate", "0.2",
+              "--checkpointing_steps", "2", "--checkpoints_total_limit", "3"]  # fmt: skip
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    script.main(script.parse_args(argv(pretrained_dir, uninterrupted, *common)))
+
+    reset_accelerate_state()
+    real_train_step, calls = script.train_step, []
+
+    def crash_at_step_seven(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 7:
+            raise RuntimeError("simulated crash")
+        return real_train_step(*args, **kwargs)
+
+    monkeypatch.setattr(script, "train_step", crash_at_step_seven)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        script.main(script.parse_args(argv(pretrained_dir, interrupted, *common)))
+    assert (interrupted / "checkpoints" / "step_6").is_dir()  # mid-epoch 1 (5 steps per epoch), after epoch 0's eval
+    monkeypatch.setattr(script, "train_step", real_train_step)
+    reset_accelerate_state()
+    script.main(script.parse_args(argv(pretrained_dir, interrupted, *common, "--resume_from_checkpoint", "latest")))
+
+    assert_same_weights(interrupted / "checkpoints" / "step_15", uninterrupted / "checkpoints" / "step_15")
+    assert_same_weights(interrupted, uninterrupted)
+    assert train_losses(interrupted) == train_losses(uninterrupted)
+    first, second = (json.loads((folder / "all_results.json").read_text()) for folder in (uninterrupted, interrupted))
+    assert first["eval_history"] == second["eval_history"] and first["best_epoch"] == second["best_epoch"]
+    assert first["task"] == "single_label" and first["labels"]["num_labels"] == 3 and "eval_accuracy" in first
+
+
+def test_the_best_epoch_is_the_published_model(script, pretrained_dir, tmp_path, monkeypatch, reset_accelerate):
+    real_evaluate, scripted = script.evaluate, iter([0.3, 0.9, 0.6])
+
+    def evaluate_with_scripted_accuracy(*args, **kwargs):
+        scores = real_evaluate(*args, **kwargs)
+        return {**scores, "mean_attribute_accuracy": next(scripted, scores["mean_attribute_accuracy"])}
+
+    monkeypatch.setattr(script, "evaluate", evaluate_with_scripted_accuracy)
+    output_dir = tmp_path / "out"
+    script.main(script.parse_args(argv(pretrained_dir, output_dir, "--checkpoints_total_limit", "5")))
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["best_epoch"] == 1 and results["best_step"] == 10 and results["eval_mean_attribute_accuracy"] == 0.9
+    assert [entry["mean_attribute_accuracy"] for entry in results["eval_history"]] == [0.3, 0.9, 0.6]
+    # the published weights are epoch 1's (saved at its end, step 10), not the last epoch's
+    assert_same_weights(output_dir, output_dir / "checkpoints" / "step_10")
+    with pytest.raises(AssertionError):
+        assert_same_weights(output_dir, output_dir / "checkpoints" / "step_15")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Image folders, a transformers ViTMAE checkpoint, training from scratch
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_image_folders_from_a_vit_mae_checkpoint(script, vit_mae_dir, image_folders, tmp_path, reset_accelerate):
+    output_dir = tmp_path / "out"
+    extra = ["--train_dir", str(image_folders["train"]), "--validation_dir", str(image_folders["val"]),
+             "--dilation_rates", "--num_train_epochs", "6", "--per_device_train_batch_size", "6"]  # fmt: skip
+    script.main(script.parse_args(argv(vit_mae_dir, output_dir, *extra)))
+    results = json.loads((output_dir / "all_results.json").read_text())
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "blue", "1": "red"} and config["label2id"] == {"blue": 0, "red": 1}
+    assert config["model_type"] == "dilated_vit_mae" and config["dilation_rates"] == []  # plain ViTMAE
+    assert results["task"] == "single_label" and results["dataset"]["validation_samples"] == 12
+    assert "test_split" not in results  # two folders: nothing carved out for a test split
+    losses = train_losses(output_dir)
+    assert np.mean(list(losses.values())[-4:]) < np.mean(list(losses.values())[:4])
+    assert results["eval_accuracy"] > results["eval_majority_baseline"] == 0.5
+
+
+def test_training_from_scratch_with_a_config(script, tmp_path, tiny_config_kwargs, reset_accelerate):
+    config_dir = tmp_path / "config"
+    DilatedViTMAEConfig(**tiny_config_kwargs).save_pretrained(config_dir)
+    processor_32().save_pretrained(config_dir)
+    output_dir = tmp_path / "out"
+    args = argv(config_dir, output_dir, "--max_train_steps", "2", "--classifier_pooling", "cls")
+    args[args.index("--model_name_or_path")] = "--config_name"
+    script.main(script.parse_args(args))
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["init"] is None and results["global_step"] == 2 and results["classifier_pooling"] == "cls"
+    assert "random initialisation" in (output_dir / "README.md").read_text()
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import PIL.Image
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline
+
+    folder, image_path, expected_path = sys.argv[1:]
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+    image = PIL.Image.open(image_path)
+    with torch.no_grad():
+        logits = model(**processor(image, return_tensors="pt")).logits
+    np.testing.assert_allclose(logits.numpy(), np.load(expected_path), atol=1e-5)
+    classify = pipeline("image-classification", model=folder, trust_remote_code=True)
+    best = classify(image, top_k=1)[0]
+    assert best["label"] == model.config.id2label[int(logits.argmax())], best
+    print("OK", best["label"])
+    """
+)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch + transformers: ~10 s
+def test_published_classifier_loads_without_the_package(script, pretrained_dir, image_folders, tmp_path, reset_accelerate):
+    output_dir = tmp_path / "out"
+    extra = ["--train_dir", str(image_folders["train"]), "--validation_dir", str(image_folders["val"]), "--max_train_steps", "2"]
+    script.main(script.parse_args(argv(pretrained_dir, output_dir, *extra)))
+    image_path = next((image_folders["val"] / "red").iterdir())
+    model = DilatedViTMAEForImageClassification.from_pretrained(output_dir).eval()
+    with torch.no_grad():
+        expected = model(**DilatedViTMAEImageProcessor.from_pretrained(output_dir)(PIL.Image.open(image_path), return_tensors="pt")).logits
+    np.save(tmp_path / "expected.npy", expected.numpy())
+    (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
+    result = run_without_package([tmp_path / "remote.py", output_dir, image_path, tmp_path / "expected.npy"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("OK ") and result.stdout.split()[1] in ("blue", "red")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--learning_r", "1e-3"], "unrecognized arguments: --learning_r"),  # no abbreviations (allow_abbrev=False)
+        (["--per_device_train_batch_size", "0"], "must be a positive integer, got '0'"),
+        (["--num_train_epochs", "-1"], "must be a positive integer"),
+        (["--learning_rate", "nan"], "must be a positive number"),
+        (["--label_smoothing", "1.5"], "must be a number in [0, 1]"),
+        (["--drop_path_rate", "1"], "--drop_path_rate must be in [0, 1)"),
+        (["--layer_decay", "2"], "--layer_decay must be in (0, 1]"),
+        (["--dilation_rates", "1"], "--dilation_rates must be >= 2"),
+        (["--validation_dir", "val"], "--validation_dir goes with --train_dir"),
+        (["--train_dir", "a", "--celeba_dir", "b"], "Give one data source"),
+        (["--checkpointing_steps", "often"], "--checkpointing_steps must be"),
+        (["--label_column", "a", "--label_columns", "b"], "not allowed with argument"),
+    ],
+)
+def test_bad_arguments_are_rejected_when_parsed(script, extra, message, capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args(["--model_name_or_path", "m", *extra])
+    assert message in capsys.readouterr().err
+
+
+def test_a_model_or_a_config_is_required(script, capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args([])
+    assert "Give --model_name_or_path" in capsys.readouterr().err
