@@ -11,15 +11,20 @@ What the card reads from the folder (all written by `scripts/run_mae.py`):
   `num_attributes`, `num_train_samples`, `num_eval_samples`;
 - `eval/reconstructions.png`, `examples/*` and `assets/tokenizer_diagram.png`, if present.
 
-Nothing the run did not measure is written: a missing figure leaves its line out. Not Hub code (the Hub never runs it).
+Nothing the run did not measure is written: a missing figure leaves its line out, and every figure comes from those
+files (the template holds none). The evaluation shows the model beside the trivial predictors `all_results.json` scored
+on the same masks (`eval_baseline_*`), and says which figures use a statistic of the masked target (`eval_oracle_*`).
+Nothing published holds a secret or a local path: what the card shows of the results is redacted by value and its
+paths reduced to names (`dilated_vit_mae.redaction`). Not Hub code (the Hub never runs it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_dilated_vit_mae import DilatedViTMAEConfig
 from .modeling_dilated_vit_mae import centred_padding, to_2tuple
+from .redaction import publishable, redact, secret_values
 
 
 # the template is the repository's `model_card.md`; the package holds it (a link in the source tree, a copy in wheels)
@@ -373,7 +379,10 @@ def write_card_assets(
 
 
 def redact_command(command: str | Sequence[str]) -> str:
-    """A command line with the values of `--token`/`--hub_token` replaced by `***`."""
+    """
+    A command line with the values of `--token`/`--hub_token` replaced by `***`. This is by flag name only: redact by
+    value as well (`redaction.redact`), which also catches values after flags spelt otherwise.
+    """
     parts = shlex.split(command) if isinstance(command, str) else list(command)
     redacted = []
     hide_next = False
@@ -397,8 +406,9 @@ def is_rendered_card(path: str | os.PathLike) -> bool:
     return path.is_file() and RENDERED_MARKER in path.read_text(encoding="utf-8")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def _read_json(path: Path, secrets: Iterable[str]) -> dict[str, Any] | None:
+    """A results file as the card may show it: secrets redacted, local paths reduced to names."""
+    return publishable(json.loads(path.read_text()), secrets) if path.is_file() else None
 
 
 def _resolve_url(repo_id: str | None, revision: str | None, path: str) -> str:
@@ -406,6 +416,18 @@ def _resolve_url(repo_id: str | None, revision: str | None, path: str) -> str:
     if repo_id is None:
         return path
     return f"https://huggingface.co/{repo_id}/resolve/{revision or 'main'}/{path}"
+
+
+def _local_model_id(folder: Path) -> str:
+    """What a local card's snippets load: the folder as given when relative, else `path/to/<name>` (no local path)."""
+    if not folder.is_absolute() and ".." not in folder.parts:
+        return folder.as_posix()
+    return f"path/to/{folder.resolve().name}"
+
+
+def _is_hub_id(name: str | None) -> bool:
+    """Whether `name` reads as a Hub repository id (`namespace/name`) rather than a local folder."""
+    return bool(name) and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
 
 
 def _dataset_facts(results: dict[str, Any] | None) -> dict[str, Any]:
@@ -423,6 +445,7 @@ def _dataset_facts(results: dict[str, Any] | None) -> dict[str, Any]:
     name_md = f"[{hub_id}](https://huggingface.co/datasets/{hub_id})" if hub_id else f"`{name}`"
     facts = {
         "id": hub_id or name,
+        "source": dataset.get("source"),
         "name_md": name_md,
         "is_celeba": is_celeba,
         "trained_on": f"pre-trained on {name_md}" + (" (CelebA)" if is_celeba and "celeba" not in name.lower() else ""),
@@ -463,153 +486,175 @@ def _format(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def render_model_card(
-    folder: str | os.PathLike,
-    repo_id: str | None = None,
-    revision: str | None = None,
-    template_path: str | os.PathLike | None = None,
-    output_path: str | os.PathLike | None = None,
-    code_url: str | None = None,
-) -> ModelCard:
-    """
-    Render the repository's `model_card.md` for the publishable `folder` and write it to `folder/README.md`.
-
-    Args:
-        folder: a folder saved by `scripts/run_mae.py` (or by `save_pretrained`, for a card without training details).
-        repo_id (*optional*): the Hub repository; the usage snippets and the widget's images point at it. Without it,
-            they use the folder's path (a local card).
-        revision (*optional*): the commit the snippets pin (`revision=...`); without it they say `"main"` and ask the
-            reader to pin the commit they reviewed. `push_folder_to_hub` re-renders the card with the commit it made.
-        template_path (*optional*): defaults to `model_card.md` at the root of the project.
-        output_path (*optional*): where to write the card; defaults to `folder/README.md`.
-        code_url (*optional*): where the project's source is, for the `pip install` instructions.
-
-    Returns:
-        The `huggingface_hub.ModelCard` (also written to `output_path`).
-    """
-    folder = Path(folder)
-    template_path = Path(template_path) if template_path is not None else TEMPLATE_PATH
-    if not template_path.is_file():
-        raise FileNotFoundError(
-            f"The model card template {template_path} is missing; pass `template_path=` (it is `model_card.md` at the "
-            "root of the dilated-vit-mae source)."
-        )
-    config = DilatedViTMAEConfig.from_pretrained(folder)
-    results = _read_json(folder / "all_results.json")
-    probe = _read_json(folder / "linear_probe_results.json")
-    image_height, image_width = to_2tuple(config.image_size)
-    patch_height, patch_width = to_2tuple(config.patch_size)
-    num_patches = (image_height // patch_height) * (image_width // patch_width)
-    model_name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
-    model_id = repo_id or str(folder)
-
-    arch = {
-        "num_hidden_layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
-        "num_attention_heads": config.num_attention_heads,
-        "image_size": image_height if image_height == image_width else f"{image_height}x{image_width}",
-        "patch_size": patch_height if patch_height == patch_width else f"{patch_height}x{patch_width}",
-        "num_patches": num_patches, "decoder_num_hidden_layers": config.decoder_num_hidden_layers,
-        "decoder_hidden_size": config.decoder_hidden_size, "num_parameters": _num_parameters(folder),
-        "tokenizer_sentence": _tokenizer_sentence(config), "mask_ratio": config.mask_ratio,
-        "mask_percent": round(100 * config.mask_ratio), "norm_pix_loss": config.norm_pix_loss,
-        "dilated_context": config.dilated_context, "masking_mode": config.masking_mode,
-        "num_dilated_branches": len(config.dilation_rates),
+def _training_facts(results: dict[str, Any]) -> dict[str, Any]:
+    """The *Training details* of `all_results.json`."""
+    command = results.get("command")
+    learning_rate = results.get("learning_rate")
+    base_lr = results.get("base_learning_rate")
+    lr_text = _format(learning_rate) if learning_rate is not None else "as configured"
+    if base_lr is not None and learning_rate is not None:
+        lr_text += f" (base {_format(base_lr)} x {results['effective_batch_size']} / 256)"
+    betas = results.get("adam_betas")
+    init = results.get("init")
+    crop_scale = (results.get("augmentation") or {}).get("crop_scale")
+    return {
+        "global_step": results["global_step"], "epochs": results.get("epochs"),
+        "effective_batch_size": results.get("effective_batch_size"),
+        "per_device_train_batch_size": results.get("per_device_train_batch_size"),
+        "num_processes": results.get("num_processes", 1),
+        "gradient_accumulation_steps": results.get("gradient_accumulation_steps", 1),
+        "adam_betas": f"({betas[0]}, {betas[1]})" if betas else None,
+        "weight_decay": results.get("weight_decay"), "learning_rate_text": lr_text,
+        "warmup_steps": results.get("warmup_steps"), "init": init, "init_is_hub": _is_hub_id(init),
+        "seed": results.get("seed"),
+        "crop_scale_text": f"scale {crop_scale[0]} to {crop_scale[1]}" if crop_scale else None,
+        "command": redact_command(command) if command else "(not recorded)",
     }  # fmt: skip
-    dataset = _dataset_facts(results)
-    versions = dict((results or {}).get("versions") or {})
-    versions.setdefault("transformers", config.transformers_version or "5")
-    leakage = dilated_leakage(config)
-    if leakage is not None:
-        leakage = {
-            "pixels_percent": f"{100 * leakage['pixels']:.0f}", "patches_percent": f"{100 * leakage['patches']:.0f}",
-            "mask_percent": f"{100 * leakage['mask_ratio']:.0f}", "num_masks": leakage["num_masks"],
-        }  # fmt: skip
 
-    # ---- training, hardware --------------------------------------------------------------------------------------
-    training = hardware = None
-    if results is not None and "global_step" in results:
-        command = results.get("command")
-        learning_rate = results.get("learning_rate")
-        base_lr = results.get("base_learning_rate")
-        lr_text = _format(learning_rate) if learning_rate is not None else "as configured"
-        if base_lr is not None and learning_rate is not None:
-            lr_text += f" (base {_format(base_lr)} x {results['effective_batch_size']} / 256)"
-        betas = results.get("adam_betas")
-        training = {
-            "global_step": results["global_step"], "epochs": results.get("epochs"),
-            "effective_batch_size": results.get("effective_batch_size"),
-            "per_device_train_batch_size": results.get("per_device_train_batch_size"),
-            "num_processes": results.get("num_processes", 1),
-            "gradient_accumulation_steps": results.get("gradient_accumulation_steps", 1),
-            "adam_betas": f"({betas[0]}, {betas[1]})" if betas else None,
-            "weight_decay": results.get("weight_decay"), "learning_rate_text": lr_text,
-            "warmup_steps": results.get("warmup_steps"), "init": results.get("init"), "seed": results.get("seed"),
-            "command": redact_command(command) if command else "(not recorded)",
-        }  # fmt: skip
-        if results.get("hardware"):
-            hardware = {"text": _hardware_text(results["hardware"], results.get("num_processes"))}
 
-    # ---- evaluation ------------------------------------------------------------------------------------------------
-    eval_results: list[EvalResult] = []
-    evaluation = None
-    metric_rows = []
-    eval_split = dataset["eval_split"]
-    dataset_id = dataset["id"] or model_name
-    dataset_display = dataset["id"] or "evaluation data"
-    common = dict(dataset_type=dataset_id, dataset_name=dataset_display, dataset_split=eval_split)
-    if dataset.get("config_name"):
-        common["dataset_config"] = dataset["config_name"]
-    if results is not None:
-        for key, metric_type, metric_name, digits in (
-            ("eval_masked_patch_mse", "mse", "Masked-patch MSE", 4),
-            ("eval_psnr", "psnr", "PSNR (dB)", 4),
-        ):
-            if results.get(key) is not None:
-                value = float(results[key])
-                eval_results.append(
-                    EvalResult(task_type="image-to-image", task_name="Masked image reconstruction",
-                               metric_type=metric_type, metric_name=metric_name, metric_value=value, **common)
-                )  # fmt: skip
-                metric_rows.append({"name": metric_name, "value": _format(value, digits)})
-        if results.get("eval_loss") is not None:
-            metric_rows.append({"name": "Loss (training objective)", "value": _format(float(results["eval_loss"]))})
-    linear_probe = None
-    if probe is not None and probe.get("mean_attribute_accuracy") is not None:
-        accuracy = float(probe["mean_attribute_accuracy"])
-        percent = 100 * accuracy if accuracy <= 1.0 else accuracy
-        probe_split = probe.get("split") or probe.get("eval_split")
-        probe_dataset = probe.get("dataset") or dataset_id
-        probe_common = dict(dataset_type=probe_dataset, dataset_name=probe_dataset)
-        if probe_split:
-            probe_common["dataset_split"] = probe_split
-        eval_results.append(
-            EvalResult(task_type="image-classification", task_name="Linear probe on face attributes",
-                       metric_type="accuracy", metric_name="Mean attribute accuracy", metric_value=accuracy,
-                       **probe_common)
-        )  # fmt: skip
-        attributes = probe.get("num_attributes")
-        text = (
-            f"A linear classifier trained on the frozen encoder's features{' (%d attributes)' % attributes if attributes else ''}"
-            f" reaches a mean per-attribute accuracy of **{percent:.2f}%** on "
-            + (f"the `{probe_split}` split of " if probe_split else "")
-            + (f"`{probe_dataset}`." if probe_dataset != dataset["id"] else f"{dataset['name_md']}.")
-            + " CelebA papers report this mean of per-attribute accuracies (the majority-class floor is about 80%)."
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation: the model beside trivial predictors scored on the same masks
+# ----------------------------------------------------------------------------------------------------------------------
+
+# (results key suffix, model-index metric type or None, row name), in the table's order
+EVAL_METRICS = (
+    ("masked_patch_mse", "mse", "Masked-patch MSE"),
+    ("psnr", "psnr", "PSNR (dB)"),
+    ("loss", None, "Loss (training objective)"),
+    ("oracle_masked_patch_mse", "mse", "Masked-patch MSE, oracle"),
+    ("oracle_psnr", "psnr", "PSNR (dB), oracle"),
+)
+# (results key prefix, column, model-index `metric_config`): the predictors `scripts/run_mae.py` scores
+EVAL_PREDICTORS = (
+    ("eval_", "model", None),
+    ("eval_baseline_zeros_", "predict zeros", "baseline_predict_zeros"),
+    ("eval_baseline_visible_mean_", "visible-patch mean", "baseline_visible_patch_mean"),
+)
+ORACLE_CONFIG = "oracle_target_patch_statistics"
+
+
+def _target_statistics_text(results: dict[str, Any], norm_pix_loss: bool) -> str:
+    """Which reconstruction figures use a statistic of the masked target, said plainly."""
+    if not norm_pix_loss:
+        return (
+            "**No figure uses a statistic of the masked target:** the model predicts pixels, and they are scored as "
+            "they are."
         )
-        if not dataset["is_celeba"]:
-            text += " These labels are not CelebA's: the figure says nothing about CelebA."
-        linear_probe = {"text": text}
-        metric_rows.append({"name": "Linear probe: mean attribute accuracy", "value": f"{percent:.2f}%"})
-    if metric_rows:
-        evaluation = {
-            "split": eval_split,
-            "num_images": (results or {}).get("eval_samples", dataset.get("eval_samples")),
-            "mask_seed": (results or {}).get("eval_mask_seed"),
-            "rows": metric_rows,
-        }
+    if any(key.startswith("eval_oracle_") for key in results):
+        return (
+            "**Which figures use a statistic of the masked target.** The rows marked *oracle* map predictions back "
+            "to pixels with each removed patch's own mean and variance, which the model is not given (MAE's "
+            "visualisation), so they flatter every predictor. The loss does too, by definition (`norm_pix_loss`: "
+            "the error against each removed patch normalised by its own mean and variance, as in training). The plain "
+            "MSE and PSNR rows use only the mean and variance of the image's visible patches: they measure the model "
+            "alone."
+        )
+    return (
+        "**Which figures use a statistic of the masked target.** The MSE and PSNR: predictions are mapped back to "
+        "pixels with each masked patch's own mean and variance (`norm_pix_loss`, MAE's visualisation), which the model "
+        "is not given, so these figures overstate what it predicts on its own. The loss is `norm_pix_loss`'s, against "
+        "targets normalised by their own mean and variance."
+    )
 
-    # ---- widget: example inputs with their static outputs ----------------------------------------------------------
+
+def _reconstruction_evaluation(
+    results: dict[str, Any], norm_pix_loss: bool, dataset_fields: dict[str, str]
+) -> tuple[list[EvalResult], dict[str, Any] | None]:
+    """The reconstruction table (one column per predictor present) and its model-index entries."""
+    predictors = [p for p in EVAL_PREDICTORS if any(results.get(p[0] + m[0]) is not None for m in EVAL_METRICS)]
+    if not predictors or predictors[0][0] != "eval_":
+        return [], None
+    eval_results, rows = [], []
+    for suffix, metric_type, name in EVAL_METRICS:
+        values = [results.get(prefix + suffix) for prefix, _, _ in predictors]
+        if values[0] is None:
+            continue
+        rows.append({"name": name, "cells": [_format(float(v)) if v is not None else "—" for v in values]})
+        for (_, column, config), value in zip(predictors, values):
+            if metric_type is None or value is None:
+                continue
+            oracle = suffix.startswith("oracle_")
+            label = name + ("" if config is None else f", baseline: {column}")
+            label += " (mapped back with the target patch's own mean and variance)" if oracle else ""
+            eval_results.append(
+                EvalResult(task_type="image-to-image", task_name="Masked image reconstruction", metric_type=metric_type,
+                           metric_name=label, metric_value=float(value), **dataset_fields,
+                           metric_config=ORACLE_CONFIG if oracle and config is None else config)
+            )  # fmt: skip
+    loss_ratio = None
+    visible_mean_loss = results.get("eval_baseline_visible_mean_loss")
+    if results.get("eval_loss") is not None and visible_mean_loss:
+        loss_ratio = float(results["eval_loss"]) / float(visible_mean_loss)
+        eval_results.append(
+            EvalResult(task_type="image-to-image", task_name="Masked image reconstruction", metric_type="loss_ratio",
+                       metric_name="Loss / loss of the visible-patch-mean baseline", metric_value=loss_ratio,
+                       metric_config="baseline_visible_patch_mean", **dataset_fields)
+        )  # fmt: skip
+    evaluation = {
+        "columns": [column for _, column, _ in predictors] if len(predictors) > 1 else ["value"],
+        "rows": rows,
+        "has_baselines": len(predictors) > 1,
+        "loss_ratio": f"{loss_ratio:.3g}" if loss_ratio is not None else None,
+        "target_statistics": _target_statistics_text(results, norm_pix_loss),
+    }
+    return eval_results, evaluation
+
+
+def _percent(fraction: float) -> str:
+    """A fraction (or a figure already in percent) as `87.34%`."""
+    value = float(fraction)
+    return f"{100 * value:.2f}%" if value <= 1.0 else f"{value:.2f}%"
+
+
+def _linear_probe(probe: dict[str, Any], dataset: dict[str, Any]) -> tuple[EvalResult, dict[str, Any]]:
+    """The linear probe's sentence and table, beside the majority-class floor it measured, and its model-index entry."""
+    accuracy = float(probe["mean_attribute_accuracy"])
+    split = probe.get("split") or probe.get("eval_split")
+    named = probe.get("dataset")
+    same_data = named is None or named in (dataset.get("id"), dataset.get("source"))
+    probe_dataset = (dataset["id"] if same_data else named) or "evaluation data"
+    fields = {"dataset_type": probe_dataset, "dataset_name": probe_dataset}
+    if split:
+        fields["dataset_split"] = split
+    eval_result = EvalResult(
+        task_type="image-classification", task_name="Linear probe on face attributes", metric_type="accuracy",
+        metric_name="Mean attribute accuracy", metric_value=accuracy, **fields,
+    )  # fmt: skip
+    attributes = probe.get("num_attributes") or len(probe.get("label_columns") or []) or None
+    floor = probe.get("majority_baseline")
+    where = (f"the `{split}` split of " if split else "") + (dataset["name_md"] if same_data else f"`{probe_dataset}`")
+    text = (
+        f"A linear classifier trained on the frozen encoder's features"
+        f"{f' ({attributes} attributes)' if attributes else ''} reaches a mean per-attribute accuracy of "
+        f"**{_percent(accuracy)}** on {where}; "
+        + (
+            f"always predicting each attribute's most frequent training value (the majority-class floor) scores "
+            f"**{_percent(floor)}** on the same images."
+            if floor is not None
+            else "its `linear_probe_results.json` holds no majority-class floor to compare with."
+        )
+        + " CelebA papers report this mean of per-attribute accuracies."
+    )
+    if not dataset["is_celeba"]:
+        text += " These labels are not CelebA's: the figure says nothing about CelebA."
+    details = ", ".join(
+        text
+        for text, present in ((f"`{split}`", split), (f"{attributes} attributes", attributes),
+                              (f"{probe.get('num_test')} images", probe.get("num_test")))
+        if present
+    )  # fmt: skip
+    row = {"name": "Mean attribute accuracy" + (f" ({details})" if details else ""), "cells": [_percent(accuracy)]}
+    columns = ["frozen encoder"]
+    if floor is not None:
+        columns.append("majority-class floor")
+        row["cells"].append(_percent(floor))
+    return eval_result, {"text": text, "columns": columns, "rows": [row]}
+
+
+def _widget(folder: Path, repo_id: str | None, revision: str | None) -> tuple[list[dict], list[dict], dict]:
+    """The example images with their static outputs: for the card's table, for the widget metadata, and their meta."""
     examples, widget = [], []
-    examples_meta = _read_json(folder / EXAMPLES_DIR / "examples.json") or {}
+    examples_meta = _read_json(folder / EXAMPLES_DIR / "examples.json", ()) or {}
     for name in examples_meta.get("images", []):
         stem = Path(name).stem
         source, output = f"{EXAMPLES_DIR}/{name}", f"{EXAMPLES_DIR}/{stem}_reconstruction.png"
@@ -620,6 +665,109 @@ def render_model_card(
         widget.append(
             {"src": _resolve_url(repo_id, revision, source), "example_title": title, "output": {"url": output}}
         )
+    return examples, widget, examples_meta
+
+
+def _architecture(config: DilatedViTMAEConfig, folder: Path) -> dict[str, Any]:
+    image_height, image_width = to_2tuple(config.image_size)
+    patch_height, patch_width = to_2tuple(config.patch_size)
+    return {
+        "num_hidden_layers": config.num_hidden_layers, "hidden_size": config.hidden_size,
+        "num_attention_heads": config.num_attention_heads,
+        "image_size": image_height if image_height == image_width else f"{image_height}x{image_width}",
+        "patch_size": patch_height if patch_height == patch_width else f"{patch_height}x{patch_width}",
+        "num_patches": (image_height // patch_height) * (image_width // patch_width),
+        "decoder_num_hidden_layers": config.decoder_num_hidden_layers,
+        "decoder_hidden_size": config.decoder_hidden_size, "num_parameters": _num_parameters(folder),
+        "tokenizer_sentence": _tokenizer_sentence(config), "mask_ratio": config.mask_ratio,
+        "mask_percent": round(100 * config.mask_ratio), "norm_pix_loss": config.norm_pix_loss,
+        "dilated_context": config.dilated_context, "masking_mode": config.masking_mode,
+        "num_dilated_branches": len(config.dilation_rates),
+    }  # fmt: skip
+
+
+def _leakage_facts(config: DilatedViTMAEConfig) -> dict[str, Any] | None:
+    leakage = dilated_leakage(config)
+    if leakage is None:
+        return None
+    return {
+        "pixels_percent": f"{100 * leakage['pixels']:.0f}", "patches_percent": f"{100 * leakage['patches']:.0f}",
+        "mask_percent": f"{100 * leakage['mask_ratio']:.0f}", "num_masks": leakage["num_masks"],
+    }  # fmt: skip
+
+
+def _evaluation(
+    results: dict[str, Any] | None, probe: dict[str, Any] | None, config: DilatedViTMAEConfig, dataset: dict, model_name: str
+) -> tuple[list[EvalResult], dict[str, Any] | None, dict[str, Any] | None]:
+    """The model-index entries, the reconstruction evaluation and the linear probe of the card."""
+    fields = {"dataset_type": dataset["id"] or model_name, "dataset_name": dataset["id"] or "evaluation data",
+              "dataset_split": dataset["eval_split"]}  # fmt: skip
+    if dataset.get("config_name"):
+        fields["dataset_config"] = dataset["config_name"]
+    eval_results, evaluation = _reconstruction_evaluation(results or {}, config.norm_pix_loss, fields)
+    linear_probe = None
+    if probe is not None and probe.get("mean_attribute_accuracy") is not None:
+        probe_result, linear_probe = _linear_probe(probe, dataset)
+        eval_results.append(probe_result)
+    if evaluation is not None or linear_probe is not None:
+        evaluation = {
+            **(evaluation or {"rows": []}),
+            "split": dataset["eval_split"],
+            "num_images": (results or {}).get("eval_samples", dataset.get("eval_samples")),
+            "mask_seed": (results or {}).get("eval_mask_seed"),
+        }
+    return eval_results, evaluation, linear_probe
+
+
+def render_model_card(
+    folder: str | os.PathLike,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    template_path: str | os.PathLike | None = None,
+    output_path: str | os.PathLike | None = None,
+    code_url: str | None = None,
+    secrets: Iterable[str] = (),
+) -> ModelCard:
+    """
+    Render the repository's `model_card.md` for the publishable `folder` and write it to `folder/README.md`.
+
+    Args:
+        folder: a folder saved by `scripts/run_mae.py` (or by `save_pretrained`, for a card without training details).
+        repo_id (*optional*): the Hub repository; the usage snippets and the widget's images point at it. Without it,
+            they use the folder's name (a local card; an absolute path is never written).
+        revision (*optional*): the commit the snippets pin (`revision=...`); without it they say `"main"` and ask the
+            reader to pin the commit they reviewed. `push_folder_to_hub` re-renders the card with the commit it made.
+        template_path (*optional*): defaults to `model_card.md` at the root of the project.
+        output_path (*optional*): where to write the card; defaults to `folder/README.md`.
+        code_url (*optional*): where the project's source is, for the `pip install` instructions.
+        secrets (*optional*): values the card must not contain (`redaction.secret_values(args)`); the environment's
+            and the cached login's tokens are redacted too, as is anything shaped like a Hub token.
+
+    Returns:
+        The `huggingface_hub.ModelCard` (also written to `output_path`). What it shows of the results files has its
+        secrets redacted and its local paths reduced to names.
+    """
+    folder = Path(folder)
+    template_path = Path(template_path) if template_path is not None else TEMPLATE_PATH
+    if not template_path.is_file():
+        raise FileNotFoundError(
+            f"The model card template {template_path} is missing; pass `template_path=` (it is `model_card.md` at the "
+            "root of the dilated-vit-mae source)."
+        )
+    secrets = secret_values() | set(secrets)
+    config = DilatedViTMAEConfig.from_pretrained(folder)
+    results = _read_json(folder / "all_results.json", secrets)
+    probe = _read_json(folder / "linear_probe_results.json", secrets)
+    model_name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
+    dataset = _dataset_facts(results)
+    versions = dict((results or {}).get("versions") or {})
+    versions.setdefault("transformers", config.transformers_version or "5")
+    training = _training_facts(results) if results is not None and "global_step" in results else None
+    hardware = None
+    if training is not None and results.get("hardware"):
+        hardware = {"text": _hardware_text(results["hardware"], results.get("num_processes"))}
+    eval_results, evaluation, linear_probe = _evaluation(results, probe, config, dataset, model_name)
+    examples, widget, examples_meta = _widget(folder, repo_id, revision)
 
     card_data = ModelCardData(
         model_name=model_name,
@@ -629,7 +777,7 @@ def render_model_card(
         tags=list(CARD_TAGS),
         datasets=[dataset["id"]] if dataset["id"] else None,
         metrics=sorted({result.metric_type for result in eval_results}) or None,
-        base_model=training["init"] if training and training["init"] else None,
+        base_model=training["init"] if training and training["init_is_hub"] else None,
         eval_results=eval_results or None,
         widget=widget or None,
     )
@@ -637,11 +785,11 @@ def render_model_card(
         card_data,
         template_path=str(template_path),
         model_name=model_name,
-        model_id=model_id,
+        model_id=repo_id or _local_model_id(folder),
         revision=revision or "main",
         revision_is_commit=revision is not None and len(revision) == 40,
         code_url=code_url,
-        arch=arch,
+        arch=_architecture(config, folder),
         tokenizer_rows=_tokenizer_rows(config),
         dataset=dataset,
         versions=versions,
@@ -649,13 +797,15 @@ def render_model_card(
         hardware=hardware,
         evaluation=evaluation,
         linear_probe=linear_probe,
-        leakage=leakage,
+        leakage=_leakage_facts(config),
         diagram_path=DIAGRAM_PATH if (folder / DIAGRAM_PATH).is_file() else None,
         reconstructions_path=RECONSTRUCTIONS_PATH if (folder / RECONSTRUCTIONS_PATH).is_file() else None,
         examples=examples,
         examples_mask_ratio=examples_meta.get("mask_ratio", EXAMPLES_MASK_RATIO),
         examples_seed=examples_meta.get("seed", EXAMPLES_SEED),
     )
+    text = redact(str(card), secrets)  # whatever the template rendered, from wherever it came
+    card = ModelCard(text) if text != str(card) else card
     output_path = Path(output_path) if output_path is not None else folder / "README.md"
     card.save(output_path)
     return card
@@ -663,6 +813,8 @@ def render_model_card(
 
 __all__ = [
     "CARD_TAGS",
+    "EVAL_METRICS",
+    "EVAL_PREDICTORS",
     "TEMPLATE_PATH",
     "dilated_leakage",
     "draw_tokenizer_diagram",

@@ -4,8 +4,10 @@
     python scripts/push_to_hub.py outputs/dilated-vit-mae-sample --repo_id your-name/dilated-vit-mae --dry_run
     python scripts/push_to_hub.py outputs/dilated-vit-mae-sample --repo_id your-name/dilated-vit-mae --private
 
-What is uploaded is laid out in a temporary copy: checkpoints, tracker logs and per-epoch grids left out, the card
-rendered for --repo_id, and a folder that is not publishable yet completed there (reconstruction pipeline, endpoint
+What is uploaded is laid out in a temporary copy: only the published files (model, processor, code, pipeline, handler,
+card, results, card images), never a symbolic link, everything else listed as left out (checkpoints, tracker logs,
+per-epoch grids, anything planted there); tokens redacted from the results and the card; the card rendered for
+--repo_id, and a folder that is not publishable yet completed there (reconstruction pipeline, endpoint
 handler, model card: what `scripts/run_mae.py` writes at the end of every run). Exactly that copy is checked in a clean
 Python process where this package cannot be imported: the model, its image processor, the `mae-reconstruction`
 pipeline and `handler.py` must load with `trust_remote_code=True` and run, and the card must parse. A folder that fails
@@ -28,6 +30,8 @@ from dilated_vit_mae.hub import (  # noqa: E402
     PUBLISHING_FILES,
     FolderCheckError,
     check_folder,
+    describe_left_out,
+    plan_upload,
     push_folder_to_hub,
     stage_folder,
 )
@@ -66,6 +70,13 @@ def _human_size(num_bytes: int) -> str:
     return f"{num_bytes:.1f} GB"
 
 
+def print_left_out(left_out: dict[str, str]) -> None:
+    if left_out:
+        print(f"Left out ({len(left_out)}, not uploaded):")
+        for line in describe_left_out(left_out):
+            print(f"  {line}")
+
+
 def dry_run(folder: Path, repo_id: str) -> int:
     """List and check what would be uploaded; returns the exit status (1 when the folder would be refused)."""
     import tempfile
@@ -83,12 +94,7 @@ def dry_run(folder: Path, repo_id: str) -> int:
             total += size
             print(f"  {name}  ({_human_size(size)})")
         print(f"  total {_human_size(total)}")
-        left_out = sorted(
-            {p.relative_to(folder).parts[0] for p in folder.rglob("*") if p.is_file()}
-            - {f.split("/")[0] for f in files}
-        )
-        if left_out:
-            print(f"Left out: {', '.join(left_out)}")
+        print_left_out(plan_upload(folder).left_out)
         try:
             report = check_folder(staging)
         except FolderCheckError as error:
@@ -109,7 +115,7 @@ def main(args: argparse.Namespace, api=None) -> int:
     if args.dry_run:
         return dry_run(folder, args.repo_id)
     try:
-        url = push_folder_to_hub(
+        result = push_folder_to_hub(
             folder,
             repo_id=args.repo_id,
             token=args.token,
@@ -121,7 +127,8 @@ def main(args: argparse.Namespace, api=None) -> int:
     except FolderCheckError as error:
         logger.error(str(error))
         return 1
-    print(f"Uploaded {folder} to https://huggingface.co/{args.repo_id}: {url}")
+    print(f"Uploaded {len(result.files)} files of {folder} to https://huggingface.co/{args.repo_id}: {result.url}")
+    print_left_out(result.left_out)
     return 0
 
 

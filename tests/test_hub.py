@@ -8,7 +8,16 @@ from unittest import mock
 import pytest
 
 from dilated_vit_mae import DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
-from dilated_vit_mae.hub import CUSTOM_PIPELINES, add_inference_code, files_to_upload, push_folder_to_hub
+from dilated_vit_mae.hub import (
+    CUSTOM_PIPELINES,
+    LINK_REASON,
+    NOT_PUBLISHED_REASON,
+    FolderCheckError,
+    add_inference_code,
+    files_to_upload,
+    plan_upload,
+    push_folder_to_hub,
+)
 
 
 @pytest.fixture
@@ -33,6 +42,82 @@ def test_files_to_upload_leave_out_checkpoints_and_tracker_logs(run_folder):
     assert not any(f.startswith(("checkpoints/", "runs/")) for f in files)
 
 
+@pytest.fixture
+def planted(run_folder, tmp_path):
+    """What must never reach the Hub, planted in the run's folder: secrets, a link out of it, pickles, tracker logs."""
+    outside = tmp_path / "passwd"
+    outside.write_text("root:x:0:0:PLANTED-OUTSIDE-SECRET:/root:/bin/bash\n")
+    (run_folder / ".env").write_text("HF_TOKEN=hf_PLANTED_ENV\n")
+    (run_folder / "secrets.json").write_text(json.dumps({"token": "hf_PLANTED_JSON"}))
+    (run_folder / "notes.txt").symlink_to(outside)
+    (run_folder / "assets").mkdir()
+    (run_folder / "assets" / "diagram.png").symlink_to(outside)  # a published name, but a link
+    (run_folder / "linked_dir").symlink_to(tmp_path, target_is_directory=True)
+    for name in ("optimizer.pkl", "rng_state.pkl"):
+        (run_folder / "checkpoints" / "step_2" / name).write_bytes(b"\x80\x04pickle")
+    (run_folder / "checkpoints" / "step_2" / "nested").mkdir()
+    (run_folder / "checkpoints" / "step_2" / "nested" / "scheduler.pkl").write_bytes(b"\x80\x04pickle")
+    (run_folder / "wandb" / "run-1" / "logs").mkdir(parents=True)
+    (run_folder / "wandb" / "run-1" / "logs" / "debug.log").write_text("HF_TOKEN=hf_PLANTED_LOG")
+    (run_folder / "examples").mkdir()
+    (run_folder / "examples" / ".secret").write_text("hf_PLANTED_HIDDEN")
+    return {
+        ".env": NOT_PUBLISHED_REASON, "secrets.json": NOT_PUBLISHED_REASON, "notes.txt": LINK_REASON,
+        "assets/diagram.png": LINK_REASON, "linked_dir/": LINK_REASON,
+        "checkpoints/step_2/optimizer.bin": NOT_PUBLISHED_REASON,
+        "checkpoints/step_2/optimizer.pkl": NOT_PUBLISHED_REASON, "checkpoints/step_2/rng_state.pkl": NOT_PUBLISHED_REASON,
+        "checkpoints/step_2/nested/scheduler.pkl": NOT_PUBLISHED_REASON,
+        "wandb/run-1/logs/debug.log": NOT_PUBLISHED_REASON, "examples/.secret": NOT_PUBLISHED_REASON,
+        "runs/events.out": NOT_PUBLISHED_REASON, "eval/reconstructions_epoch_0.png": NOT_PUBLISHED_REASON,
+    }  # fmt: skip
+
+
+def test_plan_upload_lists_every_planted_file_as_left_out(planted, run_folder):
+    plan = plan_upload(run_folder)
+    assert plan.left_out == planted
+    assert set(plan.files).isdisjoint(planted) and "model.safetensors" in plan.files
+
+
+def uploading_api():
+    """A mock HfApi whose upload_folder records every file it would send (the staged folder, filtered as the Hub
+    client filters it by `allow_patterns`) and their contents."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    api, uploaded = mock.Mock(), {}
+
+    def upload_folder(folder_path, allow_patterns=None, ignore_patterns=None, **kwargs):
+        root = Path(folder_path)
+        every = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        for name in filter_repo_objects(every, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
+            uploaded[name] = (root / name).read_bytes()
+        return mock.Mock(commit_url="https://huggingface.co/me/model/commit/abc", oid="a" * 40)
+
+    api.upload_folder.side_effect = upload_folder
+    return api, uploaded
+
+
+def test_a_linked_published_file_is_refused_before_any_call(planted, run_folder):
+    api, _ = uploading_api()
+    with pytest.raises(FolderCheckError, match=r"assets/diagram.png must be files, not symbolic links"):
+        push_folder_to_hub(run_folder, "me/model", api=api, check=False)
+    assert api.method_calls == []
+
+
+def test_only_published_files_are_uploaded_and_the_rest_is_reported(planted, run_folder, caplog):
+    (run_folder / "assets" / "diagram.png").unlink()  # the one planted link that would be refused
+    del planted["assets/diagram.png"]
+    api, uploaded = uploading_api()
+    with caplog.at_level("INFO", logger="dilated_vit_mae.hub"):
+        result = push_folder_to_hub(run_folder, "me/model", api=api, check=False)
+    assert result.left_out == planted and str(result) == "https://huggingface.co/me/model/commit/abc"
+    assert set(uploaded) == set(result.files) and set(uploaded).isdisjoint(planted)
+    assert {"model.safetensors", "config.json", "README.md", "handler.py", "eval/reconstructions.png"} <= set(uploaded)
+    everything = b"".join(uploaded.values())
+    assert b"PLANTED" not in everything and b"pickle" not in everything
+    for name in planted:  # each one named in the log, with the reason
+        assert name in caplog.text
+
+
 def test_push_creates_the_repo_and_uploads_the_folder(run_folder):
     api = mock.Mock()
     uploaded = {}
@@ -43,22 +128,23 @@ def test_push_creates_the_repo_and_uploads_the_folder(run_folder):
         return mock.Mock(commit_url="https://huggingface.co/me/model/commit/abc", oid="a" * 40)
 
     api.upload_folder.side_effect = upload_folder
-    url = push_folder_to_hub(
+    result = push_folder_to_hub(
         run_folder, "me/model", private=True, commit_message="first", revision="v1", api=api, check=False
     )
-    assert url.endswith("/commit/abc")
+    assert result.url.endswith("/commit/abc") and result.commit_oid == "a" * 40
+    assert "checkpoints/step_2/optimizer.bin" in result.left_out and result.files == uploaded["files"]
     api.create_repo.assert_called_once_with(repo_id="me/model", private=True, exist_ok=True, repo_type="model")
     api.create_branch.assert_called_once_with(repo_id="me/model", branch="v1", exist_ok=True)
     kwargs = api.upload_folder.call_args.kwargs
     assert kwargs["revision"] == "v1" and kwargs["commit_message"] == "first" and kwargs["repo_type"] == "model"
-    assert "checkpoints/*" in kwargs["ignore_patterns"]
+    assert "checkpoints/step_2/optimizer.bin" not in kwargs["allow_patterns"] and "config.json" in kwargs["allow_patterns"]
     # what was uploaded: a staged copy, completed into a publishable repository, without checkpoints or logs
     staged = Path(api.upload_folder.call_args.kwargs["folder_path"])
     assert staged != run_folder and not staged.exists()  # removed afterwards
     assert {"model.safetensors", "modeling_dilated_vit_mae.py", "pipeline_dilated_vit_mae.py", "handler.py",
             "README.md", "eval/reconstructions.png"} <= set(uploaded["files"])  # fmt: skip
     assert not any(f.startswith(("checkpoints/", "runs/")) for f in uploaded["files"])
-    assert uploaded["config"]["custom_pipelines"] == CUSTOM_PIPELINES
+    assert CUSTOM_PIPELINES.items() <= uploaded["config"]["custom_pipelines"].items()
     # then the card again, pinned to the upload commit
     api.upload_file.assert_called_once()
     assert api.upload_file.call_args.kwargs["path_in_repo"] == "README.md"
@@ -80,7 +166,7 @@ def test_add_inference_code_ships_the_pipeline_and_the_handler(run_folder):
     written = add_inference_code(run_folder)
     assert written == ["pipeline_dilated_vit_mae.py", "handler.py", "config.json"]
     config = json.loads((run_folder / "config.json").read_text())
-    assert config["custom_pipelines"] == CUSTOM_PIPELINES
+    assert CUSTOM_PIPELINES.items() <= config["custom_pipelines"].items()
     assert config["auto_map"]["AutoModelForPreTraining"].endswith("DilatedViTMAEForPreTraining")  # untouched
     assert "class EndpointHandler" in (run_folder / "handler.py").read_text()
 
@@ -88,3 +174,26 @@ def test_add_inference_code_ships_the_pipeline_and_the_handler(run_folder):
 def test_push_refuses_a_folder_without_a_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved model folder"):
         push_folder_to_hub(tmp_path, "me/model", api=mock.Mock())
+
+
+def test_uploaded_results_and_card_hold_no_token_and_no_local_path(run_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_ENVIRONMENT_SECRET")
+    command = f"accelerate launch {tmp_path}/scripts/run_mae.py --hub_tok hf_GIVEN_SECRET --celeba_dir {tmp_path}/celeba"
+    results = {"global_step": 2, "command": command, "init": None, "note": "hf_ENVIRONMENT_SECRET",
+               "dataset": {"name": "CelebA", "source": str(tmp_path / "celeba"), "is_celeba": True}}  # fmt: skip
+    (run_folder / "all_results.json").write_text(json.dumps(results))
+    probe = {"mean_attribute_accuracy": 0.9, "model": str(run_folder), "dataset": str(tmp_path / "celeba"),
+             "command": f"linear_probe.py --tok hf_GIVEN_SECRET --celeba_dir {tmp_path}/celeba"}  # fmt: skip
+    (run_folder / "linear_probe_results.json").write_text(json.dumps(probe))
+    before = (run_folder / "all_results.json").read_text()
+    api, uploaded = uploading_api()
+    push_folder_to_hub(run_folder, "me/model", token="hf_GIVEN_SECRET", api=api, check=False)
+    assert {"all_results.json", "linear_probe_results.json", "README.md"} <= set(uploaded)
+    for name, content in uploaded.items():
+        if name.endswith((".json", ".md", ".py")):
+            text = content.decode()
+            assert "hf_GIVEN_SECRET" not in text and "hf_ENVIRONMENT_SECRET" not in text, name
+            for local in (str(tmp_path), "/tmp", "/home", "/work"):
+                assert local not in text, (name, local)
+    assert json.loads(uploaded["all_results.json"])["dataset"]["source"] == "celeba"
+    assert (run_folder / "all_results.json").read_text() == before  # the local file is left as it was

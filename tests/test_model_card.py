@@ -12,6 +12,7 @@ from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, Di
 from dilated_vit_mae.hub import prepare_hub_folder
 from dilated_vit_mae.model_card import (
     CARD_TAGS,
+    TEMPLATE_PATH,
     dilated_leakage,
     draw_tokenizer_diagram,
     redact_command,
@@ -155,7 +156,7 @@ def test_linear_probe_result_appears_only_when_measured(run_folder):
     assert len(probe) == 1 and probe[0].metric_value == pytest.approx(0.8734) and probe[0].dataset_split == "test"
     assert "accuracy" in card.data.metrics
     assert "mean per-attribute accuracy of **87.34%**" in card.text
-    assert "| Linear probe: mean attribute accuracy | 87.34% |" in card.text
+    assert "| Mean attribute accuracy (`test`, 40 attributes) | 87.34% |" in card.text
 
 
 def test_unmeasured_results_are_left_out(tiny_config, tmp_path):
@@ -220,3 +221,108 @@ def test_redact_command_hides_tokens():
     assert redact_command(["run.py", "--token", "hf_x", "--hub_token=hf_y", "--seed", "1"]) == (
         "run.py --token '***' '--hub_token=***' --seed 1"
     )
+
+
+# ---- nothing secret, nothing local, no figure the run did not measure ------------------------------------------------
+
+
+def published_text(folder) -> str:
+    return (folder / "README.md").read_text()
+
+
+def test_card_redacts_tokens_by_value_whatever_the_flag_was_called(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_ENVIRONMENT_SECRET")
+    results = json.loads(json.dumps(RESULTS))
+    # argparse used to accept abbreviations: no flag name to look for, only the value
+    results["command"] = "accelerate launch scripts/run_mae.py --hub_tok hf_ABBREVIATED --tok=hf_GLUED --seed 0"
+    results["dataset"]["description"] = "faces, fetched with hf_ENVIRONMENT_SECRET."
+    folder = make_folder(tmp_path / "run", tiny_config, results)
+    card = render_model_card(folder, secrets={"hf_ABBREVIATED", "hf_GLUED"})
+    for text in (published_text(folder), str(card)):
+        assert "hf_ABBREVIATED" not in text and "hf_GLUED" not in text and "hf_ENVIRONMENT_SECRET" not in text
+    assert "--hub_tok '<redacted>' '--tok=<redacted>' --seed 0" in card.text
+
+
+def test_no_local_path_reaches_the_card(tiny_config, tmp_path):
+    results = json.loads(json.dumps(RESULTS))
+    results["command"] = f"accelerate launch {tmp_path}/scripts/run_mae.py --celeba_dir {tmp_path}/data/celeba"
+    results["dataset"] = {"name": "CelebA", "hub_id": None, "source": str(tmp_path / "data" / "celeba"),
+                          "is_celeba": True, "description": "CelebA (a raw download).", "train_split": "train",
+                          "eval_split": "validation"}  # fmt: skip
+    results["init"] = str(tmp_path / "checkpoints" / "vit-mae-base")  # initialised from a local folder
+    folder = make_folder(tmp_path / "run", tiny_config, results)
+    (folder / "linear_probe_results.json").write_text(json.dumps({
+        "mean_attribute_accuracy": 0.9, "majority_baseline": 0.8, "eval_split": "test", "model": str(folder),
+        "dataset": str(tmp_path / "data" / "celeba"), "command": f"linear_probe.py --model_name_or_path {folder}",
+    }))  # fmt: skip
+    card = render_model_card(folder)  # a local card: no repository to point at
+    text = published_text(folder)
+    for local in (str(tmp_path), "/tmp", "/home", "/work", str(folder.resolve())):
+        assert local not in text, local
+    assert "--celeba_dir celeba" in text and 'from_pretrained("path/to/run"' in text
+    probe = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
+    assert probe.dataset_name == probe.dataset_type == "CelebA"  # the training data (same source), not its path
+    assert "base_model" not in card.data.to_dict() and "initialised from a local checkpoint (`vit-mae-base`)" in text
+
+
+def test_the_probe_floor_is_the_measured_one(run_folder):
+    (run_folder / "linear_probe_results.json").write_text(json.dumps(
+        {"mean_attribute_accuracy": 0.8734, "majority_baseline": 0.656, "eval_split": "test",
+         "label_columns": ["Smiling", "Young"], "num_test": 8}
+    ))  # fmt: skip
+    text = render_model_card(run_folder).text
+    assert "| Mean attribute accuracy (`test`, 2 attributes, 8 images) | 87.34% | 65.60% |" in text
+    assert "majority-class floor" in text and "80%" not in text
+
+    (run_folder / "linear_probe_results.json").write_text(json.dumps({"mean_attribute_accuracy": 0.8734}))
+    text = render_model_card(run_folder).text
+    assert "87.34%" in text and "80%" not in text and "holds no majority-class floor" in text
+
+
+def test_the_template_holds_no_figures():
+    template = TEMPLATE_PATH.read_text()
+    template = re.sub(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", "", template, flags=re.S)  # what the run fills in
+    template = template.replace("Apache-2.0", "Apache")  # a license's name
+    assert re.findall(r"\d+(?:\.\d+)?\s*%", template) == []
+    # decimals: only the argument that switches masking off and the paper's arXiv id
+    assert set(re.findall(r"\b\d+\.\d+\b", template)) <= {"0.0", "2111.06377"}
+
+
+BASELINES = {
+    "eval_loss": 0.42, "eval_masked_patch_mse": 0.0312, "eval_psnr": 18.1,
+    "eval_baseline_zeros_loss": 1.0, "eval_baseline_zeros_masked_patch_mse": 0.2, "eval_baseline_zeros_psnr": 9.5,
+    "eval_baseline_visible_mean_loss": 0.84, "eval_baseline_visible_mean_masked_patch_mse": 0.05,
+    "eval_baseline_visible_mean_psnr": 16.0, "eval_oracle_masked_patch_mse": 0.011, "eval_oracle_psnr": 21.7,
+}  # fmt: skip
+
+
+def test_evaluation_puts_the_model_beside_trivial_predictors(tiny_config_kwargs, tmp_path):
+    config = DilatedViTMAEConfig(**tiny_config_kwargs, norm_pix_loss=True)
+    folder = make_folder(tmp_path / "run", config, {**RESULTS, **BASELINES})
+    card = render_model_card(folder)
+    text = card.text
+    assert unfilled(text) == []
+    assert "| metric | model | predict zeros | visible-patch mean |" in text
+    assert "| Masked-patch MSE | 0.0312 | 0.2 | 0.05 |" in text and "| PSNR (dB) | 18.1 | 9.5 | 16 |" in text
+    assert "| Loss (training objective) | 0.42 | 1 | 0.84 |" in text
+    assert "| Masked-patch MSE, oracle | 0.011 | — | — |" in text and "| PSNR (dB), oracle | 21.7 | — | — |" in text
+    assert "**0.5x** that of" in text  # 0.42 / 0.84
+    # which figures use a statistic of the masked target, said plainly
+    assert "The rows marked *oracle* map predictions back to pixels with each removed patch's own mean" in text
+    assert "The plain MSE and PSNR rows use only the mean and variance of the image's visible patches" in text
+    entries = {(r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}
+    assert entries[("mse", None)] == pytest.approx(0.0312) and entries[("psnr", None)] == pytest.approx(18.1)
+    assert entries[("mse", "baseline_visible_patch_mean")] == pytest.approx(0.05)
+    assert entries[("psnr", "baseline_predict_zeros")] == pytest.approx(9.5)
+    assert entries[("mse", "oracle_target_patch_statistics")] == pytest.approx(0.011)
+    assert entries[("loss_ratio", "baseline_visible_patch_mean")] == pytest.approx(0.5)
+    reloaded = ModelCard.load(folder / "README.md").data.eval_results
+    assert {(r.metric_type, r.metric_config) for r in reloaded} == set(entries)
+
+
+def test_older_norm_pix_results_say_their_figures_use_the_target_statistics(tiny_config_kwargs, tmp_path):
+    config = DilatedViTMAEConfig(**tiny_config_kwargs, norm_pix_loss=True)
+    text = render_model_card(make_folder(tmp_path / "run", config)).text  # RESULTS: no baselines, no oracle keys
+    assert "| metric | value |" in text and "| Masked-patch MSE | 0.04123 |" in text
+    assert "each masked patch's own mean and variance" in text and "overstate what it predicts" in text
+    assert "predict zeros" not in text

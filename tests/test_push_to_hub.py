@@ -53,6 +53,8 @@ def recording_api():
     def upload_folder(folder_path, **kwargs):
         seen["folder_path"] = folder_path
         seen["files"] = files_to_upload(folder_path)
+        every = [p for p in Path(folder_path).rglob("*") if p.is_file()]
+        seen["contents"] = {p.relative_to(folder_path).as_posix(): p.read_bytes().decode("latin-1") for p in every}
         seen["card"] = (Path(folder_path) / "README.md").read_text()
         return mock.Mock(commit_url=f"https://huggingface.co/me/model/commit/{SHA}", oid=SHA)
 
@@ -69,8 +71,8 @@ def test_the_exact_folder_to_upload_loads_without_the_package(run_folder):
     api, seen = recording_api()
     before = snapshot(run_folder)
     with mock.patch.object(hub, "check_folder", wraps=check_folder) as check:
-        url = push_folder_to_hub(run_folder, "me/dilated-vit-mae", private=True, api=api)
-    assert url.endswith(SHA)
+        result = push_folder_to_hub(run_folder, "me/dilated-vit-mae", private=True, api=api)
+    assert result.url.endswith(SHA) and result.commit_oid == SHA
     # the check ran on exactly the folder that was uploaded, and passed everything a user will do with it
     check.assert_called_once()
     assert str(check.call_args.args[0]) == seen["folder_path"]
@@ -163,9 +165,41 @@ def test_dry_run_lists_the_files_checks_them_and_uploads_nothing(run_folder, cap
     hf_api.assert_not_called()
     out = capsys.readouterr().out
     assert "Would upload" in out and "model.safetensors" in out and "pipeline_dilated_vit_mae.py" in out
-    assert "optimizer.bin" not in out and "Left out: checkpoints, runs" in out
+    would_upload, left_out = out.split("Left out (")
+    assert "optimizer.bin" not in would_upload and "events.out" not in would_upload
+    assert "checkpoints/step_3/optimizer.bin  (not one of the published files)" in left_out
+    assert "runs/events.out  (not one of the published files)" in left_out
     assert "nothing was uploaded" in out
     assert snapshot(run_folder) == before
+
+
+def plant(folder: Path, outside: Path) -> list[str]:
+    """Secrets, a link out of the folder, pickles and tracker logs where a careless upload would take them."""
+    outside.write_text("PLANTED-OUTSIDE-SECRET")
+    (folder / ".env").write_text("HF_TOKEN=hf_PLANTED")
+    (folder / "secrets.json").write_text('{"token": "hf_PLANTED"}')
+    (folder / "passwd").symlink_to(outside)
+    (folder / "checkpoints" / "step_3" / "rng_state.pkl").write_bytes(b"PLANTED pickle")
+    (folder / "wandb" / "latest-run").mkdir(parents=True)
+    (folder / "wandb" / "latest-run" / "output.log").write_text("PLANTED log")
+    return [".env", "secrets.json", "passwd", "checkpoints/step_3/rng_state.pkl", "wandb/latest-run/output.log"]
+
+
+def test_dry_run_and_upload_list_what_they_leave_out(run_folder, tmp_path, capsys):
+    push_to_hub = load_script("push_to_hub")
+    planted = plant(run_folder, tmp_path / "outside.txt")
+    with mock.patch.object(push_to_hub, "check_folder", return_value=FAKE_REPORT):
+        assert push_to_hub.main(push_to_hub.parse_args([str(run_folder), "--repo_id", "me/model", "--dry_run"])) == 0
+    would_upload, left_out = capsys.readouterr().out.split("Left out (")
+    assert all(name not in would_upload for name in planted) and all(name in left_out for name in planted)
+    assert "passwd  (a symbolic link, never followed" in left_out
+
+    api, seen = recording_api()
+    with mock.patch.object(hub, "check_folder", return_value=FAKE_REPORT):
+        assert push_to_hub.main(push_to_hub.parse_args([str(run_folder), "--repo_id", "me/model"]), api=api) == 0
+    uploaded, left_out = capsys.readouterr().out.split("Left out (")
+    assert all(name in left_out for name in planted) and set(planted).isdisjoint(seen["files"])
+    assert not any("PLANTED" in content for content in seen["contents"].values())
 
 
 def test_dry_run_says_when_the_folder_would_be_refused(run_folder, capsys):
@@ -231,7 +265,7 @@ def test_training_run_renders_its_card_and_pushes(tiny_config_kwargs, tmp_path, 
     # the local folder is publishable as it is, its card made from the run
     card = ModelCard.load(output_dir / "README.md")
     assert card.data.model_name == "tiny-mae" and card.data.datasets == ["celeba_sample"]
-    assert {r.metric_type for r in card.data.eval_results} == {"mse", "psnr"}
+    assert {"mse", "psnr"} <= {r.metric_type for r in card.data.eval_results}
     assert "--num_train_epochs 1" in card.text and "hf_SECRET" not in card.text
     assert "2 optimizer steps over 1 epoch, effective batch 4" in card.text
     results = json.loads((output_dir / "all_results.json").read_text())
