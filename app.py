@@ -11,6 +11,10 @@ The model is any publishable folder or Hub repository (what `scripts/run_mae.py`
 `mae-reconstruction` pipeline with `trust_remote_code=True`, so a Space needs only `torch`, `transformers` and
 `gradio` in its requirements.txt (not this package). In a Space, set the variables `DILATED_VIT_MAE_MODEL` (and
 `DILATED_VIT_MAE_REVISION`, a commit hash) in its settings.
+
+Uploads follow the same image policy as the pipeline and the Inference Endpoints handler: gradio hands over the
+uploaded file untouched (no conversion of its own, which would clip 16-bit images to 255) and the model's image
+processor reads it (`load_image`: size bounds checked before decoding, 16/32-bit images scaled by their range).
 """
 
 from __future__ import annotations
@@ -48,13 +52,18 @@ def _display(image: PIL.Image.Image) -> PIL.Image.Image:
 
 
 def make_reconstruct(reconstruction_pipeline):
-    """The demo's callback: `(image, mask_ratio, seed) -> (original, masked, reconstruction, recomposited)`."""
+    """
+    The demo's callback: `(image, mask_ratio, seed) -> (original, masked, reconstruction, recomposited)`. `image` is
+    the uploaded file's path (or a PIL image), read by the pipeline's image processor.
+    """
 
-    def reconstruct(image: PIL.Image.Image | None, mask_ratio: float, seed: float | int) -> tuple[Any, ...]:
+    def reconstruct(image: str | PIL.Image.Image | None, mask_ratio: float, seed: float | None) -> tuple[Any, ...]:
         if image is None:
             return (None,) * len(COLUMNS)
-        if not 0.0 <= float(mask_ratio) < 1.0:
-            raise ValueError(f"The mask ratio must be in [0, 1), got {mask_ratio!r}.")
+        if not isinstance(mask_ratio, (int, float)) or not 0.0 <= float(mask_ratio) < 1.0:
+            raise ValueError(f"The mask ratio must be a number in [0, 1), got {mask_ratio!r}.")
+        if not isinstance(seed, (int, float)) or not float(seed).is_integer() or seed < 0:
+            raise ValueError(f"The seed must be a non-negative whole number, got {seed!r}.")
         result = reconstruction_pipeline(image, mask_ratio=float(mask_ratio), seed=int(seed))
         return tuple(_display(result[name]) for name in COLUMNS)
 
@@ -97,7 +106,8 @@ def build_demo(model: str | None = None, revision: str | None = None, reconstruc
             f"patches also read removed pixels)."
         )
         with gr.Row():
-            image = gr.Image(type="pil", label="image", sources=["upload", "clipboard"])
+            # the file as uploaded: gradio's own conversion (`image_mode`) would clip 16-bit images to 255
+            image = gr.Image(type="filepath", image_mode=None, label="image", sources=["upload", "clipboard"])
             with gr.Column():
                 mask_ratio = gr.Slider(0.0, 0.95, value=float(config.mask_ratio), step=0.05, label="mask ratio")
                 seed = gr.Number(value=0, precision=0, minimum=0, label="seed (same seed, same mask)")

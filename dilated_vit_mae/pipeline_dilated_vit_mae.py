@@ -1,15 +1,24 @@
 """
-The `"mae-reconstruction"` pipeline: mask an image, let the masked autoencoder reconstruct it, and return the masked
-input, the reconstruction and the re-composited image (visible patches from the input, masked ones predicted).
+The pipelines of a DilatedViTMAE folder:
 
-This file is Hub code: a publishable folder ships it beside the model files, and its `config.json` names it under
-`custom_pipelines`, so that
+- `"mae-reconstruction"`: mask an image, let the masked autoencoder reconstruct it, and return the masked input, the
+  reconstruction and the re-composited image (visible patches from the input, masked ones predicted);
+- `"image-feature-extraction"`: the encoder's features of the whole image (every patch, in image order), the same at
+  every call, optionally pooled.
+
+This file is Hub code: a publishable folder ships it beside the model files, and its `config.json` names both classes
+under `custom_pipelines`, so that
 
     pipeline("mae-reconstruction", model="namespace/name", revision=COMMIT, trust_remote_code=True)
+    pipeline("image-feature-extraction", model="namespace/name", revision=COMMIT, trust_remote_code=True)
 
-works where the `dilated_vit_mae` package is not installed. It therefore imports only torch, numpy, PIL and
-transformers. With the package installed, build it directly:
+work where the `dilated_vit_mae` package is not installed (a task in `custom_pipelines` takes precedence over
+transformers' built-in pipeline of the same name). It therefore imports only torch, numpy, PIL and transformers. With
+the package installed, build them directly:
 `DilatedViTMAEReconstructionPipeline(model=model, image_processor=processor)`.
+
+Images are read by the image processor's `load_image`: PIL images, paths, encoded bytes, base64 strings and arrays,
+within its size bounds; URLs are refused (this code does not download), as the image processor refuses them.
 """
 
 from __future__ import annotations
@@ -20,8 +29,24 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from transformers import Pipeline
-from transformers.image_utils import load_image
+from transformers import ImageFeatureExtractionPipeline, Pipeline
+
+
+# seeds of `torch.Generator.manual_seed`: 0 .. 2**64 - 1
+MAX_SEED = 2**64 - 1
+
+
+def _check_mask_ratio(mask_ratio: Any) -> float:
+    # `not 0 <= x < 1` also refuses NaN
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)) or not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"`mask_ratio` must be a number in [0, 1), got {mask_ratio!r}.")
+    return float(mask_ratio)
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"`seed` must be an integer in [0, 2**64 - 1], got {seed!r}.")
+    return int(seed)
 
 
 class DilatedViTMAEReconstructionPipeline(Pipeline):
@@ -29,15 +54,14 @@ class DilatedViTMAEReconstructionPipeline(Pipeline):
     Masked-image reconstruction with a `DilatedViTMAEForPreTraining` (or any model with ViTMAE's pre-training outputs
     and `logits_to_pixel_values` / `mask_to_pixels`).
 
-    Call it with one image (a `PIL.Image.Image`, a local path, a URL or a base64 string) or a list of them, and:
+    Call it with one image (a `PIL.Image.Image`, a local path, encoded bytes, a base64 string, or an array for any
+    channel count; not a URL) or a list of them, and:
 
         mask_ratio (`float`, *optional*, defaults to `config.mask_ratio`):
             Fraction of patches removed, in `[0, 1)`.
         seed (`int`, *optional*):
             Seed of the random mask: the same image, mask ratio and seed give the same mask and outputs on every
             device. Without one, a seed is drawn and returned, so that any result can be reproduced.
-        timeout (`float`, *optional*):
-            Timeout in seconds for fetching an image from a URL.
 
     Each image gives a `dict` with:
 
@@ -47,6 +71,9 @@ class DilatedViTMAEReconstructionPipeline(Pipeline):
         - `"recomposited"`: visible patches from `"original"`, removed ones from `"reconstruction"`.
         - `"mask"`: `PIL.Image.Image` in mode `"L"`, 255 on removed pixels.
         - `"mask_ratio"` (`float`) and `"seed"` (`int`): what was used.
+
+    For a model of another channel count than 1 or 3 (e.g. RGB + near-infrared), the four images are uint8 arrays of
+    shape `(H, W, num_channels)` instead of PIL images.
 
     With `norm_pix_loss=True` the model predicts every patch normalised by its own mean and variance; as in MAE's
     visualisation, the prediction is mapped back with the *input* patch's statistics, so a removed patch's
@@ -67,35 +94,25 @@ class DilatedViTMAEReconstructionPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = False
 
-    def _sanitize_parameters(
-        self, mask_ratio: float | None = None, seed: int | None = None, timeout: float | None = None, **kwargs
-    ):
+    def _sanitize_parameters(self, mask_ratio: float | None = None, seed: int | None = None, **kwargs):
         if kwargs:
             raise TypeError(
-                f"Unexpected arguments {sorted(kwargs)}; the mae-reconstruction pipeline takes `mask_ratio`, `seed` "
-                "and `timeout`."
+                f"Unexpected arguments {sorted(kwargs)}; the mae-reconstruction pipeline takes `mask_ratio` and "
+                "`seed`."
             )
         preprocess_params: dict[str, Any] = {}
         if mask_ratio is not None:
-            if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)) or not 0.0 <= mask_ratio < 1.0:
-                raise ValueError(f"`mask_ratio` must be a number in [0, 1), got {mask_ratio!r}.")
-            preprocess_params["mask_ratio"] = float(mask_ratio)
+            preprocess_params["mask_ratio"] = _check_mask_ratio(mask_ratio)
         if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-                raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
-            preprocess_params["seed"] = int(seed)
-        if timeout is not None:
-            preprocess_params["timeout"] = timeout
+            preprocess_params["seed"] = _check_seed(seed)
         return preprocess_params, {}, {}
 
     def __call__(self, images, **kwargs):
-        """Reconstruct one image (a `dict` of outputs) or a list of images (a list of them); see the class docstring."""
+        """Reconstruct one image (a `dict` of outputs) or a list of images (a list of them): see the class doc."""
         return super().__call__(images, **kwargs)
 
-    def preprocess(
-        self, image, mask_ratio: float | None = None, seed: int | None = None, timeout: float | None = None
-    ) -> dict[str, Any]:
-        image = load_image(image, timeout=timeout)
+    def preprocess(self, image, mask_ratio: float | None = None, seed: int | None = None) -> dict[str, Any]:
+        image = self.image_processor.load_image(image)
         mask_ratio = float(self.model.config.mask_ratio) if mask_ratio is None else mask_ratio
         # a drawn seed is returned with the result, so that any output can be reproduced
         seed = random.randrange(2**31) if seed is None else seed
@@ -130,15 +147,89 @@ class DilatedViTMAEReconstructionPipeline(Pipeline):
         removed_like_image = removed[..., None] if original.ndim == 3 else removed
         masked = np.where(removed_like_image, np.zeros_like(original), original)
         recomposited = np.where(removed_like_image, reconstruction, original)
+        # PIL holds greyscale and RGB; other channel counts stay arrays
+        as_image = PIL.Image.fromarray if original.ndim == 2 or original.shape[-1] == 3 else np.ascontiguousarray
         return {
-            "original": PIL.Image.fromarray(original),
-            "masked": PIL.Image.fromarray(masked),
-            "reconstruction": PIL.Image.fromarray(reconstruction),
-            "recomposited": PIL.Image.fromarray(recomposited),
+            "original": as_image(original),
+            "masked": as_image(masked),
+            "reconstruction": as_image(reconstruction),
+            "recomposited": as_image(recomposited),
             "mask": PIL.Image.fromarray((removed * 255).astype(np.uint8)),
             "mask_ratio": model_outputs["mask_ratio"],
             "seed": model_outputs["seed"],
         }
 
 
-__all__ = ["DilatedViTMAEReconstructionPipeline"]
+class DilatedViTMAEImageFeatureExtractionPipeline(ImageFeatureExtractionPipeline):
+    r"""
+    Whole-image features from a DilatedViTMAE encoder (`DilatedViTMAEModel`, or the encoder of any DilatedViTMAE
+    head): the `"image-feature-extraction"` pipeline of a published folder.
+
+    transformers' built-in pipeline for the task would call the model as configured for pre-training, so
+    `config.mask_ratio` (0.75) of the patches would be dropped at random: features of a quarter of the image, different
+    at every call; and its `pool=True` needs a pooler, which MAE has not. This one runs the encoder on every patch in
+    image order (`mask_ratio=0`): the same features at every call.
+
+    Call it with one image (as for the reconstruction pipeline: PIL image, path, bytes, base64 string or array; not
+    a URL) or a list of them, and:
+
+        pool (`bool`, *optional*, defaults to `False`):
+            `False`: the encoder's output, CLS token first then one token per patch, of shape
+            `(1, 1 + num_patches, hidden_size)`. `True`: the mean of the patch tokens, MAE's global pool, of shape
+            `(1, hidden_size)`.
+        return_tensors (`bool`, *optional*, defaults to `False`):
+            Return a `torch.Tensor` instead of nested lists.
+        image_processor_kwargs (`dict`, *optional*):
+            Passed to the image processor, e.g. `{"crop_size": 224}`.
+
+    Example:
+
+    ```python
+    >>> from transformers import pipeline
+
+    >>> extract = pipeline("image-feature-extraction", model="path/to/folder", trust_remote_code=True)
+    >>> extract("face.png", return_tensors=True).shape  # CLS + 14 x 14 patches of a 224 px ViT-B/16
+    torch.Size([1, 197, 768])
+    >>> extract("face.png", pool=True, return_tensors=True).shape
+    torch.Size([1, 768])
+    ```"""
+
+    def _sanitize_parameters(
+        self,
+        image_processor_kwargs: dict[str, Any] | None = None,
+        return_tensors: bool | None = None,
+        pool: bool | None = None,
+        **kwargs,
+    ):
+        if kwargs:
+            raise TypeError(
+                f"Unexpected arguments {sorted(kwargs)}; the image-feature-extraction pipeline takes `pool`, "
+                "`return_tensors` and `image_processor_kwargs`."
+            )
+        if image_processor_kwargs is not None and not isinstance(image_processor_kwargs, dict):
+            raise ValueError(f"`image_processor_kwargs` must be a dict, got {image_processor_kwargs!r}.")
+        postprocess_params = {}
+        for name, value in (("pool", pool), ("return_tensors", return_tensors)):
+            if value is not None:
+                if not isinstance(value, bool):
+                    raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+                postprocess_params[name] = value
+        return dict(image_processor_kwargs or {}), {}, postprocess_params
+
+    def preprocess(self, image, **image_processor_kwargs) -> dict[str, torch.Tensor]:
+        image = self.image_processor.load_image(image)
+        pixel_values = self.image_processor(image, return_tensors="pt", **image_processor_kwargs)["pixel_values"]
+        return {"pixel_values": pixel_values if self.dtype is None else pixel_values.to(self.dtype)}
+
+    def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # the encoder alone (`base_model` is the model itself for DilatedViTMAEModel), on every patch in image order
+        outputs = self.model.base_model(pixel_values=model_inputs["pixel_values"], mask_ratio=0.0)
+        return {"last_hidden_state": outputs.last_hidden_state}
+
+    def postprocess(self, model_outputs: dict[str, torch.Tensor], pool: bool = False, return_tensors: bool = False):
+        hidden_states = model_outputs["last_hidden_state"].float()  # (1, 1 + num_patches, hidden_size)
+        features = hidden_states[:, 1:].mean(dim=1) if pool else hidden_states
+        return features if return_tensors else features.tolist()
+
+
+__all__ = ["DilatedViTMAEImageFeatureExtractionPipeline", "DilatedViTMAEReconstructionPipeline"]

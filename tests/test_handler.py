@@ -3,6 +3,8 @@
 import base64
 import io
 import json
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -10,7 +12,7 @@ import pytest
 import skimage.data
 import torch
 
-from conftest import TINY_CONFIG, load_file
+from conftest import TINY_CONFIG, load_file, run_without_package
 from dilated_vit_mae import DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
 from dilated_vit_mae.hub import add_inference_code
 
@@ -103,22 +105,150 @@ def test_features_are_the_whole_image_tokens_as_lists(handler, photo):
     assert response == endpoint({"inputs": photo, "parameters": {"task": "features"}})
 
 
-@pytest.mark.parametrize(
-    "data, message",
-    [
-        ({"parameters": {}}, '"inputs"'),
-        ({"inputs": 42}, "must be an image"),
-        ({"inputs": "not an image"}, "base64"),
-        ({"inputs": base64.b64encode(b"plain text").decode()}, "could not be decoded"),
-        ({"inputs": "", "parameters": {"task": "classify"}}, '"task" must be one of'),
-        ({"inputs": "", "parameters": {"temperature": 1.0}}, "Unknown parameters"),
-        ({"inputs": "", "parameters": {"task": "features", "seed": 1}}, "no other parameters"),
-        ({"inputs": "", "parameters": {"mask_ratio": 1.5}}, "mask_ratio"),
-    ],
-)
-def test_bad_requests_name_the_problem(handler, photo, data, message):
+def truncated_png(image: PIL.Image.Image) -> bytes:
+    data = png_bytes(image)
+    return data[: len(data) // 2]
+
+
+def strip_png() -> bytes:
+    """A 4 KB PNG of 1 x 1,000,000 px: a shortest-edge resize to 224 px would be 224 x 224,000,000 (gigabytes)."""
+    return png_bytes(PIL.Image.fromarray(np.tile(np.arange(250, dtype=np.uint8), (1, 4000))))
+
+
+def bomb_png() -> bytes:
+    """A small PNG declaring 10,000 x 6,000 px (60 MP): refused from its header, before decoding."""
+    return png_bytes(PIL.Image.new("L", (10_000, 6_000)))
+
+
+HOSTILE_REQUESTS = {
+    "no inputs": ({"parameters": {}}, '"inputs"'),
+    "not a JSON object": ([1, 2], "must be a JSON object"),
+    "number as image": ({"inputs": 42}, "Unsupported image type int"),
+    "not base64": ({"inputs": "not an image"}, "base64"),
+    "base64 of text": ({"inputs": base64.b64encode(b"plain text").decode()}, "Could not read the image data"),
+    "data URL without comma": ({"inputs": "data:image/png;base64"}, "without ';base64,' before its data"),
+    "URL": ({"inputs": "https://example.com/face.png"}, "does not download"),
+    "truncated image": ("truncated", "Could not read the image data: image file is truncated"),
+    "60 MB base64 body": ({"inputs": "A" * 60_000_000}, r"60,000,000 characters .* more than the limit"),
+    "60 MB bytes": ({"inputs": b"\x89PNG" + bytes(60_000_000)}, "more than the limit"),
+    "60 MP image": ("bomb", r"10000 x 6000 = 60,000,000 pixels, more than the limit"),
+    "list as parameters": ({"inputs": "", "parameters": [1, 2]}, '"parameters" must be a JSON object, got list'),
+    "unknown task": ({"inputs": "", "parameters": {"task": "classify"}}, '"task" must be one of'),
+    "task not a string": ({"inputs": "", "parameters": {"task": ["features"]}}, '"task" must be one of'),
+    "unknown parameter": ({"inputs": "", "parameters": {"temperature": 1.0}}, "Unknown parameters"),
+    "features with parameters": ({"inputs": "", "parameters": {"task": "features", "seed": 1}}, "no other parameters"),
+    "mask_ratio 1.5": ({"inputs": "", "parameters": {"mask_ratio": 1.5}}, "`mask_ratio` must be a number"),
+    "mask_ratio string": ({"inputs": "", "parameters": {"mask_ratio": "0.5"}}, "got '0.5'"),
+    "mask_ratio NaN": ({"inputs": "", "parameters": {"mask_ratio": float("nan")}}, "got nan"),
+    "seed 2**70": ({"inputs": "", "parameters": {"seed": 2**70}}, r"`seed` must be an integer in \[0, 2\*\*64 - 1\]"),
+    "seed negative": ({"inputs": "", "parameters": {"seed": -1}}, "`seed` must be an integer"),
+    "seed float": ({"inputs": "", "parameters": {"seed": 0.5}}, "`seed` must be an integer"),
+}
+
+
+def hostile_request(data, photo):
+    if data == "truncated":
+        return {"inputs": base64.b64encode(truncated_png(photo)).decode()}
+    if data == "bomb":
+        return {"inputs": bomb_png()}
+    if isinstance(data, dict) and data.get("inputs") == "":
+        return {**data, "inputs": photo}
+    return data
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_REQUESTS))
+def test_bad_requests_raise_value_errors_naming_the_problem(handler, photo, name):
+    import time
+
     endpoint, _ = handler
-    if data.get("inputs") == "":
-        data = {**data, "inputs": photo}
-    with pytest.raises(ValueError, match=message):
+    data, message = HOSTILE_REQUESTS[name]
+    data = hostile_request(data, photo)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message):  # the endpoint answers a ValueError with a 400
         endpoint(data)
+    assert time.perf_counter() - start < 10
+
+
+def test_extreme_aspect_ratio_is_served_quickly(handler):
+    import time
+
+    endpoint, _ = handler
+    start = time.perf_counter()
+    response = endpoint({"inputs": strip_png(), "parameters": {"seed": 0}})
+    assert time.perf_counter() - start < 10
+    assert decode(response["original"]).size == (32, 32)
+    features = endpoint({"inputs": base64.b64encode(strip_png()).decode(), "parameters": {"task": "features"}})
+    assert features["shape"] == [65, 32]
+
+
+def test_16_bit_image_is_scaled_not_clipped(handler):
+    endpoint, _ = handler
+    gradient = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))
+    response = endpoint({"inputs": png_bytes(PIL.Image.fromarray(gradient)), "parameters": {"mask_ratio": 0.5}})
+    original = np.asarray(decode(response["original"])).astype(int)
+    assert np.abs(original - gradient[..., None] / 257).max() <= 1  # not 99% white
+
+
+BOUNDS_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["dilated_vit_mae"] = None  # the folder's code only, as on an endpoint
+    import base64, importlib.util, io, json, time
+    import numpy as np
+    import PIL.Image
+
+    def peak_mb():  # VmHWM: this process's peak resident memory
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+
+    folder = sys.argv[1]
+    spec = importlib.util.spec_from_file_location("handler", folder + "/handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler = module.EndpointHandler(folder)
+
+    def png(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    requests = {
+        "strip": {"inputs": png(PIL.Image.new("L", (1_000_000, 1), 128)), "parameters": {"seed": 0}},
+        "strip features": {"inputs": png(PIL.Image.new("RGB", (1, 1_000_000))), "parameters": {"task": "features"}},
+        "bomb": {"inputs": png(PIL.Image.new("L", (10_000, 6_000)))},
+        "60 MB base64": {"inputs": "A" * 60_000_000},
+        "truncated": {"inputs": png(PIL.Image.new("RGB", (500, 500), (9, 9, 9)))[:300]},
+    }
+    handler({"inputs": PIL.Image.new("RGB", (40, 40)), "parameters": {"seed": 0}})  # warm up
+    report = {"sizes": {name: len(str(r["inputs"])) for name, r in requests.items()}, "before_mb": peak_mb()}
+    for name, request in requests.items():
+        start = time.perf_counter()
+        try:
+            handler(request)
+            outcome = "ok"
+        except ValueError as error:
+            outcome = "ValueError"
+        report[name] = {"seconds": time.perf_counter() - start, "outcome": outcome, "peak_mb": peak_mb()}
+    print("REPORT " + json.dumps(report))
+    """
+)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch + transformers: ~10 s
+def test_hostile_inputs_stay_within_time_and_memory_in_a_clean_process(handler, tmp_path):
+    endpoint, module = handler
+    folder = Path(module.__file__).parent
+    (tmp_path / "bounds.py").write_text(BOUNDS_SCRIPT)
+    result = run_without_package([tmp_path / "bounds.py", folder], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout.split("REPORT ", 1)[1])
+    expected = {"strip": "ok", "strip features": "ok", "bomb": "ValueError", "60 MB base64": "ValueError",
+                "truncated": "ValueError"}  # fmt: skip
+    for name, outcome in expected.items():
+        assert report[name]["outcome"] == outcome, (name, report[name])
+        assert report[name]["seconds"] < 10, (name, report[name])
+    # the peak grows by less than 200 MB over all of them (a 224 x 224,000,000 resize alone would be ~6 GB), and the
+    # whole process, torch and transformers included, stays under 1 GB
+    assert report["truncated"]["peak_mb"] - report["before_mb"] < 200, report
+    assert report["truncated"]["peak_mb"] < 1024, report

@@ -1,5 +1,7 @@
-"""The `mae-reconstruction` pipeline: outputs, reproducibility, re-composition, and loading it from a published folder
-through `custom_pipelines` with remote code only (a clean process where the package cannot be imported)."""
+"""The folder's pipelines: `mae-reconstruction` (outputs, reproducibility, re-composition) and
+`image-feature-extraction` (whole-image features, the same at every call, pooled), their image policy (16-bit images,
+no URLs, bounds), and loading both from a published folder through `custom_pipelines` with remote code only (a clean
+process where the package cannot be imported)."""
 
 import json
 import textwrap
@@ -18,7 +20,10 @@ from dilated_vit_mae.hub import (
     add_inference_code,
     register_reconstruction_pipeline,
 )
-from dilated_vit_mae.pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
+from dilated_vit_mae.pipeline_dilated_vit_mae import (
+    DilatedViTMAEImageFeatureExtractionPipeline,
+    DilatedViTMAEReconstructionPipeline,
+)
 
 
 PATCH = 4  # tiny_config
@@ -115,7 +120,12 @@ def test_a_list_of_images_gives_a_list_of_results(reconstruct, photo):
         (dict(mask_ratio=-0.1), "mask_ratio"),
         (dict(seed=-1), "seed"),
         (dict(seed=1.5), "seed"),
-        (dict(noise=None), "mask_ratio`, `seed`"),
+        (dict(seed=2**70), r"`seed` must be an integer in \[0, 2\*\*64 - 1\], got 1180591620717411303424"),
+        (dict(mask_ratio="0.5"), "`mask_ratio` must be a number in \\[0, 1\\), got '0.5'"),
+        (dict(mask_ratio=float("nan")), "got nan"),
+        (dict(mask_ratio=1.5), "got 1.5"),
+        (dict(timeout=3), r"Unexpected arguments \['timeout'\].*`mask_ratio` and `seed`"),
+        (dict(noise=None), r"Unexpected arguments \['noise'\]"),
     ],
 )
 def test_bad_arguments_name_the_problem(reconstruct, photo, kwargs, message):
@@ -136,8 +146,117 @@ def test_norm_pix_loss_reconstruction_borrows_the_target_statistics(tiny_config_
     assert np.array_equal(np.asarray(result["reconstruction"]), expected)
 
 
-def test_registering_the_pipeline_writes_what_add_inference_code_writes(tiny_config, tmp_path):
-    """transformers' own mechanism (register + Pipeline.save_pretrained) and ours give the same config entry."""
+# ---------------------------------------------------------------- image policy: the image processor reads every input
+
+
+def gradient_16_bit() -> PIL.Image.Image:
+    """A horizontal 16-bit grey gradient (PIL mode "I;16"); `convert("RGB")` makes it 99% white."""
+    return PIL.Image.fromarray(np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1)))
+
+
+def test_16_bit_images_are_scaled_not_clipped(reconstruct):
+    image = gradient_16_bit()
+    original = np.asarray(reconstruct(image, mask_ratio=0.5, seed=0)["original"]).astype(int)  # (32, 32, 3)
+    expected = np.asarray(image, dtype=np.float64) / 65535 * 255
+    # the processor's view (normalised, then back to uint8): within one level of the true gradient
+    assert np.abs(original - expected[..., None]).max() <= 1
+    assert (np.asarray(image.convert("RGB")) == 255).mean() > 0.95  # what the old `.convert("RGB")` gave
+
+
+def test_bytes_base64_and_paths_are_read_and_urls_refused(reconstruct, photo, tmp_path):
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    (tmp_path / "photo.png").write_bytes(buffer.getvalue())
+    expected = np.asarray(reconstruct(photo, mask_ratio=0.5, seed=2)["recomposited"])
+    for source in (buffer.getvalue(), base64.b64encode(buffer.getvalue()).decode(), str(tmp_path / "photo.png")):
+        assert np.array_equal(np.asarray(reconstruct(source, mask_ratio=0.5, seed=2)["recomposited"]), expected)
+    with pytest.raises(ValueError, match="does not download"):
+        reconstruct("https://example.com/face.png", seed=0)
+    with pytest.raises(ValueError, match="more than the limit"):
+        reconstruct(PIL.Image.new("L", (8000, 7000)), seed=0)  # 56 MP, refused before any processing
+
+
+def test_other_channel_counts_give_arrays(tiny_config_kwargs):
+    config = DilatedViTMAEConfig(**tiny_config_kwargs, num_channels=4)
+    processor = DilatedViTMAEImageProcessor(
+        size={"shortest_edge": 32}, crop_size=32, num_channels=4, image_mean=[0.5] * 4, image_std=[0.25] * 4
+    )
+    reconstruct = DilatedViTMAEReconstructionPipeline(model=make_model(config), image_processor=processor)
+    image = np.random.default_rng(0).integers(0, 256, size=(40, 36, 4), dtype=np.uint8)  # e.g. RGB + near-infrared
+    result = reconstruct(image, mask_ratio=0.5, seed=0)
+    for key in ("original", "masked", "reconstruction", "recomposited"):
+        assert isinstance(result[key], np.ndarray) and result[key].shape == (32, 32, 4), key
+    removed = np.asarray(result["mask"])[..., None] > 0
+    assert np.array_equal(np.where(removed, 0, result["recomposited"]), np.where(removed, 0, result["original"]))
+
+
+# ---------------------------------------------------------------- image-feature-extraction
+
+
+@pytest.fixture
+def published(tiny_config, tmp_path):
+    """A folder as published (model, processor, pipelines, handler) and the model it holds."""
+    folder = tmp_path / f"{tmp_path.name}-published"  # remote-code module names come from the folder name
+    model = make_model(tiny_config)
+    model.save_pretrained(folder)
+    make_processor().save_pretrained(folder)
+    add_inference_code(folder)
+    return folder, model
+
+
+def test_feature_pipeline_of_a_folder_gives_whole_image_features(published, photo):
+    from transformers import pipeline
+
+    folder, model = published
+    extract = pipeline("image-feature-extraction", model=folder, trust_remote_code=True)
+    # the folder's own class replaces transformers' built-in pipeline for the task
+    assert type(extract).__name__ == "DilatedViTMAEImageFeatureExtractionPipeline"
+    assert type(extract).__module__.startswith("transformers_modules")
+    features = extract(photo, return_tensors=True)
+    assert features.shape == (1, 1 + 64, 32)  # CLS + every patch of the 8 x 8 grid
+    assert torch.equal(features, extract(photo, return_tensors=True))  # the same at every call
+    as_lists = extract(photo)
+    assert np.asarray(as_lists).shape == (1, 65, 32)
+    np.testing.assert_allclose(np.asarray(as_lists), features.numpy(), rtol=1e-6)
+    pooled = extract(photo, pool=True, return_tensors=True)
+    assert pooled.shape == (1, 32)
+    torch.testing.assert_close(pooled, features[:, 1:].mean(dim=1))
+    # every patch in image order: the encoder on the patches shuffled, then put back, gives the same tokens
+    pixel_values = make_processor()(photo, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        shuffled = model.vit(pixel_values, noise=torch.rand(1, 64), mask_ratio=0.0)
+    restored = torch.gather(shuffled.last_hidden_state[:, 1:], 1, shuffled.ids_restore[..., None].expand(-1, -1, 32))
+    torch.testing.assert_close(features[:, 1:], restored, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(features[:, 0], shuffled.last_hidden_state[:, 0], rtol=1e-4, atol=1e-5)
+
+
+def test_feature_pipeline_arguments_and_inputs(published, photo):
+    folder, model = published
+    extract = DilatedViTMAEImageFeatureExtractionPipeline(model=model, image_processor=make_processor())
+    batch = extract([photo, gradient_16_bit()], return_tensors=True)
+    assert len(batch) == 2 and batch[0].shape == (1, 65, 32)
+    resized = extract(photo, image_processor_kwargs={"crop_size": 32}, return_tensors=True)
+    torch.testing.assert_close(resized, batch[0])
+    for kwargs, match in [
+        (dict(pool="yes"), "`pool` must be True or False"),
+        (dict(return_tensors=1), "`return_tensors` must be True or False"),
+        (dict(image_processor_kwargs=[1]), "`image_processor_kwargs` must be a dict"),
+        (dict(timeout=3), r"Unexpected arguments \['timeout'\]"),
+    ]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            extract(photo, **kwargs)
+    with pytest.raises(ValueError, match="does not download"):
+        extract("https://example.com/face.png")
+
+
+def test_registering_the_pipeline_writes_what_add_inference_code_writes(tiny_config, tmp_path, monkeypatch):
+    """transformers' own mechanism (register + Pipeline.save_pretrained) and ours give the same config entries."""
+    from transformers import AutoModel
+    from transformers.pipelines import PIPELINE_REGISTRY
+
     register_reconstruction_pipeline()
     pipe = DilatedViTMAEReconstructionPipeline(
         model=make_model(tiny_config), image_processor=make_processor(), task=RECONSTRUCTION_TASK
@@ -146,11 +265,24 @@ def test_registering_the_pipeline_writes_what_add_inference_code_writes(tiny_con
     saved = json.loads((tmp_path / "saved_by_transformers" / "config.json").read_text())
     assert saved["custom_pipelines"] == CUSTOM_PIPELINES
     assert (tmp_path / "saved_by_transformers" / "pipeline_dilated_vit_mae.py").is_file()
+    # the feature pipeline, registered only for this test: registering it for good would replace transformers'
+    # built-in "image-feature-extraction" for every model in the process
+    monkeypatch.setitem(PIPELINE_REGISTRY.supported_tasks, "image-feature-extraction", None)
+    monkeypatch.setattr(DilatedViTMAEImageFeatureExtractionPipeline, "_registered_impl", None, raising=False)
+    PIPELINE_REGISTRY.register_pipeline(
+        "image-feature-extraction", DilatedViTMAEImageFeatureExtractionPipeline, pt_model=AutoModel, type="image"
+    )
+    encoder = make_model(tiny_config).vit
+    DilatedViTMAEImageFeatureExtractionPipeline(model=encoder, image_processor=make_processor()).save_pretrained(
+        tmp_path / "features_saved_by_transformers"
+    )
+    saved_features = json.loads((tmp_path / "features_saved_by_transformers" / "config.json").read_text())
 
     make_model(tiny_config).save_pretrained(tmp_path / "ours")
     add_inference_code(tmp_path / "ours")
     ours = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert ours["custom_pipelines"] == CUSTOM_PIPELINES
+    assert ours["custom_pipelines"] == {**saved["custom_pipelines"], **saved_features["custom_pipelines"]}
+    assert set(ours["custom_pipelines"]) == {RECONSTRUCTION_TASK, "image-feature-extraction"}
     assert (tmp_path / "ours" / "pipeline_dilated_vit_mae.py").read_text() == (
         tmp_path / "saved_by_transformers" / "pipeline_dilated_vit_mae.py"
     ).read_text()
@@ -180,6 +312,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     import numpy as np
     import PIL.Image
     import skimage.data
+    import torch
     from transformers import pipeline
 
     folder, expected_path = sys.argv[1], sys.argv[2]
@@ -201,13 +334,26 @@ REMOTE_SCRIPT = textwrap.dedent(
     expected = np.load(expected_path)
     for key in ("original", "reconstruction", "recomposited"):
         assert np.array_equal(np.asarray(result[key]), expected[key]), key  # the same as the package's pipeline
+    # a 16-bit image is scaled, not clipped
+    gradient = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))
+    original = np.asarray(reconstruct(PIL.Image.fromarray(gradient), seed=0)["original"]).astype(int)
+    assert np.abs(original - gradient[..., None] / 257).max() <= 1, original.mean()
+
+    extract = pipeline("image-feature-extraction", model=folder, trust_remote_code=True)
+    assert type(extract).__module__.startswith("transformers_modules"), type(extract).__module__
+    assert type(extract.model).__module__.startswith("transformers_modules"), type(extract.model).__module__
+    features = extract(photo, return_tensors=True)
+    assert tuple(features.shape) == (1, 65, 32), features.shape
+    assert torch.equal(features, extract(photo, return_tensors=True))
+    assert tuple(extract(photo, pool=True, return_tensors=True).shape) == (1, 32)
+    np.testing.assert_allclose(features.numpy(), expected["features"], rtol=1e-5, atol=1e-6)
     print("OK")
     """
 )
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch + transformers: ~8 s
-def test_published_folder_serves_the_pipeline_with_remote_code_only(tiny_config, tmp_path, photo):
+def test_published_folder_serves_both_pipelines_with_remote_code_only(tiny_config, tmp_path, photo):
     folder = tmp_path / "published"
     model = make_model(tiny_config)
     model.save_pretrained(folder)
@@ -216,9 +362,11 @@ def test_published_folder_serves_the_pipeline_with_remote_code_only(tiny_config,
     local = DilatedViTMAEReconstructionPipeline(model=model, image_processor=make_processor())(
         photo, mask_ratio=0.75, seed=0
     )
-    np.savez(
-        tmp_path / "expected.npz", **{k: np.asarray(local[k]) for k in ("original", "reconstruction", "recomposited")}
+    features = DilatedViTMAEImageFeatureExtractionPipeline(model=model.vit, image_processor=make_processor())(
+        photo, return_tensors=True
     )
+    expected = {k: np.asarray(local[k]) for k in ("original", "reconstruction", "recomposited")}
+    np.savez(tmp_path / "expected.npz", features=features.numpy(), **expected)
     (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
 
     result = run_without_package([tmp_path / "remote.py", folder, tmp_path / "expected.npz"], tmp_path)
