@@ -10,12 +10,16 @@ complete Hub repository, all written by `prepare_hub_folder`:
 - `README.md`, the model card (`dilated_vit_mae.model_card`), with `assets/tokenizer_diagram.png` and the widget's
   example images and their static reconstructions in `examples/`.
 
-`push_folder_to_hub` refuses a folder that does not load: it checks the exact files it would upload in a clean Python
-process where this package cannot be imported (remote code only), then creates the repository and uploads them.
+`push_folder_to_hub` uploads only the documented files of such a folder (`PUBLISHED_FILES`), never a symbolic link,
+and says what it left out (`plan_upload`). It refuses a folder that does not load: it checks the exact files it would
+upload in a clean Python process where this package cannot be imported (remote code only), then creates the
+repository and uploads them. The results files and the card are redacted by value in the uploaded copy
+(`dilated_vit_mae.redaction`): no token, and no local path in the results.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -24,19 +28,16 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from fnmatch import fnmatch
-from pathlib import Path
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# what a run writes next to the model that does not belong in the model repository (the per-epoch reconstruction
-# grids of a long run add up to hundreds of MB; the last one, eval/reconstructions.png, is kept)
-IGNORE_PATTERNS = (
-    "checkpoints/*", "runs/*", ".tmp-*", "*/.tmp-*", "__pycache__/*", "*/__pycache__/*", "eval/reconstructions_epoch_*",
-)  # fmt: skip
 
 RECONSTRUCTION_TASK = "mae-reconstruction"
 PIPELINE_FILE = "pipeline_dilated_vit_mae.py"
@@ -57,11 +58,63 @@ class FolderCheckError(RuntimeError):
     """A folder that would not work once published; nothing was uploaded."""
 
 
-def files_to_upload(folder: str | os.PathLike) -> list[str]:
-    """Relative paths of the files `push_folder_to_hub` would upload, sorted."""
+# The files of a published repository, those the README's *Publishing* table documents; nothing else in a run's
+# folder is uploaded (checkpoints with optimizer and RNG pickles, tracker logs, per-epoch grids, a planted `.env`...).
+# `*` matches within one path component; hidden names (".env", "examples/.secret") never match.
+PUBLISHED_FILES = (
+    "config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
+    "preprocessor_config.json", "*_dilated_vit_mae.py", HANDLER_FILE, "README.md",
+    "all_results.json", "linear_probe_results.json", "knn_results.json",
+    "eval/reconstructions.png", "assets/*", "examples/*",
+)  # fmt: skip
+# published results: redacted by value and stripped of local paths in the uploaded copy
+RESULTS_FILES = ("all_results.json", "linear_probe_results.json", "knn_results.json")
+LINK_REASON = "a symbolic link, never followed (its target may lie outside the folder)"
+NOT_PUBLISHED_REASON = "not one of the published files"
+
+
+@dataclass
+class UploadPlan:
+    """What would be uploaded from a folder (`files`, relative, sorted) and what is left out (relative path -> why)."""
+
+    files: list[str]
+    left_out: dict[str, str]
+
+
+def is_published_file(path: str) -> bool:
+    """Whether the relative `path` is one of `PUBLISHED_FILES`."""
+    parts = PurePosixPath(path).parts
+    if any(part.startswith(".") for part in parts):
+        return False
+    patterns = (pattern.split("/") for pattern in PUBLISHED_FILES)
+    return any(len(p) == len(parts) and all(map(fnmatchcase, parts, p)) for p in patterns)
+
+
+def plan_upload(folder: str | os.PathLike) -> UploadPlan:
+    """Sort the files under `folder` into those `push_folder_to_hub` uploads and those it leaves out (and why)."""
     root = Path(folder)
-    files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-    return sorted(f for f in files if not any(fnmatch(f, pattern) for pattern in IGNORE_PATTERNS))
+    files, left_out = [], {}
+    for directory, dirnames, filenames in os.walk(root):  # a linked folder is listed, never entered
+        for name in dirnames + filenames:
+            path = Path(directory) / name
+            relative = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                left_out[relative + ("/" if name in dirnames else "")] = LINK_REASON
+            elif name in filenames and is_published_file(relative):
+                files.append(relative)
+            elif name in filenames:
+                left_out[relative] = NOT_PUBLISHED_REASON
+    return UploadPlan(sorted(files), dict(sorted(left_out.items())))
+
+
+def files_to_upload(folder: str | os.PathLike) -> list[str]:
+    """Relative paths of the files `push_folder_to_hub` would upload, sorted (`plan_upload(folder).files`)."""
+    return plan_upload(folder).files
+
+
+def describe_left_out(left_out: dict[str, str]) -> list[str]:
+    """One line per file left out of an upload, `path  (why)`."""
+    return [f"{name}  ({reason})" for name, reason in left_out.items()]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -127,6 +180,7 @@ def prepare_hub_folder(
     model=None,
     image_processor=None,
     examples: bool = True,
+    secrets: Iterable[str] = (),
 ) -> list[str]:
     """
     Make a saved model folder publishable as it is: add the pipeline and the handler (`add_inference_code`), draw
@@ -138,6 +192,8 @@ def prepare_hub_folder(
         repo_id, revision (*optional*): the Hub repository and commit the card's snippets point at.
         model, image_processor (*optional*): the loaded model and processor, to avoid loading them again.
         examples (`bool`, *optional*, defaults to `True`): reconstruct the example images for the widget.
+        secrets (*optional*): values the card must not contain (`redaction.secret_values(args)`), beside the
+            environment's and the cached login's.
 
     Returns:
         The files written, relative to `folder`.
@@ -148,7 +204,7 @@ def prepare_hub_folder(
     written += write_card_assets(
         folder, model=model, image_processor=image_processor, example_images=None if examples else []
     )
-    render_model_card(folder, repo_id=repo_id, revision=revision)
+    render_model_card(folder, repo_id=repo_id, revision=revision, secrets=secrets)
     return written + ["README.md"]
 
 
@@ -190,10 +246,16 @@ CHECK_SCRIPT = textwrap.dedent(
     report["logits_shape"] = list(outputs.logits.shape)
 
     for task in getattr(config, "custom_pipelines", None) or {}:
-        result = pipeline(task, model=folder, trust_remote_code=True)(image, mask_ratio=0.75, seed=0)
-        for key in ("masked", "reconstruction", "recomposited"):
-            if not isinstance(result[key], PIL.Image.Image):
-                raise SystemExit(f"the {task} pipeline's {key!r} is not an image: {type(result[key])}")
+        run = pipeline(task, model=folder, trust_remote_code=True)
+        if task == "mae-reconstruction":
+            result = run(image, mask_ratio=0.75, seed=0)
+            for key in ("masked", "reconstruction", "recomposited"):
+                if not isinstance(result[key], PIL.Image.Image):
+                    raise SystemExit(f"the {task} pipeline's {key!r} is not an image: {type(result[key])}")
+        else:  # e.g. image-feature-extraction: numbers, all finite
+            values = np.asarray(run(image), dtype=np.float64)
+            if values.size == 0 or not np.isfinite(values).all():
+                raise SystemExit(f"the {task} pipeline returned no finite values (shape {values.shape})")
         report.setdefault("pipelines", []).append(task)
 
     handler_path = os.path.join(folder, "handler.py")
@@ -307,22 +369,77 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 PUBLISHING_FILES = (PIPELINE_FILE, HANDLER_FILE, "README.md")
 
 
+@dataclass
+class PushResult:
+    """What `push_folder_to_hub` did: the upload commit, the files uploaded and those left out (path -> why)."""
+
+    url: str
+    commit_oid: str | None = None
+    files: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def _refuse_linked_published_files(folder: Path, plan: UploadPlan) -> None:
+    linked = [name for name, reason in plan.left_out.items() if reason == LINK_REASON and is_published_file(name)]
+    if linked:
+        raise FolderCheckError(
+            f"{folder} cannot be published: {', '.join(linked)} must be files, not symbolic links; links are never "
+            "followed when publishing (a link's target may be any file). "
+            "Replace each link with the file itself, e.g. `cp --remove-destination \"$(readlink -f PATH)\" PATH`."
+        )
+
+
+def _redact_staged(destination: Path, secrets: Iterable[str]) -> None:
+    """In the uploaded copy: results files without secrets or local paths, a card without secrets."""
+    from .redaction import publishable, redact
+
+    for name in RESULTS_FILES:
+        path = destination / name
+        if path.is_file():
+            try:
+                results = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise FolderCheckError(f"{name} is not valid JSON ({error}); fix or remove it.") from error
+            path.write_text(json.dumps(publishable(results, secrets), indent=2) + "\n")
+    card = destination / "README.md"
+    if card.is_file():
+        card.write_text(redact(card.read_text(encoding="utf-8"), secrets), encoding="utf-8")
+
+
 def stage_folder(
-    folder: str | os.PathLike, destination: str | os.PathLike, repo_id: str | None = None, prepare: bool = True
+    folder: str | os.PathLike,
+    destination: str | os.PathLike,
+    repo_id: str | None = None,
+    prepare: bool = True,
+    secrets: Iterable[str] | None = None,
 ) -> list[str]:
     """
     Lay out in `destination` exactly what would be uploaded from `folder`, which itself is never modified:
 
-    - the files of `files_to_upload(folder)`: weights hard-linked where the file system allows (nothing here ever
-      writes to them), everything else copied;
+    - the published files of `folder` (`plan_upload`; never a symbolic link, and a link where a published file
+      should be is refused): weights hard-linked where the file system allows (nothing here ever writes to them),
+      everything else copied; the results files and the card redacted by value (`secrets`, by default
+      `redaction.secret_values()`: the environment's and the cached login's token), the results without local paths;
     - with `prepare`, a folder that is not publishable yet (no pipeline, handler or card) is completed in
       `destination` (`prepare_hub_folder`); a card rendered from the template is rendered again for `repo_id`.
 
     Returns:
         The files to upload, relative to `destination`.
+
+    Raises:
+        `FolderCheckError` for a linked published file, a results file that is not JSON, or a folder that cannot be
+        completed.
     """
+    from .redaction import secret_values
+
     folder, destination = Path(folder), Path(destination)
-    for name in files_to_upload(folder):
+    secrets = set(secret_values() if secrets is None else secrets)
+    plan = plan_upload(folder)
+    _refuse_linked_published_files(folder, plan)
+    for name in plan.files:
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if name.endswith(WEIGHT_SUFFIXES):
@@ -332,17 +449,34 @@ def stage_folder(
             except OSError:
                 pass
         shutil.copy2(folder / name, target)
+    _redact_staged(destination, secrets)
     if prepare and (destination / "config.json").is_file():
         from .model_card import TEMPLATE_PATH, is_rendered_card, render_model_card
 
         if not all((destination / name).is_file() for name in PUBLISHING_FILES):
             try:
-                prepare_hub_folder(destination, repo_id=repo_id)
+                prepare_hub_folder(destination, repo_id=repo_id, secrets=secrets)
             except Exception as error:  # e.g. no image processor: the folder cannot work as a repository
                 raise FolderCheckError(f"{folder} could not be made publishable: {error}") from error
         elif repo_id is not None and TEMPLATE_PATH.is_file() and is_rendered_card(destination / "README.md"):
-            render_model_card(destination, repo_id=repo_id)
+            render_model_card(destination, repo_id=repo_id, secrets=secrets)
     return files_to_upload(destination)
+
+
+def _pin_card_revision(api, staging: Path, repo_id: str, revision: str | None, sha: str, secrets: set[str]) -> None:
+    """Commit the card again with its snippets pinned to the upload commit `sha` (only a card from the template)."""
+    from .model_card import TEMPLATE_PATH, is_rendered_card, render_model_card
+
+    if TEMPLATE_PATH.is_file() and is_rendered_card(staging / "README.md"):
+        render_model_card(staging, repo_id=repo_id, revision=sha, secrets=secrets)
+        api.upload_file(
+            path_or_fileobj=str(staging / "README.md"),
+            path_in_repo="README.md",
+            repo_id=repo_id,
+            repo_type="model",
+            revision=revision,
+            commit_message=f"Model card: pin the code revision to {sha[:10]}",
+        )
 
 
 def push_folder_to_hub(
@@ -356,11 +490,13 @@ def push_folder_to_hub(
     check: bool = True,
     pin_revision: bool = True,
     prepare: bool = True,
-) -> str:
+) -> PushResult:
     """
-    Create `repo_id` (if needed) and upload `folder` to it with `huggingface_hub`, leaving out checkpoints and
-    tracker logs. Local files are never modified or deleted, whether the upload succeeds or not: what is uploaded is
-    staged in a sibling temporary folder (`stage_folder`), checked there, uploaded from there, and removed afterwards.
+    Create `repo_id` (if needed) and upload the published files of `folder` to it with `huggingface_hub`: only
+    `PUBLISHED_FILES`, never a symbolic link; what is left out is logged and returned. Local files are never modified
+    or deleted, whether the upload succeeds or not: what is uploaded is staged in a sibling temporary folder
+    (`stage_folder`, which redacts `token` and the environment's tokens from the results and the card), checked
+    there, uploaded from there, and removed afterwards.
 
     Args:
         folder (`str` or `os.PathLike`): a publishable folder (`prepare_hub_folder`; what `scripts/run_mae.py` saves).
@@ -378,17 +514,23 @@ def push_folder_to_hub(
             handler, card) in the staging copy, and render its card for `repo_id` (`stage_folder`).
 
     Returns:
-        The URL of the upload commit.
+        A `PushResult` (its `str` is the URL of the upload commit), with the files uploaded and those left out.
 
     Raises:
         `FolderCheckError` when the folder would not work once published (nothing is uploaded).
     """
+    from .redaction import secret_values
+
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json: it is not a saved model folder.")
+    secrets = secret_values({"token": token})
+    left_out = plan_upload(folder).left_out
+    if left_out:
+        logger.info(f"left out of the upload of {folder}:\n  " + "\n  ".join(describe_left_out(left_out)))
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-hub-staging-", dir=folder.resolve().parent))
     try:
-        stage_folder(folder, staging, repo_id=repo_id, prepare=prepare)
+        files = stage_folder(folder, staging, repo_id=repo_id, prepare=prepare, secrets=secrets)
         if check:
             report = check_folder(staging)
             logger.info(f"{folder} loads without the package: {report}")
@@ -405,37 +547,31 @@ def push_folder_to_hub(
             repo_type="model",
             revision=revision,
             commit_message=commit_message,
-            ignore_patterns=list(IGNORE_PATTERNS),
+            allow_patterns=[glob.escape(name) for name in files],  # exactly the staged files, whatever appears there
         )
         url = getattr(commit, "commit_url", None) or str(commit)
-        logger.info(f"uploaded {folder} to {repo_id}: {url}")
+        logger.info(f"uploaded {len(files)} files of {folder} to {repo_id}: {url}")
         sha = getattr(commit, "oid", None)
         if pin_revision and isinstance(sha, str):
-            from .model_card import TEMPLATE_PATH, is_rendered_card, render_model_card
-
-            if TEMPLATE_PATH.is_file() and is_rendered_card(staging / "README.md"):
-                render_model_card(staging, repo_id=repo_id, revision=sha)
-                api.upload_file(
-                    path_or_fileobj=str(staging / "README.md"),
-                    path_in_repo="README.md",
-                    repo_id=repo_id,
-                    repo_type="model",
-                    revision=revision,
-                    commit_message=f"Model card: pin the code revision to {sha[:10]}",
-                )
-        return url
+            _pin_card_revision(api, staging, repo_id, revision, sha, secrets)
+        return PushResult(url=url, commit_oid=sha if isinstance(sha, str) else None, files=files, left_out=left_out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 __all__ = [
     "CUSTOM_PIPELINES",
+    "PUBLISHED_FILES",
     "FolderCheckError",
-    "IGNORE_PATTERNS",
+    "PushResult",
     "RECONSTRUCTION_TASK",
+    "UploadPlan",
     "add_inference_code",
     "check_folder",
+    "describe_left_out",
     "files_to_upload",
+    "is_published_file",
+    "plan_upload",
     "prepare_hub_folder",
     "push_folder_to_hub",
     "register_reconstruction_pipeline",
