@@ -452,3 +452,38 @@ def test_sample_recipe_applies_on_the_shipped_sample_only():
     assert (given.learning_rate, given.max_train_steps, given.per_device_train_batch_size) == (1e-4, None, 16)
     real = run_mae.parse_args(["--celeba_dir", "/data/celeba"])
     assert (real.recipe, real.learning_rate, real.base_learning_rate, real.norm_pix_loss) == ("mae", None, 1.5e-4, None)
+
+
+def test_the_training_loop_does_not_wait_for_the_device_between_logging_steps(
+    tiny_model_dir, tmp_path, monkeypatch, reset_accelerate
+):
+    # every .item() / .tolist() / .cpu() / bool(tensor) stops the host until the device has caught up; between two
+    # logging steps the loop must issue none (the loss and the finiteness check stay on the device)
+    run_mae = load_script()
+    syncs, inside = [], {"step": False}
+    for name in ("item", "tolist", "cpu", "__bool__", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            # torch.optim reads its step counters, host-side CPU tensors unless capturable: not a device sync
+            if inside["step"] and f"torch{os.sep}optim" not in caller:
+                syncs.append(f"{_name} in {caller}:{sys._getframe(1).f_lineno}")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    original_step = run_mae.train_micro_batch
+
+    def step(*args, **kwargs):
+        inside["step"] = True
+        try:
+            return original_step(*args, **kwargs)
+        finally:
+            inside["step"] = False
+
+    monkeypatch.setattr(run_mae, "train_micro_batch", step)
+    args = run_args(tiny_model_dir, tmp_path / "out", "--max_train_steps", "6", "--checkpointing_steps", "no", "--no_eval")
+    args[args.index("--logging_steps") + 1] = "3"
+    run_mae.main(run_mae.parse_args(args))
+    assert syncs == []
+    assert sorted(read_log(tmp_path / "out")) == [3, 6]
