@@ -7,8 +7,12 @@
 
 For each preset it times, interleaved and after warm-up, a training step (forward, backward, AdamW step) and an
 encoder forward over the whole image (`mask_ratio=0`, no grad), for ViTMAE and for our model with no dilation, the
-default dilation set and two rates; it prints medians and ratios to ViTMAE measured in the same run, and peak memory
-(CUDA: `max_memory_allocated`; CPU: how much a fresh process's peak RSS grows over 3 training steps). Writes JSON.
+default dilation set, two rates, and the mask-token encoder (`masking_mode="mask_token"`, no dilation); it prints
+medians and ratios to ViTMAE measured in the same run, the mask-token vs drop ratio (training step, and encoder
+forward + backward), and peak memory of 3 training steps (CUDA: `max_memory_allocated`; CPU: the peak RSS of a process
+started clean, a fresh interpreter: `VmHWM` from its `/proc/self/status`, checked against `/usr/bin/time -v`'s
+maximum RSS of the same process, both reported; `ru_maxrss` is not used, because a child created by fork/vfork starts
+from its parent's high-water mark). Writes JSON.
 
 Model FLOP utilisation: the FLOPs of one training step are counted, not estimated, with
 `torch.utils.flop_counter.FlopCounterMode` on an eager-attention copy of each model (batch 1, on the CPU; a
@@ -23,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
+import re
 import statistics
 import subprocess
 import sys
@@ -49,7 +53,12 @@ VARIANTS = {
     "ours_no_dilation": dict(dilation_rates=()),
     "ours_default": dict(),  # the config's default dilation set
     "ours_rates_2_3": dict(dilation_rates=(2, 3)),
+    # every patch through the encoder, masked ones as a mask token (what MAE's asymmetric encoder avoids)
+    "ours_mask_token": dict(dilation_rates=(), masking_mode="mask_token"),
 }
+# the mask-token encoder against the same model dropping masked patches (MAE: 2.8-4.1x; ViT-B/16 with the 8 x 512
+# decoder on CPU: 2.33x the training step)
+MASK_TOKEN_PAIR = ("ours_mask_token", "ours_no_dilation")
 
 
 # dense bf16/fp16 tensor-core peaks in TFLOP/s (vendor data sheets), matched against torch.cuda.get_device_name()
@@ -129,6 +138,17 @@ def encoder_fn(model, pixel_values, compile: bool = False):
     return run
 
 
+def encoder_backward_fn(model, pixel_values, noise):
+    """Encoder forward + backward on the training masks (the part that `masking_mode` changes)."""
+    vit = getattr(model, "_orig_mod", model).vit
+
+    def run():
+        vit(pixel_values=pixel_values, noise=noise).last_hidden_state.float().sum().backward()
+        vit.zero_grad(set_to_none=True)
+
+    return run
+
+
 def time_interleaved(functions: dict, repeats: int, warmup: int, device: str) -> dict[str, list[float]]:
     """Run each function `warmup` times, then `repeats` rounds of one call each, in turn, timing every call."""
     for function in functions.values():
@@ -146,10 +166,12 @@ def time_interleaved(functions: dict, repeats: int, warmup: int, device: str) ->
     return times
 
 
-def peak_memory_mb(variant: str, preset: str, batch_size: int, device: str, dtype_name: str) -> float:
+def peak_memory_mb(variant: str, preset: str, batch_size: int, device: str, dtype_name: str) -> dict[str, float | None]:
     """
-    Peak memory of 3 training steps: the CUDA allocator's peak, or on CPU the growth of a fresh process's peak RSS
-    over its RSS just before the first step (parameters, inputs and imports are excluded there).
+    Peak memory of 3 training steps. CUDA: `{"peak_memory_mb": max_memory_allocated}`. CPU: a fresh interpreter runs
+    the steps (model and inputs built there) and reports `peak_memory_mb`, its `VmHWM` (whole-process peak RSS), and
+    `baseline_rss_mb`, its RSS just before the first step; run under `/usr/bin/time -v` where it exists, whose
+    maximum RSS of that same process is `peak_memory_mb_time_v`.
     """
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -162,29 +184,32 @@ def peak_memory_mb(variant: str, preset: str, batch_size: int, device: str, dtyp
         synchronize(device)
         peak = torch.cuda.max_memory_allocated() / 2**20
         del model, step
-        return peak
-    command = [sys.executable, __file__, "--_memory_child", variant, preset, str(batch_size), dtype_name]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return float(output.strip().splitlines()[-1])
+        return {"peak_memory_mb": peak}
+    command = [sys.executable, str(Path(__file__).resolve()), "--_memory_child", variant, preset, str(batch_size), dtype_name]
+    time_v = Path("/usr/bin/time").exists()  # GNU time: it forks the child itself, from its own small process
+    result = subprocess.run((["/usr/bin/time", "-v"] if time_v else []) + command, capture_output=True, text=True, check=True)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr)
+    figures["peak_memory_mb_time_v"] = int(match.group(1)) / 1024 if match else None
+    return figures
 
 
 def memory_child(variant: str, preset: str, batch_size: int, dtype_name: str) -> None:
-    torch.set_num_threads(torch.get_num_threads())
     dtype = getattr(torch, dtype_name)
     model = build(variant, preset, "cpu", dtype)
     step = train_step_fn(model, torch.optim.AdamW(model.parameters(), lr=1e-4), *make_inputs(preset, batch_size, "cpu", dtype))
-    before = current_rss_mb()
+    baseline = proc_status_mb("VmRSS")
     for _ in range(3):
         step()
-    # what training adds to the process (model, inputs and imports already resident)
-    print(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before, 0.0))  # Linux: KiB
+    print(json.dumps({"peak_memory_mb": proc_status_mb("VmHWM"), "baseline_rss_mb": baseline}))
 
 
-def current_rss_mb() -> float:
+def proc_status_mb(field: str) -> float:
+    """A memory field (`VmRSS`, `VmHWM`) of this process's `/proc/self/status`, in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return float(line.split()[1]) / 1024
-    return 0.0
+        if line.startswith(f"{field}:"):
+            return float(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"No {field} in /proc/self/status: peak memory is measured on Linux only.")
 
 
 def main() -> None:
@@ -193,6 +218,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--presets", nargs="+", default=["small", "base"], choices=sorted(PRESETS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="models to time (vit_mae, the reference of every ratio, is always included)")
+    parser.add_argument("--skip_encoder", action="store_true", help="skip the whole-image encoder timing")
     parser.add_argument("--batch_size", type=int, nargs="+", default=None, help="One per preset (default: 32 small, 8 base).")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -211,6 +239,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
+    variants = ["vit_mae"] + [v for v in VARIANTS if v in args.variants and v != "vit_mae"]
     default_batch = {"small": 32, "base": 8}
     batch_sizes = args.batch_size or [default_batch[p] for p in args.presets]
     report = {
@@ -224,7 +253,7 @@ def main() -> None:
         "results": {},
     }
     for preset, batch_size in zip(args.presets, batch_sizes):
-        models = {name: build(name, preset, args.device, dtype) for name in VARIANTS}
+        models = {name: build(name, preset, args.device, dtype) for name in variants}
         if args.compile:
             models = {name: torch.compile(model) for name, model in models.items()}
         pixel_values, noise = make_inputs(preset, batch_size, args.device, dtype)
@@ -232,39 +261,51 @@ def main() -> None:
             name: train_step_fn(model, torch.optim.AdamW(model.parameters(), lr=1e-4), pixel_values, noise)
             for name, model in models.items()
         }
-        encoders = {name: encoder_fn(model, pixel_values, compile=args.compile) for name, model in models.items()}
         train_times = time_interleaved(train_steps, args.repeats, args.warmup, args.device)
-        encoder_times = time_interleaved(encoders, args.repeats, args.warmup, args.device)
-        del models, train_steps, encoders
+        encoder_times = {}
+        if not args.skip_encoder:
+            encoders = {name: encoder_fn(model, pixel_values, compile=args.compile) for name, model in models.items()}
+            encoder_times = time_interleaved(encoders, args.repeats, args.warmup, args.device)
+        pair_times = {}
+        if all(name in models for name in MASK_TOKEN_PAIR):
+            pair = {name: encoder_backward_fn(models[name], pixel_values, noise) for name in MASK_TOKEN_PAIR}
+            pair_times = time_interleaved(pair, args.repeats, args.warmup, args.device)
+        del models, train_steps
         rows = {}
         reference_train = statistics.median(train_times["vit_mae"])
-        reference_encoder = statistics.median(encoder_times["vit_mae"])
-        for name in VARIANTS:
-            train, encoder = statistics.median(train_times[name]), statistics.median(encoder_times[name])
-            rows[name] = {
-                "train_step_s": train,
-                "train_step_ratio": train / reference_train,
-                "images_per_s": batch_size / train,
-                "encoder_s": encoder,
-                "encoder_ratio": encoder / reference_encoder,
-            }
+        for name in variants:
+            train = statistics.median(train_times[name])
+            rows[name] = {"train_step_s": train, "train_step_ratio": train / reference_train, "images_per_s": batch_size / train}
+            if encoder_times:
+                encoder = statistics.median(encoder_times[name])
+                rows[name]["encoder_s"] = encoder
+                rows[name]["encoder_ratio"] = encoder / statistics.median(encoder_times["vit_mae"])
+            if name in pair_times:
+                rows[name]["encoder_fwd_bwd_s"] = statistics.median(pair_times[name])
             flops = train_flops_per_image(name, preset)
             rows[name]["train_gflop_per_image"] = flops / 1e9
             rows[name]["train_tflops_per_s"] = flops * batch_size / train / 1e12
             if report["peak_tflops"]:
                 rows[name]["mfu"] = rows[name]["train_tflops_per_s"] / report["peak_tflops"]
             if not args.no_memory:
-                rows[name]["peak_memory_mb"] = peak_memory_mb(name, preset, batch_size, args.device, args.dtype)
+                rows[name].update(peak_memory_mb(name, preset, batch_size, args.device, args.dtype))
         if not args.no_memory:
             for row in rows.values():
                 row["peak_memory_ratio"] = row["peak_memory_mb"] / rows["vit_mae"]["peak_memory_mb"]
         report["results"][preset] = {"batch_size": batch_size, "rows": rows}
+        if pair_times:
+            masked, dropped = (rows[name] for name in MASK_TOKEN_PAIR)
+            report["results"][preset]["mask_token_vs_drop"] = {
+                "train_step_ratio": masked["train_step_s"] / dropped["train_step_s"],
+                "encoder_fwd_bwd_ratio": masked["encoder_fwd_bwd_s"] / dropped["encoder_fwd_bwd_s"],
+                "train_flops_ratio": masked["train_gflop_per_image"] / dropped["train_gflop_per_image"],
+            }
 
         compiled = ", compiled" if args.compile else ""
         print(f"\n{preset} (batch {batch_size}, {args.device}, {args.dtype}{compiled}, median of {args.repeats}, ratios to ViTMAE)")
         header = f"{'model':<18}{'train step':>12}{'ratio':>8}{'images/s':>10}{'GFLOP/img':>10}{'TFLOP/s':>9}"
         header += f"{'MFU':>7}" if report["peak_tflops"] else ""
-        header += f"{'encoder':>10}{'ratio':>8}"
+        header += "" if args.skip_encoder else f"{'encoder':>10}{'ratio':>8}"
         header += "" if args.no_memory else f"{'peak MB':>10}{'ratio':>8}"
         print(header)
         for name, row in rows.items():
@@ -273,10 +314,18 @@ def main() -> None:
                 f"{row['train_gflop_per_image']:>10.2f}{row['train_tflops_per_s']:>9.3f}"
             )
             line += f"{100 * row['mfu']:>6.1f}%" if "mfu" in row else ""
-            line += f"{row['encoder_s'] * 1000:>8.1f}ms{row['encoder_ratio']:>8.3f}"
+            line += f"{row['encoder_s'] * 1000:>8.1f}ms{row['encoder_ratio']:>8.3f}" if "encoder_s" in row else ""
             if not args.no_memory:
                 line += f"{row['peak_memory_mb']:>10.0f}{row['peak_memory_ratio']:>8.3f}"
             print(line)
+        if not args.no_memory and not args.device.startswith("cuda"):
+            print("peak MB: VmHWM of a clean process per model; /usr/bin/time -v max RSS of the same process: "
+                  + ", ".join(f"{n} {r['peak_memory_mb_time_v']:.0f}" if r.get("peak_memory_mb_time_v") else f"{n} n/a"
+                              for n, r in rows.items()))  # fmt: skip
+        if pair_times:
+            ratios = report["results"][preset]["mask_token_vs_drop"]
+            print(f"mask_token vs drop encoder: training step {ratios['train_step_ratio']:.2f}x, encoder forward+backward "
+                  f"{ratios['encoder_fwd_bwd_ratio']:.2f}x, counted FLOPs {ratios['train_flops_ratio']:.2f}x")  # fmt: skip
 
     output = Path(args.output_json)
     output.parent.mkdir(parents=True, exist_ok=True)

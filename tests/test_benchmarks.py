@@ -17,7 +17,7 @@ def load_benchmark(name: str):
     return load_file(f"benchmarks/{name}.py")
 
 
-@pytest.mark.slow  # eight models and four fresh interpreters (the peak-memory children): ~40 s
+@pytest.mark.slow  # ten models and five fresh interpreters (the peak-memory children): ~60 s
 def test_speed_benchmark_reports_ratios_to_vit_mae(tmp_path):
     output = tmp_path / "speed.json"
     result = subprocess.run(
@@ -28,15 +28,24 @@ def test_speed_benchmark_reports_ratios_to_vit_mae(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     rows = report["results"]["small"]["rows"]
-    assert set(rows) == {"vit_mae", "ours_no_dilation", "ours_default", "ours_rates_2_3"}
+    assert set(rows) == {"vit_mae", "ours_no_dilation", "ours_default", "ours_rates_2_3", "ours_mask_token"}
     assert rows["vit_mae"]["train_step_ratio"] == 1.0 and rows["vit_mae"]["encoder_ratio"] == 1.0
     for name, row in rows.items():
         assert row["train_step_ratio"] == row["train_step_s"] / rows["vit_mae"]["train_step_s"], name
         assert row["images_per_s"] == 2 / row["train_step_s"]
-        assert row["peak_memory_mb"] > 0 and math.isfinite(row["peak_memory_ratio"])
         assert row["train_tflops_per_s"] == pytest.approx(row["train_gflop_per_image"] * 2 / row["train_step_s"] / 1e3)
         assert row["mfu"] == pytest.approx(row["train_tflops_per_s"] / 2.0)
+        # peak RSS of a clean process (VmHWM), confirmed by /usr/bin/time -v on the same process; well under the
+        # parent's own RSS, which is what ru_maxrss of a forked child would have reported
+        assert 0 < row["baseline_rss_mb"] < row["peak_memory_mb"] < 2000 and math.isfinite(row["peak_memory_ratio"])
+        if row["peak_memory_mb_time_v"] is not None:
+            assert row["peak_memory_mb_time_v"] == pytest.approx(row["peak_memory_mb"], rel=0.05)
     assert "ours_rates_2_3" in result.stdout and "ratios to ViTMAE" in result.stdout and "MFU" in result.stdout
+    # the mask-token encoder sees every patch: 4x the encoder tokens at 75% masking
+    ratios = report["results"]["small"]["mask_token_vs_drop"]
+    assert ratios["train_flops_ratio"] == rows["ours_mask_token"]["train_gflop_per_image"] / rows["ours_no_dilation"]["train_gflop_per_image"]
+    assert ratios["train_flops_ratio"] > 2 and ratios["encoder_fwd_bwd_ratio"] > 0
+    assert "mask_token vs drop encoder: training step" in result.stdout
     # counted FLOPs: no dilation is ViTMAE's arithmetic; each dilated branch adds one patch projection per kept patch,
     # forward and weight gradient (2 FLOPs per multiply-add each): 64 px, patch 8 -> 16 of 64 patches kept, 3x8x8 -> 192
     flops = {name: round(row["train_gflop_per_image"] * 1e9) for name, row in rows.items()}
@@ -46,24 +55,56 @@ def test_speed_benchmark_reports_ratios_to_vit_mae(tmp_path):
     assert flops["ours_rates_2_3"] - flops["vit_mae"] == 2 * per_branch
 
 
+@pytest.mark.slow  # a fresh interpreter that imports transformers: ~10-40 s on two busy cores
+def test_speed_benchmark_memory_child_measures_its_own_peak():
+    bench = load_benchmark("bench_speed")
+    figures = bench.peak_memory_mb("vit_mae", "small", 1, "cpu", "float32")
+    assert 0 < figures["baseline_rss_mb"] < figures["peak_memory_mb"] < 2000
+    with pytest.raises(RuntimeError, match="No VmNope in /proc/self/status"):
+        bench.proc_status_mb("VmNope")
+
+
 def test_flop_count_of_a_vit_b_mae_step_is_maes():
     # He et al.: ViT-B/16 MAE pre-training is about 59 GFLOP per image (forward + backward, 75% masking)
     bench = load_benchmark("bench_speed")
     assert 57e9 < bench.train_flops_per_image("vit_mae", "base") < 60e9
 
 
-def test_data_pipeline_benchmark_compares_the_loader_with_training(tmp_path):
+def test_data_pipeline_benchmark_measures_host_cpu_per_image_of_both_paths(tmp_path):
     bench = load_benchmark("bench_data_pipeline")
     output = tmp_path / "pipeline.json"
     args = bench.parse_args(
-        ["--image_size", "32", "--num_images", "48", "--batch_size", "8", "--num_workers", "0",
-         "--train_batch_size", "2", "--train_steps", "1", "--output_json", str(output)]
+        ["--image_size", "32", "--num_images", "48", "--batch_size", "8", "--num_workers", "0", "2",
+         "--train_batch_size", "2", "--train_steps", "1", "--device_batches", "2", "--output_json", str(output)]
     )  # fmt: skip
-    results = {(r["stage"], r["num_workers"]): r for r in bench.main(args)["results"]}
-    assert set(results) == {("decode", 0), ("decode+transform", 0), ("dataloader", 0), ("training", 0)}
-    assert results[("decode", 0)]["images"] == 48
-    assert results[("dataloader", 0)]["images"] == 40  # the first batch is not timed
-    assert results[("training", 0)]["images"] == 2
-    loader, training = results[("dataloader", 0)], results[("training", 0)]
-    assert loader["times_training"] == loader["images_per_s"] / training["images_per_s"]
-    assert json.loads(output.read_text())["results"][-1]["stage"] == "training"
+    results = bench.main(args)["results"]
+    loaders = {(r["path"], r["num_workers"]): r for r in results if r["stage"] == "loader"}
+    assert set(loaders) == {(p, w) for p in ("float32_host", "uint8_device") for w in (0, 2)}
+    for (path, workers), row in loaders.items():
+        # the first batch of each worker is not timed: 6 batches of 8, minus one per worker (one in-process)
+        assert row["images"] == 40, (path, workers)
+        assert row["host_cpu_us_per_image"] == row["main_cpu_us_per_image"] + row["worker_cpu_us_per_image"]
+        assert row["host_cpu_us_per_image"] > 0 and (row["worker_cpu_us_per_image"] > 0) == (workers > 0)
+        assert row["images_per_s_per_worker"] == row["images_per_s"] / max(1, workers)
+    training = next(r for r in results if r["stage"] == "training")
+    assert loaders[("uint8_device", 2)]["times_training"] == loaders[("uint8_device", 2)]["images_per_s"] / training["images_per_s"]
+    device = next(r for r in results if r["stage"] == "device")
+    assert device["images"] == 16 and device["cpu_us_per_image"] > 0
+    report = json.loads(output.read_text())
+    summary = report["summary"]
+    assert summary["host_cpu_us_per_image"] == loaders[("uint8_device", 2)]["host_cpu_us_per_image"]
+    assert summary["float32_host_host_cpu_us_per_image"] == loaders[("float32_host", 2)]["host_cpu_us_per_image"]
+    assert summary["faster_on_cpu"] in ("host", "device") and summary["target_host_cpu_us_per_image"] == 400
+    assert {r["decoder"] for r in results if r["stage"] == "decode"} >= {"pil"}
+
+
+def test_synthetic_celeba_loads_in_the_raw_layout(tmp_path):
+    bench = load_benchmark("bench_data_pipeline")
+    bench.make_synthetic_celeba(tmp_path, 40)
+    from dilated_vit_mae.data import load_celeba
+
+    splits = load_celeba(tmp_path)
+    assert {split: splits[split].num_rows for split in splits} == {"train": 36, "validation": 2, "test": 2}
+    image = splits["train"][0]["image"]
+    assert image.size == (178, 218) and image.format == "JPEG"
+    assert len({splits["train"][i]["image"].tobytes() for i in range(36)}) == 36  # every image differs
