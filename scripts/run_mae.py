@@ -52,6 +52,7 @@ from dilated_vit_mae import (  # noqa: E402
 from dilated_vit_mae.data import load_celeba  # noqa: E402
 from dilated_vit_mae.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
 from dilated_vit_mae.model_card import redact_command  # noqa: E402
+from dilated_vit_mae.redaction import publishable, secret_values, write_publishable_json  # noqa: E402
 from dilated_vit_mae.training import (  # noqa: E402
     CheckpointManager,
     IndexedTransform,
@@ -423,6 +424,7 @@ class Run:
     state: TrainerState
     num_epochs: int
     num_warmup_steps: int
+    secrets: set = dataclasses.field(default_factory=set)  # token values to redact from everything written
     stop_requested: bool = False  # set by SIGTERM
     preempted: bool = False
     eval_results: dict = dataclasses.field(default_factory=dict)
@@ -755,17 +757,18 @@ def save_outputs(run: Run) -> None:
     if not accelerator.is_main_process:
         return
     run.image_processor.save_pretrained(output_dir)
-    (output_dir / "all_results.json").write_text(json.dumps(run_summary(run), indent=2))
+    # redacted by value (any token flag, HF_TOKEN, the cached login) and with no local path in it
+    write_publishable_json(output_dir / "all_results.json", run_summary(run), run.secrets)
     # every output folder is publishable as it is: reconstruction pipeline, endpoint handler, model card
-    prepare_hub_folder(output_dir, repo_id=args.hub_model_id)
+    prepare_hub_folder(output_dir, repo_id=args.hub_model_id, secrets=run.secrets)
     logger.info(f"saved the model, image processor and model card to {output_dir}")
     if args.push_to_hub:
         # refuses (FolderCheckError) a folder that does not load without the package; local files stay as they are
-        url = push_folder_to_hub(
+        pushed = push_folder_to_hub(
             output_dir, repo_id=args.hub_model_id, token=args.hub_token, private=args.hub_private_repo,
             revision=args.hub_revision, commit_message=f"Pre-training: {run.state.global_step} steps",
         )  # fmt: skip
-        logger.info(f"pushed {output_dir} to {args.hub_model_id}: {url}")
+        logger.info(f"pushed {output_dir} to {args.hub_model_id}: {pushed.url} ({len(pushed.files)} files)")
 
 
 def _dataset_description(args: argparse.Namespace) -> tuple[str, bool, str]:
@@ -842,7 +845,11 @@ def run_summary(run: Run) -> dict:
         },
         "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
         "eval_samples": num_examples("validation") if run.eval_results else None,
-        "eval_mask_stream": {"stream": "eval_mask", "seed": args.seed},
+        "eval_mask_seed": args.seed,  # of the "eval_mask" stream (dilated_vit_mae.training.masking_noise)
+        "augmentation": {
+            "crop_scale": list(run.train_augmentation.transform.scale),
+            "flip_prob": run.train_augmentation.transform.flip_prob,
+        },
         **{f"eval_{k}": v for k, v in run.eval_results.items()},
     }
 
@@ -924,6 +931,7 @@ def main(args: argparse.Namespace) -> Path:
     check_output_dir(args, checkpoints)
     set_seed(args.seed)
     run, learning_rate = build_run(args, accelerator, checkpoints)
+    run.secrets = secret_values(args)
     if args.with_tracking:
         accelerator.init_trackers("dilated_vit_mae", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
     if args.resume_from_checkpoint:
@@ -942,7 +950,7 @@ def main(args: argparse.Namespace) -> Path:
             accelerator.log(values, step=step)
         if accelerator.is_main_process:
             with log_path.open("a") as file:
-                file.write(json.dumps({"step": step, **values}) + "\n")
+                file.write(json.dumps(publishable({"step": step, **values}, run.secrets)) + "\n")
 
     loop_start = time.perf_counter()
     train(run, log)
