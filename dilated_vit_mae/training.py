@@ -19,6 +19,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
+from .lifecycle import guarded_checkpoint_write
 from .modeling_dilated_vit_mae import DilatedViTMAEForPreTraining, patchify, unpatchify
 
 
@@ -240,8 +241,9 @@ class CheckpointManager:
             )
         return path
 
-    def save(self, accelerator, step: int, trainer_state: dict[str, Any]) -> Path:
-        """Save the accelerator state and `trainer_state` as `step_{step}` (every process must call this)."""
+    def save(self, accelerator, step: int, trainer_state: dict[str, Any], expected_bytes: int | None = None) -> Path:
+        """Save the accelerator state and `trainer_state` as `step_{step}` (every process must call this). A full disk
+        removes `.tmp-step_N` and raises `DiskWriteError` with `expected_bytes` (`lifecycle.checkpoint_bytes`)."""
         final = self.checkpoints_dir / f"step_{step}"
         temporary = self.checkpoints_dir / f".tmp-step_{step}"
         if accelerator.is_main_process:
@@ -249,10 +251,12 @@ class CheckpointManager:
             for stale in self.checkpoints_dir.glob(".tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary))
+        with guarded_checkpoint_write(temporary, expected_bytes=expected_bytes):
+            accelerator.save_state(str(temporary))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (temporary / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
+            with guarded_checkpoint_write(temporary, expected_bytes=expected_bytes):
+                (temporary / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2))
             if final.exists():  # the same step saved again (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(temporary, final)

@@ -51,7 +51,25 @@ from dilated_vit_mae import (  # noqa: E402
 )
 from dilated_vit_mae.data import load_celeba  # noqa: E402
 from dilated_vit_mae.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
-from dilated_vit_mae.model_card import redact_command  # noqa: E402
+from dilated_vit_mae.lifecycle import (  # noqa: E402
+    RunClock,
+    RunIdentity,
+    check_output_dir,
+    check_resumable,
+    checkpoint_bytes,
+    checkpointing_steps,
+    exit_when_parent_dies,
+    fraction,
+    non_negative_int,
+    parent_is_launcher,
+    positive_float,
+    positive_int,
+    prepare_output_dir,
+    quiet_library_logs,
+    run_cli,
+    stage_and_swap,
+)
+from dilated_vit_mae.model_card import redact_command, render_model_card  # noqa: E402
 from dilated_vit_mae.redaction import publishable, secret_values, write_publishable_json  # noqa: E402
 from dilated_vit_mae.training import (  # noqa: E402
     CheckpointManager,
@@ -83,43 +101,17 @@ RECIPE_DEFAULTS = {
     "max_train_steps": None,
     "norm_pix_loss": None,  # the config's
     "eval_steps": 2000,
-    "checkpointing_steps": "2000",
+    "checkpointing_steps": 2000,
     "logging_steps": 10,
 }
-
-
-def _integer(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _checkpointing_steps(text: str) -> str:
-    if text in ("epoch", "no"):
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f'must be "epoch", "no" or a positive number of steps, got {text!r}')
-    return text
-
-
-positive_int, non_negative_int = _integer(1), _integer(0)
+# arguments that may change between a run and its resumption (where, how long, how it reports): not in its fingerprint
+NOT_RUN_DEFINING = {
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "argv", "token", "hub_token", "push_to_hub",
+    "hub_model_id", "hub_private_repo", "hub_revision", "with_tracking", "report_to", "logging_steps", "eval_steps",
+    "no_eval", "num_grid_images", "checkpointing_steps", "checkpoints_total_limit", "max_train_steps",
+    "num_train_epochs", "preprocessing_num_workers", "dataloader_num_workers", "dataloader_prefetch_factor",
+    "cache_dir", "learning_rate", "base_learning_rate",
+}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -154,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--dilated_context", choices=["full", "visible"])
     model.add_argument("--dilated_fusion", choices=["sum", "concat"])
     model.add_argument("--masking_mode", choices=["drop", "mask_token"])
-    model.add_argument("--mask_ratio", type=float)
+    model.add_argument("--mask_ratio", type=fraction)
     model.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction, default=None)
     model.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
     model.add_argument("--gradient_checkpointing", action="store_true")
@@ -163,15 +155,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--token", help="Hub token for private models/datasets.")
 
     optim = parser.add_argument_group("optimisation (MAE recipe; the sample recipe on the shipped sample)")
-    optim.add_argument("--base_learning_rate", type=_positive_float, help="lr = blr x effective batch / 256 (MAE: 1.5e-4).")
-    optim.add_argument("--learning_rate", type=_positive_float, help="Absolute lr; overrides --base_learning_rate.")
+    optim.add_argument("--base_learning_rate", type=positive_float, help="lr = blr x effective batch / 256 (MAE: 1.5e-4).")
+    optim.add_argument("--learning_rate", type=positive_float, help="Absolute lr; overrides --base_learning_rate.")
     optim.add_argument("--weight_decay", type=float, default=0.05)
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.95)
-    optim.add_argument("--warmup_ratio", type=float, default=0.05, help="Warmup fraction (MAE: 40 of 800 epochs).")
+    optim.add_argument("--adam_beta1", type=fraction, default=0.9)
+    optim.add_argument("--adam_beta2", type=fraction, default=0.95)
+    optim.add_argument("--warmup_ratio", type=fraction, default=0.05, help="Warmup fraction (MAE: 40 of 800 epochs).")
     optim.add_argument("--num_warmup_steps", type=non_negative_int, help="Overrides --warmup_ratio.")
     optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    optim.add_argument("--max_grad_norm", type=_positive_float, default=None, help="Clip gradients (MAE pre-training: none).")
+    optim.add_argument("--max_grad_norm", type=positive_float, default=None, help="Clip gradients (MAE pre-training: none).")
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     optim.add_argument("--num_train_epochs", type=positive_int, help="Default 20.")
     optim.add_argument("--max_train_steps", type=positive_int, help="Optimizer steps; overrides --num_train_epochs.")
@@ -182,7 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default="outputs/dilated-vit-mae-sample")
     run.add_argument("--overwrite_output_dir", action="store_true", help="Remove everything an earlier run wrote there first.")
-    run.add_argument("--checkpointing_steps", type=_checkpointing_steps, help='A number of steps (default 2000), "epoch" or "no"; the last step is always saved unless "no".')
+    run.add_argument("--checkpointing_steps", type=checkpointing_steps, help='A number of steps (default 2000), "epoch" or "no"; the last step is always saved unless "no".')
     run.add_argument("--checkpoints_total_limit", type=positive_int, default=3)
     run.add_argument("--resume_from_checkpoint", help='A checkpoint folder or "latest".')
     run.add_argument("--eval_steps", type=non_negative_int, help="Evaluate every N steps (default 2000; 0: only at the end).")
@@ -232,6 +224,7 @@ def apply_recipe(args: argparse.Namespace) -> None:
     for name, default in RECIPE_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, recipe.get(name, default))
+    args.checkpointing_steps = checkpointing_steps(str(args.checkpointing_steps))  # the recipe's is a string
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -402,7 +395,9 @@ class TrainerState:
     # [step from which it applies, lr], one entry per lr the run used (a resume may change it)
     learning_rate_history: list = dataclasses.field(default_factory=list)
     seed: int = 0
-    train_runtime_seconds: float = 0.0  # cumulative over every resumed part
+    train_runtime_seconds: float = 0.0  # cumulative over every resumed part (RunClock)
+    run_id: str | None = None  # OUTPUT_DIR/run.json's: a resume refuses a checkpoint of another run
+    run_fingerprint: str | None = None
 
 
 @dataclasses.dataclass
@@ -425,6 +420,8 @@ class Run:
     num_epochs: int
     num_warmup_steps: int
     secrets: set = dataclasses.field(default_factory=set)  # token values to redact from everything written
+    identity: RunIdentity | None = None
+    clock: RunClock = dataclasses.field(default_factory=RunClock)
     stop_requested: bool = False  # set by SIGTERM
     preempted: bool = False
     eval_results: dict = dataclasses.field(default_factory=dict)
@@ -489,9 +486,9 @@ def apply_learning_rate(run: Run, saved: TrainerState, learning_rate: float) -> 
 
 def resume(run: Run, learning_rate: float) -> None:
     checkpoint = run.checkpoints.resolve(run.args.resume_from_checkpoint)
+    saved_dict = check_resumable(checkpoint, run.identity)  # refuses a checkpoint of another run, before loading it
     run.accelerator.load_state(str(checkpoint))
     fields = {f.name for f in dataclasses.fields(TrainerState)}
-    saved_dict = json.loads((checkpoint / "trainer_state.json").read_text())
     saved = TrainerState(**{k: v for k, v in saved_dict.items() if k in fields})
     state = run.state
     state.global_step, state.epoch, state.batches_done_in_epoch = saved.global_step, saved.epoch, saved.batches_done_in_epoch
@@ -514,7 +511,9 @@ def save_checkpoint(run: Run) -> Path:
             f"Parameters are not finite at step {run.state.global_step}; no checkpoint written. The last good "
             f"checkpoint is {run.checkpoints.latest() or 'none'}: lower the learning rate and resume from it."
         )
-    return run.checkpoints.save(run.accelerator, run.state.global_step, dataclasses.asdict(run.state))
+    run.state.train_runtime_seconds = run.clock.total()
+    expected_bytes = checkpoint_bytes(run.unwrapped, run.optimizer)
+    return run.checkpoints.save(run.accelerator, run.state.global_step, dataclasses.asdict(run.state), expected_bytes)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -603,7 +602,7 @@ def _checkpoint_due(run: Run, at_epoch_end: bool) -> bool:
     if every == "no":
         return False
     last = step >= run.state.max_train_steps
-    return last or (every == "epoch" and at_epoch_end) or (every.isdigit() and step % int(every) == 0)
+    return last or (every == "epoch" and at_epoch_end) or (isinstance(every, int) and step % every == 0)
 
 
 def after_step(run: Run, meter: StepMeter, epoch: int, at_epoch_end: bool, log) -> bool:
@@ -750,17 +749,27 @@ def save_outputs(run: Run) -> None:
     args, accelerator = run.args, run.accelerator
     output_dir = Path(args.output_dir)
     accelerator.wait_for_everyone()
-    run.unwrapped.save_pretrained(
-        output_dir, is_main_process=accelerator.is_main_process, save_function=accelerator.save,
-        state_dict=accelerator.get_state_dict(run.model),
-    )  # fmt: skip
+    state_dict = accelerator.get_state_dict(run.model)  # a collective under FSDP / DeepSpeed: every process
     if not accelerator.is_main_process:
         return
-    run.image_processor.save_pretrained(output_dir)
-    # redacted by value (any token flag, HF_TOKEN, the cached login) and with no local path in it
-    write_publishable_json(output_dir / "all_results.json", run_summary(run), run.secrets)
-    # every output folder is publishable as it is: reconstruction pipeline, endpoint handler, model card
-    prepare_hub_folder(output_dir, repo_id=args.hub_model_id, secrets=run.secrets)
+    summary = run_summary(run)
+
+    def write_final_files(folder: Path) -> None:
+        run.unwrapped.save_pretrained(folder, save_function=accelerator.save, state_dict=state_dict)
+        run.image_processor.save_pretrained(folder)
+        # redacted by value (any token flag, HF_TOKEN, the cached login) and with no local path in it
+        write_publishable_json(folder / "all_results.json", summary, run.secrets)
+        # every output folder is publishable as it is: reconstruction pipeline, endpoint handler, model card
+        prepare_hub_folder(folder, repo_id=args.hub_model_id, secrets=run.secrets)
+
+    # all at once, all_results.json last: a full disk leaves the previous final files as they were
+    stage_and_swap(
+        output_dir, write_final_files, include=["eval/reconstructions.png"], remove=["linear_probe_results.json"],
+        expected_bytes=checkpoint_bytes(run.unwrapped),
+    )  # fmt: skip
+    # again in place: the staged card named the staging folder
+    render_model_card(output_dir, repo_id=args.hub_model_id, secrets=run.secrets)
+    run.identity.record_runtime(output_dir, run.state.train_runtime_seconds)
     logger.info(f"saved the model, image processor and model card to {output_dir}")
     if args.push_to_hub:
         # refuses (FolderCheckError) a folder that does not load without the package; local files stay as they are
@@ -871,6 +880,7 @@ def setup_accelerator(args: argparse.Namespace) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    quiet_library_logs()  # accelerate's line per checkpoint file
     if int(os.environ.get("WORLD_SIZE", "1")) > accelerator.num_processes:
         raise RuntimeError(
             f"The launcher started {os.environ['WORLD_SIZE']} processes but accelerate sees {accelerator.num_processes}: "
@@ -884,14 +894,6 @@ def setup_accelerator(args: argparse.Namespace) -> Accelerator:
     if accelerator.device.type == "cuda" and accelerator.mixed_precision == "no":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # TF32 for fp32 runs
     return accelerator
-
-
-def check_output_dir(args: argparse.Namespace, checkpoints: CheckpointManager) -> None:
-    if not args.resume_from_checkpoint and not args.overwrite_output_dir and checkpoints.latest() is not None:
-        raise FileExistsError(
-            f"{args.output_dir} already has checkpoints; pass --resume_from_checkpoint latest to continue, or "
-            "--overwrite_output_dir to start over."
-        )
 
 
 def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: CheckpointManager) -> tuple[Run, float]:
@@ -924,13 +926,29 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: C
     return run, learning_rate
 
 
+def prepare_run_folder(args: argparse.Namespace, accelerator: Accelerator) -> RunIdentity:
+    """--overwrite_output_dir: the earlier run's files are gone when this returns; run.json holds the run's id."""
+    if accelerator.is_main_process:
+        run_args = {k: v for k, v in vars(args).items() if k not in NOT_RUN_DEFINING}
+        overwrite, resume = args.overwrite_output_dir, bool(args.resume_from_checkpoint)
+        prepare_output_dir(args.output_dir, overwrite=overwrite, resume=resume, seed=args.seed, run_args=run_args)
+    accelerator.wait_for_everyone()
+    return RunIdentity.load(args.output_dir)
+
+
 def main(args: argparse.Namespace) -> Path:
+    if parent_is_launcher():
+        exit_when_parent_dies()  # a launcher killed on its own (it forwards nothing) still gets this process to save
+    # every process, before any writes (the Accelerator's rendezvous orders it before the main process's changes)
+    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
     accelerator = setup_accelerator(args)
     output_dir = Path(args.output_dir)
     checkpoints = CheckpointManager(output_dir / "checkpoints", args.checkpoints_total_limit)
-    check_output_dir(args, checkpoints)
+    identity = prepare_run_folder(args, accelerator)
     set_seed(args.seed)
     run, learning_rate = build_run(args, accelerator, checkpoints)
+    run.identity = identity
+    run.state.run_id, run.state.run_fingerprint = identity.run_id, identity.fingerprint
     run.secrets = secret_values(args)
     if args.with_tracking:
         accelerator.init_trackers("dilated_vit_mae", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
@@ -952,9 +970,9 @@ def main(args: argparse.Namespace) -> Path:
             with log_path.open("a") as file:
                 file.write(json.dumps(publishable({"step": step, **values}, run.secrets)) + "\n")
 
-    loop_start = time.perf_counter()
+    run.clock = RunClock(run.state.train_runtime_seconds)  # this launch's loop time, added to the resumed runtime
     train(run, log)
-    run.state.train_runtime_seconds += time.perf_counter() - loop_start
+    run.state.train_runtime_seconds = run.clock.total()
     if run.preempted:
         logger.info(f"SIGTERM: saved {checkpoints.latest()} at step {run.state.global_step}; continue with --resume_from_checkpoint latest.")
         accelerator.end_training()
@@ -968,4 +986,4 @@ def main(args: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(main, parse_args())

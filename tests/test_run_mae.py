@@ -425,8 +425,8 @@ def test_evaluation_reports_trivial_predictors_on_the_same_masks(tiny_model_dir,
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--max_train_steps", "-5"], "--max_train_steps: .*>= 1, got -5"),
-        (["--max_train_steps", "0"], "--max_train_steps: .*>= 1, got 0"),
+        (["--max_train_steps", "-5"], "--max_train_steps: must be a positive integer, got -5"),
+        (["--max_train_steps", "0"], "--max_train_steps: must be a positive integer, got 0"),
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps"),
         (["--checkpointing_steps", "0"], "--checkpointing_steps"),
         (["--max_eval_samples", "0"], "--max_eval_samples"),
