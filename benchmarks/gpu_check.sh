@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One-GPU throughput check, under 8 minutes on an H100/H200:
+#   0. the host CPU time per 224 px training image of the uint8 (device) path against the float32 host path, with real
+#      pinning, and the device side's GPU time per image (bench_data_pipeline.py, on the synthetic folder of 3.);
 #   1. ViT-B/16 pre-training images/s and MFU, bf16, SDPA (flash attention where the GPU has it), torch.compile where
 #      triton is installed: ours (default dilation) against transformers' ViTMAE in the same harness (bench_speed.py);
 #   2. the mask-token vs drop encoder ratio (eager);
 #   3. end to end: scripts/run_mae.py on a synthetic CelebA-size folder (178x218 JPEGs in CelebA's raw layout), its
 #      images/s, the share of step time spent waiting for data (`data_wait_fraction` in train_log.jsonl, where the
 #      script logs it) and the peak GPU memory (logged, or nvidia-smi's maximum memory.used);
-# and prints them beside the targets (>= 6.7k img/s = 40% MFU, within 10% of ViTMAE, data wait < 5%), also as JSON.
+# and prints them beside the targets (>= 6.7k img/s = 40% MFU, within 10% of ViTMAE, data wait < 5%, host CPU
+# <= 400 us per image, goal 250), also as JSON.
 #
 #   bash benchmarks/gpu_check.sh                 # on the GPU machine; writes $OUT or outputs/gpu_check
 #   bash benchmarks/gpu_check.sh --dry_run       # the same steps on CPU with tiny sizes (CI: tests/test_gpu_check.py)
@@ -35,14 +38,23 @@ if (( DRY_RUN )); then
   MEMORY=(--no_memory)  # on CPU: a fresh interpreter per model
   IMAGES=48 RUN_BATCH=8 RUN_STEPS=3 CONFIG=configs/dilated-vit-mae-tiny-64 PRECISION=no
   WORKERS="${NUM_WORKERS:-0}" LIMIT_SPEED=300 LIMIT_RATIO=300 LIMIT_RUN=300
+  PIPELINE=(--image_size 32 --num_images 48 --batch_size 8 --num_workers 0 --device_batches 2) LIMIT_PIPELINE=300
 else
   PRESET=base BATCH=256 REPEATS=10 WARMUP=3 DEVICE=cuda DTYPE=bfloat16 PEAK=() COMPILE=() MEMORY=()
   "$PYTHON" -c "import triton" 2>/dev/null && COMPILE=(--compile)
   IMAGES=4096 RUN_BATCH=256 RUN_STEPS=48 CONFIG=configs/dilated-vit-mae-base PRECISION=bf16
   CORES=$(nproc); WORKERS="${NUM_WORKERS:-$(( CORES > 14 ? 12 : CORES - 2 ))}"
   LIMIT_SPEED=210 LIMIT_RATIO=75 LIMIT_RUN=150
+  PIPELINE=(--image_size 224 --num_images 3072 --batch_size 128 --num_workers 4 --device_batches 8) LIMIT_PIPELINE=60
 fi
 echo "gpu_check: python $PYTHON, output $OUT, dry_run=$DRY_RUN, compile=${COMPILE[*]:-no}, workers=$WORKERS"
+
+# ---- 0. host CPU per training image (the synthetic folder also serves 3.) -------------------------------------------
+"$PYTHON" benchmarks/bench_data_pipeline.py --make_synthetic_celeba "$OUT/celeba_synthetic" --synthetic_images "$IMAGES" \
+  | tail -n 1
+timeout "$LIMIT_PIPELINE" "$PYTHON" benchmarks/bench_data_pipeline.py --celeba_dir "$OUT/celeba_synthetic" "${PIPELINE[@]}" \
+  --no_training --output_json "$OUT/pipeline.json" 2>&1 | tail -n 9
+echo "pipeline: exit ${PIPESTATUS[0]} after $(( SECONDS - START )) s"
 
 # ---- 1. ours vs ViTMAE, same harness ---------------------------------------------------------------------------------
 timeout "$LIMIT_SPEED" "$PYTHON" benchmarks/bench_speed.py --presets "$PRESET" --batch_size "$BATCH" --device "$DEVICE" \
@@ -57,8 +69,6 @@ timeout "$LIMIT_RATIO" "$PYTHON" benchmarks/bench_speed.py --presets "$PRESET" -
 echo "mask_token: exit ${PIPESTATUS[0]} after $(( SECONDS - START )) s"
 
 # ---- 3. run_mae.py end to end on a synthetic CelebA-size folder -----------------------------------------------------
-"$PYTHON" benchmarks/bench_data_pipeline.py --make_synthetic_celeba "$OUT/celeba_synthetic" --synthetic_images "$IMAGES" \
-  | tail -n 1
 HELP=$("$PYTHON" scripts/run_mae.py --help 2>/dev/null)
 [[ -z "$HELP" ]] && echo "warning: scripts/run_mae.py --help failed: running it without the optional flags" >&2
 has_flag() { grep -q -- "$1\b" <<<"$HELP"; }
@@ -87,7 +97,8 @@ import json, statistics, sys
 from pathlib import Path
 
 out, dry_run, run_status, seconds, workers = Path(sys.argv[1]), sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-targets = {"ours_images_per_s": 6700, "ours_mfu": 0.40, "ours_vs_vit_mae_min": 0.90, "data_wait_fraction_max": 0.05}
+targets = {"ours_images_per_s": 6700, "ours_mfu": 0.40, "ours_vs_vit_mae_min": 0.90, "data_wait_fraction_max": 0.05,
+           "host_cpu_us_per_image_max": 400, "host_cpu_us_per_image_goal": 250}
 summary = {"dry_run": dry_run, "seconds": seconds, "targets": targets}
 
 def load(name):
@@ -104,6 +115,9 @@ if speed:
         **{f"{n}_mfu": r.get("mfu") for n, r in rows.items()},
         "ours_vs_vit_mae": rows["ours_default"]["images_per_s"] / rows["vit_mae"]["images_per_s"],
     }
+pipeline = load("pipeline.json")
+if pipeline:
+    summary["pipeline"] = pipeline["summary"]
 ratio = load("mask_token.json")
 if ratio:
     summary["mask_token_vs_drop"] = next(iter(ratio["results"].values())).get("mask_token_vs_drop")
@@ -128,10 +142,13 @@ summary["run_mae"] = run
 def show(value, spec):
     return "n/a" if value is None else format(value, spec)
 
-s, m = summary.get("speed", {}), summary.get("mask_token_vs_drop") or {}
+s, m, p = summary.get("speed", {}), summary.get("mask_token_vs_drop") or {}, summary.get("pipeline", {})
 print(f"\n=== gpu_check ({'dry run on CPU, tiny sizes: not the figures of record' if dry_run else s.get('device', '?')}) ===")
 print(f"{'figure':<44}{'measured':>12}  target")
 lines = [
+    ("host CPU us per image, uint8 (device) path", show(p.get("host_cpu_us_per_image"), ".0f"), "<= 400 (goal 250)"),
+    ("host CPU us per image, float32 host path", show(p.get("float32_host_host_cpu_us_per_image"), ".0f"), ""),
+    ("device side, GPU us per image", show(p.get("device_gpu_us_per_image"), ".1f"), ""),
     ("ours img/s (ViT-B/16 MAE step)", show(s.get("ours_default_images_per_s"), ".0f"), ">= 6,700"),
     ("ours MFU", show(s.get("ours_default_mfu"), ".1%"), ">= 40%"),
     ("ViTMAE img/s, same harness", show(s.get("vit_mae_images_per_s"), ".0f"), ""),

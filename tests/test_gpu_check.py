@@ -22,8 +22,11 @@ def test_gpu_check_dry_run_prints_and_writes_every_figure(tmp_path):
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
     assert summary["dry_run"] is True
     assert summary["targets"] == {
-        "ours_images_per_s": 6700, "ours_mfu": 0.40, "ours_vs_vit_mae_min": 0.90, "data_wait_fraction_max": 0.05
+        "ours_images_per_s": 6700, "ours_mfu": 0.40, "ours_vs_vit_mae_min": 0.90, "data_wait_fraction_max": 0.05,
+        "host_cpu_us_per_image_max": 400, "host_cpu_us_per_image_goal": 250,
     }  # fmt: skip
+    pipeline = summary["pipeline"]
+    assert pipeline["host_cpu_us_per_image"] > 0 and pipeline["float32_host_host_cpu_us_per_image"] > 0
     speed = summary["speed"]
     assert speed["ours_default_images_per_s"] > 0 and speed["vit_mae_images_per_s"] > 0
     assert speed["ours_vs_vit_mae"] == speed["ours_default_images_per_s"] / speed["vit_mae_images_per_s"]
@@ -34,7 +37,7 @@ def test_gpu_check_dry_run_prints_and_writes_every_figure(tmp_path):
     assert run["returncode"] == 0 and run["steps_logged"] >= 3 and run["images_per_s"] > 0
     assert run["data_wait_fraction"] is None or 0 <= run["data_wait_fraction"] <= 1
     assert (tmp_path / "celeba_synthetic" / "list_eval_partition.txt").is_file()
-    for line in ("ours img/s (ViT-B/16 MAE step)", "ours / ViTMAE img/s", "mask-token / drop training step",
+    for line in ("host CPU us per image, uint8 (device) path", "ours img/s (ViT-B/16 MAE step)", "ours / ViTMAE img/s", "mask-token / drop training step",
                  "run_mae.py img/s (end to end)", "run_mae.py data wait fraction", ">= 6,700", "< 5%"):  # fmt: skip
         assert line in result.stdout, line
 
