@@ -478,7 +478,8 @@ def _hardware_text(hardware: dict[str, Any], num_processes: int | None) -> str:
     if hardware.get("distributed_type") and hardware["distributed_type"] not in ("NO", "no"):
         text += f" ({hardware['distributed_type']})"
     if hardware.get("train_runtime_seconds"):
-        text += f", {hardware['train_runtime_seconds'] / 60:.1f} min of training"
+        seconds = hardware["train_runtime_seconds"]
+        text += f", {seconds:.0f} s of training" if seconds < 120 else f", {seconds / 60:.1f} min of training"
     return text
 
 

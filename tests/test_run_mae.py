@@ -487,3 +487,83 @@ def test_the_training_loop_does_not_wait_for_the_device_between_logging_steps(
     run_mae.main(run_mae.parse_args(args))
     assert syncs == []
     assert sorted(read_log(tmp_path / "out")) == [3, 6]
+
+
+def _reset_accelerate_state():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_overwrite_starts_clean_and_resume_refuses_the_old_run(tiny_model_dir, tmp_path, reset_accelerate):
+    # the old overwrite kept step_90..100 (outranking the new run's), appended to train_log.jsonl and kept the eval
+    # grids and probe results; a later resume then continued the *old* run
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir, "--checkpointing_steps", "1")))  # 9 steps
+    (output_dir / "linear_probe_results.json").write_text("{}")
+    old_checkpoint = output_dir / "checkpoints" / "step_9"
+    kept_aside = tmp_path / "old_step_9"
+    import shutil
+
+    shutil.copytree(old_checkpoint, kept_aside)
+    _reset_accelerate_state()
+    run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir, "--overwrite_output_dir", "--max_train_steps", "2",
+                                             "--checkpointing_steps", "1", "--seed", "1")))  # fmt: skip
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_1", "step_2"]
+    assert sorted(read_log(output_dir)) == [1, 2]
+    assert not (output_dir / "linear_probe_results.json").exists()
+    assert sorted(p.name for p in (output_dir / "eval").iterdir()) == ["reconstructions.png", "reconstructions_step_2.png"]
+    # a checkpoint of the earlier run planted back is refused on resume
+    shutil.copytree(kept_aside, output_dir / "checkpoints" / "step_9")
+    _reset_accelerate_state()
+    with pytest.raises(Exception, match="step_9 belongs to run .* but this output folder is run"):
+        run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir, "--resume_from_checkpoint", "latest")))
+
+
+def test_a_finished_folder_without_checkpoints_is_not_silently_replaced(tiny_model_dir, tmp_path, reset_accelerate):
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    args = run_args(tiny_model_dir, output_dir, "--max_train_steps", "2", "--checkpointing_steps", "no")
+    run_mae.main(run_mae.parse_args(args))
+    weights = (output_dir / "model.safetensors").read_bytes()
+    _reset_accelerate_state()
+    with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
+        run_mae.main(run_mae.parse_args(args))
+    assert (output_dir / "model.safetensors").read_bytes() == weights
+
+
+def test_resuming_a_finished_run_keeps_its_evaluation_and_runtime(tiny_model_dir, tmp_path, reset_accelerate):
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    args = run_args(tiny_model_dir, output_dir, "--max_train_steps", "3", "--checkpointing_steps", "1")
+    run_mae.main(run_mae.parse_args(args))
+    first = json.loads((output_dir / "all_results.json").read_text())
+    _reset_accelerate_state()
+    run_mae.main(run_mae.parse_args(args + ["--resume_from_checkpoint", "latest"]))
+    again = json.loads((output_dir / "all_results.json").read_text())
+    assert again["global_step"] == 3
+    assert again["eval_loss"] == pytest.approx(first["eval_loss"], rel=1e-6)  # the same weights, the same masks
+    # cumulative: the resumed launch starts from the runtime its checkpoint recorded (the old card said "0.0 min")
+    assert again["hardware"]["train_runtime_seconds"] == pytest.approx(first["hardware"]["train_runtime_seconds"], rel=0.2)
+    card = (output_dir / "README.md").read_text()
+    assert "0.0 min" not in card and "eval" in card.lower()
+
+
+def test_empty_validation_split_is_refused_before_training(tiny_model_dir, tmp_path, reset_accelerate):
+    import shutil
+
+    run_mae = load_script()
+    celeba = tmp_path / "celeba"
+    shutil.copytree(REPO_ROOT / "data" / "celeba_sample", celeba)
+    partition = celeba / "list_eval_partition.txt"
+    partition.write_text("".join(line.replace(" 1", " 0") for line in partition.read_text().splitlines(keepends=True)))
+    output_dir = tmp_path / "out"
+    args = run_args(tiny_model_dir, output_dir, "--celeba_dir", str(celeba))
+    with pytest.raises(ValueError, match="validation split .* is empty.*--no_eval"):
+        run_mae.main(run_mae.parse_args(args))
+    assert not (output_dir / "train_log.jsonl").exists()
+    _reset_accelerate_state()
+    run_mae.main(run_mae.parse_args(args + ["--no_eval", "--max_train_steps", "1", "--overwrite_output_dir"]))
+    assert (output_dir / "model.safetensors").is_file()
