@@ -351,6 +351,63 @@ class DilatedViTMAEEmbeddings(nn.Module):
             if token is not None and _needs_init(token):
                 nn.init.normal_(token, std=self.config.initializer_range)
 
+    def position_table(self, height: int, width: int, interpolate_pos_encoding: bool) -> torch.Tensor:
+        """The `(1, 1 + L, D)` position table for an image of this size (CLS row first)."""
+        grid_size = self.patch_embeddings.grid_for(height, width)
+        if interpolate_pos_encoding:
+            return self.interpolate_pos_encoding(grid_size)
+        if (height, width) != self.image_size:
+            raise ValueError(
+                f"Input image size ({height}*{width}) doesn't match model ({self.image_size[0]}*{self.image_size[1]}); "
+                "resize the images or pass `interpolate_pos_encoding=True`."
+            )
+        return self.position_embeddings
+
+    def len_keep(self, num_patches: int, mask_ratio: float | None) -> int:
+        """How many of `num_patches` patches `mask_ratio` (default `config.mask_ratio`) keeps."""
+        mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"`mask_ratio` must be in [0, 1), got {mask_ratio!r}.")
+        len_keep = int(num_patches * (1 - mask_ratio))
+        if len_keep == 0:
+            raise ValueError(
+                f"`mask_ratio={mask_ratio!r}` keeps no patch of {num_patches}; use a smaller mask ratio or patch size."
+            )
+        if self.config.masking_mode == "mask_token" and self.mask_token is None and len_keep < num_patches:
+            raise ValueError(
+                "This encoder was built without a mask token (`use_mask_token=False`, e.g. the classifier's) and "
+                f"encodes whole images only, got `mask_ratio={mask_ratio!r}`; pass `mask_ratio=0.0`."
+            )
+        return len_keep
+
+    def masking(
+        self, noise: torch.Tensor | None, batch_size: int, num_patches: int, len_keep: int, device: torch.device
+    ) -> tuple[torch.LongTensor | None, torch.FloatTensor, torch.LongTensor]:
+        """`ids_keep` (`None`: every patch in image order), `mask` and `ids_restore`, as [`random_masking_indices`]."""
+        if noise is None and len_keep == num_patches:
+            # nothing to mask: keep the patches in image order rather than shuffling them by random noise
+            mask = torch.zeros(batch_size, num_patches, device=device)
+            return None, mask, torch.arange(num_patches, device=device).expand(batch_size, -1)
+        if noise is None:
+            noise = torch.rand(batch_size, num_patches, device=device)
+        elif noise.shape != (batch_size, num_patches):
+            raise ValueError(
+                f"`noise` must have shape (batch_size, num_patches) = {(batch_size, num_patches)}, got "
+                f"{tuple(noise.shape)}."
+            )
+        return random_masking_indices(noise.to(device), len_keep)
+
+    def visible_context(self, pixel_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The input of the dilated branches: under `dilated_context="visible"`, the masked patches' pixels zeroed."""
+        if self.config.dilated_context != "visible" or not self.patch_embeddings.dilated_projections:
+            return pixel_values
+        batch_size, _, height, width = pixel_values.shape
+        grid_height, grid_width = self.patch_embeddings.grid_for(height, width)
+        # (B, L) -> (B, 1, h, p, w, q) -> (B, 1, H, W)
+        keep_pixels = (1 - mask).to(pixel_values.dtype).reshape(batch_size, 1, grid_height, 1, grid_width, 1)
+        keep_pixels = keep_pixels.expand(-1, -1, -1, self.patch_size[0], -1, self.patch_size[1])
+        return pixel_values * keep_pixels.reshape(batch_size, 1, height, width)
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -365,58 +422,31 @@ class DilatedViTMAEEmbeddings(nn.Module):
                 "convert the images (the image processor's `num_channels`) or set `num_channels` in the config."
             )
         patch_embeddings = self.patch_embeddings
-        grid_size = patch_embeddings.grid_for(height, width)
-        if interpolate_pos_encoding:
-            position_embeddings = self.interpolate_pos_encoding(grid_size)
-        elif (height, width) != self.image_size:
-            raise ValueError(
-                f"Input image size ({height}*{width}) doesn't match model ({self.image_size[0]}*{self.image_size[1]}); "
-                "resize the images or pass `interpolate_pos_encoding=True`."
-            )
-        else:
-            position_embeddings = self.position_embeddings
-        num_patches = grid_size[0] * grid_size[1]
+        position_embeddings = self.position_table(height, width, interpolate_pos_encoding)
+        patch_position_embeddings = position_embeddings[:, 1:, :].expand(batch_size, -1, -1)  # (B, L, D)
+        num_patches = patch_position_embeddings.shape[1]
 
         # masking: num_patches -> len_keep
-        mask_ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"`mask_ratio` must be in [0, 1), got {mask_ratio!r}.")
-        len_keep = int(num_patches * (1 - mask_ratio))
-        if self.config.masking_mode == "mask_token" and self.mask_token is None and len_keep < num_patches:
-            raise ValueError(
-                "This encoder was built without a mask token (`use_mask_token=False`, e.g. the classifier's) and "
-                f"encodes whole images only, got `mask_ratio={mask_ratio!r}`; pass `mask_ratio=0.0`."
-            )
-        if noise is None and len_keep == num_patches:
-            # nothing to mask: keep the patches in image order rather than shuffling them by random noise
-            noise = torch.arange(num_patches, device=pixel_values.device).expand(batch_size, -1)
-        elif noise is None:
-            noise = torch.rand(batch_size, num_patches, device=pixel_values.device)
-        elif noise.shape != (batch_size, num_patches):
-            raise ValueError(
-                f"`noise` must have shape (batch_size, num_patches) = {(batch_size, num_patches)}, got "
-                f"{tuple(noise.shape)}."
-            )
-        ids_keep, mask, ids_restore = random_masking_indices(noise.to(pixel_values.device), len_keep)
+        len_keep = self.len_keep(num_patches, mask_ratio)
+        ids_keep, mask, ids_restore = self.masking(noise, batch_size, num_patches, len_keep, pixel_values.device)
 
-        dilated_input = pixel_values
-        if self.config.dilated_context == "visible" and patch_embeddings.dilated_projections and len_keep < num_patches:
-            # zero the masked patches' pixels so that no dilated kernel reads them (no leakage)
-            keep_pixels = (1 - mask).to(pixel_values.dtype).reshape(batch_size, 1, grid_size[0], 1, grid_size[1], 1)
-            keep_pixels = keep_pixels.expand(-1, -1, -1, self.patch_size[0], -1, self.patch_size[1])
-            dilated_input = pixel_values * keep_pixels.reshape(batch_size, 1, height, width)
-
-        dense = patch_embeddings.dense_tokens(pixel_values)  # (B, L, D)
-        patch_position_embeddings = position_embeddings[:, 1:, :].expand(batch_size, -1, -1)
-        if self.mask_token is None:
+        drop = self.config.masking_mode == "drop"
+        if len_keep == num_patches:
+            # nothing removed: every branch by convolution (unfolding kept columns only pays when patches are dropped)
+            embeddings = patch_embeddings(pixel_values) + patch_position_embeddings
+            if drop and ids_keep is not None:
+                embeddings = gather_tokens(embeddings, ids_keep)  # in noise order, as ViTMAE
+        elif drop:
             # MAE: only the kept patches enter the encoder, in noise order
-            dilated = patch_embeddings.dilated_tokens(dilated_input, ids_keep)  # [(B, K, D)]
-            embeddings = patch_embeddings.fuse(gather_tokens(dense, ids_keep), dilated)
+            dilated = patch_embeddings.dilated_tokens(self.visible_context(pixel_values, mask), ids_keep)  # [(B, K, D)]
+            dense = gather_tokens(patch_embeddings.dense_tokens(pixel_values), ids_keep)  # (B, K, D)
+            embeddings = patch_embeddings.fuse(dense, dilated)
             embeddings = embeddings + gather_tokens(patch_position_embeddings, ids_keep)
         else:
             # SimMIM-style: every position enters the encoder, in image order; a masked one is the mask token plus
             # its dilated context (dense branch withheld) plus its position
-            dilated = patch_embeddings.dilated_tokens(dilated_input)  # [(B, L, D)]
+            dense = patch_embeddings.dense_tokens(pixel_values)  # (B, L, D)
+            dilated = patch_embeddings.dilated_tokens(self.visible_context(pixel_values, mask))  # [(B, L, D)]
             visible = patch_embeddings.fuse(dense, dilated)
             masked = patch_embeddings.fuse(torch.zeros_like(dense), dilated) + self.mask_token
             embeddings = torch.where(mask.unsqueeze(-1).bool(), masked, visible) + patch_position_embeddings

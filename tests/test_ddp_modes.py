@@ -5,13 +5,20 @@ prior iteration" when a trainable parameter gets no gradient, e.g. a decoder mas
 (the encoder already holds every position) or a classifier's unused final norm.
 """
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
-from accelerate import Accelerator, debug_launcher
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from conftest import TINY_CONFIG
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForImageClassification, DilatedViTMAEForPreTraining
 
+
+TESTS_DIR = Path(__file__).resolve().parent
 
 CASES = [
     (DilatedViTMAEForPreTraining, dict(masking_mode="drop", dilation_rates=(2,))),
@@ -63,5 +70,13 @@ def train_every_case(num_steps: int = 3) -> None:
         GradientState._reset_state()
 
 
-def test_every_masking_mode_trains_under_ddp_with_two_ranks(reset_accelerate):
-    debug_launcher(train_every_case, num_processes=2)
+def test_every_masking_mode_trains_under_ddp_with_two_ranks():
+    # `debug_launcher` forks: from the pytest process, whose thread pools (torch's, onnxruntime's from other tests)
+    # are already running, a forked rank can deadlock on an inherited lock. Fork from a fresh interpreter instead.
+    code = (
+        "import test_ddp_modes as t; from accelerate import debug_launcher; "
+        "debug_launcher(t.train_every_case, num_processes=2)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)])}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]

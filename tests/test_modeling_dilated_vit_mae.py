@@ -14,7 +14,7 @@ from dilated_vit_mae import (
     DilatedViTMAEForPreTraining,
     DilatedViTMAEModel,
 )
-from dilated_vit_mae.modeling_dilated_vit_mae import centred_padding, patchify, random_masking_indices
+from dilated_vit_mae.modeling_dilated_vit_mae import centred_padding, gather_tokens, patchify, random_masking_indices
 
 
 VARIANTS = {
@@ -240,6 +240,39 @@ def test_gathered_dilated_tokens_equal_full_convolution(tiny_config_kwargs):
         torch.testing.assert_close(gathered_branch, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("masking_mode", ["drop", "mask_token"])
+def test_full_keep_tokenizes_by_convolution_masking_by_kept_columns(tiny_config_kwargs, monkeypatch, masking_mode):
+    # unfold + gather pays only when patches are dropped; with every patch kept a convolution is ~2x faster
+    config = make_config(tiny_config_kwargs, dilation_rates=(2, 3), masking_mode=masking_mode)
+    embeddings = DilatedViTMAEModel(config).eval().embeddings
+    randomize_dilated_branches(embeddings)
+    calls = {"conv2d": 0, "unfold": 0}
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(torch.nn.functional, name, counting(name, getattr(torch.nn.functional, name)))
+    pixel_values, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)
+    whole, _, ids_restore = embeddings(pixel_values, noise=noise, mask_ratio=0.0)
+    assert calls == {"conv2d": 3, "unfold": 0}  # dense + two dilated branches, all by convolution
+    embeddings(pixel_values, noise=noise, mask_ratio=0.75)
+    # drop: the dilated branches of the kept patches only; mask token: every position needs its dilated context
+    assert calls == ({"conv2d": 4, "unfold": 2} if masking_mode == "drop" else {"conv2d": 6, "unfold": 0})
+
+    # both paths give the same tokens: the kept-columns path over every patch, in the order the model returns them
+    patch_embeddings = embeddings.patch_embeddings
+    ids = ids_restore.argsort(dim=1) if masking_mode == "drop" else torch.arange(64).expand(2, -1)
+    dense = gather_tokens(patch_embeddings.dense_tokens(pixel_values), ids)
+    by_columns = patch_embeddings.fuse(dense, patch_embeddings.dilated_tokens(pixel_values, ids))
+    by_columns = by_columns + gather_tokens(embeddings.position_embeddings[:, 1:].expand(2, -1, -1), ids)
+    torch.testing.assert_close(whole[:, 1:], by_columns, atol=1e-5, rtol=1e-5)
+
+
 def masked_pixel_perturbation(model, pixel_values, noise):
     """The same images with every masked patch replaced by noise, and the patches' mask."""
     mask = model(pixel_values, noise=noise).mask
@@ -344,7 +377,9 @@ def test_vit_mae_encoder_loads_into_model(tiny_config_kwargs, tmp_path):
     )
 
 
-@pytest.mark.parametrize("source,target", [("drop", "mask_token"), ("mask_token", "drop"), ("mask_token", "mask_token")])
+@pytest.mark.parametrize(
+    "source,target", [("drop", "mask_token"), ("mask_token", "drop"), ("mask_token", "mask_token")]
+)
 def test_checkpoints_of_either_masking_mode_load(tiny_config_kwargs, tmp_path, source, target):
     DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, masking_mode=source)).save_pretrained(tmp_path)
     model, info = DilatedViTMAEForPreTraining.from_pretrained(tmp_path, masking_mode=target, output_loading_info=True)
@@ -360,7 +395,9 @@ def test_checkpoints_of_either_masking_mode_load(tiny_config_kwargs, tmp_path, s
 def test_unexpected_decoder_keys_are_reported(tiny_config_kwargs, tmp_path):
     # the encoder ignores a pre-training checkpoint's decoder; the pre-training model itself must not
     DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, decoder_num_hidden_layers=2)).save_pretrained(tmp_path)
-    _, info = DilatedViTMAEForPreTraining.from_pretrained(tmp_path, decoder_num_hidden_layers=1, output_loading_info=True)
+    _, info = DilatedViTMAEForPreTraining.from_pretrained(
+        tmp_path, decoder_num_hidden_layers=1, output_loading_info=True
+    )
     assert info["unexpected_keys"] and all(k.startswith("decoder.decoder_layers.1.") for k in info["unexpected_keys"])
 
 
