@@ -7,11 +7,21 @@ and the standard library.
 
 from typing import Literal
 
+from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.utils import logging
 
 
 logger = logging.get_logger(__name__)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
 
 
 def _as_pair(value: int | list[int] | tuple[int, ...], name: str) -> tuple[int, int]:
@@ -155,6 +165,9 @@ class DilatedViTMAEConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def _validate_dilated_vit_mae(self) -> None:
+        """Refuse what cannot build a working model, naming the field and its value. Scripts call it again after
+        changing a config in place (`update_from_string`)."""
+        self._validate_sizes()
         image_size = _as_pair(self.image_size, "image_size")
         patch_size = _as_pair(self.patch_size, "patch_size")
         for axis, image, patch in zip(("height", "width"), image_size, patch_size):
@@ -164,12 +177,32 @@ class DilatedViTMAEConfig(PreTrainedConfig):
                     f"{axis} ({image} % {patch} = {image % patch}); choose an image size that is a multiple of the "
                     "patch size."
                 )
-        if not isinstance(self.mask_ratio, (int, float)) or not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"`mask_ratio` must be in [0, 1), got {self.mask_ratio!r}.")
-        for prefix, width, heads in (
-            ("", self.hidden_size, self.num_attention_heads),
-            ("decoder_", self.decoder_hidden_size, self.decoder_num_attention_heads),
+        self._validate_masking(image_size, patch_size)
+        self._validate_dilation(image_size, patch_size)
+        for name, allowed in (
+            ("dilated_fusion", ("sum", "concat")),
+            ("dilated_context", ("full", "visible")),
+            ("masking_mode", ("drop", "mask_token")),
+            ("classifier_pooling", ("cls", "mean")),
         ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.masking_mode == "mask_token" and self.dilated_context == "full" and self.dilation_rates:
+            # allowed (it is the design the ablation measures), but it is rarely what anyone wants to pre-train
+            logger.warning(
+                'masking_mode="mask_token" with dilated_context="full": every masked position\'s dilated taps read its '
+                "own (masked) pixels, so reconstruction is nearly trivial (masked MSE ~9x lower than any other "
+                "variant in benchmarks/ablation.py) and the loss no longer measures inpainting. Use "
+                'dilated_context="visible" with it, or masking_mode="drop".'
+            )
+
+    def _validate_sizes(self) -> None:
+        """Widths, depths, heads, activation, epsilons and probabilities of the encoder and decoder."""
+        for prefix in ("", "decoder_"):
+            for name in ("hidden_size", "num_attention_heads", "intermediate_size"):
+                _check_int(prefix + name, getattr(self, prefix + name), minimum=1)
+            _check_int(prefix + "num_hidden_layers", getattr(self, prefix + "num_hidden_layers"), minimum=0)
+            width, heads = getattr(self, prefix + "hidden_size"), getattr(self, prefix + "num_attention_heads")
             if width % heads:
                 raise ValueError(
                     f"`{prefix}hidden_size` ({width}) must be a multiple of `{prefix}num_attention_heads` ({heads})."
@@ -177,6 +210,38 @@ class DilatedViTMAEConfig(PreTrainedConfig):
             if width % 4:
                 # the 2D sin-cos table splits the width into (sin, cos) x (row, column) quarters
                 raise ValueError(f"`{prefix}hidden_size` must be a multiple of 4 for the 2D sin-cos table, got {width}.")
+        _check_int("num_channels", self.num_channels, minimum=1)
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in ACT2FN:
+            raise ValueError(
+                f"`hidden_act` must be one of transformers' activations ({', '.join(sorted(ACT2FN))}), got "
+                f"{self.hidden_act!r}."
+            )
+        if not _is_number(self.layer_norm_eps) or not self.layer_norm_eps > 0:
+            raise ValueError(
+                f"`layer_norm_eps` must be a number > 0, got {self.layer_norm_eps!r}; ViTMAE uses 1e-12, MAE 1e-6."
+            )
+        if not _is_number(self.initializer_range) or self.initializer_range < 0:
+            raise ValueError(f"`initializer_range` must be a number >= 0, got {self.initializer_range!r}.")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not _is_number(getattr(self, name)) or not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)!r}.")
+        if not _is_number(self.drop_path_rate) or not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(
+                f"`drop_path_rate` must be in [0, 1) (the last encoder layer's stochastic depth), got "
+                f"{self.drop_path_rate!r}; MAE fine-tunes with 0.1."
+            )
+
+    def _validate_masking(self, image_size: tuple[int, int], patch_size: tuple[int, int]) -> None:
+        if not _is_number(self.mask_ratio) or not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"`mask_ratio` must be in [0, 1), got {self.mask_ratio!r}.")
+        num_patches = (image_size[0] // patch_size[0]) * (image_size[1] // patch_size[1])
+        if int(num_patches * (1 - self.mask_ratio)) < 1:
+            raise ValueError(
+                f"`mask_ratio` {self.mask_ratio!r} keeps no patch of the {num_patches} of a {image_size} image in "
+                f"{patch_size} patches; lower `mask_ratio` or `patch_size`."
+            )
+
+    def _validate_dilation(self, image_size: tuple[int, int], patch_size: tuple[int, int]) -> None:
         rates = self.dilation_rates
         if isinstance(rates, int) or not all(isinstance(r, int) and not isinstance(r, bool) for r in rates):
             raise ValueError(f"`dilation_rates` must be a list of integers, got {rates!r}.")
@@ -187,36 +252,25 @@ class DilatedViTMAEConfig(PreTrainedConfig):
             )
         if len(set(rates)) != len(rates):
             raise ValueError(f"`dilation_rates` must not repeat a rate, got {list(rates)!r}.")
-        kernel_size = patch_size if self.dilated_kernel_size is None else _as_pair(self.dilated_kernel_size, "dilated_kernel_size")
+        kernel_size = (
+            patch_size if self.dilated_kernel_size is None else _as_pair(self.dilated_kernel_size, "dilated_kernel_size")
+        )
         for rate in rates:
-            for axis, kernel, patch in zip(("height", "width"), kernel_size, patch_size):
-                if (kernel - 1) * rate + 1 < patch:
+            for axis, image, kernel, patch in zip(("height", "width"), image_size, kernel_size, patch_size):
+                span = (kernel - 1) * rate + 1
+                if span < patch:
                     raise ValueError(
-                        f"A dilated kernel of size {kernel} at rate {rate} spans {(kernel - 1) * rate + 1} pixels along "
-                        f"the {axis}, less than the patch ({patch}), so it cannot be centred on the patch grid by "
-                        "padding; use a larger `dilated_kernel_size` (or `None`, the patch size)."
+                        f"A dilated kernel of size {kernel} at rate {rate} spans {span} pixels along the {axis}, less "
+                        f"than the patch ({patch}), so it cannot be centred on the patch grid by padding; use a larger "
+                        "`dilated_kernel_size` (or `None`, the patch size)."
                     )
-        for name, allowed in (
-            ("dilated_fusion", ("sum", "concat")),
-            ("dilated_context", ("full", "visible")),
-            ("masking_mode", ("drop", "mask_token")),
-            ("classifier_pooling", ("cls", "mean")),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
-        if not isinstance(self.drop_path_rate, (int, float)) or not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(
-                f"`drop_path_rate` must be in [0, 1) (the last encoder layer's stochastic depth), got "
-                f"{self.drop_path_rate!r}; MAE fine-tunes with 0.1."
-            )
-        if self.masking_mode == "mask_token" and self.dilated_context == "full" and rates:
-            # allowed (it is the design the ablation measures), but it is rarely what anyone wants to pre-train
-            logger.warning(
-                'masking_mode="mask_token" with dilated_context="full": every masked position\'s dilated taps read its '
-                "own (masked) pixels, so reconstruction is nearly trivial (masked MSE ~9x lower than any other "
-                "variant in benchmarks/ablation.py) and the loss no longer measures inpainting. Use "
-                'dilated_context="visible" with it, or masking_mode="drop".'
-            )
+                if span > image:
+                    # its padding (and memory) grows with the rate while every extra tap reads zeros
+                    raise ValueError(
+                        f"`dilation_rates` {rate} with kernel {kernel} spans {span} pixels along the {axis}, more than "
+                        f"the image ({image}); use a rate of at most {(image - 1) // (kernel - 1)} or a smaller "
+                        "`dilated_kernel_size`."
+                    )
 
 
 # `save_pretrained` copies this file next to `config.json` and lists it in `auto_map` (remote code)
