@@ -294,17 +294,41 @@ def _upscale(image: PIL.Image.Image, min_side: int = 192) -> PIL.Image.Image:
     return image.resize((image.width * factor, image.height * factor), PIL.Image.NEAREST)
 
 
+STRIP_LABELS = {"original": "original", "masked": "masked (input)", "reconstruction": "reconstruction",
+                "recomposited": "re-composited"}  # fmt: skip
+
+
+def _strip_caption(result: dict[str, Any]) -> str:
+    """The masked pixels' MSE of the re-composited image beside a trivial predictor (the visible pixels' mean colour)."""
+    original = np.asarray(result["original"].convert("RGB"), dtype=np.float64) / 255
+    recomposited = np.asarray(result["recomposited"].convert("RGB"), dtype=np.float64) / 255
+    removed = np.asarray(result["mask"]) > 127
+    if not removed.any() or removed.all():
+        return f"mask ratio {result['mask_ratio']}"
+    model = ((recomposited - original)[removed] ** 2).mean()
+    trivial = ((original[~removed].mean(axis=0) - original[removed]) ** 2).mean()
+    return (
+        f"mask ratio {result['mask_ratio']}, seed {result['seed']}: masked-pixel MSE {model:.4f}; filling them with "
+        f"the visible pixels' mean colour: {trivial:.4f}"
+    )
+
+
 def reconstruction_strip(
-    result: dict[str, Any], columns: Sequence[str] = ("masked", "reconstruction", "recomposited")
+    result: dict[str, Any], columns: Sequence[str] = ("original", "masked", "reconstruction", "recomposited")
 ) -> PIL.Image.Image:
-    """The images of one `mae-reconstruction` result side by side, upscaled, 4 px apart."""
+    """The images of one `mae-reconstruction` result side by side (upscaled, labelled), with a caption that puts its
+    masked-pixel error beside a trivial predictor's."""
     images = [_upscale(result[name].convert("RGB")) for name in columns]
-    gap = 4
-    strip = PIL.Image.new("RGB", (sum(i.width for i in images) + gap * (len(images) - 1), images[0].height), "white")
+    gap, header, footer = 4, 22, 24
+    width = sum(i.width for i in images) + gap * (len(images) - 1)
+    strip = PIL.Image.new("RGB", (width, header + images[0].height + footer), "white")
+    draw, font = PIL.ImageDraw.Draw(strip), _font(13)
     x = 0
-    for image in images:
-        strip.paste(image, (x, 0))
+    for name, image in zip(columns, images):
+        draw.text((x + 3, 4), STRIP_LABELS.get(name, name), fill=_COLOURS["text"], font=font)
+        strip.paste(image, (x, header))
         x += image.width + gap
+    draw.text((3, header + images[0].height + 5), _strip_caption(result), fill=_COLOURS["text"], font=font)
     return strip
 
 

@@ -326,3 +326,25 @@ def test_older_norm_pix_results_say_their_figures_use_the_target_statistics(tiny
     assert "| metric | value |" in text and "| Masked-patch MSE | 0.04123 |" in text
     assert "each masked patch's own mean and variance" in text and "overstate what it predicts" in text
     assert "predict zeros" not in text
+
+
+def test_example_strips_are_labelled_and_put_the_error_beside_a_trivial_predictor():
+    import numpy as np
+    import PIL.Image
+
+    from dilated_vit_mae.model_card import _strip_caption, reconstruction_strip
+
+    original = PIL.Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:16] = 255
+    recomposited = np.full((32, 32, 3), 200, np.uint8)
+    recomposited[:16] = 100
+    result = {"original": original, "masked": original, "reconstruction": PIL.Image.fromarray(recomposited),
+              "recomposited": PIL.Image.fromarray(recomposited), "mask": PIL.Image.fromarray(mask),
+              "mask_ratio": 0.5, "seed": 0}  # fmt: skip
+    caption = _strip_caption(result)
+    # (100 - 200)^2 / 255^2 = 0.1538 for the model; the visible mean colour is exactly right here: 0
+    assert "masked-pixel MSE 0.1538" in caption and "mean colour: 0.0000" in caption
+    strip = reconstruction_strip(result)
+    assert strip.width >= 4 * 192 and strip.height == 22 + 192 + 24
+    assert (np.asarray(strip)[:22] < 128).any()  # the column labels
