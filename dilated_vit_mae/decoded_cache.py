@@ -8,6 +8,10 @@ dataset's row order, and a `meta.json` naming the dataset fingerprint it was bui
 the free disk before it starts, refuses when the disk cannot hold it, and refuses datasets whose images differ in size
 (it reads every header first, so a mixed-size dataset fails before anything is written).
 
+Rows are stored at full size, so [`~dilated_vit_mae.transforms.MAEHostTransform`]'s reduced-scale JPEG decoding
+(`draft`) never applies to them: where it would (crops at least twice the output size, e.g. 64 px from CelebA) the
+cached and the file-decoded augmentations differ slightly; at 224 px they are identical.
+
 ```python
 >>> from dilated_vit_mae.data import load_celeba
 >>> from dilated_vit_mae.decoded_cache import DecodedImageCache
