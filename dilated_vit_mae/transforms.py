@@ -25,7 +25,7 @@ import io
 import math
 import os
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Literal
 
 import numpy as np
@@ -99,7 +99,7 @@ def random_resized_crop_params(
     ```
     """
     area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
+    log_ratio = _log_ratio(tuple(ratio))  # torchvision's float32 `torch.log(torch.tensor(ratio))`, computed once
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
         aspect_ratio = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
@@ -646,17 +646,18 @@ class MAEHostCollator:
         num_channels = images[0].shape[0]
         if any(image.shape[0] != num_channels for image in images):
             raise ValueError(f"Cannot batch images with different channel counts, got {[i.shape[0] for i in images]}.")
-        sizes = torch.tensor([image.shape[1:] for image in images], dtype=torch.int64)
-        max_height, max_width = sizes.max(dim=0).values.tolist()
+        # plain Python on the sizes: small torch ops cost ~10 us each, and far more when the cores are busy
+        sizes = [tuple(image.shape[1:]) for image in images]
+        max_height, max_width = max(h for h, _ in sizes), max(w for _, w in sizes)
         batch = _new_uint8((len(images), max_height, max_width, num_channels))  # (B, H, W, C)
-        if not bool((sizes == sizes[0]).all()):
-            batch.zero_()
+        if len(set(sizes)) > 1:
+            batch.numpy().fill(0)
         for row, image in zip(batch.numpy(), images):
             # numpy: a torch copy_ here splits over intra-op threads, 100x slower when the cores are busy
             row[: image.shape[1], : image.shape[2]] = image.permute(1, 2, 0).numpy()
         output = {
             "pixel_values_uint8": batch.permute(0, 3, 1, 2),  # (B, C, H, W), channels-last
-            "image_sizes": sizes,
+            "image_sizes": torch.tensor(sizes, dtype=torch.int64),
             "crop_boxes": torch.tensor([f["crop_box"] for f in fields], dtype=torch.float32),
             "flips": torch.tensor([bool(f["flip"]) for f in fields], dtype=torch.bool),
         }
@@ -785,6 +786,11 @@ def _to_normalized_tensor(
     pixel_values -= mean
     pixel_values /= std
     return torch.from_numpy(pixel_values)
+
+
+@lru_cache(maxsize=8)
+def _log_ratio(ratio: tuple[float, float]) -> torch.Tensor:
+    return torch.log(torch.tensor(ratio))
 
 
 def _check_decoder(decoder: str) -> str:
