@@ -50,6 +50,8 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEImageProcessor,
 )
 from dilated_vit_mae.data import load_celeba  # noqa: E402
+from dilated_vit_mae.decoded_cache import DecodedImageCache  # noqa: E402
+from dilated_vit_mae.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
 from dilated_vit_mae.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
 from dilated_vit_mae.lifecycle import (  # noqa: E402
     RunClock,
@@ -84,7 +86,7 @@ from dilated_vit_mae.training import (  # noqa: E402
     summary_keys,
     visible_mean_images,
 )
-from dilated_vit_mae.transforms import MAEEvalTransform, MAETrainTransform  # noqa: E402
+from dilated_vit_mae.transforms import MAEEvalTransform, MAEHostCollator, MAEHostTransform, MAETrainTransform  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -136,6 +138,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     data.add_argument("--dataloader_prefetch_factor", type=positive_int, default=4, help="Batches each worker prepares ahead.")
     data.add_argument("--cache_dir")
+    data.add_argument(
+        "--augment_on", choices=["auto", "host", "device"], default="auto",
+        help="Where crop, resize, flip and normalise run: on the host in the workers, or batched on the device (workers "
+        "only decode to uint8 and draw the boxes). auto: device on CUDA, host on CPU (faster there).",
+    )  # fmt: skip
+    data.add_argument(
+        "--decoded_cache_dir",
+        help="With --augment_on device: a memory-mapped uint8 copy of the train split, built once (fixed-size datasets "
+        "only; it states its size and the free disk first; CelebA's train split is 18.9 GB).",
+    )  # fmt: skip
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", help="Our checkpoint, or a facebook/vit-mae-* one to warm-start from.")
@@ -354,26 +366,63 @@ def _default_num_workers(accelerator: Accelerator) -> int:
     return max(1, min(8, (os.cpu_count() or 1) // local_processes - 1))
 
 
-def build_dataloaders(args, accelerator, config, image_processor, splits) -> tuple[DataLoader, DataLoader, SeededAugmentation]:
+def train_dataset_and_augmentation(args, accelerator, config, image_processor, splits):
+    """
+    The train split with its seeded augmentation, and what the loop applies on the device (None on the host path).
+    On the device path the workers only decode to uint8 and draw each example's box and flip (from the same
+    generator as the host path, so resume stays exact); crop, resize, flip and normalise run batched on the device.
+    """
     crop = image_processor.crop_size
-    transform_kwargs = dict(image_mean=image_processor.image_mean, image_std=image_processor.image_std, num_channels=config.num_channels)
-    train_augmentation = SeededAugmentation(
-        MAETrainTransform((crop["height"], crop["width"]), **transform_kwargs), args.seed, args.image_column_name
+    image_size = (crop["height"], crop["width"])
+    kwargs = dict(image_mean=image_processor.image_mean, image_std=image_processor.image_std, num_channels=config.num_channels)
+    on_device = resolve_augment_on(args.augment_on, accelerator.device) == "device"
+    if on_device and args.streaming:
+        raise ValueError("--augment_on device needs a map-style dataset: drop --streaming, or use --augment_on host.")
+    if not on_device:
+        augmentation = SeededAugmentation(MAETrainTransform(image_size, **kwargs), args.seed, args.image_column_name)
+        return splits["train"], augmentation, None, collate_indexed
+    host_transform = MAEHostTransform(image_size, **kwargs)
+    augmentation = SeededAugmentation(host_transform, args.seed, args.image_column_name)
+    if args.decoded_cache_dir:
+        with accelerator.main_process_first():
+            cache = DecodedImageCache.build(
+                splits["train"], args.decoded_cache_dir, image_column=args.image_column_name,
+                num_channels=config.num_channels, num_workers=args.dataloader_num_workers or 1,
+            )  # fmt: skip
+        dataset = cache.as_dataset(augmentation, image_column=args.image_column_name)
+    else:  # encoded bytes / paths, so that the workers decode (simplejpeg where installed)
+        dataset = splits["train"].cast_column(args.image_column_name, datasets.Image(decode=False))
+        dataset.set_transform(augmentation)
+    return dataset, augmentation, DeviceAugmentation.from_transform(host_transform), MAEHostCollator()
+
+
+def build_dataloaders(args, accelerator, config, image_processor, splits):
+    """(train loader, eval loader, the train augmentation (its epoch is set each epoch), the device augmentation)."""
+    train_dataset, train_augmentation, device_augmentation, train_collate = train_dataset_and_augmentation(
+        args, accelerator, config, image_processor, splits
     )
     eval_transform = IndexedTransform(MAEEvalTransform.from_image_processor(image_processor), args.image_column_name)
-    for split, transform in (("train", train_augmentation), ("validation", eval_transform)):
-        if args.streaming:  # an IterableDataset has no set_transform: map lazily, keeping only what the batch needs
-            splits[split] = splits[split].map(transform, batched=True, batch_size=16, remove_columns=splits[split].column_names)
-        else:
-            splits[split].set_transform(transform)
+    if args.streaming:  # an IterableDataset has no set_transform: map lazily, keeping only what the batch needs
+        train_dataset = train_dataset.map(train_augmentation, batched=True, batch_size=16, remove_columns=train_dataset.column_names)
+        splits["validation"] = splits["validation"].map(
+            eval_transform, batched=True, batch_size=16, remove_columns=splits["validation"].column_names
+        )
+    elif device_augmentation is None:
+        train_dataset.set_transform(train_augmentation)
+    if not args.streaming:
+        splits["validation"].set_transform(eval_transform)
     workers = args.dataloader_num_workers if args.dataloader_num_workers is not None else _default_num_workers(accelerator)
-    loader_kwargs = dict(collate_fn=collate_indexed, num_workers=workers, pin_memory=accelerator.device.type == "cuda")
+    loader_kwargs = dict(num_workers=workers, pin_memory=accelerator.device.type == "cuda")
     if workers:
         loader_kwargs.update(persistent_workers=True, prefetch_factor=args.dataloader_prefetch_factor)
     shuffle = {} if args.streaming else {"shuffle": True}
-    train_dataloader = DataLoader(splits["train"], batch_size=args.per_device_train_batch_size, **shuffle, **loader_kwargs)
-    eval_dataloader = DataLoader(splits["validation"], batch_size=args.per_device_eval_batch_size, **loader_kwargs)
-    return train_dataloader, eval_dataloader, train_augmentation
+    train_dataloader = DataLoader(
+        train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=train_collate, **shuffle, **loader_kwargs
+    )
+    eval_dataloader = DataLoader(
+        splits["validation"], batch_size=args.per_device_eval_batch_size, collate_fn=collate_indexed, **loader_kwargs
+    )
+    return train_dataloader, eval_dataloader, train_augmentation, device_augmentation
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -413,6 +462,7 @@ class Run:
     train_dataloader: DataLoader
     eval_dataloader: DataLoader
     train_augmentation: SeededAugmentation
+    device_augmentation: DeviceAugmentation | None
     image_processor: DilatedViTMAEImageProcessor
     checkpoints: CheckpointManager
     splits: dict
@@ -586,15 +636,17 @@ def train_micro_batch(run: Run, batch: dict, epoch: int, meter: StepMeter) -> No
     args, accelerator, model = run.args, run.accelerator, run.model
     # the training masks are their own stream: independent of the augmentation drawn for the same example
     noise = masking_noise(batch["sample_index"], run.num_patches, stream="train_mask", seed=args.seed, epoch=epoch)
+    augment = run.device_augmentation
+    pixel_values = augment(batch) if augment is not None else batch["pixel_values"]  # (B, C, H, W)
     with accelerator.accumulate(model):
-        loss = model(pixel_values=batch["pixel_values"], noise=noise).loss
+        loss = model(pixel_values=pixel_values, noise=noise).loss
         accelerator.backward(loss)
         if accelerator.sync_gradients and args.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         run.optimizer.step()
         run.lr_scheduler.step()
         run.optimizer.zero_grad()
-    meter.add(loss, run.state.global_step + 1, batch["pixel_values"].shape[0] * accelerator.num_processes)
+    meter.add(loss, run.state.global_step + 1, pixel_values.shape[0] * accelerator.num_processes)
 
 
 def _checkpoint_due(run: Run, at_epoch_end: bool) -> bool:
@@ -903,7 +955,9 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: C
     model = build_model(args, config)
     with accelerator.main_process_first():
         splits = load_datasets(args)
-    train_dataloader, eval_dataloader, train_augmentation = build_dataloaders(args, accelerator, config, image_processor, splits)
+    train_dataloader, eval_dataloader, train_augmentation, device_augmentation = build_dataloaders(
+        args, accelerator, config, image_processor, splits
+    )
     effective_batch_size, max_train_steps, num_epochs, learning_rate = training_schedule(args, accelerator, splits)
     num_warmup_steps = args.num_warmup_steps if args.num_warmup_steps is not None else round(args.warmup_ratio * max_train_steps)
     optimizer, lr_scheduler = build_optimizer(args, model, accelerator, learning_rate, max_train_steps, num_warmup_steps)
@@ -920,7 +974,8 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: C
     run = Run(
         args=args, accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model), optimizer=optimizer,
         lr_scheduler=lr_scheduler, train_dataloader=train_dataloader, eval_dataloader=eval_dataloader,
-        train_augmentation=train_augmentation, image_processor=image_processor, checkpoints=checkpoints, splits=splits,
+        train_augmentation=train_augmentation, device_augmentation=device_augmentation, image_processor=image_processor,
+        checkpoints=checkpoints, splits=splits,
         state=state, num_epochs=num_epochs, num_warmup_steps=num_warmup_steps,
     )  # fmt: skip
     return run, learning_rate

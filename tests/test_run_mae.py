@@ -567,3 +567,25 @@ def test_empty_validation_split_is_refused_before_training(tiny_model_dir, tmp_p
     _reset_accelerate_state()
     run_mae.main(run_mae.parse_args(args + ["--no_eval", "--max_train_steps", "1", "--overwrite_output_dir"]))
     assert (output_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("extra", [(), ("--decoded_cache_dir", "CACHE")], ids=["files", "decoded_cache"])
+def test_device_augmentation_trains_and_resumes_exactly(tiny_model_dir, tmp_path, reset_accelerate, extra):
+    # the GPU input path (workers decode to uint8, crop/resize/flip/normalise batched on the device), run on CPU
+    run_mae = load_script()
+    extra = tuple(str(tmp_path / "cache") if value == "CACHE" else value for value in extra)
+    common = ("--augment_on", "device", "--checkpointing_steps", "2", "--eval_steps", "0", "--max_train_steps", "4", *extra)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, whole, *common)))
+    _reset_accelerate_state()
+    # the same run interrupted after its step-2 checkpoint: that checkpoint and the run's identity, nothing else
+    import shutil
+
+    (parts / "checkpoints").mkdir(parents=True)
+    shutil.copytree(whole / "checkpoints" / "step_2", parts / "checkpoints" / "step_2")
+    shutil.copy(whole / "run.json", parts / "run.json")
+    run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, parts, *common, "--resume_from_checkpoint", "latest")))
+    expected, resumed = (safetensors.torch.load_file(folder / "model.safetensors") for folder in (whole, parts))
+    for name, tensor in expected.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    assert read_log(parts)[4]["train_loss"] == pytest.approx(read_log(whole)[4]["train_loss"], rel=1e-6)
