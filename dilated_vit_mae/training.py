@@ -272,6 +272,13 @@ class CheckpointManager:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def to_unit_range(normalised: torch.Tensor, image_mean: Sequence[float], image_std: Sequence[float]) -> torch.Tensor:
+    """`(B, C, H, W)` images normalised by the image processor -> [0, 1]."""
+    mean = torch.tensor(image_mean, device=normalised.device).reshape(1, -1, 1, 1)
+    std = torch.tensor(image_std, device=normalised.device).reshape(1, -1, 1, 1)
+    return (normalised * std + mean).clamp(0.0, 1.0)
+
+
 def reconstruction_images(
     model: DilatedViTMAEForPreTraining,
     pixel_values: torch.Tensor,
@@ -288,14 +295,9 @@ def reconstruction_images(
     With `norm_pix_loss`, predictions are mapped back with the target patches' statistics
     ([`DilatedViTMAEForPreTraining.logits_to_pixel_values`]).
     """
-    mean = torch.tensor(image_mean, device=pixel_values.device).reshape(1, -1, 1, 1)
-    std = torch.tensor(image_std, device=pixel_values.device).reshape(1, -1, 1, 1)
-
-    def to_unit_range(normalised: torch.Tensor) -> torch.Tensor:
-        return (normalised * std + mean).clamp(0.0, 1.0)
-
-    original = to_unit_range(pixel_values.float())
-    reconstruction = to_unit_range(model.logits_to_pixel_values(logits.float(), pixel_values.float()))
+    original = to_unit_range(pixel_values.float(), image_mean, image_std)
+    prediction = model.logits_to_pixel_values(logits.float(), pixel_values.float())
+    reconstruction = to_unit_range(prediction, image_mean, image_std)
     pixel_mask = model.mask_to_pixels(mask.float(), tuple(pixel_values.shape[2:])).expand_as(original)
     return {
         "original": original,
@@ -373,11 +375,8 @@ def reconstruction_scores(
     patches = patchify(pixel_values, patch_size)  # (B, L, p*p*C)
     target = _normalise_patches(patches) if model.config.norm_pix_loss else patches
     in_target_space, in_pixel_space = _patch_predictions(model, patches, logits, mask)
-    mean = torch.tensor(image_mean, device=pixel_values.device).reshape(1, -1, 1, 1)
-    std = torch.tensor(image_std, device=pixel_values.device).reshape(1, -1, 1, 1)
-
     def unit_image(patch_values: torch.Tensor) -> torch.Tensor:
-        return (unpatchify(patch_values, patch_size, grid, channels) * std + mean).clamp(0.0, 1.0)
+        return to_unit_range(unpatchify(patch_values, patch_size, grid, channels), image_mean, image_std)
 
     original = unit_image(patches)
     pixel_mask = model.mask_to_pixels(mask, tuple(pixel_values.shape[2:])).expand_as(original)
@@ -414,9 +413,7 @@ def visible_mean_images(
     patches = patchify(pixel_values.float(), patch_embeddings.patch_size)
     filled = torch.where(mask.bool().unsqueeze(-1), _visible_mean(patches, mask.float()).expand_as(patches), patches)
     images = unpatchify(filled, patch_embeddings.patch_size, patch_embeddings.grid_for(*pixel_values.shape[2:]), pixel_values.shape[1])
-    mean = torch.tensor(image_mean, device=pixel_values.device).reshape(1, -1, 1, 1)
-    std = torch.tensor(image_std, device=pixel_values.device).reshape(1, -1, 1, 1)
-    return (images * std + mean).clamp(0.0, 1.0)
+    return to_unit_range(images, image_mean, image_std)
 
 
 def summary_keys(scores: dict[str, float]) -> dict[str, float]:
