@@ -28,7 +28,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # what is pinned to its declared lower bound (setup.cfg: install_requires and the train / test extras)
-BOUNDED = ("torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate", "pytest")
+BOUNDED = ("torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate", "simplejpeg", "pytest")
 TINY_CONFIG = dict(
     image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
     decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=4, decoder_intermediate_size=64,

@@ -842,12 +842,14 @@ def _open_for_decode(
     if data is None:  # a PIL image or another array: decoded already
         pil = _prepare_image(image, num_channels)
         return (pil.height, pil.width), lambda min_size: _pil_to_array(pil)
-    if decoder != "pil" and simplejpeg is not None and data[:2] == b"\xff\xd8":
+    # greyscale through PIL: its ITU-R 601 luma (what evaluation sees), not the JPEG's Y plane (up to 8 levels apart)
+    if decoder != "pil" and simplejpeg is not None and num_channels == 3 and data[:2] == b"\xff\xd8":
         try:
-            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-            return (height, width), partial(_decode_simplejpeg, data, num_channels, name)
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         except ValueError:
-            pass  # not a JPEG libjpeg-turbo reads: PIL names the problem below
+            colorspace = None  # not a JPEG libjpeg-turbo reads: PIL names the problem below
+        if colorspace in ("YCbCr", "Gray", "RGB"):  # CMYK / YCCK: libjpeg-turbo's RGB is 1 level off PIL's
+            return (height, width), partial(_decode_simplejpeg, data, num_channels, name)
     pil = _open(io.BytesIO(data), name, load=False)
     return (pil.height, pil.width), partial(_decode_pil, pil, num_channels, name)
 
@@ -869,12 +871,9 @@ def _read_encoded(image: ImageInput) -> tuple[bytes | None, str | None]:
 
 def _decode_simplejpeg(data: bytes, num_channels: int, name: str, min_size: tuple[int, int]) -> np.ndarray:
     try:
-        pixels = simplejpeg.decode_jpeg(
-            data, colorspace="RGB" if num_channels == 3 else "GRAY", min_height=min_size[0], min_width=min_size[1]
-        )
-    except ValueError:  # e.g. CMYK, which libjpeg-turbo does not convert to RGB: PIL does
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_size[0], min_width=min_size[1])
+    except ValueError:  # a corrupt JPEG: PIL's error names the problem
         return _decode_pil(_open(io.BytesIO(data), name, load=False), num_channels, name, min_size)
-    return pixels if pixels.ndim == 3 else pixels[:, :, None]
 
 
 def _decode_pil(image: PIL.Image.Image, num_channels: int, name: str, min_size: tuple[int, int]) -> np.ndarray:

@@ -70,7 +70,7 @@ def test_flop_count_of_a_vit_b_mae_step_is_maes():
     assert 57e9 < bench.train_flops_per_image("vit_mae", "base") < 60e9
 
 
-def test_data_pipeline_benchmark_measures_host_cpu_per_image_of_both_paths(tmp_path):
+def test_data_pipeline_benchmark_measures_host_cpu_per_image_of_every_path(tmp_path):
     bench = load_benchmark("bench_data_pipeline")
     output = tmp_path / "pipeline.json"
     args = bench.parse_args(
@@ -79,7 +79,7 @@ def test_data_pipeline_benchmark_measures_host_cpu_per_image_of_both_paths(tmp_p
     )  # fmt: skip
     results = bench.main(args)["results"]
     loaders = {(r["path"], r["num_workers"]): r for r in results if r["stage"] == "loader"}
-    assert set(loaders) == {(p, w) for p in ("float32_host", "uint8_device") for w in (0, 2)}
+    assert set(loaders) == {(p, w) for p in ("float32_host", "uint8_device", "uint8_cache") for w in (0, 2)}
     for (path, workers), row in loaders.items():
         # the first batch of each worker is not timed: 6 batches of 8, minus one per worker (one in-process)
         assert row["images"] == 40, (path, workers)
@@ -95,6 +95,10 @@ def test_data_pipeline_benchmark_measures_host_cpu_per_image_of_both_paths(tmp_p
     assert summary["host_cpu_us_per_image"] == loaders[("uint8_device", 2)]["host_cpu_us_per_image"]
     assert summary["float32_host_host_cpu_us_per_image"] == loaders[("float32_host", 2)]["host_cpu_us_per_image"]
     assert summary["faster_on_cpu"] in ("host", "device") and summary["target_host_cpu_us_per_image"] == 400
+    cached = loaders[("uint8_cache", 2)]["host_cpu_us_per_image"]
+    assert summary["uint8_cache_host_cpu_us_per_image"] == cached
+    assert summary["uint8_cache_meets_target"] == (cached <= 400)
+    assert summary["meets_target"] == summary["uint8_device_meets_target"]
     assert {r["decoder"] for r in results if r["stage"] == "decode"} >= {"pil"}
 
 

@@ -53,6 +53,7 @@ train =
     accelerate>=1.8.0
     datasets>=4.6.0
     evaluate>=0.2.0
+    simplejpeg>=1.7.4
 test =
     pytest>=8
     accelerate>={accelerate_in_test}
@@ -74,7 +75,7 @@ def test_ci_pins_every_checked_package_to_the_bound_setup_cfg_declares(lower_bou
 
     pins = lower_bounds.declared_lower_bounds()
     assert set(pins) == set(lower_bounds.BOUNDED)
-    for name in ("torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate"):
+    for name in ("torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate", "simplejpeg"):
         # the pin is the smallest version the declared range admits
         assert specifiers[name].contains(pins[name]) and f">={pins[name]}" in str(specifiers[name]), name
 

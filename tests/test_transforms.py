@@ -20,6 +20,7 @@ from dilated_vit_mae.transforms import (
     MAEHostCollator,
     MAEHostTransform,
     MAETrainTransform,
+    decode_uint8,
     collate_fn,
     random_resized_crop_params,
 )
@@ -308,6 +309,22 @@ def test_host_params_draw_the_box_and_flip_of_the_float_transform(decoder):
     # the decoded pixels are the JPEG's, whichever decoder (libjpeg-turbo in both; identical here)
     decoded = np.asarray(PIL.Image.open(io.BytesIO(encoded["bytes"])).convert("RGB"))
     assert np.abs(params["image_uint8"].permute(1, 2, 0).numpy().astype(int) - decoded).max() <= 1
+
+
+def test_simplejpeg_decodes_the_pixels_pil_decodes():
+    # the device path and the decoded cache decode with simplejpeg, training's float path and evaluation with PIL:
+    # a JPEG must give the same pixels either way, in RGB, greyscale (PIL's ITU-R 601 luma, not the JPEG's Y plane,
+    # which differed by up to 8) and CMYK (libjpeg-turbo's conversion to RGB is one level off PIL's)
+    image = face_like_image()
+    rgb = {"bytes": jpeg_bytes(image), "path": "face.jpg"}
+    expected = np.asarray(PIL.Image.open(io.BytesIO(rgb["bytes"])).convert("RGB"))
+    np.testing.assert_array_equal(decode_uint8(rgb, decoder="simplejpeg"), expected)
+    grey = np.asarray(PIL.Image.open(io.BytesIO(rgb["bytes"])).convert("L"))
+    np.testing.assert_array_equal(decode_uint8(rgb, num_channels=1, decoder="simplejpeg")[:, :, 0], grey)
+    for mode in ("CMYK", "L"):  # a greyscale JPEG decodes to three equal channels
+        encoded = {"bytes": jpeg_bytes(image.convert(mode)), "path": f"{mode}.jpg"}
+        expected = np.asarray(PIL.Image.open(io.BytesIO(encoded["bytes"])).convert("RGB"))
+        np.testing.assert_array_equal(decode_uint8(encoded, decoder="simplejpeg"), expected)
 
 
 def test_host_params_accept_every_input_of_the_float_transform():
