@@ -59,6 +59,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining  # noqa: E402
+from dilated_vit_mae.lifecycle import fraction, non_negative_float, positive_float, positive_int  # noqa: E402
 from dilated_vit_mae.metrics import load_metric  # noqa: E402
 from dilated_vit_mae.probe import encode_images, predict_linear_probe, probe_scores, train_linear_probe  # noqa: E402
 from dilated_vit_mae.training import (  # noqa: E402
@@ -84,6 +85,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def add_pretraining_arguments(group, steps: int, num_train_help: str) -> None:
+    """The pre-training flags of this benchmark, shared with `benchmarks/downstream.py` (`group`: a parser or group)."""
+    group.add_argument("--steps", type=positive_int, default=steps, help="pre-training steps per run (every variant)")
+    group.add_argument("--batch_size", type=positive_int, default=64)
+    group.add_argument(
+        "--learning_rate", type=positive_float, default=1e-3,
+        help="peak lr (= blr 4e-3 x 64 / 256; MAE's 1.5e-4 is for 800 epochs)",
+    )  # fmt: skip
+    group.add_argument("--weight_decay", type=non_negative_float, default=0.05)
+    group.add_argument("--warmup_steps", type=positive_int, help="default: 5%% of --steps")
+    group.add_argument("--mask_ratio", type=fraction, default=0.75)
+    for name, default in (("hidden_size", 64), ("num_hidden_layers", 4), ("num_attention_heads", 4),
+                          ("decoder_hidden_size", 64), ("decoder_num_hidden_layers", 2),
+                          ("decoder_num_attention_heads", 4)):  # fmt: skip
+        group.add_argument(f"--{name}", type=positive_int, default=default)
+    group.add_argument("--num_train", type=positive_int, default=4000, help=num_train_help)
+    group.add_argument("--num_eval", type=positive_int, default=1000, help="held-out images")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # no abbreviations: `--tok` for `--token` would slip past redaction, and a new flag could change what one means
     parser = argparse.ArgumentParser(
@@ -91,24 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per run (every variant)")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument(
-        "--learning_rate", type=float, default=1e-3, help="peak lr (= blr 4e-3 x 64 / 256; MAE's 1.5e-4 is for 800 epochs)"
-    )
-    parser.add_argument("--weight_decay", type=float, default=0.05)
-    parser.add_argument("--warmup_steps", type=int, help="default: 5%% of --steps")
-    parser.add_argument("--mask_ratio", type=float, default=0.75)
-    parser.add_argument("--hidden_size", type=int, default=64)
-    parser.add_argument("--num_hidden_layers", type=int, default=4)
-    parser.add_argument("--num_attention_heads", type=int, default=4)
-    parser.add_argument("--decoder_hidden_size", type=int, default=64)
-    parser.add_argument("--decoder_num_hidden_layers", type=int, default=2)
-    parser.add_argument("--decoder_num_attention_heads", type=int, default=4)
-    parser.add_argument("--num_train", type=int, default=4000, help="pre-training / probe-training images")
-    parser.add_argument("--num_eval", type=int, default=1000, help="held-out images")
-    parser.add_argument("--probe_epochs", type=int, default=90)
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    add_pretraining_arguments(parser, steps=600, num_train_help="pre-training / probe-training images")
+    parser.add_argument("--probe_epochs", type=positive_int, default=90)
+    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--smoke", action="store_true", help="seconds-long run of every variant (tests)")
     parser.add_argument("--output_json", type=Path, default=DEFAULT_OUTPUT_JSON)
     args = parser.parse_args(argv)

@@ -47,18 +47,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
-from ablation import build_config, encoder_features, load_mnist, pretrain, summarize  # noqa: E402
+from ablation import (  # noqa: E402
+    add_pretraining_arguments,
+    build_config,
+    encoder_features,
+    load_mnist,
+    pretrain,
+    summarize,
+)
 
 from dilated_vit_mae import DilatedViTMAEForImageClassification, DilatedViTMAEForPreTraining  # noqa: E402
 from dilated_vit_mae.finetune import (  # noqa: E402
     apply_lr_scale,
     classification_loss,
-    non_negative_float,
-    positive_float,
-    positive_int,
-    probability,
     param_groups_lrd,
 )
+from dilated_vit_mae.lifecycle import positive_float, positive_int, probability  # noqa: E402
 from dilated_vit_mae.probe import KNN_K, KNN_TEMPERATURE, knn_predict  # noqa: E402
 from dilated_vit_mae.training import seeded_generator, stable_seed  # noqa: E402
 
@@ -80,20 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     pre = parser.add_argument_group("pre-training (benchmarks/ablation.py's)")
-    pre.add_argument("--steps", type=positive_int, default=500, help="pre-training steps per run")
-    pre.add_argument("--batch_size", type=positive_int, default=64)
-    pre.add_argument("--learning_rate", type=positive_float, default=1e-3)
-    pre.add_argument("--weight_decay", type=non_negative_float, default=0.05)
-    pre.add_argument("--warmup_steps", type=positive_int, help="default: 5%% of --steps")
-    pre.add_argument("--mask_ratio", type=probability, default=0.75)
-    pre.add_argument("--hidden_size", type=positive_int, default=64)
-    pre.add_argument("--num_hidden_layers", type=positive_int, default=4)
-    pre.add_argument("--num_attention_heads", type=positive_int, default=4)
-    pre.add_argument("--decoder_hidden_size", type=positive_int, default=64)
-    pre.add_argument("--decoder_num_hidden_layers", type=positive_int, default=2)
-    pre.add_argument("--decoder_num_attention_heads", type=positive_int, default=4)
-    pre.add_argument("--num_train", type=positive_int, default=4000, help="pre-training, k-NN bank, fine-tuning")
-    pre.add_argument("--num_eval", type=positive_int, default=1000, help="held-out images")
+    add_pretraining_arguments(pre, steps=500, num_train_help="pre-training, k-NN bank, fine-tuning")
     fine = parser.add_argument_group("fine-tuning (MAE's recipe) and k-NN")
     fine.add_argument("--finetune_steps", type=positive_int, default=300)
     fine.add_argument("--finetune_batch_size", type=positive_int, default=64)

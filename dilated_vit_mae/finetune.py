@@ -26,7 +26,6 @@ Not part of the three model files (the Hub never runs this).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .model_card import RENDERED_MARKER
 from .probe import class_ids, label_matrix, resolve_label_columns
 from .training import stable_seed
 
@@ -50,12 +50,7 @@ __all__ = [
     "classification_loss",
     "layer_id_for_vit",
     "load_classifier",
-    "non_negative_float",
-    "non_negative_int",
     "param_groups_lrd",
-    "positive_float",
-    "positive_int",
-    "probability",
     "render_classifier_card",
     "resolve_labels",
 ]
@@ -68,41 +63,6 @@ DEFAULT_SINGLE_LABEL_COLUMNS = ("celeb_id", "label")
 # parameters; unlike pre-training, where the CLS token is decayed
 NO_WEIGHT_DECAY = ("cls_token", "position_embeddings")
 MIXUP_STREAM = 101  # the tag of mixup / cutmix draws (other streams: dilated_vit_mae.training.STREAMS)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# argparse types: a bad value fails at parse time with the flag's name
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _number(text: str, kind: type, check, requirement: str):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}") from None
-    if not check(value) or (kind is float and not math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return _number(text, int, lambda v: v > 0, "a positive integer")
-
-
-def non_negative_int(text: str) -> int:
-    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
-
-
-def positive_float(text: str) -> float:
-    return _number(text, float, lambda v: v > 0, "a positive number")
-
-
-def non_negative_float(text: str) -> float:
-    return _number(text, float, lambda v: v >= 0, "a number >= 0")
-
-
-def probability(text: str) -> float:
-    return _number(text, float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -489,7 +449,9 @@ def _card_body(results: dict[str, Any], repo_id: str | None) -> str:
     about = f"{dataset['name']}" + (f", {dataset['description']}" if dataset.get("description") else "")
     smoothing = "none (multi-label)" if multi else results["label_smoothing"]
     model_id = repo_id or "path/to/this/folder"
-    return f"""# DilatedViTMAE image classifier
+    return f"""{RENDERED_MARKER} (the classifier card of dilated_vit_mae.finetune) from all_results.json. -->
+
+# DilatedViTMAE image classifier
 
 A DilatedViTMAE encoder (a ViTMAE whose patch tokens are gathered densely and with dilated convolutions) fine-tuned
 with MAE's recipe (`scripts/run_finetune.py` of the dilated-vit-mae project) for {task} classification of

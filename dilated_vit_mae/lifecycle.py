@@ -149,6 +149,16 @@ def positive_float(text: str) -> float:
     return _number(text, float, "a positive number", lambda value: value > 0)
 
 
+def non_negative_float(text: str) -> float:
+    """argparse `type=`: a finite number >= 0."""
+    return _number(text, float, "a number >= 0", lambda value: value >= 0)
+
+
+def probability(text: str) -> float:
+    """argparse `type=`: a number in [0, 1] (a drop rate, Adam's betas, a mixing probability)."""
+    return _number(text, float, "a number in [0, 1]", lambda value: 0 <= value <= 1)
+
+
 def fraction(text: str) -> float:
     """argparse `type=`: a number in [0, 1) (a warmup ratio, a mask ratio)."""
     return _number(text, float, "a number in [0, 1)", lambda value: 0 <= value < 1)

@@ -39,7 +39,6 @@ from typing import Any
 
 import accelerate
 import datasets
-import numpy as np
 import safetensors.torch
 import torch
 import transformers
@@ -67,14 +66,22 @@ from dilated_vit_mae.finetune import (  # noqa: E402
     batch_rng,
     classification_loss,
     load_classifier,
-    non_negative_float,
-    non_negative_int,
     param_groups_lrd,
-    positive_float,
-    positive_int,
-    probability,
     render_classifier_card,
     resolve_labels,
+)
+from dilated_vit_mae.lifecycle import (  # noqa: E402
+    check_output_dir,
+    checkpointing_steps,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    prepare_output_dir,
+    probability,
+    quiet_library_logs,
+    run_cli,
 )
 from dilated_vit_mae.probe import probe_scores  # noqa: E402
 from dilated_vit_mae.redaction import publishable, secret_values, write_publishable_json  # noqa: E402
@@ -126,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--dilation_rates", type=positive_int, nargs="*", help="Dilated branches; none for ViTMAE.")
     model.add_argument("--dilated_context", choices=["full", "visible"])
     model.add_argument("--classifier_pooling", choices=["mean", "cls"], default="mean", help="MAE: mean + fc_norm.")
-    model.add_argument("--drop_path_rate", type=probability, default=0.1, help="Stochastic depth (MAE ViT-B: 0.1).")
+    model.add_argument("--drop_path_rate", type=fraction, default=0.1, help="Stochastic depth (MAE ViT-B: 0.1).")
     model.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
     model.add_argument("--gradient_checkpointing", action="store_true")
     model.add_argument("--revision", default="main")
@@ -159,7 +166,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", default="outputs/dilated-vit-mae-classifier")
     run.add_argument("--overwrite_output_dir", action="store_true")
-    run.add_argument("--checkpointing_steps", default="epoch", help='"epoch", a number of steps, or "no".')
+    run.add_argument(
+        "--checkpointing_steps", type=checkpointing_steps, default="epoch", help='"epoch", a number of steps, or "no".'
+    )
     run.add_argument("--checkpoints_total_limit", type=positive_int, default=2)
     run.add_argument("--resume_from_checkpoint", help='A checkpoint folder or "latest".')
     run.add_argument("--logging_steps", type=positive_int, default=10)
@@ -180,12 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("Give --model_name_or_path (a pre-training checkpoint) or --config_name (to train from scratch).")
     if any(rate < 2 for rate in args.dilation_rates or ()):
         parser.error(f"--dilation_rates must be >= 2 (none at all for ViTMAE), got {args.dilation_rates}.")
-    if args.drop_path_rate >= 1:
-        parser.error(f"--drop_path_rate must be in [0, 1), got {args.drop_path_rate}.")
     if args.layer_decay > 1:
         parser.error(f"--layer_decay must be in (0, 1] (1 disables it), got {args.layer_decay}.")
-    if args.checkpointing_steps not in ("epoch", "no") and not args.checkpointing_steps.isdigit():
-        parser.error(f'--checkpointing_steps must be "epoch", "no" or a number, got {args.checkpointing_steps!r}.')
     return args
 
 
@@ -482,6 +487,7 @@ def setup_accelerator(args: argparse.Namespace) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    quiet_library_logs()  # accelerate's line per checkpoint file
     verbosity = "warning" if accelerator.is_local_main_process else "error"
     getattr(datasets.utils.logging, f"set_verbosity_{verbosity}")()
     getattr(transformers.utils.logging, f"set_verbosity_{verbosity}")()
@@ -538,19 +544,30 @@ def resume(args, accelerator, checkpoints: CheckpointManager, effective_batch_si
     return state
 
 
-def check_output_dir(args: argparse.Namespace, checkpoints: CheckpointManager) -> None:
-    if not args.resume_from_checkpoint and not args.overwrite_output_dir and checkpoints.latest() is not None:
-        raise FileExistsError(
-            f"{args.output_dir} already has checkpoints; pass --resume_from_checkpoint latest to continue, or "
-            "--overwrite_output_dir to start over."
-        )
+# what does not define the run (recorded in run.json, compared on resume)
+NOT_RUN_DEFINING = {
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "token", "push_to_hub", "hub_model_id",
+    "with_tracking", "report_to", "logging_steps", "checkpointing_steps", "checkpoints_total_limit",
+    "preprocessing_num_workers", "dataloader_num_workers",
+}  # fmt: skip
+
+
+def prepare_run_folder(args: argparse.Namespace, accelerator) -> None:
+    """--overwrite_output_dir: the earlier run's files (checkpoints, log, model, card) are gone when this returns."""
+    if accelerator.is_main_process:
+        run_args = {k: v for k, v in vars(args).items() if k not in NOT_RUN_DEFINING}
+        overwrite, resume_run = args.overwrite_output_dir, bool(args.resume_from_checkpoint)
+        prepare_output_dir(args.output_dir, overwrite=overwrite, resume=resume_run, seed=args.seed, run_args=run_args)
+    accelerator.wait_for_everyone()
 
 
 def main(args: argparse.Namespace) -> Path:
     # ---- accelerator, seed -------------------------------------------------------------------------------------------
+    # every process refuses a folder holding an earlier run before anything is written (same rules as run_mae.py)
+    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
     accelerator = setup_accelerator(args)
     checkpoints = CheckpointManager(Path(args.output_dir) / "checkpoints", args.checkpoints_total_limit)
-    check_output_dir(args, checkpoints)
+    prepare_run_folder(args, accelerator)
     set_seed(args.seed)
 
     # ---- data, labels, model -----------------------------------------------------------------------------------------
@@ -637,7 +654,7 @@ def train(args, accelerator, model, plan, data, labels: LabelSpec, checkpoints: 
                 log(args, accelerator, {"train_loss": step_loss, "lr": lr, "epoch": epoch}, state["global_step"])
             progress.set_postfix(loss=f"{step_loss:.4f}")
             at_epoch_end = accelerator.gradient_state.end_of_dataloader
-            periodic = args.checkpointing_steps.isdigit() and state["global_step"] % int(args.checkpointing_steps) == 0
+            periodic = isinstance(args.checkpointing_steps, int) and state["global_step"] % args.checkpointing_steps == 0
             if periodic and not at_epoch_end:  # epoch ends are saved after the evaluation, below
                 save_checkpoint(epoch, batches_done)
             if state["global_step"] >= max_train_steps:
@@ -678,4 +695,4 @@ def end_epoch_evaluation(args, accelerator, model, data, labels: LabelSpec, chec
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(main, parse_args())

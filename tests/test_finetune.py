@@ -1,9 +1,5 @@
 """Tests of `dilated_vit_mae/finetune.py`: MAE's layer-wise lr decay, mixup / cutmix against timm's formulas, the
-losses, label resolution, warm starts from our and transformers' ViTMAE checkpoints, the card and the argparse types."""
-
-import argparse
-import math
-import re
+losses, label resolution, warm starts from our and transformers' ViTMAE checkpoints, the card."""
 
 import datasets
 import numpy as np
@@ -21,11 +17,7 @@ from dilated_vit_mae.finetune import (
     cutmix_box,
     layer_id_for_vit,
     load_classifier,
-    non_negative_int,
     param_groups_lrd,
-    positive_float,
-    positive_int,
-    probability,
     render_classifier_card,
     resolve_labels,
     smooth_one_hot,
@@ -225,7 +217,7 @@ def test_a_transformers_processor_becomes_ours_with_the_same_output():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Card and argparse types
+# Card
 # ----------------------------------------------------------------------------------------------------------------------
 
 
@@ -254,15 +246,3 @@ def test_card_states_the_results_and_metadata():
     assert local.data.base_model is None and "starting from outputs/my-run" in local.text
 
 
-@pytest.mark.parametrize(
-    "parse, text, ok",
-    [(positive_int, "3", True), (positive_int, "0", False), (positive_int, "1.5", False),
-     (non_negative_int, "0", True), (non_negative_int, "-1", False), (positive_float, "1e-3", True),
-     (positive_float, "nan", False), (positive_float, "-2", False), (probability, "1", True), (probability, "1.1", False)],
-)  # fmt: skip
-def test_argparse_types(parse, text, ok):
-    if ok:
-        assert parse(text) == (int(text) if parse in (positive_int, non_negative_int) else float(text))
-    else:
-        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(repr(text))):
-            parse(text)

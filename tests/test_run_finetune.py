@@ -3,6 +3,7 @@
 after a crash, best-epoch selection, the published folder loading with and without the package, and bad arguments."""
 
 import json
+import logging
 import textwrap
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import safetensors.torch
 import torch
 
 from conftest import load_file, run_without_package
+from dilated_vit_mae.lifecycle import CHECKPOINT_CHATTER
 from dilated_vit_mae import (
     DilatedViTMAEConfig,
     DilatedViTMAEForImageClassification,
@@ -174,6 +176,15 @@ def test_celeba_attributes_from_our_pretraining_folder(script, pretrained_dir, t
     with pytest.raises(FileExistsError, match="--resume_from_checkpoint latest"):
         script.main(script.parse_args(argv(pretrained_dir, output_dir)))
 
+    # --overwrite_output_dir starts over: nothing of the first run (its later checkpoints, its log lines) survives
+    reset_accelerate_state()
+    (output_dir / "my_notes.txt").write_text("mine")
+    script.main(script.parse_args(argv(pretrained_dir, output_dir, "--num_train_epochs", "1", "--overwrite_output_dir")))
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["best", "step_5"]
+    assert sorted(train_losses(output_dir)) == list(range(1, 6))
+    assert json.loads((output_dir / "all_results.json").read_text())["global_step"] == 5
+    assert (output_dir / "my_notes.txt").read_text() == "mine"  # a file the script does not write is kept
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Resume and best-epoch selection
@@ -252,14 +263,19 @@ def test_image_folders_from_a_vit_mae_checkpoint(script, vit_mae_dir, image_fold
     assert results["eval_accuracy"] > results["eval_majority_baseline"] == 0.5
 
 
-def test_training_from_scratch_with_a_config(script, tmp_path, tiny_config_kwargs, reset_accelerate):
+def test_training_from_scratch_with_a_config(script, tmp_path, tiny_config_kwargs, reset_accelerate, caplog):
     config_dir = tmp_path / "config"
     DilatedViTMAEConfig(**tiny_config_kwargs).save_pretrained(config_dir)
     processor_32().save_pretrained(config_dir)
     output_dir = tmp_path / "out"
-    args = argv(config_dir, output_dir, "--max_train_steps", "2", "--classifier_pooling", "cls")
+    args = argv(config_dir, output_dir, "--max_train_steps", "2", "--classifier_pooling", "cls", "--checkpointing_steps", "1")
     args[args.index("--model_name_or_path")] = "--config_name"
-    script.main(script.parse_args(args))
+    with caplog.at_level(logging.INFO):
+        script.main(script.parse_args(args))
+    assert (output_dir / "checkpoints" / "step_2").is_dir()
+    # accelerate's line per checkpoint file is dropped, as in run_mae.py; the script's own lines stay
+    chatter = [r.getMessage() for r in caplog.records if CHECKPOINT_CHATTER.match(r.getMessage())]
+    assert not chatter and any(r.name == "__main__" or "run_finetune" in r.name for r in caplog.records)
     results = json.loads((output_dir / "all_results.json").read_text())
     assert results["init"] is None and results["global_step"] == 2 and results["classifier_pooling"] == "cls"
     assert "random initialisation" in (output_dir / "README.md").read_text()
@@ -315,16 +331,17 @@ def test_published_classifier_loads_without_the_package(script, pretrained_dir, 
     "extra, message",
     [
         (["--learning_r", "1e-3"], "unrecognized arguments: --learning_r"),  # no abbreviations (allow_abbrev=False)
-        (["--per_device_train_batch_size", "0"], "must be a positive integer, got '0'"),
+        (["--per_device_train_batch_size", "0"], "must be a positive integer, got 0"),
         (["--num_train_epochs", "-1"], "must be a positive integer"),
         (["--learning_rate", "nan"], "must be a positive number"),
         (["--label_smoothing", "1.5"], "must be a number in [0, 1]"),
-        (["--drop_path_rate", "1"], "--drop_path_rate must be in [0, 1)"),
+        (["--drop_path_rate", "1"], "--drop_path_rate: must be a number in [0, 1)"),
         (["--layer_decay", "2"], "--layer_decay must be in (0, 1]"),
         (["--dilation_rates", "1"], "--dilation_rates must be >= 2"),
         (["--validation_dir", "val"], "--validation_dir goes with --train_dir"),
         (["--train_dir", "a", "--celeba_dir", "b"], "Give one data source"),
-        (["--checkpointing_steps", "often"], "--checkpointing_steps must be"),
+        (["--checkpointing_steps", "often"], "--checkpointing_steps: must be"),
+        (["--checkpointing_steps", "0"], 'must be "epoch", "no" or a positive integer, got 0'),  # was a ZeroDivisionError
         (["--label_column", "a", "--label_columns", "b"], "not allowed with argument"),
     ],
 )
