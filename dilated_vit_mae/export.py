@@ -54,6 +54,12 @@ class EncoderFeatures(nn.Module):
                 f"The encoder masks {encoder.config.mask_ratio!r} of the patches; set `config.mask_ratio = 0.0` (as "
                 "dilated_vit_mae.probe.load_frozen_encoder does) to export whole-image features."
             )
+        if getattr(encoder, "pooled_norm", None) is not None:
+            raise ValueError(
+                "This encoder is a global-pool classifier's (classifier_pooling='mean'): its last_hidden_state has no "
+                "final layer norm, and its features are fc_norm of the patch tokens' mean. Export the pre-training "
+                "folder it was fine-tuned from, or the classifier with a classification exporter."
+            )
         self.encoder = encoder
         patch_size = encoder.config.patch_size
         image_size = encoder.config.image_size

@@ -92,7 +92,9 @@ def load_frozen_encoder(
     mode, and its image processor.
 
     A checkpoint saved from a pre-training head (`DilatedViTMAEForPreTraining`, `ViTMAEForPreTraining`) loads its
-    encoder; the decoder is ignored. Any encoder weight missing from the checkpoint raises, since it would silently be
+    encoder; the decoder is ignored. A fine-tuned classifier (`scripts/run_finetune.py`) loads its encoder too; with
+    `classifier_pooling="mean"` (MAE's global pool, no final layer norm) its `fc_norm` comes along as
+    `model.pooled_norm`, so that `encode_images(..., "mean")` gives the features its head was trained on. Any encoder weight missing from the checkpoint raises, since it would silently be
     left random. Without a `preprocessor_config.json`, a [`DilatedViTMAEImageProcessor`] is built from the config
     (image size, channels; ImageNet mean and std) and a warning says so.
 
@@ -112,9 +114,18 @@ def load_frozen_encoder(
             f"{', '.join(SUPPORTED_MODEL_TYPES)} encoders (ours, or a transformers ViTMAE checkpoint)."
         )
     config.mask_ratio = 0.0  # whole-image features: nothing is masked
-    model, loading_info = AutoModel.from_pretrained(
-        model_name_or_path, config=config, output_loading_info=True, **hub_kwargs
-    )
+    if _is_global_pool_classifier(config):  # its encoder has no final layer norm: fc_norm follows the mean instead
+        from transformers import AutoModelForImageClassification
+
+        classifier, loading_info = AutoModelForImageClassification.from_pretrained(
+            model_name_or_path, config=config, output_loading_info=True, **hub_kwargs
+        )
+        model = classifier.vit
+        model.pooled_norm = classifier.fc_norm  # applied by encode_images after the mean, as the classifier does
+    else:
+        model, loading_info = AutoModel.from_pretrained(
+            model_name_or_path, config=config, output_loading_info=True, **hub_kwargs
+        )
     if loading_info["missing_keys"]:
         missing = sorted(loading_info["missing_keys"])
         raise ValueError(
@@ -139,6 +150,14 @@ def load_frozen_encoder(
     return model, image_processor
 
 
+def _is_global_pool_classifier(config) -> bool:
+    """A `run_finetune.py` folder with MAE's global pool (`classifier_pooling="mean"`)."""
+    architectures = getattr(config, "architectures", None) or []
+    return getattr(config, "classifier_pooling", None) == "mean" and any(
+        name.endswith("ForImageClassification") for name in architectures
+    )
+
+
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
@@ -160,13 +179,20 @@ def encode_images(model: nn.Module, pixel_values: torch.Tensor, pooling: Pooling
             Images, normalised by the model's image processor.
         pooling (`str`, *optional*, defaults to `"cls"`):
             `"cls"`: the CLS token of the last layer (after the final layer norm); `"mean"`: the mean of the patch
-            tokens (CLS excluded), as MAE's `global_pool` but without its extra norm.
+            tokens (CLS excluded), as MAE's `global_pool` but without its extra norm, except for a fine-tuned
+            global-pool classifier's encoder, whose `fc_norm` ([`load_frozen_encoder`] keeps it) is applied.
 
     Returns:
         `torch.FloatTensor` of shape `(batch_size, hidden_size)`, in float32.
     """
     if pooling not in ("cls", "mean"):
         raise ValueError(f"`pooling` must be 'cls' or 'mean', got {pooling!r}.")
+    pooled_norm = getattr(model, "pooled_norm", None)  # a global-pool classifier's fc_norm (see load_frozen_encoder)
+    if pooled_norm is not None and pooling == "cls":
+        raise ValueError(
+            "This encoder is a fine-tuned classifier's with classifier_pooling='mean' (MAE's global pool): it has no "
+            "final layer norm to give a CLS feature; use pooling 'mean' (--pooling mean), the features its head read."
+        )
     batch_size = pixel_values.shape[0]
     num_patches = num_patches_of(model, pixel_values)
     # With mask_ratio 0, transformers' ViTMAE still permutes the tokens by random `noise`; increasing noise keeps image
@@ -180,6 +206,8 @@ def encode_images(model: nn.Module, pixel_values: torch.Tensor, pooling: Pooling
         )
     hidden_states = outputs.last_hidden_state  # (B, 1 + L, D)
     pooled = hidden_states[:, 0] if pooling == "cls" else hidden_states[:, 1:].mean(dim=1)
+    if pooled_norm is not None:
+        pooled = pooled_norm(pooled)
     return pooled.float()
 
 

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 from dilated_vit_mae.export import DEFAULT_ATOL, DEFAULT_OPSET, export_encoder_onnx  # noqa: E402
-from dilated_vit_mae.lifecycle import positive_float, positive_int  # noqa: E402
+from dilated_vit_mae.lifecycle import positive_float, positive_int, run_cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,4 +55,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(main, parse_args())

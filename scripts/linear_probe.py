@@ -53,7 +53,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 from dilated_vit_mae.data import load_celeba  # noqa: E402
-from dilated_vit_mae.lifecycle import positive_float, positive_int  # noqa: E402
+from dilated_vit_mae.lifecycle import positive_float, positive_int, run_cli  # noqa: E402
 from dilated_vit_mae.probe import (  # noqa: E402
     DEFAULT_FEATURE_CACHE_DIR,
     KNN_K,
@@ -369,4 +369,4 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(main, parse_args())

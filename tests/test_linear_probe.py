@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from conftest import load_file
-from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
+from dilated_vit_mae import (
+    DilatedViTMAEConfig,
+    DilatedViTMAEForImageClassification,
+    DilatedViTMAEForPreTraining,
+    DilatedViTMAEImageProcessor,
+)
 from dilated_vit_mae.probe import (
     FeatureCache,
     LinearProbe,
@@ -257,6 +262,42 @@ def test_our_encoder_loads_from_a_pretraining_folder(our_model_dir):
     assert encode_images(model, torch.randn(2, 3, 32, 32), "cls").shape == (2, 32)
     with pytest.raises(ValueError, match="`pooling` must be"):
         encode_images(model, torch.randn(2, 3, 32, 32), "max")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_a_fine_tuned_classifier_gives_the_features_its_head_reads(tmp_path, tiny_config_kwargs, pooling):
+    # what run_finetune.py writes: MAE's global pool (no final layernorm in the encoder, fc_norm after the mean) or CLS;
+    # the probe, k-NN and export load it as an encoder, with the pooling its head was trained on
+    folder = tmp_path / "classifier"
+    config = DilatedViTMAEConfig(**tiny_config_kwargs, dilation_rates=(2,), num_labels=3, classifier_pooling=pooling)
+    classifier = DilatedViTMAEForImageClassification(config).eval()
+    with torch.no_grad():
+        for norm in (classifier.fc_norm, classifier.vit.layernorm):
+            if isinstance(norm, torch.nn.LayerNorm):
+                norm.weight.uniform_(0.5, 1.5), norm.bias.normal_(0, 0.5)  # not the identity-like init
+    classifier.save_pretrained(folder)
+    DilatedViTMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+
+    encoder, _ = load_frozen_encoder(folder)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        features = encode_images(encoder, pixel_values, pooling)
+        torch.testing.assert_close(classifier.classifier(features), classifier(pixel_values=pixel_values).logits)
+    if pooling == "mean":
+        with pytest.raises(ValueError, match="classifier_pooling='mean'.*use pooling 'mean'"):
+            encode_images(encoder, pixel_values, "cls")
+        from dilated_vit_mae.export import EncoderFeatures
+
+        with pytest.raises(ValueError, match="global-pool classifier"):
+            EncoderFeatures(encoder)
+        # the scripts say so in one line, exit 2, no traceback
+        for command in (
+            [str(SCRIPT), "--model_name_or_path", str(folder), "--celeba_dir", str(SAMPLE_DIR), "--output_dir", str(tmp_path / "p")],
+            [str(REPO_ROOT / "scripts" / "export_onnx.py"), "--model_name_or_path", str(folder), "--output", str(tmp_path / "m.onnx")],
+        ):
+            done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=300)
+            assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+            assert done.stderr.strip().splitlines()[-1].startswith("error: This encoder is a")
 
 
 def test_masking_encoder_is_refused(tiny_config):
