@@ -230,15 +230,20 @@ class DeviceAugmentation:
         return f"{type(self).__name__}(image_size={self.image_size}, interpolation={self.interpolation!r})"
 
 
-def resolve_augment_on(augment_on: Literal["auto", "host", "device"], device: torch.device | str) -> str:
+def resolve_augment_on(
+    augment_on: Literal["auto", "host", "device"], device: torch.device | str, streaming: bool = False
+) -> str:
     """
     `"host"` (float32 `MAETrainTransform` in the workers) or `"device"` (`MAEHostTransform` + `DeviceAugmentation`).
     `"auto"` picks `"device"` on CUDA and `"host"` elsewhere: on a CPU the matrix products cost more CPU time than
     PIL's separable resize (`benchmarks/bench_data_pipeline.py` measures both), and would run in the training process
-    instead of the workers.
+    instead of the workers. A `streaming` dataset has no random access for the device path: `"auto"` picks `"host"`,
+    and `"device"` is refused.
     """
     if augment_on not in ("auto", "host", "device"):
         raise ValueError(f"`augment_on` must be 'auto', 'host' or 'device', got {augment_on!r}.")
+    if augment_on == "device" and streaming:
+        raise ValueError("--augment_on device needs a map-style dataset: drop --streaming, or use --augment_on host.")
     if augment_on != "auto":
         return augment_on
-    return "device" if torch.device(device).type == "cuda" else "host"
+    return "device" if torch.device(device).type == "cuda" and not streaming else "host"

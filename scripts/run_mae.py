@@ -375,9 +375,7 @@ def train_dataset_and_augmentation(args, accelerator, config, image_processor, s
     crop = image_processor.crop_size
     image_size = (crop["height"], crop["width"])
     kwargs = dict(image_mean=image_processor.image_mean, image_std=image_processor.image_std, num_channels=config.num_channels)
-    on_device = resolve_augment_on(args.augment_on, accelerator.device) == "device"
-    if on_device and args.streaming:
-        raise ValueError("--augment_on device needs a map-style dataset: drop --streaming, or use --augment_on host.")
+    on_device = resolve_augment_on(args.augment_on, accelerator.device, streaming=args.streaming) == "device"
     if not on_device:
         augmentation = SeededAugmentation(MAETrainTransform(image_size, **kwargs), args.seed, args.image_column_name)
         return splits["train"], augmentation, None, collate_indexed

@@ -146,4 +146,8 @@ def test_invalid_arguments_raise_and_auto_picks_by_device():
     assert resolve_augment_on("device", "cpu") == "device" and resolve_augment_on("host", "cuda:0") == "host"
     with pytest.raises(ValueError, match="`augment_on` must be 'auto', 'host' or 'device', got 'gpu'"):
         resolve_augment_on("gpu", "cpu")
+    # a streamed dataset on a GPU: auto falls back to the host path (it refused the run), device is refused by name
+    assert resolve_augment_on("auto", "cuda", streaming=True) == "host"
+    with pytest.raises(ValueError, match="--augment_on device needs a map-style dataset: drop --streaming"):
+        resolve_augment_on("device", "cuda", streaming=True)
     assert DeviceAugmentation.from_transform(MAETrainTransform(64)).interpolation == "bicubic"
