@@ -71,7 +71,9 @@ from dilated_vit_mae.finetune import (  # noqa: E402
     resolve_labels,
 )
 from dilated_vit_mae.lifecycle import (  # noqa: E402
+    RunIdentity,
     check_output_dir,
+    check_resumable,
     checkpointing_steps,
     fraction,
     non_negative_float,
@@ -523,17 +525,18 @@ def prepare_data(args, accelerator, config, image_processor, labels: LabelSpec, 
     }
 
 
-def resume(args, accelerator, checkpoints: CheckpointManager, effective_batch_size: int) -> dict[str, Any]:
+def resume(args, accelerator, checkpoints: CheckpointManager, effective_batch_size: int, identity: RunIdentity) -> dict[str, Any]:
     """The trainer state to start from: a fresh one, or the checkpoint's (after `load_state`)."""
     state = {
         "global_step": 0, "epoch": 0, "batches_done_in_epoch": 0, "best_metric": -math.inf, "best_scores": {},
-        "best_epoch": None, "best_step": None, "history": [],
+        "best_epoch": None, "best_step": None, "history": [], "run_id": identity.run_id,
     }  # fmt: skip
     if not args.resume_from_checkpoint:
         return state
     checkpoint = checkpoints.resolve(args.resume_from_checkpoint)
+    saved = check_resumable(checkpoint, identity)  # refuses a checkpoint of another run, before loading it
     accelerator.load_state(str(checkpoint))
-    state.update(json.loads((checkpoint / "trainer_state.json").read_text()))
+    state.update(saved, run_id=identity.run_id)
     if state["num_processes"] != accelerator.num_processes or state["effective_batch_size"] != effective_batch_size:
         logger.warning(
             f"Resuming a run saved with {state['num_processes']} processes and effective batch "
@@ -552,13 +555,15 @@ NOT_RUN_DEFINING = {
 }  # fmt: skip
 
 
-def prepare_run_folder(args: argparse.Namespace, accelerator) -> None:
-    """--overwrite_output_dir: the earlier run's files (checkpoints, log, model, card) are gone when this returns."""
+def prepare_run_folder(args: argparse.Namespace, accelerator) -> RunIdentity:
+    """--overwrite_output_dir: the earlier run's files (checkpoints, log, model, card) are gone when this returns;
+    run.json holds the run's id."""
     if accelerator.is_main_process:
         run_args = {k: v for k, v in vars(args).items() if k not in NOT_RUN_DEFINING}
         overwrite, resume_run = args.overwrite_output_dir, bool(args.resume_from_checkpoint)
         prepare_output_dir(args.output_dir, overwrite=overwrite, resume=resume_run, seed=args.seed, run_args=run_args)
     accelerator.wait_for_everyone()
+    return RunIdentity.load(args.output_dir)
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -567,7 +572,7 @@ def main(args: argparse.Namespace) -> Path:
     check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
     accelerator = setup_accelerator(args)
     checkpoints = CheckpointManager(Path(args.output_dir) / "checkpoints", args.checkpoints_total_limit)
-    prepare_run_folder(args, accelerator)
+    identity = prepare_run_folder(args, accelerator)
     set_seed(args.seed)
 
     # ---- data, labels, model -----------------------------------------------------------------------------------------
@@ -588,7 +593,7 @@ def main(args: argparse.Namespace) -> Path:
     data["loaders"] = dict(zip(data["loaders"], loaders))
     if args.with_tracking:
         accelerator.init_trackers("dilated_vit_mae_finetune", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
-    state = resume(args, accelerator, checkpoints, plan["effective_batch_size"])
+    state = resume(args, accelerator, checkpoints, plan["effective_batch_size"], identity)
 
     # ---- loop, evaluate every epoch, keep the best -------------------------------------------------------------------
     state["train_runtime_seconds"] = train(args, accelerator, model, plan, data, labels, checkpoints, state)
@@ -621,6 +626,7 @@ def train(args, accelerator, model, plan, data, labels: LabelSpec, checkpoints: 
     def save_checkpoint(epoch: int, batches_done: int) -> None:
         trainer_state = {
             **{key: state[key] for key in ("global_step", "best_metric", "best_scores", "best_epoch", "best_step", "history")},
+            "run_id": state["run_id"],  # OUTPUT_DIR/run.json's: a resume refuses a checkpoint of another run
             "epoch": epoch, "batches_done_in_epoch": batches_done, "num_processes": accelerator.num_processes,
             "effective_batch_size": plan["effective_batch_size"], "max_train_steps": max_train_steps,
         }  # fmt: skip

@@ -4,6 +4,7 @@ after a crash, best-epoch selection, the published folder loading with and witho
 
 import json
 import logging
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -14,13 +15,13 @@ import safetensors.torch
 import torch
 
 from conftest import load_file, run_without_package
-from dilated_vit_mae.lifecycle import CHECKPOINT_CHATTER
 from dilated_vit_mae import (
     DilatedViTMAEConfig,
     DilatedViTMAEForImageClassification,
     DilatedViTMAEForPreTraining,
     DilatedViTMAEImageProcessor,
 )
+from dilated_vit_mae.lifecycle import CHECKPOINT_CHATTER, UserError
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -240,6 +241,23 @@ def test_the_best_epoch_is_the_published_model(script, pretrained_dir, tmp_path,
     assert_same_weights(output_dir, output_dir / "checkpoints" / "step_10")
     with pytest.raises(AssertionError):
         assert_same_weights(output_dir, output_dir / "checkpoints" / "step_15")
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(script, pretrained_dir, tmp_path, reset_accelerate):
+    # two runs; the second's checkpoint copied into the first's folder must not be resumed as if it were the first's
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder in (first, second):
+        reset_accelerate_state()
+        script.main(script.parse_args(argv(pretrained_dir, folder, "--num_train_epochs", "1")))
+    shutil.copytree(second / "checkpoints" / "step_5", first / "checkpoints" / "step_9")
+    reset_accelerate_state()
+    with pytest.raises(UserError, match=r"step_9 belongs to run [0-9a-f]{32}, but this output folder is run"):
+        script.main(script.parse_args(argv(pretrained_dir, first, "--num_train_epochs", "2", "--resume_from_checkpoint", "latest")))
+    # its own checkpoint resumes
+    shutil.rmtree(first / "checkpoints" / "step_9")
+    reset_accelerate_state()
+    script.main(script.parse_args(argv(pretrained_dir, first, "--num_train_epochs", "2", "--resume_from_checkpoint", "latest")))
+    assert json.loads((first / "all_results.json").read_text())["global_step"] == 10
 
 
 # ----------------------------------------------------------------------------------------------------------------------
