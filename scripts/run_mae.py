@@ -213,6 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--streaming needs --max_train_steps (a stream has no length to count epochs).")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. your-name/dilated-vit-mae-celeba).")
+    if args.decoded_cache_dir and args.augment_on == "host":
+        parser.error("--decoded_cache_dir feeds the device path only: drop it, or use --augment_on device (on a GPU, auto).")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
         parser.error("--resume_from_checkpoint continues the run in --output_dir; --overwrite_output_dir removes it: give one.")
     return args
@@ -376,6 +378,8 @@ def train_dataset_and_augmentation(args, accelerator, config, image_processor, s
     image_size = (crop["height"], crop["width"])
     kwargs = dict(image_mean=image_processor.image_mean, image_std=image_processor.image_std, num_channels=config.num_channels)
     on_device = resolve_augment_on(args.augment_on, accelerator.device, streaming=args.streaming) == "device"
+    if not on_device and args.decoded_cache_dir:  # auto on a CPU (explicit --augment_on host is refused when parsed)
+        logger.warning(f"--decoded_cache_dir is not used: --augment_on auto picked the host path on {accelerator.device}.")
     if not on_device:
         augmentation = SeededAugmentation(MAETrainTransform(image_size, **kwargs), args.seed, args.image_column_name)
         return splits["train"], augmentation, None, collate_indexed

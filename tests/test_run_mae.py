@@ -2,6 +2,7 @@
 resume after SIGKILL with two real CPU processes, SIGTERM (preemption), a non-finite loss, and bad arguments."""
 
 import json
+import logging
 import math
 import re
 import os
@@ -567,6 +568,21 @@ def test_empty_validation_split_is_refused_before_training(tiny_model_dir, tmp_p
     _reset_accelerate_state()
     run_mae.main(run_mae.parse_args(args + ["--no_eval", "--max_train_steps", "1", "--overwrite_output_dir"]))
     assert (output_dir / "model.safetensors").is_file()
+
+
+def test_a_decoded_cache_the_host_path_would_ignore_is_named(tiny_model_dir, tmp_path, reset_accelerate, caplog, capsys):
+    # the cache feeds the device path only: asked for with --augment_on host it is refused when parsed; with
+    # auto on a CPU (the host path) the run goes on and says the cache is not used
+    run_mae = load_script()
+    cache = str(tmp_path / "cache")
+    args = run_args(tiny_model_dir, tmp_path / "host", "--decoded_cache_dir", cache, "--max_train_steps", "1", "--no_eval")
+    with pytest.raises(SystemExit):
+        run_mae.parse_args(args + ["--augment_on", "host"])
+    assert "--decoded_cache_dir feeds the device path only" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING):
+        run_mae.main(run_mae.parse_args(args))
+    assert any("--decoded_cache_dir is not used" in r.getMessage() for r in caplog.records)
+    assert not Path(cache).exists()
 
 
 @pytest.mark.parametrize("extra", [(), ("--decoded_cache_dir", "CACHE")], ids=["files", "decoded_cache"])
