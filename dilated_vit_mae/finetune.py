@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model_card import RENDERED_MARKER
+from .model_card import CLASSIFIER_CARD_MARKER
 from .probe import class_ids, label_matrix, resolve_label_columns
 from .training import stable_seed
 
@@ -449,7 +449,7 @@ def _card_body(results: dict[str, Any], repo_id: str | None) -> str:
     about = f"{dataset['name']}" + (f", {dataset['description']}" if dataset.get("description") else "")
     smoothing = "none (multi-label)" if multi else results["label_smoothing"]
     model_id = repo_id or "path/to/this/folder"
-    return f"""{RENDERED_MARKER} (the classifier card of dilated_vit_mae.finetune) from all_results.json. -->
+    return f"""{CLASSIFIER_CARD_MARKER}.render_classifier_card from all_results.json. -->
 
 # DilatedViTMAE image classifier
 

@@ -226,9 +226,9 @@ OVERWRITE_HINT = "--overwrite_output_dir"
 
 def _is_run_output(path: Path) -> bool:
     if path.name == MODEL_CARD:
-        from .model_card import is_rendered_card
+        from .model_card import is_generated_card
 
-        return is_rendered_card(path)
+        return is_generated_card(path)
     return any(fnmatch(path.name, pattern) for pattern in RUN_OUTPUTS)
 
 

@@ -54,6 +54,8 @@ EXAMPLES_SEED = 0
 SECRET_FLAGS = ("--token", "--hub_token")
 # the first line of a card rendered from the template: only such cards are re-rendered when a folder is pushed
 RENDERED_MARKER = "<!-- Rendered by dilated_vit_mae.model_card"
+# the fine-tuned classifier's card (`finetune.render_classifier_card`): a run output, but not this template's
+CLASSIFIER_CARD_MARKER = "<!-- Rendered by dilated_vit_mae.finetune"
 
 CELEBA_LICENSE_NOTE = (
     "the training data's own terms apply to it (CelebA: non-commercial research purposes only, see *Limitations*)."
@@ -428,6 +430,12 @@ def is_rendered_card(path: str | os.PathLike) -> bool:
     """Whether the card at `path` was rendered from the template (and so may be re-rendered without losing edits)."""
     path = Path(path)
     return path.is_file() and RENDERED_MARKER in path.read_text(encoding="utf-8")
+
+
+def is_generated_card(path: str | os.PathLike) -> bool:
+    """Whether the card at `path` was written by a run (the template's or the classifier's), not by hand."""
+    path = Path(path)
+    return path.is_file() and any(m in path.read_text(encoding="utf-8") for m in (RENDERED_MARKER, CLASSIFIER_CARD_MARKER))
 
 
 def _read_json(path: Path, secrets: Iterable[str]) -> dict[str, Any] | None:
@@ -843,6 +851,7 @@ __all__ = [
     "TEMPLATE_PATH",
     "dilated_leakage",
     "draw_tokenizer_diagram",
+    "is_generated_card",
     "is_rendered_card",
     "reconstruction_strip",
     "redact_command",

@@ -94,8 +94,8 @@ def load_frozen_encoder(
     A checkpoint saved from a pre-training head (`DilatedViTMAEForPreTraining`, `ViTMAEForPreTraining`) loads its
     encoder; the decoder is ignored. A fine-tuned classifier (`scripts/run_finetune.py`) loads its encoder too; with
     `classifier_pooling="mean"` (MAE's global pool, no final layer norm) its `fc_norm` comes along as
-    `model.pooled_norm`, so that `encode_images(..., "mean")` gives the features its head was trained on. Any encoder weight missing from the checkpoint raises, since it would silently be
-    left random. Without a `preprocessor_config.json`, a [`DilatedViTMAEImageProcessor`] is built from the config
+    `model.pooled_norm`, so that `encode_images(..., "mean")` gives the features its head was trained on. Any encoder
+    weight missing from the checkpoint raises, since it would silently be left random. Without a `preprocessor_config.json`, a [`DilatedViTMAEImageProcessor`] is built from the config
     (image size, channels; ImageNet mean and std) and a warning says so.
 
     Returns:
