@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model_card import CLASSIFIER_CARD_MARKER
+from .model_card import CLASSIFIER_CARD_MARKER, LICENSE
 from .probe import class_ids, label_matrix, resolve_label_columns
 from .training import stable_seed
 
@@ -412,6 +412,7 @@ def render_classifier_card(results: dict[str, Any], repo_id: str | None = None):
     init = results.get("init") if results.get("init_is_hub_id") else None
     data = ModelCardData(
         library_name="transformers",
+        license=LICENSE,
         pipeline_tag="image-classification",
         tags=["image-classification", "mae", "vit", "dilated-tokenization", "custom_code"],
         base_model=init,

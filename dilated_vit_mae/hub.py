@@ -81,6 +81,16 @@ class UploadPlan:
     left_out: dict[str, str]
 
 
+def is_classifier_folder(folder: str | os.PathLike) -> bool:
+    """A fine-tuned classifier (`scripts/run_finetune.py`): published with its own card, no MAE pipeline or handler."""
+    config_path = Path(folder) / "config.json"
+    try:
+        architectures = json.loads(config_path.read_text()).get("architectures") or []
+    except (OSError, ValueError):
+        return False
+    return any(name.endswith("ForImageClassification") for name in architectures)
+
+
 def is_published_file(path: str) -> bool:
     """Whether the relative `path` is one of `PUBLISHED_FILES`."""
     parts = PurePosixPath(path).parts
@@ -221,12 +231,14 @@ CHECK_SCRIPT = textwrap.dedent(
     import PIL.Image
     import torch
     from huggingface_hub import ModelCard
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForPreTraining, pipeline
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, AutoModelForPreTraining, pipeline
 
     folder = sys.argv[1]
     report = {}
     config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    model, info = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+    classifier = any(name.endswith("ForImageClassification") for name in config.architectures or [])
+    auto_class = AutoModelForImageClassification if classifier else AutoModelForPreTraining
+    model, info = auto_class.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
     if not type(model).__module__.startswith("transformers_modules"):
         raise SystemExit(f"the model was not loaded from the folder's code but from {type(model).__module__}")
     problems = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
@@ -237,13 +249,24 @@ CHECK_SCRIPT = textwrap.dedent(
     channels = [ramp, ramp.T[:48, :48].repeat(2, 1)[:, :64], 255 - ramp]
     image = PIL.Image.fromarray(np.stack(channels, axis=-1).astype(np.uint8))
     pixel_values = processor(image, return_tensors="pt")["pixel_values"]
-    num_patches = model.get_input_embeddings().num_patches
-    with torch.no_grad():
-        outputs = model(pixel_values, noise=torch.rand(1, num_patches, generator=torch.Generator().manual_seed(0)))
-    if not torch.isfinite(outputs.loss) or not torch.isfinite(outputs.logits).all():
-        raise SystemExit(f"the forward pass is not finite (loss {outputs.loss.item()})")
-    report["loss"] = outputs.loss.item()
-    report["logits_shape"] = list(outputs.logits.shape)
+    if classifier:  # its logits, and transformers' own image-classification pipeline naming a label
+        with torch.no_grad():
+            logits = model(pixel_values).logits
+        if not torch.isfinite(logits).all():
+            raise SystemExit("the classifier's logits are not finite")
+        report["logits_shape"] = list(logits.shape)
+        best = pipeline("image-classification", model=folder, trust_remote_code=True)(image, top_k=1)[0]
+        if best["label"] not in config.id2label.values():
+            raise SystemExit(f"the image-classification pipeline named no label of the config: {best}")
+        report.setdefault("pipelines", []).append("image-classification")
+    else:
+        num_patches = model.get_input_embeddings().num_patches
+        with torch.no_grad():
+            outputs = model(pixel_values, noise=torch.rand(1, num_patches, generator=torch.Generator().manual_seed(0)))
+        if not torch.isfinite(outputs.loss) or not torch.isfinite(outputs.logits).all():
+            raise SystemExit(f"the forward pass is not finite (loss {outputs.loss.item()})")
+        report["loss"] = outputs.loss.item()
+        report["logits_shape"] = list(outputs.logits.shape)
 
     for task in getattr(config, "custom_pipelines", None) or {}:
         run = pipeline(task, model=folder, trust_remote_code=True)
@@ -424,7 +447,8 @@ def stage_folder(
       everything else copied; the results files and the card redacted by value (`secrets`, by default
       `redaction.secret_values()`: the environment's and the cached login's token), the results without local paths;
     - with `prepare`, a folder that is not publishable yet (no pipeline, handler or card) is completed in
-      `destination` (`prepare_hub_folder`); a card rendered from the template is rendered again for `repo_id`.
+      `destination` (`prepare_hub_folder`); a card rendered from the template is rendered again for `repo_id`. A
+      fine-tuned classifier (`is_classifier_folder`) is published as it is, with its own card.
 
     Returns:
         The files to upload, relative to `destination`.
@@ -450,7 +474,7 @@ def stage_folder(
                 pass
         shutil.copy2(folder / name, target)
     _redact_staged(destination, secrets)
-    if prepare and (destination / "config.json").is_file():
+    if prepare and (destination / "config.json").is_file() and not is_classifier_folder(destination):
         from .model_card import TEMPLATE_PATH, is_rendered_card, render_model_card
 
         if not all((destination / name).is_file() for name in PUBLISHING_FILES):
@@ -570,6 +594,7 @@ __all__ = [
     "check_folder",
     "describe_left_out",
     "files_to_upload",
+    "is_classifier_folder",
     "is_published_file",
     "plan_upload",
     "prepare_hub_folder",

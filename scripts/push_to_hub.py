@@ -31,6 +31,7 @@ from dilated_vit_mae.hub import (  # noqa: E402
     FolderCheckError,
     check_folder,
     describe_left_out,
+    is_classifier_folder,
     plan_upload,
     push_folder_to_hub,
     stage_folder,
@@ -108,7 +109,7 @@ def dry_run(folder: Path, repo_id: str) -> int:
 def main(args: argparse.Namespace, api=None) -> int:
     folder = Path(args.output_dir)
     missing = [name for name in PUBLISHING_FILES if not (folder / name).is_file()]
-    if missing:
+    if missing and not is_classifier_folder(folder):  # a classifier is published as it is, with its own card
         logger.info(
             f"{folder} lacks {', '.join(missing)}: they are added to the uploaded copy (the folder is left as it is)"
         )

@@ -176,7 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--logging_steps", type=positive_int, default=10)
     run.add_argument("--with_tracking", action="store_true")
     run.add_argument("--report_to", default="tensorboard")
-    run.add_argument("--hub_model_id", help="The repository id the model card names (nothing is pushed).")
+    run.add_argument("--hub_model_id", help="The repository id the model card names; publish with scripts/push_to_hub.py.")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded (secrets redacted) in all_results.json
 
@@ -466,7 +466,12 @@ def run_summary(args, accelerator, splits, labels: LabelSpec, plan: dict, state:
 def save_folder(args, accelerator, model, image_processor, summary: dict) -> None:
     """The publishable classifier folder: model (the selected weights), processor, code, all_results.json, README.md."""
     output_dir = Path(args.output_dir)
-    accelerator.unwrap_model(model).save_pretrained(output_dir, save_function=accelerator.save)
+    unwrapped = accelerator.unwrap_model(model)
+    # the pre-training folder's custom pipelines (reconstruction, features) need code a classifier folder does not
+    # ship; transformers' image-classification pipeline serves it
+    if hasattr(unwrapped.config, "custom_pipelines"):
+        del unwrapped.config.custom_pipelines
+    unwrapped.save_pretrained(output_dir, save_function=accelerator.save)
     image_processor.save_pretrained(output_dir)
     summary = publishable(summary, secret_values(args))
     write_publishable_json(output_dir / "all_results.json", summary, secrets=())

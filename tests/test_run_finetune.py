@@ -344,6 +344,34 @@ def test_published_classifier_loads_without_the_package(script, pretrained_dir, 
     assert result.stdout.startswith("OK ") and result.stdout.split()[1] in ("blue", "red")
 
 
+@pytest.mark.slow  # the publishing check loads the staged folder in a clean interpreter: ~10 s
+def test_a_classifier_folder_is_published_as_it_is_with_its_own_card(script, pretrained_dir, tmp_path, reset_accelerate):
+    from unittest import mock
+
+    from dilated_vit_mae.hub import files_to_upload, push_folder_to_hub
+
+    output_dir = tmp_path / f"{tmp_path.name}-classifier"  # remote-code module names come from the folder name
+    script.main(script.parse_args(argv(pretrained_dir, output_dir, "--max_train_steps", "2")))
+    # the pre-training folder's reconstruction / feature pipelines need code a classifier folder does not ship
+    assert "custom_pipelines" not in json.loads((output_dir / "config.json").read_text())
+    seen, api = {}, mock.Mock()
+
+    def upload_folder(folder_path, **kwargs):
+        seen["files"], seen["card"] = files_to_upload(folder_path), (Path(folder_path) / "README.md").read_text()
+        return mock.Mock(commit_url="https://huggingface.co/me/classifier/commit/abc", oid="a" * 40)
+
+    api.upload_folder.side_effect = upload_folder
+    push_folder_to_hub(output_dir, repo_id="me/classifier", api=api)  # checked in a clean process first
+    assert sorted(seen["files"]) == sorted(
+        ["README.md", "all_results.json", "config.json", "configuration_dilated_vit_mae.py",
+         "image_processing_dilated_vit_mae.py", "model.safetensors", "modeling_dilated_vit_mae.py",
+         "preprocessor_config.json"]
+    )  # fmt: skip
+    assert seen["card"] == (output_dir / "README.md").read_text() and "# DilatedViTMAE image classifier" in seen["card"]
+    assert "license: apache-2.0" in seen["card"]
+    api.upload_file.assert_not_called()  # no pre-training template to re-render and pin
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Arguments
 # ----------------------------------------------------------------------------------------------------------------------
