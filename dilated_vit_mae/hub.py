@@ -484,7 +484,19 @@ def stage_folder(
                 raise FolderCheckError(f"{folder} could not be made publishable: {error}") from error
         elif repo_id is not None and TEMPLATE_PATH.is_file() and is_rendered_card(destination / "README.md"):
             render_model_card(destination, repo_id=repo_id, secrets=secrets)
+    elif prepare and repo_id is not None and is_classifier_folder(destination):
+        _render_classifier_card_for(destination, repo_id)
     return files_to_upload(destination)
+
+
+def _render_classifier_card_for(destination: Path, repo_id: str) -> None:
+    """A classifier's generated card again, with its snippets naming `repo_id` (a hand-written card is kept)."""
+    from .finetune import render_classifier_card
+    from .model_card import is_generated_card
+
+    results_path = destination / "all_results.json"
+    if is_generated_card(destination / "README.md") and results_path.is_file():  # results already redacted here
+        render_classifier_card(json.loads(results_path.read_text()), repo_id=repo_id).save(destination / "README.md")
 
 
 def _pin_card_revision(api, staging: Path, repo_id: str, revision: str | None, sha: str, secrets: set[str]) -> None:

@@ -367,8 +367,10 @@ def test_a_classifier_folder_is_published_as_it_is_with_its_own_card(script, pre
          "image_processing_dilated_vit_mae.py", "model.safetensors", "modeling_dilated_vit_mae.py",
          "preprocessor_config.json"]
     )  # fmt: skip
-    assert seen["card"] == (output_dir / "README.md").read_text() and "# DilatedViTMAE image classifier" in seen["card"]
-    assert "license: apache-2.0" in seen["card"]
+    # its own card, rendered again so that its snippets name the repository (the local one names no repository)
+    assert "# DilatedViTMAE image classifier" in seen["card"] and "license: apache-2.0" in seen["card"]
+    assert 'from_pretrained("me/classifier", trust_remote_code=True)' in seen["card"]
+    assert "path/to/this/folder" in (output_dir / "README.md").read_text()  # the local folder is left as it was
     api.upload_file.assert_not_called()  # no pre-training template to re-render and pin
 
 
