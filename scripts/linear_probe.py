@@ -116,7 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     labels.add_argument("--label_column", help="One label column instead (cross-entropy over its distinct values).")
 
     features = parser.add_argument_group("features")
-    features.add_argument("--pooling", choices=["cls", "mean"], default="cls", help="CLS token or mean patch token.")
+    features.add_argument(
+        "--pooling", choices=["cls", "mean"],
+        help="CLS token or mean patch token (default: cls; mean for a fine-tuned global-pool classifier, as its head read).",
+    )  # fmt: skip
     features.add_argument("--per_device_batch_size", type=int, default=64)
     features.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
     features.add_argument("--feature_cache_dir", default=str(DEFAULT_FEATURE_CACHE_DIR))
@@ -270,6 +273,9 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         cache_dir=args.cache_dir,
         trust_remote_code=args.trust_remote_code,
     )
+    if args.pooling is None:  # a global-pool classifier's features are fc_norm of the mean (load_frozen_encoder)
+        args.pooling = "mean" if getattr(model, "pooled_norm", None) is not None else "cls"
+        logger.info(f"--pooling {args.pooling}")
     model.to(accelerator.device)  # inference only: no `prepare` (no gradients to synchronise)
     transform = MAEEvalTransform.from_image_processor(image_processor)
 

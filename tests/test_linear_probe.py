@@ -290,9 +290,15 @@ def test_a_fine_tuned_classifier_gives_the_features_its_head_reads(tmp_path, tin
 
         with pytest.raises(ValueError, match="global-pool classifier"):
             EncoderFeatures(encoder)
-        # the scripts say so in one line, exit 2, no traceback
+        # the probe script picks mean pooling for it by default; asked for CLS (or to export it) the scripts say why
+        # in one line, exit 2, no traceback
+        probe = [str(SCRIPT), "--model_name_or_path", str(folder), "--celeba_dir", str(SAMPLE_DIR), "--protocol", "knn",
+                 "--no_feature_cache", "--output_dir", str(tmp_path / "p")]  # fmt: skip
+        done = subprocess.run([sys.executable, *probe], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads((tmp_path / "p" / "knn_results.json").read_text())["pooling"] == "mean"
         for command in (
-            [str(SCRIPT), "--model_name_or_path", str(folder), "--celeba_dir", str(SAMPLE_DIR), "--output_dir", str(tmp_path / "p")],
+            [*probe, "--pooling", "cls"],
             [str(REPO_ROOT / "scripts" / "export_onnx.py"), "--model_name_or_path", str(folder), "--output", str(tmp_path / "m.onnx")],
         ):
             done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=300)
