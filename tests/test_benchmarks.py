@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import PIL.Image
 import pytest
 
 from conftest import load_file
@@ -100,6 +101,23 @@ def test_data_pipeline_benchmark_measures_host_cpu_per_image_of_every_path(tmp_p
     assert summary["uint8_cache_meets_target"] == (cached <= 400)
     assert summary["meets_target"] == summary["uint8_device_meets_target"]
     assert {r["decoder"] for r in results if r["stage"] == "decode"} >= {"pil"}
+
+
+def test_data_pipeline_benchmark_skips_the_cache_path_for_images_of_several_sizes(tmp_path):
+    # the decoded cache is for fixed-size datasets: the other paths are still measured, and the skip says why
+    bench = load_benchmark("bench_data_pipeline")
+    folder = tmp_path / "mixed"
+    bench.make_synthetic_celeba(folder, 40)
+    PIL.Image.new("RGB", (100, 120)).save(folder / "img_align_celeba" / "000001.jpg")
+    args = bench.parse_args(
+        ["--celeba_dir", str(folder), "--image_size", "32", "--num_images", "16", "--batch_size", "8", "--num_workers",
+         "0", "--no_training", "--device_batches", "1"]
+    )  # fmt: skip
+    results = bench.main(args)["results"]
+    skipped = [r for r in results if r["stage"] == "skipped"]
+    assert [r["path"] for r in skipped] == ["uint8_cache"]
+    assert skipped[0]["reason"].startswith("A decoded cache needs images of one size, got 2 sizes")
+    assert {r["path"] for r in results if r["stage"] == "loader"} == {"float32_host", "uint8_device"}
 
 
 def test_synthetic_celeba_loads_in_the_raw_layout(tmp_path):
