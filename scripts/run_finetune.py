@@ -80,7 +80,7 @@ from dilated_vit_mae.lifecycle import (  # noqa: E402
     non_negative_int,
     positive_float,
     positive_int,
-    prepare_output_dir,
+    prepare_run_folder,
     probability,
     quiet_library_logs,
     run_cli,
@@ -560,24 +560,13 @@ NOT_RUN_DEFINING = {
 }  # fmt: skip
 
 
-def prepare_run_folder(args: argparse.Namespace, accelerator) -> RunIdentity:
-    """--overwrite_output_dir: the earlier run's files (checkpoints, log, model, card) are gone when this returns;
-    run.json holds the run's id."""
-    if accelerator.is_main_process:
-        run_args = {k: v for k, v in vars(args).items() if k not in NOT_RUN_DEFINING}
-        overwrite, resume_run = args.overwrite_output_dir, bool(args.resume_from_checkpoint)
-        prepare_output_dir(args.output_dir, overwrite=overwrite, resume=resume_run, seed=args.seed, run_args=run_args)
-    accelerator.wait_for_everyone()
-    return RunIdentity.load(args.output_dir)
-
-
 def main(args: argparse.Namespace) -> Path:
     # ---- accelerator, seed -------------------------------------------------------------------------------------------
     # every process refuses a folder holding an earlier run before anything is written (same rules as run_mae.py)
     check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
     accelerator = setup_accelerator(args)
     checkpoints = CheckpointManager(Path(args.output_dir) / "checkpoints", args.checkpoints_total_limit)
-    identity = prepare_run_folder(args, accelerator)
+    identity = prepare_run_folder(args, accelerator, NOT_RUN_DEFINING)
     set_seed(args.seed)
 
     # ---- data, labels, model -----------------------------------------------------------------------------------------

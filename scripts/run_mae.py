@@ -66,7 +66,7 @@ from dilated_vit_mae.lifecycle import (  # noqa: E402
     parent_is_launcher,
     positive_float,
     positive_int,
-    prepare_output_dir,
+    prepare_run_folder,
     quiet_library_logs,
     run_cli,
     stage_and_swap,
@@ -983,16 +983,6 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: C
     return run, learning_rate
 
 
-def prepare_run_folder(args: argparse.Namespace, accelerator: Accelerator) -> RunIdentity:
-    """--overwrite_output_dir: the earlier run's files are gone when this returns; run.json holds the run's id."""
-    if accelerator.is_main_process:
-        run_args = {k: v for k, v in vars(args).items() if k not in NOT_RUN_DEFINING}
-        overwrite, resume = args.overwrite_output_dir, bool(args.resume_from_checkpoint)
-        prepare_output_dir(args.output_dir, overwrite=overwrite, resume=resume, seed=args.seed, run_args=run_args)
-    accelerator.wait_for_everyone()
-    return RunIdentity.load(args.output_dir)
-
-
 def main(args: argparse.Namespace) -> Path:
     if parent_is_launcher():
         exit_when_parent_dies()  # a launcher killed on its own (it forwards nothing) still gets this process to save
@@ -1001,7 +991,7 @@ def main(args: argparse.Namespace) -> Path:
     accelerator = setup_accelerator(args)
     output_dir = Path(args.output_dir)
     checkpoints = CheckpointManager(output_dir / "checkpoints", args.checkpoints_total_limit)
-    identity = prepare_run_folder(args, accelerator)
+    identity = prepare_run_folder(args, accelerator, NOT_RUN_DEFINING)
     set_seed(args.seed)
     run, learning_rate = build_run(args, accelerator, checkpoints)
     run.identity = identity

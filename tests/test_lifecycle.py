@@ -697,9 +697,14 @@ def test_run_cli_lets_bugs_and_successes_through(monkeypatch):
 
 @pytest.fixture
 def restore_accelerate_loggers():
+    # before too: a training script run in-process by an earlier test on this worker installs the filter for good
+    def remove() -> None:
+        for name in lifecycle.CHECKPOINT_LOGGERS:
+            logging.getLogger(name).removeFilter(lifecycle._CHATTER_FILTER)
+
+    remove()
     yield
-    for name in lifecycle.CHECKPOINT_LOGGERS:
-        logging.getLogger(name).removeFilter(lifecycle._CHATTER_FILTER)
+    remove()
 
 
 def test_quiet_library_logs_drops_checkpoint_lines_and_keeps_warnings(
