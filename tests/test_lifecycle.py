@@ -487,6 +487,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def saved_text(tmp_path) -> str:
+    """What the child wrote to `saved` ("" while the file is absent, or created but not yet written)."""
+    try:
+        return (tmp_path / "saved").read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def wait_until(condition, timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -516,8 +524,9 @@ def test_the_training_process_is_told_when_its_launcher_dies(tmp_path, kill_sign
     launcher.send_signal(kill_signal)  # the launcher alone, as a scheduler or `kill PID` does
     assert launcher.wait(timeout=30) == -kill_signal
     # generous: CI's two cores may be busy with the other tests
-    assert wait_until(lambda: (tmp_path / "saved").exists(), 30), "the orphaned child was not signalled"
-    assert (tmp_path / "saved").read_text() == f"{int(signal.SIGTERM)} {child_pid}"
+    # the file is created, then written: wait for its content (reading it on creation saw "" once in CI)
+    assert wait_until(lambda: saved_text(tmp_path), 30), "the orphaned child was not signalled"
+    assert saved_text(tmp_path) == f"{int(signal.SIGTERM)} {child_pid}"
     assert wait_until(lambda: not alive(int(child_pid)), 30)
 
 
@@ -526,8 +535,8 @@ def test_a_parent_that_died_before_the_request_is_caught(tmp_path):
     # the child gets its launcher's pid, waits until that launcher has exited, then arms: nobody else would signal it
     code = "import os, subprocess, sys; subprocess.Popen([sys.executable, *sys.argv[1:], str(os.getpid())])"
     subprocess.run([sys.executable, "-c", code, *child_command(tmp_path)], timeout=30, check=True)
-    assert wait_until(lambda: (tmp_path / "saved").exists(), 20)
-    assert (tmp_path / "saved").read_text().startswith(f"{int(signal.SIGTERM)} ")
+    assert wait_until(lambda: saved_text(tmp_path), 20)
+    assert saved_text(tmp_path).startswith(f"{int(signal.SIGTERM)} ")
 
 
 def test_exit_when_parent_dies_is_a_no_op_off_linux(monkeypatch, caplog):
@@ -574,7 +583,7 @@ def test_sigterm_to_accelerate_launch_alone_reaches_the_training_process_only_wh
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(timeout=30) == -signal.SIGTERM
         if arm:
-            assert wait_until(lambda: (tmp_path / "saved").exists(), 10)
+            assert wait_until(lambda: saved_text(tmp_path), 10)
             assert wait_until(lambda: not alive(child_pid), 10)
         else:
             time.sleep(2)
