@@ -85,6 +85,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def write_results(path: Path, output: dict[str, Any]) -> dict[str, Any]:
+    """Write a benchmark's results as JSON (shared with `benchmarks/downstream.py`) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(output, indent=2))
+    print(f"wrote {path} ({output['total_seconds']:.0f} s)")
+    return output
+
+
 def add_pretraining_arguments(group, steps: int, num_train_help: str) -> None:
     """The pre-training flags of this benchmark, shared with `benchmarks/downstream.py` (`group`: a parser or group)."""
     group.add_argument("--steps", type=positive_int, default=steps, help="pre-training steps per run (every variant)")
@@ -455,10 +463,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - started,
         "command": " ".join(["python", *sys.argv]),
     }
-    args.output_json.parent.mkdir(parents=True, exist_ok=True)
-    args.output_json.write_text(json.dumps(output, indent=2))
-    print(f"wrote {args.output_json} ({output['total_seconds']:.0f} s)")
-    return output
+    return write_results(args.output_json, output)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,11 @@ jittered) and measures those; `--celeba_dir` points at a raw CelebA download.
 """
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -116,7 +118,7 @@ def training_split(args: argparse.Namespace) -> tuple[datasets.Dataset, str]:
     """The train split repeated up to `--num_images`, with the `sample_index` column of `run_mae.py`."""
     source = args.celeba_dir
     if args.synthetic_images:
-        source = make_synthetic_celeba(Path(tempfile.mkdtemp(prefix="celeba_synthetic_")), args.synthetic_images, args.seed)
+        source = make_synthetic_celeba(scratch_dir("celeba_synthetic_"), args.synthetic_images, args.seed)
     train = load_celeba(source, verify_images=False)["train"]
     repeats = -(-args.num_images // train.num_rows)
     repeated = datasets.concatenate_datasets([train] * repeats).select(range(args.num_images))
@@ -138,12 +140,18 @@ def loader_setup(path: str, dataset: datasets.Dataset, image_size: int, seed: in
 def decoded_cache(dataset: datasets.Dataset) -> DecodedImageCache:
     """The decoded cache of `dataset`, built once per process in a temporary folder (its build is not timed)."""
     if dataset._fingerprint not in _CACHES:
-        folder = tempfile.mkdtemp(prefix="decoded_cache_")
-        _CACHES[dataset._fingerprint] = DecodedImageCache.build(dataset, folder, reserve_bytes=0)
+        _CACHES[dataset._fingerprint] = DecodedImageCache.build(dataset, scratch_dir("decoded_cache_"), reserve_bytes=0)
     return _CACHES[dataset._fingerprint]
 
 
 _CACHES: dict[str, DecodedImageCache] = {}
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder removed when the process exits (a 2,000-image cache is 223 MB)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 # ---- measurements ---------------------------------------------------------------------------------------------------

