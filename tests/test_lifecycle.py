@@ -581,13 +581,17 @@ def test_sigterm_to_accelerate_launch_alone_reaches_the_training_process_only_wh
     try:
         assert ready == "ready" and launcher_seen == "True" and armed == str(arm)
         launcher.send_signal(signal.SIGTERM)
-        assert launcher.wait(timeout=30) == -signal.SIGTERM
+        # the launcher dies of the signal (accelerate 1.15) or exits 128 + SIGTERM (1.16): what matters is the child
+        assert launcher.wait(timeout=30) in (-signal.SIGTERM, 128 + signal.SIGTERM)
         if arm:
             assert wait_until(lambda: saved_text(tmp_path), 10)
             assert wait_until(lambda: not alive(child_pid), 10)
         else:
             time.sleep(2)
-            assert alive(child_pid) and not (tmp_path / "saved").exists()  # orphaned, still training
+            # accelerate <= 1.15 leaves the child orphaned and training (why arming exists); 1.16 passes the signal on
+            # itself, and then the child must have saved before it ended: never gone without a save
+            forwarded = not alive(child_pid)
+            assert saved_text(tmp_path).startswith(f"{signal.SIGTERM} ") if forwarded else not saved_text(tmp_path)
     finally:
         if alive(child_pid):
             os.kill(child_pid, signal.SIGKILL)
