@@ -357,10 +357,15 @@ def prepare_run_folder(args: Any, accelerator: Any, not_run_defining: Iterable[s
     `prepare_output_dir` for a training script's `args` (`output_dir`, `overwrite_output_dir`,
     `resume_from_checkpoint`, `seed`) on the main process, then every process waits and reads the run's identity.
     With `--overwrite_output_dir` the earlier run's files are gone when this returns; `run.json` holds the run's id
-    and the arguments not in `not_run_defining`.
+    and the arguments not in `not_run_defining`, secrets redacted by value. From here on, every log line of the
+    process is redacted of the arguments' secrets too (`redaction.redact_logs`).
     """
+    from .redaction import redact, redact_logs, secret_values
+
+    secrets = secret_values(args)
+    redact_logs(secrets)
     if accelerator.is_main_process:
-        run_args = {k: v for k, v in vars(args).items() if k not in set(not_run_defining)}
+        run_args = redact({k: v for k, v in vars(args).items() if k not in set(not_run_defining)}, secrets)
         overwrite, resume = args.overwrite_output_dir, bool(args.resume_from_checkpoint)
         prepare_output_dir(args.output_dir, overwrite=overwrite, resume=resume, seed=args.seed, run_args=run_args)
     accelerator.wait_for_everyone()

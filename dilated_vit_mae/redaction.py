@@ -9,6 +9,10 @@ What may be published: every file the project writes that can reach the Hub (`RE
   nested dicts / lists with `"<redacted>"`.
 - **Local paths become names**: `scrub_local_paths(obj)` replaces every absolute path (`/home/me/data/celeba`,
   `~/data`, `C:\\data`) in those strings with its last component (`celeba`); relative paths and URLs are kept.
+- **Nothing a run writes or logs holds a secret**: `redact_logs(secrets)` makes every later log record of the process
+  (any logger, any handler, tracebacks included) redacted by value; `tracker_config(args)` is what the trainers give
+  `accelerator.init_trackers` (TensorBoard's `hparams.yml` and events file, W&B...), secrets redacted;
+  `lifecycle.prepare_run_folder` redacts `run.json` and the "changed arguments" warning of a resumed run.
 
 Not Hub code (the Hub never runs it).
 """
@@ -16,6 +20,7 @@ Not Hub code (the Hub never runs it).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -113,6 +118,51 @@ def publishable(obj: T, secrets: Iterable[str] | None = None) -> T:
     return scrub_local_paths(redact(obj, secrets))
 
 
+def tracker_config(args: Any, secrets: Iterable[str] | None = None) -> dict[str, int | float | str | bool]:
+    """
+    The arguments a tracker may record (`accelerator.init_trackers(name, tracker_config(args))`): those holding a
+    number, string or bool, with every secret redacted by value (`secrets` defaults to `secret_values(args)`), so a
+    token reaches neither TensorBoard's `hparams.yml` nor its events file.
+    """
+    secrets = secret_values(args) if secrets is None else secrets
+    fields = vars(args) if not isinstance(args, Mapping) else dict(args)
+    return redact({k: v for k, v in fields.items() if isinstance(v, (int, float, str, bool))}, secrets)
+
+
+# the secrets every log record of this process is redacted of, once `redact_logs` installed the record factory
+_LOG_SECRETS: set[str] = set()
+_UNREDACTED_RECORD_FACTORY: Any = None
+
+
+def _redacted_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = _UNREDACTED_RECORD_FACTORY(*args, **kwargs)
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed call: let the handler report it as usual
+        return record
+    redacted = redact(message, _LOG_SECRETS)
+    if redacted != message:
+        record.msg, record.args = redacted, None
+    if record.exc_info and record.exc_info[0] is not None:
+        text = logging.Formatter().formatException(record.exc_info)
+        record.exc_text = redact(text, _LOG_SECRETS)  # what handlers print instead of formatting it again
+    return record
+
+
+def redact_logs(secrets: Iterable[str] = ()) -> None:
+    """
+    From now on, every log record this process creates, from any logger and whatever its handlers, has `secrets` (by
+    value), the environment's and the cached login's tokens and anything shaped like a Hub token replaced by
+    `"<redacted>"`, in its message and its traceback. Secrets add up over calls; the record factory is installed once.
+    """
+    global _UNREDACTED_RECORD_FACTORY
+    _LOG_SECRETS.update(secret_values())
+    _LOG_SECRETS.update(s for s in secrets if isinstance(s, str) and len(s.strip()) >= MIN_SECRET_LENGTH)
+    if _UNREDACTED_RECORD_FACTORY is None:
+        _UNREDACTED_RECORD_FACTORY = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(_redacted_record)
+
+
 def write_publishable_json(path: str | os.PathLike, obj: Any, secrets: Iterable[str] | None = None) -> Path:
     """Write `publishable(obj, secrets)` to `path` as indented JSON; returns the path."""
     path = Path(path)
@@ -126,7 +176,9 @@ __all__ = [
     "local_path_name",
     "publishable",
     "redact",
+    "redact_logs",
     "scrub_local_paths",
     "secret_values",
+    "tracker_config",
     "write_publishable_json",
 ]

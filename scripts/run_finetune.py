@@ -86,7 +86,7 @@ from dilated_vit_mae.lifecycle import (  # noqa: E402
     run_cli,
 )
 from dilated_vit_mae.probe import probe_scores  # noqa: E402
-from dilated_vit_mae.redaction import publishable, secret_values, write_publishable_json  # noqa: E402
+from dilated_vit_mae.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
 from dilated_vit_mae.training import (  # noqa: E402
     CheckpointManager,
     IndexedTransform,
@@ -554,7 +554,7 @@ def resume(args, accelerator, checkpoints: CheckpointManager, effective_batch_si
 
 # what does not define the run (recorded in run.json, compared on resume)
 NOT_RUN_DEFINING = {
-    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "token", "push_to_hub", "hub_model_id",
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "argv", "token", "push_to_hub", "hub_model_id",
     "with_tracking", "report_to", "logging_steps", "checkpointing_steps", "checkpoints_total_limit",
     "preprocessing_num_workers", "dataloader_num_workers",
 }  # fmt: skip
@@ -586,7 +586,7 @@ def main(args: argparse.Namespace) -> Path:
     )
     data["loaders"] = dict(zip(data["loaders"], loaders))
     if args.with_tracking:
-        accelerator.init_trackers("dilated_vit_mae_finetune", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers("dilated_vit_mae_finetune", tracker_config(args))  # secrets redacted
     state = resume(args, accelerator, checkpoints, plan["effective_batch_size"], identity)
 
     # ---- loop, evaluate every epoch, keep the best -------------------------------------------------------------------

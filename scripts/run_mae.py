@@ -72,7 +72,7 @@ from dilated_vit_mae.lifecycle import (  # noqa: E402
     stage_and_swap,
 )
 from dilated_vit_mae.model_card import redact_command, render_model_card  # noqa: E402
-from dilated_vit_mae.redaction import publishable, secret_values, write_publishable_json  # noqa: E402
+from dilated_vit_mae.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
 from dilated_vit_mae.training import (  # noqa: E402
     CheckpointManager,
     IndexedTransform,
@@ -998,7 +998,7 @@ def main(args: argparse.Namespace) -> Path:
     run.state.run_id, run.state.run_fingerprint = identity.run_id, identity.fingerprint
     run.secrets = secret_values(args)
     if args.with_tracking:
-        accelerator.init_trackers("dilated_vit_mae", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers("dilated_vit_mae", tracker_config(args))  # secrets redacted
     if args.resume_from_checkpoint:
         resume(run, learning_rate)
 

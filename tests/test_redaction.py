@@ -3,6 +3,7 @@ publishable files refuse argparse abbreviations (`--tok` for `--token` used to s
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from unittest import mock
 
@@ -15,8 +16,10 @@ from dilated_vit_mae.redaction import (
     local_path_name,
     publishable,
     redact,
+    redact_logs,
     scrub_local_paths,
     secret_values,
+    tracker_config,
     write_publishable_json,
 )
 
@@ -102,6 +105,31 @@ def test_publishable_results_hold_no_secret_and_no_local_path(tmp_path):
     assert local_path_name(tmp_path / "celeba") == "celeba"
 
 
+def test_once_redact_logs_ran_no_log_record_of_any_logger_holds_the_secret(caplog):
+    secret = "tok-SECRET-unit-0001"
+    redact_logs({secret})
+    library = logging.getLogger("some.library.module")
+    with caplog.at_level(logging.INFO):
+        library.warning("resuming with changed arguments: %s", {"argv": ["--token", secret]})
+        try:
+            raise RuntimeError(f"could not log in with {secret}")
+        except RuntimeError:
+            library.exception("failed")
+    assert secret not in caplog.text and caplog.text.count(REDACTED) == 2
+    assert "--token', '<redacted>'" in caplog.text and "RuntimeError: could not log in with <redacted>" in caplog.text
+    with caplog.at_level(logging.INFO):
+        library.info("nothing secret here: %d%%", 5)
+    assert caplog.records[-1].getMessage() == "nothing secret here: 5%"
+
+
+def test_tracker_config_keeps_scalar_arguments_and_redacts_secrets():
+    args = argparse.Namespace(token="tok-SECRET-unit-0002", seed=3, lr=1e-3, push_to_hub=False, output_dir="out",
+                              argv=["--token", "tok-SECRET-unit-0002"], note="made with tok-SECRET-unit-0002")  # fmt: skip
+    config = tracker_config(args)
+    assert config == {"token": REDACTED, "seed": 3, "lr": 1e-3, "push_to_hub": False, "output_dir": "out",
+                      "note": f"made with {REDACTED}"}  # fmt: skip
+
+
 # ---- the scripts: no abbreviations ----------------------------------------------------------------------------------
 
 
@@ -165,3 +193,60 @@ def test_linear_probe_results_hold_no_token_and_no_local_path(model_dir, tmp_pat
         assert local not in text, local
     assert written["model"] == "model" and written["dataset"] == "celeba_sample"
     assert 0.0 <= written["mean_attribute_accuracy"] <= 1.0
+
+
+# ---- the trainers: no token in any file they write, tracker logs included, nor in any line they log ---------------
+
+
+ARG_TOKEN, HUB_ARG_TOKEN, ENV_TOKEN = "tok-SECRET-from-the-flag-0042", "tok-SECRET-hub-flag-0077", "tok-SECRET-env-0099"
+
+
+def run_script(path: str, argv: list[str]) -> str:
+    """Run a training script as a user would (a fresh process, HF_TOKEN set); its stdout and stderr."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_TOKEN": ENV_TOKEN, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / path), *argv], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def assert_no_secret_anywhere(output_dir: Path, logs: str, secrets: tuple[str, ...]) -> None:
+    files = [path for path in output_dir.rglob("*") if path.is_file()]
+    names = {path.name for path in files}
+    assert "hparams.yml" in names and any(name.startswith("events.out.tfevents") for name in names)  # tracking ran
+    for secret in secrets:
+        assert secret not in logs, (secret, [line for line in logs.splitlines() if secret in line])
+        leaking = [str(path.relative_to(output_dir)) for path in files if secret.encode() in path.read_bytes()]
+        assert leaking == [], (secret, leaking)
+    hparams = next(output_dir.rglob("hparams.yml")).read_text()
+    assert REDACTED in hparams  # the token arguments are there, redacted (not dropped unseen)
+
+
+def test_run_finetune_writes_and_logs_no_token_with_tracking_and_resume(model_dir, tmp_path):
+    output_dir = tmp_path / "classifier"
+    argv = ["--model_name_or_path", str(model_dir), "--output_dir", str(output_dir), "--token", ARG_TOKEN,
+            "--with_tracking", "--report_to", "tensorboard", "--max_train_samples", "16", "--max_eval_samples", "8",
+            "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "8", "--num_train_epochs", "1",
+            "--warmup_epochs", "0", "--logging_steps", "1"]  # fmt: skip
+    logs = run_script("scripts/run_finetune.py", argv)
+    # a resumed run with a changed argument: its "changed arguments" warning names what changed, not the token
+    resumed = run_script("scripts/run_finetune.py", [*argv[:-6], "--num_train_epochs", "2", "--warmup_epochs", "0",
+                                                     "--logging_steps", "1", "--resume_from_checkpoint", "latest"])  # fmt: skip
+    assert "changed arguments: num_train_epochs 1 -> 2" in resumed
+    assert_no_secret_anywhere(output_dir, logs + resumed, (ARG_TOKEN, ENV_TOKEN))
+
+
+def test_run_mae_writes_and_logs_no_token_with_tracking(model_dir, tmp_path):
+    output_dir = tmp_path / "mae"
+    argv = ["--model_name_or_path", str(model_dir), "--output_dir", str(output_dir), "--token", ARG_TOKEN,
+            "--hub_token", HUB_ARG_TOKEN, "--with_tracking", "--report_to", "tensorboard", "--max_train_samples", "8",
+            "--max_eval_samples", "4", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+            "--num_train_epochs", "1", "--logging_steps", "1", "--seed", "0"]  # fmt: skip
+    logs = run_script("scripts/run_mae.py", argv)
+    assert_no_secret_anywhere(output_dir, logs, (ARG_TOKEN, HUB_ARG_TOKEN, ENV_TOKEN))
