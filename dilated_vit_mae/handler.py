@@ -16,8 +16,10 @@ for the whole image (no masking) as lists: `last_hidden_state` (CLS + one token 
 
 Every request is bounded and every bad one raises a `ValueError` naming the problem (the endpoint's 400): images are
 read by the image processor's `load_image` (at most `MAX_IMAGE_BYTES` encoded and `MAX_IMAGE_PIXELS` decoded, checked
-before decoding; no URLs), 16-bit images are scaled rather than clipped, and an extreme aspect ratio is resampled only
-where the centre crop keeps it.
+before decoding), 16-bit images are scaled rather than clipped, and an extreme aspect ratio is resampled only
+where the centre crop keeps it. The request must carry the image itself: a string is read as base64 (or a data URL)
+only, never as a path on the server or a URL, and every string that holds no image gets the same message
+(`NOT_AN_IMAGE_MESSAGE`), so that a client cannot probe which files the server has.
 
 Try it locally:
 
@@ -91,8 +93,9 @@ class EndpointHandler:
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         inputs, task, parameters = parse_request(data)
-        # bounded decoding (bytes, base64, data URL, PIL image); URLs are refused
-        image = self.image_processor.load_image(inputs)
+        # bounded decoding of the image the request carries (bytes, base64, data URL, PIL image): a string is never
+        # opened as a path nor fetched as a URL, and any that holds no image gets the same message
+        image = self.image_processor.load_image(inputs, allow_paths=False)
         if task == "features":
             return self.features(image)
         result = self.pipeline(image, **parameters)

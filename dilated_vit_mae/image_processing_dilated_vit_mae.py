@@ -146,6 +146,18 @@ def _is_url(text: str) -> bool:
     return text.startswith(("http://", "https://"))
 
 
+# what a server answers any request string or bytes that hold no image: the same words whatever they were, so that a
+# client learns nothing about the server's files by naming one (`load_image(..., allow_paths=False)`)
+NOT_AN_IMAGE_MESSAGE = (
+    "The image must be sent in the request: base64-encoded image data (PNG, JPEG, ...), a 'data:image/...;base64,' "
+    "URL, or the image's bytes; this input is none of these (paths and URLs are never read)."
+)
+
+
+class _NotImageData(ValueError):
+    """Input that holds no image at all: not base64, or bytes that no image format recognises."""
+
+
 @contextlib.contextmanager
 def _read_errors_as_value_errors(name: str):
     """Turn whatever a malformed file makes a PIL plugin raise (OSError, SyntaxError, struct.error, ...) into a
@@ -155,7 +167,8 @@ def _read_errors_as_value_errors(name: str):
     except MemoryError:
         raise
     except Exception as err:
-        raise ValueError(f"Could not read {name}: {err}. Is it a valid image (PNG, JPEG, ...)?") from err
+        error_type = _NotImageData if isinstance(err, PIL.UnidentifiedImageError) else ValueError
+        raise error_type(f"Could not read {name}: {err}. Is it a valid image (PNG, JPEG, ...)?") from err
 
 
 def _check_pixel_count(image: PIL.Image.Image, name: str, max_pixels: int) -> None:
@@ -213,7 +226,7 @@ def _bytes_from_base64(text: str, max_bytes: int) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise ValueError(
+        raise _NotImageData(
             f"Got the string {_short_repr(text, 40)}, which is neither a path to an existing image file nor "
             f"base64-encoded image data ({err}). URLs are not downloaded."
         ) from err
@@ -632,6 +645,7 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
         image: "PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike | bytes",
         max_pixels: int = MAX_IMAGE_PIXELS,
         max_bytes: int = MAX_IMAGE_BYTES,
+        allow_paths: bool = True,
     ) -> "PIL.Image.Image | np.ndarray | torch.Tensor":
         r"""
         Read one image from what a pipeline or a server receives, within bounds, without touching the network. What
@@ -647,6 +661,11 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
                 Largest width x height to decode, checked from the file header before decoding.
             max_bytes (`int`, *optional*, defaults to `MAX_IMAGE_BYTES`):
                 Largest encoded image (bytes, or base64 once decoded), checked before decoding.
+            allow_paths (`bool`, *optional*, defaults to `True`):
+                Whether a string (or `os.PathLike`) may name a file to open: what a Python caller passes in its own
+                process. A server passes `False` for what a request carries: strings are then only ever base64 or
+                data URLs, and every string or bytes input holding no image gets the one `NOT_AN_IMAGE_MESSAGE`,
+                whatever files the server has.
 
         Returns:
             A decoded `PIL.Image.Image` in its own mode (the processor converts it), or the array/tensor given.
@@ -660,19 +679,27 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             # an opened file is decoded lazily: this still comes before its pixels are read
             _check_pixel_count(image, "The image", max_pixels)
             return image
-        if isinstance(image, os.PathLike) or (
-            isinstance(image, str) and (_is_url(image) or (len(image) < 4096 and os.path.isfile(image)))
+        if isinstance(image, os.PathLike) and not allow_paths:
+            raise ValueError(NOT_AN_IMAGE_MESSAGE)
+        if allow_paths and (
+            isinstance(image, os.PathLike)
+            or (isinstance(image, str) and (_is_url(image) or (len(image) < 4096 and os.path.isfile(image))))
         ):
             return _open_image_file(image, max_pixels)
-        if isinstance(image, str):
-            image = _bytes_from_base64(image, max_bytes)
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            if len(image) > max_bytes:
-                raise ValueError(
-                    f"The image is {len(image) / 2**20:.1f} MiB, more than the limit of {max_bytes / 2**20:g} MiB; "
-                    "send a smaller image."
-                )
-            return _open_image(io.BytesIO(image), "the image data", max_pixels)
+        try:
+            if isinstance(image, str):
+                image = _bytes_from_base64(image, max_bytes)
+            if isinstance(image, (bytes, bytearray, memoryview)):
+                if len(image) > max_bytes:
+                    raise ValueError(
+                        f"The image is {len(image) / 2**20:.1f} MiB, more than the limit of "
+                        f"{max_bytes / 2**20:g} MiB; send a smaller image."
+                    )
+                return _open_image(io.BytesIO(image), "the image data", max_pixels)
+        except _NotImageData:
+            if allow_paths:
+                raise
+            raise ValueError(NOT_AN_IMAGE_MESSAGE) from None
         raise ValueError(
             f"Unsupported image type {type(image).__name__}: pass a PIL image, a path, encoded bytes, a base64 "
             "string or an array."

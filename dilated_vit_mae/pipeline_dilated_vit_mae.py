@@ -18,7 +18,9 @@ the package installed, build them directly:
 `DilatedViTMAEReconstructionPipeline(model=model, image_processor=processor)`.
 
 Images are read by the image processor's `load_image`: PIL images, paths, encoded bytes, base64 strings and arrays,
-within its size bounds; URLs are refused (this code does not download), as the image processor refuses them.
+within its size bounds; URLs are refused (this code does not download), as the image processor refuses them. A path is
+opened because a Python caller passes its own files; a server passes what a request carries through
+`load_image(inputs, allow_paths=False)` first (as `handler.py` does), never a request's string to the pipeline.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import os
 import textwrap
 from pathlib import Path
 
@@ -125,9 +126,9 @@ HOSTILE_REQUESTS = {
     "not a JSON object": ([1, 2], "must be a JSON object"),
     "number as image": ({"inputs": 42}, "Unsupported image type int"),
     "not base64": ({"inputs": "not an image"}, "base64"),
-    "base64 of text": ({"inputs": base64.b64encode(b"plain text").decode()}, "Could not read the image data"),
+    "base64 of text": ({"inputs": base64.b64encode(b"plain text").decode()}, "must be sent in the request"),
     "data URL without comma": ({"inputs": "data:image/png;base64"}, "without ';base64,' before its data"),
-    "URL": ({"inputs": "https://example.com/face.png"}, "does not download"),
+    "URL": ({"inputs": "https://example.com/face.png"}, "paths and URLs are never read"),
     "truncated image": ("truncated", "Could not read the image data: image file is truncated"),
     "60 MB base64 body": ({"inputs": "A" * 60_000_000}, r"60,000,000 characters .* more than the limit"),
     "60 MB bytes": ({"inputs": b"\x89PNG" + bytes(60_000_000)}, "more than the limit"),
@@ -167,6 +168,30 @@ def test_bad_requests_raise_value_errors_naming_the_problem(handler, photo, name
     with pytest.raises(ValueError, match=message):  # the endpoint answers a ValueError with a 400
         endpoint(data)
     assert time.perf_counter() - start < 10
+
+
+def test_a_request_naming_a_server_file_is_refused_without_reading_it(handler, photo, tmp_path):
+    endpoint, module = handler
+    served = tmp_path / "server-side.jpg"  # an image on the server, which a request must not be able to fetch
+    photo.save(served, format="JPEG")
+    missing = tmp_path / "missing.jpg"
+    requests = {
+        "a server image": str(served), "the same, relative": os.path.relpath(served), "a file URL": served.as_uri(),
+        "/etc/passwd": "/etc/passwd", "a missing path": str(missing), "a directory": str(tmp_path),
+        "a Path object": served, "not base64": "no image here",
+        "base64 of text": base64.b64encode(b"root:x:0:0:root:/root:/bin/bash").decode(),
+    }  # fmt: skip
+    messages = {}
+    for name, inputs in requests.items():
+        with pytest.raises(ValueError) as error:
+            endpoint({"inputs": inputs, "parameters": {"seed": 0}})
+        messages[name] = str(error.value)
+    # one message whatever was named: a client learns nothing of which files the server has
+    assert set(messages.values()) == {messages["a missing path"]}, messages
+    assert "base64" in messages["/etc/passwd"] and "paths and URLs are never read" in messages["/etc/passwd"]
+    assert str(served) not in messages["a server image"] and "exist" not in messages["a missing path"]
+    # the image itself, sent in the request, is served
+    assert set(endpoint({"inputs": served.read_bytes(), "parameters": {"seed": 0}})) >= {"original", "recomposited"}
 
 
 def test_extreme_aspect_ratio_is_served_quickly(handler):
