@@ -10,7 +10,8 @@ complete Hub repository, all written by `prepare_hub_folder`:
 - `README.md`, the model card (`dilated_vit_mae.model_card`), with `assets/tokenizer_diagram.png` and the widget's
   example images and their static reconstructions in `examples/`.
 
-`push_folder_to_hub` uploads only the documented files of such a folder (`PUBLISHED_FILES`), never a symbolic link,
+`push_folder_to_hub` uploads only the documented files of such a folder, each by its exact name (`published_names`:
+`PUBLISHED_FILES`, and the weight shards and example images the folder's own records list), never a symbolic link,
 and says what it left out (`plan_upload`). It refuses a folder that does not load: it checks the exact files it would
 upload in a clean Python process where this package cannot be imported (remote code only), then creates the
 repository and uploads them. The results files and the card are redacted by value in the uploaded copy
@@ -30,7 +31,6 @@ import tempfile
 import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -58,17 +58,24 @@ class FolderCheckError(RuntimeError):
     """A folder that would not work once published; nothing was uploaded."""
 
 
-# The files of a published repository, those the README's *Publishing* table documents; nothing else in a run's
-# folder is uploaded (checkpoints with optimizer and RNG pickles, tracker logs, per-epoch grids, a planted `.env`...).
-# `*` matches within one path component; hidden names (".env", "examples/.secret") never match.
-PUBLISHED_FILES = (
-    "config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors",
-    "preprocessor_config.json", "*_dilated_vit_mae.py", HANDLER_FILE, "README.md",
-    "all_results.json", "linear_probe_results.json", "knn_results.json",
-    "eval/reconstructions.png", "assets/*", "examples/*",
+# The files of a published repository, by exact name (those the README's *Publishing* table documents); nothing else
+# in a run's folder is uploaded (checkpoints with optimizer and RNG pickles, tracker logs, per-epoch grids, a planted
+# `.env`, `assets/secrets.json`, `examples/id_rsa`, an `evil_dilated_vit_mae.py` that `trust_remote_code` would run...).
+# Beyond these, the folder's own records name the rest exactly (`published_names`): the weight shards listed in
+# `model.safetensors.index.json`, and the example images listed in `examples/examples.json` (`write_card_assets`).
+HUB_CODE_FILES = (
+    "configuration_dilated_vit_mae.py", "modeling_dilated_vit_mae.py", "image_processing_dilated_vit_mae.py",
+    PIPELINE_FILE, HANDLER_FILE,
 )  # fmt: skip
 # published results: redacted by value and stripped of local paths in the uploaded copy
 RESULTS_FILES = ("all_results.json", "linear_probe_results.json", "knn_results.json")
+WEIGHTS_INDEX = "model.safetensors.index.json"
+EXAMPLES_RECORD = "examples/examples.json"
+PUBLISHED_FILES = (
+    "config.json", "model.safetensors", WEIGHTS_INDEX, "preprocessor_config.json", *HUB_CODE_FILES, "README.md",
+    *RESULTS_FILES, "eval/reconstructions.png", "assets/tokenizer_diagram.png", EXAMPLES_RECORD,
+)  # fmt: skip
+EXAMPLE_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LINK_REASON = "a symbolic link, never followed (its target may lie outside the folder)"
 NOT_PUBLISHED_REASON = "not one of the published files"
 
@@ -91,18 +98,42 @@ def is_classifier_folder(folder: str | os.PathLike) -> bool:
     return any(name.endswith("ForImageClassification") for name in architectures)
 
 
-def is_published_file(path: str) -> bool:
-    """Whether the relative `path` is one of `PUBLISHED_FILES`."""
-    parts = PurePosixPath(path).parts
-    if any(part.startswith(".") for part in parts):
-        return False
-    patterns = (pattern.split("/") for pattern in PUBLISHED_FILES)
-    return any(len(p) == len(parts) and all(map(fnmatchcase, parts, p)) for p in patterns)
+def _plain_name(name: Any) -> bool:
+    """A file name of one component, not hidden: what a record of the folder may name."""
+    return isinstance(name, str) and bool(name) and PurePosixPath(name).name == name and not name.startswith(".")
+
+
+def _read_record(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, ValueError):
+        return None
+
+
+def published_names(folder: str | os.PathLike) -> set[str]:
+    """
+    The relative paths `push_folder_to_hub` may upload from `folder`, each by exact name: `PUBLISHED_FILES`, the weight
+    shards that `model.safetensors.index.json` lists, and the example images (`examples/<name>`,
+    `examples/<stem>_reconstruction.png`) that `examples/examples.json` lists, as `write_card_assets` wrote them.
+    """
+    folder = Path(folder)
+    names = set(PUBLISHED_FILES)
+    index = _read_record(folder / WEIGHTS_INDEX)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if isinstance(weight_map, dict):
+        names.update(n for n in weight_map.values() if _plain_name(n) and n.endswith(".safetensors"))
+    examples = _read_record(folder / EXAMPLES_RECORD)
+    images = examples.get("images") if isinstance(examples, dict) else None
+    for name in images if isinstance(images, list) else ():
+        if _plain_name(name) and PurePosixPath(name).suffix.lower() in EXAMPLE_IMAGE_SUFFIXES:
+            names.update({f"examples/{name}", f"examples/{PurePosixPath(name).stem}_reconstruction.png"})
+    return names
 
 
 def plan_upload(folder: str | os.PathLike) -> UploadPlan:
     """Sort the files under `folder` into those `push_folder_to_hub` uploads and those it leaves out (and why)."""
     root = Path(folder)
+    published = published_names(root)
     files, left_out = [], {}
     for directory, dirnames, filenames in os.walk(root):  # a linked folder is listed, never entered
         for name in dirnames + filenames:
@@ -110,7 +141,7 @@ def plan_upload(folder: str | os.PathLike) -> UploadPlan:
             relative = path.relative_to(root).as_posix()
             if path.is_symlink():
                 left_out[relative + ("/" if name in dirnames else "")] = LINK_REASON
-            elif name in filenames and is_published_file(relative):
+            elif name in filenames and relative in published:
                 files.append(relative)
             elif name in filenames:
                 left_out[relative] = NOT_PUBLISHED_REASON
@@ -406,7 +437,8 @@ class PushResult:
 
 
 def _refuse_linked_published_files(folder: Path, plan: UploadPlan) -> None:
-    linked = [name for name, reason in plan.left_out.items() if reason == LINK_REASON and is_published_file(name)]
+    published = published_names(folder)
+    linked = [name for name, reason in plan.left_out.items() if reason == LINK_REASON and name in published]
     if linked:
         raise FolderCheckError(
             f"{folder} cannot be published: {', '.join(linked)} must be files, not symbolic links; links are never "
@@ -529,8 +561,8 @@ def push_folder_to_hub(
 ) -> PushResult:
     """
     Create `repo_id` (if needed) and upload the published files of `folder` to it with `huggingface_hub`: only
-    `PUBLISHED_FILES`, never a symbolic link; what is left out is logged and returned. Local files are never modified
-    or deleted, whether the upload succeeds or not: what is uploaded is staged in a sibling temporary folder
+    `published_names(folder)`, never a symbolic link; what is left out is logged and returned. Local files are never
+    modified or deleted, whether the upload succeeds or not: what is uploaded is staged in a sibling temporary folder
     (`stage_folder`, which redacts `token` and the environment's tokens from the results and the card), checked
     there, uploaded from there, and removed afterwards.
 
@@ -597,6 +629,7 @@ def push_folder_to_hub(
 
 __all__ = [
     "CUSTOM_PIPELINES",
+    "HUB_CODE_FILES",
     "PUBLISHED_FILES",
     "FolderCheckError",
     "PushResult",
@@ -607,7 +640,6 @@ __all__ = [
     "describe_left_out",
     "files_to_upload",
     "is_classifier_folder",
-    "is_published_file",
     "plan_upload",
     "prepare_hub_folder",
     "push_folder_to_hub",

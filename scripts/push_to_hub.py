@@ -4,9 +4,9 @@
     python scripts/push_to_hub.py outputs/dilated-vit-mae-sample --repo_id your-name/dilated-vit-mae --dry_run
     python scripts/push_to_hub.py outputs/dilated-vit-mae-sample --repo_id your-name/dilated-vit-mae --private
 
-What is uploaded is laid out in a temporary copy: only the published files (model, processor, code, pipeline, handler,
-card, results, card images), never a symbolic link, everything else listed as left out (checkpoints, tracker logs,
-per-epoch grids, anything planted there); tokens redacted from the results and the card; the card rendered for
+What is uploaded is laid out in a temporary copy: only the published files, each by its exact name (model, processor,
+code, pipeline, handler, card, results, and the card images the run recorded), never a symbolic link, everything else
+listed as left out (checkpoints, tracker logs, per-epoch grids, anything planted there, even beside published files); tokens redacted from the results and the card; the card rendered for
 --repo_id, and a folder that is not publishable yet completed there (reconstruction pipeline, endpoint
 handler, model card: what `scripts/run_mae.py` writes at the end of every run). Exactly that copy is checked in a clean
 Python process where this package cannot be imported: the model, its image processor, the `mae-reconstruction`

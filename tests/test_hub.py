@@ -51,7 +51,7 @@ def planted(run_folder, tmp_path):
     (run_folder / "secrets.json").write_text(json.dumps({"token": "hf_PLANTED_JSON"}))
     (run_folder / "notes.txt").symlink_to(outside)
     (run_folder / "assets").mkdir()
-    (run_folder / "assets" / "diagram.png").symlink_to(outside)  # a published name, but a link
+    (run_folder / "assets" / "tokenizer_diagram.png").symlink_to(outside)  # a published name, but a link
     (run_folder / "linked_dir").symlink_to(tmp_path, target_is_directory=True)
     for name in ("optimizer.pkl", "rng_state.pkl"):
         (run_folder / "checkpoints" / "step_2" / name).write_bytes(b"\x80\x04pickle")
@@ -63,7 +63,7 @@ def planted(run_folder, tmp_path):
     (run_folder / "examples" / ".secret").write_text("hf_PLANTED_HIDDEN")
     return {
         ".env": NOT_PUBLISHED_REASON, "secrets.json": NOT_PUBLISHED_REASON, "notes.txt": LINK_REASON,
-        "assets/diagram.png": LINK_REASON, "linked_dir/": LINK_REASON,
+        "assets/tokenizer_diagram.png": LINK_REASON, "linked_dir/": LINK_REASON,
         "checkpoints/step_2/optimizer.bin": NOT_PUBLISHED_REASON,
         "checkpoints/step_2/optimizer.pkl": NOT_PUBLISHED_REASON, "checkpoints/step_2/rng_state.pkl": NOT_PUBLISHED_REASON,
         "checkpoints/step_2/nested/scheduler.pkl": NOT_PUBLISHED_REASON,
@@ -76,6 +76,32 @@ def test_plan_upload_lists_every_planted_file_as_left_out(planted, run_folder):
     plan = plan_upload(run_folder)
     assert plan.left_out == planted
     assert set(plan.files).isdisjoint(planted) and "model.safetensors" in plan.files
+
+
+def test_published_names_are_exact_and_the_folder_records_name_the_rest(run_folder):
+    from dilated_vit_mae.model_card import write_card_assets
+
+    write_card_assets(run_folder)  # the diagram, and the examples listed in examples/examples.json
+    listed = json.loads((run_folder / "examples" / "examples.json").read_text())["images"]
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "../outside.safetensors"}}
+    (run_folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (run_folder / "model-00001-of-00002.safetensors").write_bytes(b"shard")
+    planted = ["model-00002-of-00002.safetensors", "evil_dilated_vit_mae.py", "assets/secrets.json", "assets/x.png",
+               "examples/id_rsa", "examples/unlisted.png", "examples/unlisted_reconstruction.png",
+               "eval/reconstructions.png.bak"]  # fmt: skip
+    for name in planted:
+        (run_folder / name).write_bytes(b"PLANTED")
+    plan = plan_upload(run_folder)
+    assert {name: plan.left_out.get(name) for name in planted} == dict.fromkeys(planted, NOT_PUBLISHED_REASON)
+    expected = {"model-00001-of-00002.safetensors", "model.safetensors.index.json", "assets/tokenizer_diagram.png",
+                "examples/examples.json"}  # fmt: skip
+    for name in listed:
+        expected |= {f"examples/{name}", f"examples/{Path(name).stem}_reconstruction.png"}
+    assert expected <= set(plan.files) and len(listed) == 3
+    # a record cannot reach outside its folder, or name a file that is not an image
+    (run_folder / "examples" / "examples.json").write_text(json.dumps({"images": ["../config.json", "id_rsa", ".x.png"]}))
+    files = files_to_upload(run_folder)
+    assert not any(name.startswith("examples/") and name != "examples/examples.json" for name in files)
 
 
 def uploading_api():
@@ -98,14 +124,14 @@ def uploading_api():
 
 def test_a_linked_published_file_is_refused_before_any_call(planted, run_folder):
     api, _ = uploading_api()
-    with pytest.raises(FolderCheckError, match=r"assets/diagram.png must be files, not symbolic links"):
+    with pytest.raises(FolderCheckError, match=r"assets/tokenizer_diagram.png must be files, not symbolic links"):
         push_folder_to_hub(run_folder, "me/model", api=api, check=False)
     assert api.method_calls == []
 
 
 def test_only_published_files_are_uploaded_and_the_rest_is_reported(planted, run_folder, caplog):
-    (run_folder / "assets" / "diagram.png").unlink()  # the one planted link that would be refused
-    del planted["assets/diagram.png"]
+    (run_folder / "assets" / "tokenizer_diagram.png").unlink()  # the one planted link that would be refused
+    del planted["assets/tokenizer_diagram.png"]
     api, uploaded = uploading_api()
     with caplog.at_level("INFO", logger="dilated_vit_mae.hub"):
         result = push_folder_to_hub(run_folder, "me/model", api=api, check=False)

@@ -182,7 +182,13 @@ def plant(folder: Path, outside: Path) -> list[str]:
     (folder / "checkpoints" / "step_3" / "rng_state.pkl").write_bytes(b"PLANTED pickle")
     (folder / "wandb" / "latest-run").mkdir(parents=True)
     (folder / "wandb" / "latest-run" / "output.log").write_text("PLANTED log")
-    return [".env", "secrets.json", "passwd", "checkpoints/step_3/rng_state.pkl", "wandb/latest-run/output.log"]
+    # beside published files, under names a glob allowlist took: `assets/*`, `examples/*`, `*_dilated_vit_mae.py`
+    (folder / "assets" / "secrets.json").write_text('{"token": "hf_PLANTED"}')
+    (folder / "examples").mkdir(exist_ok=True)
+    (folder / "examples" / "id_rsa").write_text("-----BEGIN PLANTED PRIVATE KEY-----")
+    (folder / "evil_dilated_vit_mae.py").write_text("import os  # PLANTED: trust_remote_code would run this\n")
+    return [".env", "secrets.json", "passwd", "checkpoints/step_3/rng_state.pkl", "wandb/latest-run/output.log",
+            "assets/secrets.json", "examples/id_rsa", "evil_dilated_vit_mae.py"]  # fmt: skip
 
 
 def test_dry_run_and_upload_list_what_they_leave_out(run_folder, tmp_path, capsys):
