@@ -15,12 +15,17 @@ The model is any publishable folder or Hub repository (what `scripts/run_mae.py`
 Uploads follow the same image policy as the pipeline and the Inference Endpoints handler: gradio hands over the
 uploaded file untouched (no conversion of its own, which would clip 16-bit images to 255) and the model's image
 processor reads it (`load_image`: size bounds checked before decoding, 16/32-bit images scaled by their range).
+An upload larger than the handler's limit (the image processor's `MAX_IMAGE_BYTES`, 32 MiB) is refused by the server
+before it is stored (`launch`), and what gradio caches (uploads, shown results) is deleted once it is
+`DELETE_CACHE[1]` seconds old and all of it when the server stops (Ctrl+C or SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,9 @@ MODEL_ENV = "DILATED_VIT_MAE_MODEL"
 REVISION_ENV = "DILATED_VIT_MAE_REVISION"
 COLUMNS = ("original", "masked", "reconstruction", "recomposited")
 DISPLAY_SIZE = 256  # the model's inputs are small: show them upscaled, pixel for pixel
+# gradio's `delete_cache` (frequency, age): every 5 minutes, delete the cached files older than 10 minutes (and all of
+# them when the server stops); an upload is read once, right away
+DELETE_CACHE = (300, 600)
 
 
 def resolve_model(model: str | None = None) -> str:
@@ -44,6 +52,12 @@ def load_reconstruction_pipeline(model: str, revision: str | None = None):
     from transformers import pipeline
 
     return pipeline("mae-reconstruction", model=model, revision=revision, trust_remote_code=True)
+
+
+def upload_limit(reconstruction_pipeline) -> int:
+    """The largest upload in bytes: the `MAX_IMAGE_BYTES` of the model's image processor module (the folder's own
+    code), the limit its Inference Endpoints handler applies to a request's image."""
+    return int(sys.modules[type(reconstruction_pipeline.image_processor).__module__].MAX_IMAGE_BYTES)
 
 
 def _display(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -96,7 +110,7 @@ def build_demo(model: str | None = None, revision: str | None = None, reconstruc
     reconstruct = make_reconstruct(reconstruction_pipeline)
     config = reconstruction_pipeline.model.config
 
-    with gr.Blocks(title="DilatedViTMAE: masked reconstruction") as demo:
+    with gr.Blocks(title="DilatedViTMAE: masked reconstruction", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(
             f"# DilatedViTMAE: masked reconstruction\n"
             f"Model: `{model}`{f' at `{revision}`' if revision else ''}. The image is resized and cropped to the "
@@ -125,6 +139,12 @@ def build_demo(model: str | None = None, revision: str | None = None, reconstruc
     return demo
 
 
+def launch(demo, reconstruction_pipeline, **kwargs):
+    """Serve `demo` (`Blocks.launch(**kwargs)`) with uploads larger than `upload_limit(reconstruction_pipeline)`
+    refused before they are stored."""
+    return demo.launch(max_file_size=upload_limit(reconstruction_pipeline), **kwargs)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help=f"Model folder or Hub id (default: ${MODEL_ENV} or {DEFAULT_MODEL}).")
@@ -132,7 +152,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server_name", default=None, help="e.g. 0.0.0.0 to serve on the network.")
     parser.add_argument("--server_port", type=int, default=None)
     args = parser.parse_args(argv)
-    build_demo(args.model, args.revision).launch(server_name=args.server_name, server_port=args.server_port)
+    model, revision = resolve_model(args.model), args.revision or os.environ.get(REVISION_ENV)
+    reconstruction_pipeline = load_reconstruction_pipeline(model, revision)
+    demo = build_demo(model, revision, reconstruction_pipeline)
+    # a stop (SIGTERM: a Space, a container, systemd) ends the server as Ctrl+C does, so that gradio deletes its cache
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    launch(demo, reconstruction_pipeline, server_name=args.server_name, server_port=args.server_port)
 
 
 if __name__ == "__main__":

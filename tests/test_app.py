@@ -2,6 +2,8 @@
 launching a server. gradio is an optional extra of the package (`demo`), and part of `test`, so this always runs."""
 
 import os
+import time
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -130,3 +132,74 @@ def test_mask_ratio_zero_shows_the_unscrambled_reconstruction_whatever_the_seed(
         logits = model(pixel_values, mask_ratio=0.0).logits
     in_order = processor.postprocess(model.logits_to_pixel_values(logits, pixel_values)[0])
     assert same_up_to_round_off(shown[0], app._display(in_order))
+
+
+def test_uploads_are_bounded_by_the_handler_limit_and_the_cache_is_removed(model_folder, monkeypatch):
+    import httpx
+
+    app = load_app()
+    monkeypatch.setattr(app, "DELETE_CACHE", (1, 1))  # the sweep, made quick enough to watch
+    reconstruction_pipeline = app.load_reconstruction_pipeline(str(model_folder))
+    limit = app.upload_limit(reconstruction_pipeline)
+    assert limit == 32 * 2**20 == reconstruction_pipeline.image_processor.load_image.__globals__["MAX_IMAGE_BYTES"]
+    demo = app.build_demo(str(model_folder), reconstruction_pipeline=reconstruction_pipeline)
+    app.launch(demo, reconstruction_pipeline, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        upload = demo.local_url.rstrip("/") + "/gradio_api/upload"
+        too_large = httpx.post(upload, files={"files": ("big.png", b"\x89PNG" + bytes(limit))}, timeout=120)
+        assert too_large.status_code == 413, too_large.text
+        kept = httpx.post(upload, files={"files": ("small.png", b"\x89PNG" + bytes(1000))}, timeout=60)
+        assert kept.status_code == 200, kept.text
+        cached = Path(kept.json()[0])
+        assert cached.is_file() and cached.stat().st_size == 1004
+        assert not any(p.stat().st_size > limit for p in cached.parent.parent.rglob("*") if p.is_file())
+        deadline = time.monotonic() + 30
+        while cached.exists() and time.monotonic() < deadline:  # deleted by the sweep while the server runs
+            time.sleep(0.2)
+        assert not cached.exists()
+        again = Path(httpx.post(upload, files={"files": ("again.png", b"\x89PNG" + bytes(10))}, timeout=60).json()[0])
+        assert again.is_file()
+    finally:
+        demo.close()
+    assert not again.exists()  # and whatever is left when the server stops
+
+
+@pytest.mark.slow  # starts `python app.py` and sends it 160 MiB: ~80 s here
+def test_the_served_app_refuses_large_uploads_and_deletes_its_cache_when_stopped(model_folder, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    cache = tmp_path / "gradio-cache"
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(cache), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "app.py", "--model", str(model_folder), "--server_name", "127.0.0.1", "--server_port",
+               str(port)]  # fmt: skip
+    server = subprocess.Popen(command, cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        upload, deadline = f"http://127.0.0.1:{port}/gradio_api/upload", time.monotonic() + 240
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        # four uploads of 40 MiB grew the cache by 160 MB; the handler's limit is 32 MiB
+        for _ in range(4):
+            response = httpx.post(upload, files={"files": ("big.png", bytes(40 * 2**20))}, timeout=120)
+            assert response.status_code == 413 and "33554432 bytes" in response.text
+        assert sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) < 2**20
+        kept = Path(httpx.post(upload, files={"files": ("small.png", bytes(2000))}, timeout=60).json()[0])
+        assert kept.is_file() and cache in kept.parents
+        server.terminate()  # SIGTERM, as a Space or a container is stopped
+        server.wait(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0, server.stdout.read()[-2000:]
+    assert not kept.exists()

@@ -228,6 +228,7 @@ def assert_no_secret_anywhere(output_dir: Path, logs: str, secrets: tuple[str, .
     assert REDACTED in hparams  # the token arguments are there, redacted (not dropped unseen)
 
 
+@pytest.mark.slow  # a training run in a fresh process (two for the fine-tune): ~40 s each here
 def test_run_finetune_writes_and_logs_no_token_with_tracking_and_resume(model_dir, tmp_path):
     output_dir = tmp_path / "classifier"
     argv = ["--model_name_or_path", str(model_dir), "--output_dir", str(output_dir), "--token", ARG_TOKEN,
@@ -242,6 +243,7 @@ def test_run_finetune_writes_and_logs_no_token_with_tracking_and_resume(model_di
     assert_no_secret_anywhere(output_dir, logs + resumed, (ARG_TOKEN, ENV_TOKEN))
 
 
+@pytest.mark.slow  # a training run in a fresh process (two for the fine-tune): ~40 s each here
 def test_run_mae_writes_and_logs_no_token_with_tracking(model_dir, tmp_path):
     output_dir = tmp_path / "mae"
     argv = ["--model_name_or_path", str(model_dir), "--output_dir", str(output_dir), "--token", ARG_TOKEN,
