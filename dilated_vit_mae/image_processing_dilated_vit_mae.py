@@ -154,6 +154,11 @@ NOT_AN_IMAGE_MESSAGE = (
 )
 
 
+# the formats a request's image may be in (`load_image(..., allow_paths=False)`): PIL's plain raster decoders, not
+# those that hand the data to another program (EPS runs Ghostscript) or read other files
+REQUEST_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+
+
 class _NotImageData(ValueError):
     """Input that holds no image at all: not base64, or bytes that no image format recognises."""
 
@@ -180,10 +185,13 @@ def _check_pixel_count(image: PIL.Image.Image, name: str, max_pixels: int) -> No
         )
 
 
-def _open_image(file: io.IOBase, name: str, max_pixels: int) -> PIL.Image.Image:
-    """Decode an image file object with PIL, applying its EXIF orientation (as transformers' `load_image` does)."""
+def _open_image(
+    file: io.IOBase, name: str, max_pixels: int, formats: tuple[str, ...] | None = None
+) -> PIL.Image.Image:
+    """Decode an image file object with PIL (in one of `formats`, default any), applying its EXIF orientation (as
+    transformers' `load_image` does)."""
     with _read_errors_as_value_errors(name):
-        image = PIL.Image.open(file)
+        image = PIL.Image.open(file, formats=formats)
     # PIL has read only the header: refuse before decoding, since a small file can declare a huge image
     _check_pixel_count(image, name[0].upper() + name[1:], max_pixels)
     with _read_errors_as_value_errors(name):
@@ -664,8 +672,8 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             allow_paths (`bool`, *optional*, defaults to `True`):
                 Whether a string (or `os.PathLike`) may name a file to open: what a Python caller passes in its own
                 process. A server passes `False` for what a request carries: strings are then only ever base64 or
-                data URLs, and every string or bytes input holding no image gets the one `NOT_AN_IMAGE_MESSAGE`,
-                whatever files the server has.
+                data URLs, only `REQUEST_IMAGE_FORMATS` are decoded, and every string or bytes input holding no image
+                (in those formats) gets the one `NOT_AN_IMAGE_MESSAGE`, whatever files the server has.
 
         Returns:
             A decoded `PIL.Image.Image` in its own mode (the processor converts it), or the array/tensor given.
@@ -695,7 +703,8 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
                         f"The image is {len(image) / 2**20:.1f} MiB, more than the limit of "
                         f"{max_bytes / 2**20:g} MiB; send a smaller image."
                     )
-                return _open_image(io.BytesIO(image), "the image data", max_pixels)
+                formats = None if allow_paths else REQUEST_IMAGE_FORMATS
+                return _open_image(io.BytesIO(image), "the image data", max_pixels, formats)
         except _NotImageData:
             if allow_paths:
                 raise

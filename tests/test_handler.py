@@ -180,6 +180,8 @@ def test_a_request_naming_a_server_file_is_refused_without_reading_it(handler, p
         "/etc/passwd": "/etc/passwd", "a missing path": str(missing), "a directory": str(tmp_path),
         "a Path object": served, "not base64": "no image here",
         "base64 of text": base64.b64encode(b"root:x:0:0:root:/root:/bin/bash").decode(),
+        # PIL would hand an EPS to Ghostscript, a program of the server's: a request is decoded by PIL's own readers
+        "an EPS image": base64.b64encode(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n").decode(),
     }  # fmt: skip
     messages = {}
     for name, inputs in requests.items():
