@@ -113,7 +113,9 @@ def run_cli(main: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             raise
         _close_progress_bars()
         sys.stdout.flush()
-        print(f"error: {_one_line(error)}", file=sys.stderr, flush=True)
+        from .redaction import redact_message  # here, not at the top: tests load this file alone in child processes
+
+        print(f"error: {redact_message(_one_line(error))}", file=sys.stderr, flush=True)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
 

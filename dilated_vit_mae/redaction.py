@@ -163,6 +163,12 @@ def redact_logs(secrets: Iterable[str] = ()) -> None:
         logging.setLogRecordFactory(_redacted_record)
 
 
+def redact_message(text: str) -> str:
+    """`text` redacted as log records are (the secrets given to `redact_logs`, the environment's and the cached login's
+    tokens, anything shaped like a Hub token): for what a script prints outside logging, such as its error line."""
+    return redact(text, _LOG_SECRETS | set(secret_values()))
+
+
 def write_publishable_json(path: str | os.PathLike, obj: Any, secrets: Iterable[str] | None = None) -> Path:
     """Write `publishable(obj, secrets)` to `path` as indented JSON; returns the path."""
     path = Path(path)
@@ -177,6 +183,7 @@ __all__ = [
     "publishable",
     "redact",
     "redact_logs",
+    "redact_message",
     "scrub_local_paths",
     "secret_values",
     "tracker_config",

@@ -49,11 +49,16 @@ from dilated_vit_mae.model_card import RENDERED_MARKER
 
 LIFECYCLE_PATH = Path(lifecycle.__file__)
 # children load lifecycle.py by path: it needs only the standard library, so they start in a fraction of a second
+# the package's folder as a bare package (its __init__, which imports torch and transformers, not run), so that the
+# child starts fast and lifecycle.py's relative imports resolve
 LOAD_LIFECYCLE = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("lifecycle", sys.argv[1])
+import importlib.util, os, sys, types
+package = types.ModuleType("dilated_vit_mae")
+package.__path__ = [os.path.dirname(sys.argv[1])]
+sys.modules["dilated_vit_mae"] = package
+spec = importlib.util.spec_from_file_location("dilated_vit_mae.lifecycle", sys.argv[1])
 lifecycle = importlib.util.module_from_spec(spec)
-sys.modules["lifecycle"] = lifecycle
+sys.modules["lifecycle"] = sys.modules["dilated_vit_mae.lifecycle"] = lifecycle
 spec.loader.exec_module(lifecycle)
 """
 
@@ -697,6 +702,20 @@ def test_run_cli_starts_the_error_on_a_line_of_its_own_after_a_progress_bar(caps
         run_cli(main)
     err = capsys.readouterr().err
     assert err.endswith("\nerror: no complete checkpoint\n") and "pre-training" in err
+
+
+def test_run_cli_error_line_hides_tokens(capsys, monkeypatch):
+    """The error line is printed outside logging: a token in it (an argument echoed back, HF_TOKEN) is redacted too."""
+    monkeypatch.delenv(lifecycle.TRACEBACK_ENV, raising=False)
+    monkeypatch.setenv("HF_TOKEN", "env-secret-value")
+    hub_shaped = "hf_" + "a1" * 17
+
+    def main():
+        raise ValueError(f"repo not found with token env-secret-value or {hub_shaped}")
+
+    with pytest.raises(SystemExit):
+        run_cli(main)
+    assert capsys.readouterr().err == "error: repo not found with token <redacted> or <redacted>\n"
 
 
 def test_run_cli_lets_bugs_and_successes_through(monkeypatch):
