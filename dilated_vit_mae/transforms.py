@@ -228,7 +228,7 @@ class MAETrainTransform:
         image: ImageInput,
         generator: torch.Generator | None = None,
         decoder: Decoder = "auto",
-        draft: bool = True,
+        draft: bool = False,
     ) -> dict[str, Any]:
         """
         The host half of the augmentation, for [`~dilated_vit_mae.device_augment.DeviceAugmentation`]: decode the
@@ -244,10 +244,12 @@ class MAETrainTransform:
                 Source of randomness for this call, overriding the transform's own.
             decoder (`"auto"`, `"simplejpeg"` or `"pil"`, *optional*, defaults to `"auto"`):
                 JPEG decoder for encoded inputs: `"auto"` uses simplejpeg when it is installed, PIL otherwise.
-            draft (`bool`, *optional*, defaults to `True`):
+            draft (`bool`, *optional*, defaults to `False`):
                 Decode a JPEG at a reduced DCT scale (1/2, 1/4, 1/8) when the crop still has at least the output's
-                size there; the box is then given in the reduced image's pixels. Never happens when upscaling
-                (CelebA's 178x218 crops at 224 px).
+                size there; the box is then given in the reduced image's pixels. Faster on large photos, but libjpeg's
+                DCT scaling is not PIL's antialiasing filter: the device output then differs from `__call__`'s by more
+                than 10 levels of 255 on the CelebA sample at 64 px (`tests/test_device_augment.py`), so it is off
+                unless asked for. Never happens when upscaling (CelebA's 178x218 crops at 224 px).
 
         Returns:
             `dict` with `image_uint8` (`torch.ByteTensor` of shape `(num_channels, height, width)`, a view of a
@@ -314,8 +316,9 @@ class MAEHostTransform(MAETrainTransform):
             the device side reads them from this transform.
         decoder (`"auto"`, `"simplejpeg"` or `"pil"`, *optional*, defaults to `"auto"`):
             JPEG decoder; `"simplejpeg"` raises `ImportError` here when the package is missing.
-        draft (`bool`, *optional*, defaults to `True`):
-            Decode JPEGs at a reduced DCT scale when the crop keeps at least the output size (see `host_params`).
+        draft (`bool`, *optional*, defaults to `False`):
+            Decode JPEGs at a reduced DCT scale when the crop keeps at least the output size: faster on large photos,
+            but no longer the host path's pixels (see `host_params`).
 
     Example:
 
@@ -329,7 +332,7 @@ class MAEHostTransform(MAETrainTransform):
     ```
     """
 
-    def __init__(self, *args: Any, decoder: Decoder = "auto", draft: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, decoder: Decoder = "auto", draft: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.decoder = _check_decoder(decoder)
         if self.decoder == "simplejpeg" and simplejpeg is None:

@@ -83,6 +83,28 @@ def test_device_output_matches_the_host_float_path_on_the_same_boxes():
             assert levels.mean() < 0.5 and levels.max() < 2.0
 
 
+@pytest.mark.parametrize("decoder", ["auto", "pil"])
+def test_device_path_with_its_defaults_equals_the_host_path_on_the_sample_at_64_and_224_px(decoder):
+    # what `run_mae.py --augment_on device` builds (MAEHostTransform's defaults), against `--augment_on host`, on
+    # the shipped CelebA JPEGs: at 64 px every crop is downscaled, most by 2x or more, where a draft (DCT-scaled)
+    # decode would replace PIL's antialiasing filter
+    paths = sorted((CELEBA_SAMPLE_DIR / "img_align_celeba").glob("*.jpg"))[:24]
+    std = torch.tensor(MAETrainTransform().image_std).reshape(1, 3, 1, 1)
+
+    def levels_off(host_transform: MAEHostTransform) -> torch.Tensor:
+        float_transform = MAETrainTransform(host_transform.size)
+        examples = [host_transform(str(p), torch.Generator().manual_seed(i)) for i, p in enumerate(paths)]
+        expected = [float_transform(str(p), torch.Generator().manual_seed(i)) for i, p in enumerate(paths)]
+        output = DeviceAugmentation.from_transform(host_transform)(MAEHostCollator()(examples))
+        return ((output - torch.stack(expected)) * std * 255).abs()  # in 0..255 levels
+
+    for size in (64, 224):
+        levels = levels_off(MAEHostTransform(size, decoder=decoder))
+        assert levels.max() < 2.0 and levels.mean() < 0.5, (size, levels.max().item(), levels.mean().item())
+    # the draft decode (opt-in, formerly the default) is what differed
+    assert levels_off(MAEHostTransform(64, decoder=decoder, draft=True)).max() > 10
+
+
 def test_padding_of_a_mixed_size_batch_does_not_reach_the_output():
     images = [coordinate_image(40, 50), coordinate_image(25, 30).flip(-1).contiguous()]
     boxes, flips = [(20, 30, 20, 20), (5, 10, 20, 20)], [False, True]  # both touch their image's bottom-right edge

@@ -355,15 +355,16 @@ def test_host_params_draft_decodes_large_jpegs_at_a_reduced_scale():
     large = face_like_image(1600, 1200)
     encoded = {"bytes": jpeg_bytes(large), "path": "large.jpg"}
     for decoder in ("auto", "pil"):
-        drafted = MAETrainTransform(32).host_params(encoded, torch.Generator().manual_seed(0), decoder=decoder)
-        full = MAETrainTransform(32).host_params(encoded, torch.Generator().manual_seed(0), decoder=decoder, draft=False)
+        generator = torch.Generator().manual_seed(0)
+        drafted = MAETrainTransform(32).host_params(encoded, generator, decoder=decoder, draft=True)
+        full = MAETrainTransform(32).host_params(encoded, torch.Generator().manual_seed(0), decoder=decoder)  # default
         height, width = drafted["image_uint8"].shape[1:]
         assert (height, width) == (150, 200)  # 1/8: the crop (>= 20% of the area) is still > 32 px there
         assert full["image_uint8"].shape[1:] == (1200, 1600)
         top, left, crop_height, crop_width = full["crop_box"]
         assert drafted["crop_box"] == pytest.approx((top / 8, left / 8, crop_height / 8, crop_width / 8))
     # upscaling (CelebA's crops at 224 px): nothing to gain, decoded at full size
-    celeba = MAETrainTransform(224).host_params({"bytes": jpeg_bytes(face_like_image()), "path": "f.jpg"})
+    celeba = MAETrainTransform(224).host_params({"bytes": jpeg_bytes(face_like_image()), "path": "f.jpg"}, draft=True)
     assert celeba["image_uint8"].shape[1:] == (218, 178)
 
 
