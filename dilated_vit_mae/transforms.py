@@ -4,8 +4,8 @@ MAE data augmentation without torchvision.
 `MAETrainTransform` is the pre-training augmentation of facebookresearch/mae (`main_pretrain.py`):
 `RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=bicubic)`, `RandomHorizontalFlip()`, `ToTensor()`,
 `Normalize(mean, std)`, written with PIL and torch only. Its random draws are torchvision's, in torchvision's order,
-so the same torch seed picks the same crops and flips. `MAEEvalTransform` is the deterministic resize-shortest-edge +
-centre-crop of the image processor. Both are plain picklable classes, usable in `DataLoader` workers and through
+so the same torch seed picks the same crops and flips. `MAEEvalTransform` is the image processor's deterministic
+evaluation view (its own code: resize by the crop fraction, centre crop, bounded), one image at a time. Both are plain picklable classes, usable in `DataLoader` workers and through
 [`MAEBatchTransform`] with `datasets.Dataset.set_transform`; [`MAECollator`] stacks the results.
 
 ```python
@@ -32,6 +32,13 @@ import numpy as np
 import PIL.Image
 import torch
 from torch.utils.data import get_worker_info
+
+from .image_processing_dilated_vit_mae import (
+    MAX_IMAGE_PIXELS,
+    DilatedViTMAEImageProcessor,
+    _check_pixel_count,
+    _preprocess_image,
+)
 
 try:  # optional: libjpeg-turbo through a thin binding, ~1.5x faster than PIL's decode of a CelebA JPEG
     import simplejpeg
@@ -359,11 +366,18 @@ def read_image_size(image: ImageInput, num_channels: int = 3) -> tuple[int, int]
 
 class MAEEvalTransform:
     r"""
-    Deterministic evaluation transform, the same as the image processor (`DilatedViTMAEImageProcessor`, or
-    transformers' PIL processors) with its defaults: resize the shortest edge to `resize_size` (the longer edge's new
-    length is truncated, as in transformers' `get_resize_output_image_size`), centre-crop to `size` (offsets rounded
-    down, as in transformers' `center_crop`; a crop larger than the resized image is padded with black, as there),
-    rescale, normalise. [`~MAEEvalTransform.from_image_processor`] copies a processor's settings.
+    The evaluation view, one image at a time: [`DilatedViTMAEImageProcessor`]'s own processing (the code of its
+    `preprocess`, with its settings validated once), returning a tensor. Resize the shortest edge to `resize_size`
+    divided by `crop_pct` (the longer edge's new length is truncated, as in transformers'
+    `get_resize_output_image_size`), centre-crop to `size` (offsets rounded down, as in transformers' `center_crop`; a
+    crop larger than the resized image is padded with black, as there), rescale, normalise.
+    [`~MAEEvalTransform.from_image_processor`] takes a processor's settings, its crop fraction included: what
+    `run_mae.py`'s validation, `run_finetune.py`'s evaluation and `linear_probe.py`'s features use.
+
+    Bounded like the processor (and so like the Inference Endpoints handler): an encoded image (path or bytes) larger
+    than `MAX_IMAGE_PIXELS` is refused from its header, naming it, before it is decoded; a resize that would make
+    more than `MAX_RESIZED_PIXELS` (an extreme aspect ratio: 1 x 1,000,000 px would become 224 x 224,000,000) resamples
+    only the part the centre crop keeps.
 
     Accepted inputs: a `PIL.Image.Image`; a uint8 `np.ndarray` of shape `(height, width)` or `(height, width,
     channels)`; a file path; or a `{"bytes": ..., "path": ...}` dict as stored by `datasets.Image(decode=False)`. Other
@@ -381,19 +395,21 @@ class MAEEvalTransform:
         resize_size (`int` or `tuple[int, int]`, *optional*):
             An int is the length of the shortest edge after resizing (the processor's `{"shortest_edge": s}`); a
             `(height, width)` pair resizes to exactly that size (`{"height": h, "width": w}`). Defaults to
-            `max(size)` as shortest edge, which is the crop size itself for a square (224 -> 224). MAE's linear-probe
-            evaluation uses 256 for a 224 crop.
+            `max(size)` as shortest edge. Either way divided by `crop_pct` when it is set.
         resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BICUBIC`):
             PIL resampling filter.
         rescale_factor (`float`, *optional*, defaults to `1/255`):
             Factor applied to the 0..255 pixel values before normalising.
+        crop_pct (`float`, *optional*):
+            The processor's crop fraction: `MAEEvalTransform(224, crop_pct=0.875)` resizes the shortest edge to 256
+            and keeps the central 224 x 224, MAE's and DINO's evaluation view. `None` resizes to `resize_size` itself.
 
     Example:
 
     ```python
     >>> import PIL.Image
     >>> from dilated_vit_mae.transforms import MAEEvalTransform
-    >>> MAEEvalTransform(224)(PIL.Image.new("RGB", (178, 218))).shape
+    >>> MAEEvalTransform(224, crop_pct=0.875)(PIL.Image.new("RGB", (178, 218))).shape
     torch.Size([3, 224, 224])
     ```
     """
@@ -407,6 +423,7 @@ class MAEEvalTransform:
         resize_size: int | tuple[int, int] | None = None,
         resample: int = PIL.Image.Resampling.BICUBIC,
         rescale_factor: float = 1 / 255,
+        crop_pct: float | None = None,
     ) -> None:
         self.size = _check_size(size)
         self.num_channels = _check_num_channels(num_channels)
@@ -426,22 +443,36 @@ class MAEEvalTransform:
         self.resize_size = resize_size
         self.resample = resample
         self.rescale_factor = _check_rescale_factor(rescale_factor)
+        height, width = self.size
+        self.image_processor = DilatedViTMAEImageProcessor(
+            size={"shortest_edge": resize_size} if isinstance(resize_size, int) else resize_size,
+            crop_size={"height": height, "width": width},
+            crop_pct=crop_pct,
+            resample=resample,
+            rescale_factor=self.rescale_factor,
+            image_mean=self.image_mean.reshape(-1).tolist(),
+            image_std=self.image_std.reshape(-1).tolist(),
+            num_channels=self.num_channels,
+        )
+        self.crop_pct = self.image_processor.crop_pct
+        # validated once: each call only processes
+        self._settings = self.image_processor._preprocess_settings()
 
     @classmethod
     def from_image_processor(cls, image_processor: Any, **kwargs) -> "MAEEvalTransform":
         """
         Build the transform from an image processor (`DilatedViTMAEImageProcessor` or a transformers processor with
         the same attributes): `size` (`shortest_edge`, or `height`/`width`), `crop_size`, `do_center_crop`,
-        `resample`, `do_rescale` / `rescale_factor`, `do_normalize` / `image_mean` / `image_std`. `kwargs` override
-        the resulting constructor arguments.
+        `crop_pct` (when it crops; absent: none), `resample`, `do_rescale` / `rescale_factor`, `do_normalize` /
+        `image_mean` / `image_std`. `kwargs` override the resulting constructor arguments.
 
         Example:
 
         ```python
         >>> from dilated_vit_mae import DilatedViTMAEImageProcessor
         >>> from dilated_vit_mae.transforms import MAEEvalTransform
-        >>> MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor())
-        MAEEvalTransform(size=(224, 224), resize_size=224, num_channels=3)
+        >>> MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor(crop_pct=0.875))
+        MAEEvalTransform(size=(224, 224), resize_size=224, crop_pct=0.875, num_channels=3)
         ```
         """
         if not getattr(image_processor, "do_resize", True):
@@ -456,8 +487,10 @@ class MAEEvalTransform:
         else:
             raise ValueError(f"The image processor's `size` needs `shortest_edge` or `height`/`width`, got {size!r}.")
         crop_size = _as_dict(getattr(image_processor, "crop_size", None))
+        crop_pct = None
         if getattr(image_processor, "do_center_crop", bool(crop_size)):
             output_size = (crop_size["height"], crop_size["width"])
+            crop_pct = getattr(image_processor, "crop_pct", None)
         elif isinstance(resize_size, tuple):
             output_size = resize_size  # the centre crop of an exact resize to the same size is the identity
         else:
@@ -480,6 +513,7 @@ class MAEEvalTransform:
             "rescale_factor": getattr(image_processor, "rescale_factor", 1 / 255)
             if getattr(image_processor, "do_rescale", True)
             else 1.0,
+            "crop_pct": crop_pct,
         }
         values.update(kwargs)
         return cls(**values)
@@ -493,24 +527,12 @@ class MAEEvalTransform:
         Returns:
             `torch.FloatTensor` of shape `(num_channels, height, width)`.
         """
-        image = _prepare_image(image, self.num_channels)
-        if isinstance(self.resize_size, tuple):
-            new_height, new_width = self.resize_size
-        else:
-            # resize the shortest edge, keeping the aspect ratio (transformers' `get_resize_output_image_size`)
-            short, long = sorted((image.width, image.height))
-            new_short, new_long = self.resize_size, int(self.resize_size * long / short)
-            new_width, new_height = (new_short, new_long) if image.width <= image.height else (new_long, new_short)
-        image = image.resize((new_width, new_height), self.resample)
-        # centre crop; PIL fills a crop larger than the image with black
-        height, width = self.size
-        top, left = (new_height - height) // 2, (new_width - width) // 2
-        image = image.crop((left, top, left + width, top + height))
-        return _to_normalized_tensor(image, self.image_mean, self.image_std, self.rescale_factor)
+        image = _prepare_image(image, self.num_channels, max_pixels=MAX_IMAGE_PIXELS)
+        return torch.from_numpy(_preprocess_image(image, **self._settings))
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(size={self.size}, resize_size={self.resize_size}, "
+            f"{type(self).__name__}(size={self.size}, resize_size={self.resize_size}, crop_pct={self.crop_pct}, "
             f"num_channels={self.num_channels})"
         )
 
@@ -727,11 +749,14 @@ def _as_dict(size: Any) -> dict:
     return {key: value for key, value in dict(size).items() if value is not None}
 
 
-def _prepare_image(image: ImageInput, num_channels: int) -> PIL.Image.Image:
-    """Open / check the input and convert it to `RGB` (3 channels) or `L` (1 channel)."""
+def _prepare_image(image: ImageInput, num_channels: int, max_pixels: int | None = None) -> PIL.Image.Image:
+    """
+    Open / check the input and convert it to `RGB` (3 channels) or `L` (1 channel); an encoded image larger than
+    `max_pixels` (if given) is refused from its header, before decoding.
+    """
     data, name = _read_encoded(image)  # paths and {"bytes", "path"} dicts
     if data is not None:
-        image = _open(io.BytesIO(data), name)
+        image = _open(io.BytesIO(data), name, max_pixels=max_pixels)
     elif isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
             raise ValueError(
@@ -763,15 +788,18 @@ def _prepare_image(image: ImageInput, num_channels: int) -> PIL.Image.Image:
     return image.convert(target_mode)
 
 
-def _open(source: Any, name: str, load: bool = True) -> PIL.Image.Image:
+def _open(source: Any, name: str, load: bool = True, max_pixels: int | None = None) -> PIL.Image.Image:
     try:
         image = PIL.Image.open(source)
-        if load:
+        # PIL has read the header only: an image over `max_pixels` is refused below, before it is decoded
+        if load and (max_pixels is None or image.width * image.height <= max_pixels):
             image.load()
     except FileNotFoundError:
         raise
     except Exception as error:  # PIL raises many types for a corrupt file
         raise ValueError(f"Cannot decode image {name}: {type(error).__name__}: {error}") from error
+    if max_pixels is not None:
+        _check_pixel_count(image, f"Image {name}", max_pixels)
     return image
 
 
