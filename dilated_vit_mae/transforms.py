@@ -5,8 +5,9 @@ MAE data augmentation without torchvision.
 `RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=bicubic)`, `RandomHorizontalFlip()`, `ToTensor()`,
 `Normalize(mean, std)`, written with PIL and torch only. Its random draws are torchvision's, in torchvision's order,
 so the same torch seed picks the same crops and flips. `MAEEvalTransform` is the image processor's deterministic
-evaluation view (its own code: resize by the crop fraction, centre crop, bounded), one image at a time. Both are plain picklable classes, usable in `DataLoader` workers and through
-[`MAEBatchTransform`] with `datasets.Dataset.set_transform`; [`MAECollator`] stacks the results.
+evaluation view (its own code: resize by the crop fraction, centre crop, bounded), one image at a time. Both are
+plain picklable classes, usable in `DataLoader` workers and through [`MAEBatchTransform`] with
+`datasets.Dataset.set_transform`; [`MAECollator`] stacks the results.
 
 ```python
 >>> from torch.utils.data import DataLoader
@@ -261,7 +262,10 @@ class MAETrainTransform:
         Returns:
             `dict` with `image_uint8` (`torch.ByteTensor` of shape `(num_channels, height, width)`, a view of a
             channels-last array), `crop_box` (`(top, left, height, width)` floats, in `image_uint8`'s pixels) and
-            `flip` (`bool`).
+            `flip` (`bool`). Along an axis longer than `MAX_UNSLICED_LENGTH`, `image_uint8` is only the crop box and
+            the filter's reach around it (the same output): the collator pads a batch to its longest image and the
+            device's resampling matrices span that length, so one 1 x 1,000,000 px image would otherwise cost
+            gigabytes per batch.
 
         Example:
 
@@ -280,6 +284,7 @@ class MAETrainTransform:
         scale_y, scale_x = pixels.shape[0] / height, pixels.shape[1] / width
         top, left, crop_height, crop_width = box
         crop_box = (top * scale_y, left * scale_x, crop_height * scale_y, crop_width * scale_x)
+        pixels, crop_box = _slice_long_axes(pixels, crop_box, self.size)
         # (H, W, C) -> (C, H, W) as a view: the collator copies it into a channels-last batch
         return {"image_uint8": torch.from_numpy(pixels).permute(2, 0, 1), "crop_box": crop_box, "flip": flip}
 
@@ -846,6 +851,36 @@ def _new_uint8(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.uint8)
     storage = torch.UntypedStorage._new_shared(math.prod(shape))
     return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+# longest axis `host_params` sends whole; a longer one is sliced to the crop box and the filter's reach around it
+MAX_UNSLICED_LENGTH = 4096
+
+
+def _slice_long_axes(
+    pixels: np.ndarray, crop_box: tuple[float, float, float, float], output_size: tuple[int, int]
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """
+    `pixels` cut, along each axis longer than `MAX_UNSLICED_LENGTH`, to the crop box widened by the reach of the
+    widest filter (Lanczos, support 3, widened by the downscaling factor as PIL does) plus a pixel of rounding, and
+    the box moved by whole pixels into the slice: every filter tap stays inside, so the device output is unchanged.
+    """
+    top, left, crop_height, crop_width = crop_box
+    bounds = []
+    for start, length, image_length, output_length in (
+        (top, crop_height, pixels.shape[0], output_size[0]),
+        (left, crop_width, pixels.shape[1], output_size[1]),
+    ):
+        if image_length <= MAX_UNSLICED_LENGTH:
+            bounds.append((0, image_length))
+            continue
+        reach = 3.0 * max(1.0, length / output_length) + 1.0
+        bounds.append((max(0, math.floor(start - reach)), min(image_length, math.ceil(start + length + reach))))
+    (row0, row1), (column0, column1) = bounds
+    if (row0, row1, column0, column1) == (0, pixels.shape[0], 0, pixels.shape[1]):
+        return pixels, crop_box
+    sliced = np.ascontiguousarray(pixels[row0:row1, column0:column1])  # a copy: the full image can be freed
+    return sliced, (top - row0, left - column0, crop_height, crop_width)
 
 
 def _draft_size(box: tuple[int, int, int, int], size: tuple[int, int], output_size: tuple[int, int]) -> tuple[int, int]:
