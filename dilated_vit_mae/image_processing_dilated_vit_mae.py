@@ -49,6 +49,10 @@ MAX_IMAGE_BYTES = 32 * 2**20  # size of an encoded image passed as bytes or base
 # largest image a resize may produce; a bigger shortest-edge resize (an extreme aspect ratio: 1 x 1,000,000 px ->
 # 224 x 224,000,000) is fused with the centre crop, which then resamples only the pixels it keeps
 MAX_RESIZED_PIXELS = 2**24
+# MAE's (`main_finetune.py`, `main_linprobe.py`) and DINO's (`eval_knn.py`) evaluation view: resize the shortest edge
+# to 256 and centre-crop 224, i.e. the crop keeps 224 / 256 = 0.875 of the resized image's shorter side. What the
+# shipped configs state as `crop_pct`; a processor built without it resizes to `size` itself (crop fraction 1).
+MAE_EVAL_CROP_PCT = 0.875
 
 # num_channels -> PIL mode that every image is converted to before resizing; other channel counts come from arrays
 _TARGET_MODE = {1: "L", 3: "RGB"}
@@ -79,6 +83,7 @@ class DilatedViTMAEImageProcessorKwargs(ImagesKwargs, total=False):
     """
 
     num_channels: int | None
+    crop_pct: float | None
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:
@@ -384,6 +389,32 @@ def _to_channel_images(
     return [PIL.Image.fromarray(np.ascontiguousarray(image[..., channel])) for channel in range(num_channels)]
 
 
+def _check_crop_pct(crop_pct: float | None) -> float | None:
+    if crop_pct is None:
+        return None
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
+        raise ValueError(
+            f"`crop_pct` must be a number in (0, 1] (the fraction of the resized image the centre crop keeps, e.g. "
+            f"{MAE_EVAL_CROP_PCT} for MAE's 256 -> 224 evaluation view) or None, got {crop_pct!r}."
+        )
+    return float(crop_pct)
+
+
+def _scaled_size(size: dict[str, int], crop_pct: float | None) -> dict[str, int]:
+    """
+    `size` divided by `crop_pct`, as transformers' PoolFormer processor does: `{"shortest_edge": 224}` with 0.875
+    gives `{"shortest_edge": 256}`; a square `{"height": h, "width": h}` becomes a shortest-edge resize to
+    `int(h / crop_pct)`, a non-square one an exact resize to `(int(h / crop_pct), int(w / crop_pct))`.
+    """
+    if crop_pct is None:
+        return size
+    if "shortest_edge" in size:
+        return {"shortest_edge": int(size["shortest_edge"] / crop_pct)}
+    if size["height"] == size["width"]:
+        return {"shortest_edge": int(size["height"] / crop_pct)}
+    return {"height": int(size["height"] / crop_pct), "width": int(size["width"] / crop_pct)}
+
+
 def _resized_size(image_size: tuple[int, int], size: dict[str, int]) -> tuple[int, int]:
     """(width, height) of an image of `image_size` (width, height) resized to `size`."""
     if "shortest_edge" not in size:
@@ -446,10 +477,45 @@ def _center_crop(image: PIL.Image.Image, crop_size: dict[str, int]) -> PIL.Image
     return image.crop((left, top, left + crop_width, top + crop_height))
 
 
-def _channels_first(image: PIL.Image.Image) -> np.ndarray:
-    """(C, H, W) float32 values of an "L" or "RGB" image."""
-    array = np.asarray(image, dtype=np.float32)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+def _channels_first(parts: list[PIL.Image.Image]) -> np.ndarray:
+    """(C, H, W) float32 values of "L" / "RGB" images stacked along their channels, in one float32 copy."""
+    arrays = [np.asarray(part) for part in parts]  # (H, W) or (H, W, C) uint8
+    array = arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=-1)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
+
+
+def _preprocess_image(
+    image: PIL.Image.Image | np.ndarray,
+    num_channels: int,
+    do_convert_rgb: bool,
+    size: dict[str, int] | None,
+    resample: int,
+    crop_size: dict[str, int] | None,
+    rescale_factor: float | None,
+    mean: np.ndarray | None,
+    std: np.ndarray | None,
+) -> np.ndarray:
+    """
+    One image as [`DilatedViTMAEImageProcessor.preprocess`] makes it, a `(C, H, W)` float32 array, from settings
+    already validated (`DilatedViTMAEImageProcessor._preprocess_settings`): `size` (with `crop_pct` applied) or None
+    for no resize, `crop_size` or None for no centre crop, `rescale_factor` or None, `mean` / `std` ((C, 1, 1)
+    float32) or None for no normalisation. Rescaled and normalised in place: the same float32 operations as
+    `array * factor` then `(array - mean) / std`, so the same values, without three more copies.
+    """
+    parts = _to_channel_images(image, num_channels, do_convert_rgb)
+    if size is not None:
+        parts = [_resize(part, size, resample, crop_size) for part in parts]
+    elif crop_size is not None:
+        parts = [_center_crop(part, crop_size) for part in parts]
+    array = _channels_first(parts)
+    if rescale_factor is not None:
+        array *= np.float32(rescale_factor)
+    if mean is not None:
+        array -= mean
+        array /= std
+    return array
 
 
 class DilatedViTMAEImageProcessor(BaseImageProcessor):
@@ -460,7 +526,10 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
 
     The argument names and defaults follow transformers' [`ViTImageProcessor`], except `size`, which defaults to a
     shortest-edge resize followed by a centre crop so that non-square photos (CelebA's aligned faces are 178x218) are
-    not distorted. The processing is written with PIL and numpy only: it needs no torchvision.
+    not distorted, and `crop_pct`, the crop fraction of transformers' PoolFormer processor (and of timm): with
+    `crop_pct=0.875` the shortest edge is resized to `224 / 0.875 = 256` and the centre crop keeps 224, MAE's and
+    DINO's evaluation view, which the shipped `configs/dilated-vit-mae-base` states. The processing is written with
+    PIL and numpy only: it needs no torchvision.
 
     Every image is first read as 8-bit: float inputs in [0, 1] are rounded to the nearest of 256 levels, so a float
     image and the uint8 image it came from give identical results, and 16/32-bit images are scaled by their range
@@ -491,6 +560,13 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             zeros (black), as transformers does.
         crop_size (`dict[str, int]`, *optional*, defaults to `{"height": 224, "width": 224}`):
             Output size of the centre crop; may be non-square. An int means a square crop.
+        crop_pct (`float`, *optional*, defaults to `None`):
+            Fraction of the resized image that the centre crop keeps, as in transformers' PoolFormer processor:
+            the resize goes to `size / crop_pct` (`{"shortest_edge": 224}` with 0.875 resizes the shortest edge to
+            256; a square `{"height": h, "width": h}` becomes a shortest-edge resize to `int(h / crop_pct)`), then
+            the crop keeps `crop_size`. Applies only with both `do_resize` and `do_center_crop` (without a crop there
+            is nothing for it to keep; PoolFormer scales the resize anyway). `None` (a config saved before this field
+            existed) resizes to `size` itself: a crop fraction of 1 when `size` equals `crop_size`.
         do_rescale (`bool`, *optional*, defaults to `True`):
             Whether to multiply the 0..255 pixel values by `rescale_factor`.
         rescale_factor (`float`, *optional*, defaults to `1/255`):
@@ -546,6 +622,7 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
         image_std: float | list[float] | None = None,
         do_convert_rgb: bool = True,
         num_channels: int = 3,
+        crop_pct: float | None = None,
         **kwargs,
     ) -> None:
         # leftover kwargs (`image_processor_type`, `auto_map`, ... from a saved config) become attributes there
@@ -558,6 +635,7 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
         self.crop_size = _to_size_dict(
             {"height": 224, "width": 224} if crop_size is None else crop_size, "crop_size", allow_shortest_edge=False
         )
+        self.crop_pct = _check_crop_pct(crop_pct)
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = self._check_rescale_factor(rescale_factor)
         self.do_normalize = bool(do_normalize)
@@ -728,6 +806,39 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             num_channels = per_call[0] if per_call else self.num_channels
         return _check_num_channels(num_channels)
 
+    def _preprocess_settings(self, **arguments: Any) -> dict[str, Any]:
+        """
+        `preprocess`'s keyword arguments (absent or `None`: the processor's value), validated once, as the keyword
+        arguments of `_preprocess_image`; what `dilated_vit_mae.transforms.MAEEvalTransform` keeps to process one
+        image at a time.
+        """
+
+        def value(name: str) -> Any:
+            return getattr(self, name) if arguments.get(name) is None else arguments[name]
+
+        num_channels = self._num_channels_for_call(
+            arguments.get("num_channels"), arguments.get("image_mean"), arguments.get("image_std")
+        )
+        do_resize, do_center_crop = value("do_resize"), value("do_center_crop")
+        size = _to_size_dict(value("size"), "size", allow_shortest_edge=True)
+        crop_size = _to_size_dict(value("crop_size"), "crop_size", allow_shortest_edge=False)
+        crop_pct = _check_crop_pct(value("crop_pct"))
+        rescale_factor = self._check_rescale_factor(value("rescale_factor"))
+        image_mean = _channel_stats(value("image_mean"), num_channels, "image_mean")
+        image_std = self._check_std(_channel_stats(value("image_std"), num_channels, "image_std"))
+        do_normalize = value("do_normalize")
+        return {
+            "num_channels": num_channels,
+            "do_convert_rgb": value("do_convert_rgb"),
+            # the crop fraction scales the resize only when there is a crop to keep
+            "size": (_scaled_size(size, crop_pct) if do_center_crop else size) if do_resize else None,
+            "resample": self._check_resample(value("resample")),
+            "crop_size": crop_size if do_center_crop else None,
+            "rescale_factor": rescale_factor if value("do_rescale") else None,
+            "mean": np.asarray(image_mean, dtype=np.float32)[:, None, None] if do_normalize else None,
+            "std": np.asarray(image_std, dtype=np.float32)[:, None, None] if do_normalize else None,
+        }
+
     def preprocess(
         self,
         images: "PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike | list",
@@ -743,6 +854,7 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
         image_std: float | list[float] | None = None,
         do_convert_rgb: bool | None = None,
         num_channels: int | None = None,
+        crop_pct: float | None = None,
         return_tensors: Literal["pt", "np"] | str | None = None,
         input_data_format: Literal["channels_first", "channels_last"] | str | None = None,
         **kwargs,
@@ -784,6 +896,8 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
                 Channels of `pixel_values`. When it differs from the processor's, pass a matching `image_mean` and
                 `image_std` too. Left to `None`, per-call `image_mean` / `image_std` sequences set it (one value per
                 channel, as transformers' processors read any channel count from arrays), else the processor's.
+            crop_pct (`float`, *optional*):
+                Fraction of the resized image the centre crop keeps (see the class); `1.0` resizes to `size` itself.
             return_tensors (`str` or `TensorType`, *optional*):
                 `"pt"` for a `torch.FloatTensor`, `"np"` for a `np.ndarray`, both of shape
                 `(batch_size, num_channels, height, width)`; `None` (transformers' convention) for a list of
@@ -800,41 +914,22 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
                 f"Unexpected argument(s) {sorted(kwargs)} to {type(self).__name__}.preprocess. Valid ones are the "
                 "`__init__` arguments plus `return_tensors` and `input_data_format`."
             )
-        num_channels = self._num_channels_for_call(num_channels, image_mean, image_std)
-        do_resize = self.do_resize if do_resize is None else do_resize
-        size = _to_size_dict(self.size if size is None else size, "size", allow_shortest_edge=True)
-        resample = self._check_resample(self.resample if resample is None else resample)
-        do_center_crop = self.do_center_crop if do_center_crop is None else do_center_crop
-        crop_size = _to_size_dict(self.crop_size if crop_size is None else crop_size, "crop_size", False)
-        do_rescale = self.do_rescale if do_rescale is None else do_rescale
-        rescale_factor = self._check_rescale_factor(self.rescale_factor if rescale_factor is None else rescale_factor)
-        do_normalize = self.do_normalize if do_normalize is None else do_normalize
-        image_mean = _channel_stats(self.image_mean if image_mean is None else image_mean, num_channels, "image_mean")
-        image_std = self._check_std(
-            _channel_stats(self.image_std if image_std is None else image_std, num_channels, "image_std")
-        )
-        do_convert_rgb = self.do_convert_rgb if do_convert_rgb is None else do_convert_rgb
+        settings = self._preprocess_settings(
+            do_resize=do_resize, size=size, resample=resample, do_center_crop=do_center_crop, crop_size=crop_size,
+            crop_pct=crop_pct, do_rescale=do_rescale, rescale_factor=rescale_factor, do_normalize=do_normalize,
+            image_mean=image_mean, image_std=image_std, do_convert_rgb=do_convert_rgb, num_channels=num_channels,
+        )  # fmt: skip
         return_tensors = getattr(return_tensors, "value", return_tensors)
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}.")
 
-        mean = np.asarray(image_mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(image_std, dtype=np.float32)[:, None, None]
         # an array may have 1, 3 or 4 (RGBA) channels for a greyscale or RGB output, exactly num_channels otherwise
+        num_channels = settings["num_channels"]
         channel_counts = _ARRAY_CHANNELS if num_channels in _TARGET_MODE else (num_channels,)
-        pixel_values = []
-        for image in self._make_list_of_images(images, input_data_format, channel_counts):
-            parts = _to_channel_images(image, num_channels, do_convert_rgb)
-            if do_resize:
-                parts = [_resize(part, size, resample, crop_size if do_center_crop else None) for part in parts]
-            elif do_center_crop:
-                parts = [_center_crop(part, crop_size) for part in parts]
-            array = np.concatenate([_channels_first(part) for part in parts])  # (C, H, W)
-            if do_rescale:
-                array = array * np.float32(rescale_factor)
-            if do_normalize:
-                array = (array - mean) / std
-            pixel_values.append(np.ascontiguousarray(array, dtype=np.float32))
+        pixel_values = [
+            _preprocess_image(image, **settings)
+            for image in self._make_list_of_images(images, input_data_format, channel_counts)
+        ]
 
         if return_tensors is not None:
             shapes = {array.shape for array in pixel_values}

@@ -4,9 +4,10 @@ MAE data augmentation without torchvision.
 `MAETrainTransform` is the pre-training augmentation of facebookresearch/mae (`main_pretrain.py`):
 `RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=bicubic)`, `RandomHorizontalFlip()`, `ToTensor()`,
 `Normalize(mean, std)`, written with PIL and torch only. Its random draws are torchvision's, in torchvision's order,
-so the same torch seed picks the same crops and flips. `MAEEvalTransform` is the deterministic resize-shortest-edge +
-centre-crop of the image processor. Both are plain picklable classes, usable in `DataLoader` workers and through
-[`MAEBatchTransform`] with `datasets.Dataset.set_transform`; [`MAECollator`] stacks the results.
+so the same torch seed picks the same crops and flips. `MAEEvalTransform` is the image processor's deterministic
+evaluation view (its own code: resize by the crop fraction, centre crop, bounded), one image at a time. Both are
+plain picklable classes, usable in `DataLoader` workers and through [`MAEBatchTransform`] with
+`datasets.Dataset.set_transform`; [`MAECollator`] stacks the results.
 
 ```python
 >>> from torch.utils.data import DataLoader
@@ -32,6 +33,13 @@ import numpy as np
 import PIL.Image
 import torch
 from torch.utils.data import get_worker_info
+
+from .image_processing_dilated_vit_mae import (
+    MAX_IMAGE_PIXELS,
+    DilatedViTMAEImageProcessor,
+    _check_pixel_count,
+    _preprocess_image,
+)
 
 try:  # optional: libjpeg-turbo through a thin binding, ~1.5x faster than PIL's decode of a CelebA JPEG
     import simplejpeg
@@ -228,7 +236,7 @@ class MAETrainTransform:
         image: ImageInput,
         generator: torch.Generator | None = None,
         decoder: Decoder = "auto",
-        draft: bool = True,
+        draft: bool = False,
     ) -> dict[str, Any]:
         """
         The host half of the augmentation, for [`~dilated_vit_mae.device_augment.DeviceAugmentation`]: decode the
@@ -244,15 +252,20 @@ class MAETrainTransform:
                 Source of randomness for this call, overriding the transform's own.
             decoder (`"auto"`, `"simplejpeg"` or `"pil"`, *optional*, defaults to `"auto"`):
                 JPEG decoder for encoded inputs: `"auto"` uses simplejpeg when it is installed, PIL otherwise.
-            draft (`bool`, *optional*, defaults to `True`):
+            draft (`bool`, *optional*, defaults to `False`):
                 Decode a JPEG at a reduced DCT scale (1/2, 1/4, 1/8) when the crop still has at least the output's
-                size there; the box is then given in the reduced image's pixels. Never happens when upscaling
-                (CelebA's 178x218 crops at 224 px).
+                size there; the box is then given in the reduced image's pixels. Faster on large photos, but libjpeg's
+                DCT scaling is not PIL's antialiasing filter: the device output then differs from `__call__`'s by more
+                than 10 levels of 255 on the CelebA sample at 64 px (`tests/test_device_augment.py`), so it is off
+                unless asked for. Never happens when upscaling (CelebA's 178x218 crops at 224 px).
 
         Returns:
             `dict` with `image_uint8` (`torch.ByteTensor` of shape `(num_channels, height, width)`, a view of a
             channels-last array), `crop_box` (`(top, left, height, width)` floats, in `image_uint8`'s pixels) and
-            `flip` (`bool`).
+            `flip` (`bool`). Along an axis longer than `MAX_UNSLICED_LENGTH`, `image_uint8` is only the crop box and
+            the filter's reach around it (the same output): the collator pads a batch to its longest image and the
+            device's resampling matrices span that length, so one 1 x 1,000,000 px image would otherwise cost
+            gigabytes per batch.
 
         Example:
 
@@ -271,6 +284,7 @@ class MAETrainTransform:
         scale_y, scale_x = pixels.shape[0] / height, pixels.shape[1] / width
         top, left, crop_height, crop_width = box
         crop_box = (top * scale_y, left * scale_x, crop_height * scale_y, crop_width * scale_x)
+        pixels, crop_box = _slice_long_axes(pixels, crop_box, self.size)
         # (H, W, C) -> (C, H, W) as a view: the collator copies it into a channels-last batch
         return {"image_uint8": torch.from_numpy(pixels).permute(2, 0, 1), "crop_box": crop_box, "flip": flip}
 
@@ -314,8 +328,9 @@ class MAEHostTransform(MAETrainTransform):
             the device side reads them from this transform.
         decoder (`"auto"`, `"simplejpeg"` or `"pil"`, *optional*, defaults to `"auto"`):
             JPEG decoder; `"simplejpeg"` raises `ImportError` here when the package is missing.
-        draft (`bool`, *optional*, defaults to `True`):
-            Decode JPEGs at a reduced DCT scale when the crop keeps at least the output size (see `host_params`).
+        draft (`bool`, *optional*, defaults to `False`):
+            Decode JPEGs at a reduced DCT scale when the crop keeps at least the output size: faster on large photos,
+            but no longer the host path's pixels (see `host_params`).
 
     Example:
 
@@ -329,7 +344,7 @@ class MAEHostTransform(MAETrainTransform):
     ```
     """
 
-    def __init__(self, *args: Any, decoder: Decoder = "auto", draft: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, decoder: Decoder = "auto", draft: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.decoder = _check_decoder(decoder)
         if self.decoder == "simplejpeg" and simplejpeg is None:
@@ -356,11 +371,18 @@ def read_image_size(image: ImageInput, num_channels: int = 3) -> tuple[int, int]
 
 class MAEEvalTransform:
     r"""
-    Deterministic evaluation transform, the same as the image processor (`DilatedViTMAEImageProcessor`, or
-    transformers' PIL processors) with its defaults: resize the shortest edge to `resize_size` (the longer edge's new
-    length is truncated, as in transformers' `get_resize_output_image_size`), centre-crop to `size` (offsets rounded
-    down, as in transformers' `center_crop`; a crop larger than the resized image is padded with black, as there),
-    rescale, normalise. [`~MAEEvalTransform.from_image_processor`] copies a processor's settings.
+    The evaluation view, one image at a time: [`DilatedViTMAEImageProcessor`]'s own processing (the code of its
+    `preprocess`, with its settings validated once), returning a tensor. Resize the shortest edge to `resize_size`
+    divided by `crop_pct` (the longer edge's new length is truncated, as in transformers'
+    `get_resize_output_image_size`), centre-crop to `size` (offsets rounded down, as in transformers' `center_crop`; a
+    crop larger than the resized image is padded with black, as there), rescale, normalise.
+    [`~MAEEvalTransform.from_image_processor`] takes a processor's settings, its crop fraction included: what
+    `run_mae.py`'s validation, `run_finetune.py`'s evaluation and `linear_probe.py`'s features use.
+
+    Bounded like the processor (and so like the Inference Endpoints handler): an encoded image (path or bytes) larger
+    than `MAX_IMAGE_PIXELS` is refused from its header, naming it, before it is decoded; a resize that would make
+    more than `MAX_RESIZED_PIXELS` (an extreme aspect ratio: 1 x 1,000,000 px would become 224 x 224,000,000) resamples
+    only the part the centre crop keeps.
 
     Accepted inputs: a `PIL.Image.Image`; a uint8 `np.ndarray` of shape `(height, width)` or `(height, width,
     channels)`; a file path; or a `{"bytes": ..., "path": ...}` dict as stored by `datasets.Image(decode=False)`. Other
@@ -378,19 +400,21 @@ class MAEEvalTransform:
         resize_size (`int` or `tuple[int, int]`, *optional*):
             An int is the length of the shortest edge after resizing (the processor's `{"shortest_edge": s}`); a
             `(height, width)` pair resizes to exactly that size (`{"height": h, "width": w}`). Defaults to
-            `max(size)` as shortest edge, which is the crop size itself for a square (224 -> 224). MAE's linear-probe
-            evaluation uses 256 for a 224 crop.
+            `max(size)` as shortest edge. Either way divided by `crop_pct` when it is set.
         resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BICUBIC`):
             PIL resampling filter.
         rescale_factor (`float`, *optional*, defaults to `1/255`):
             Factor applied to the 0..255 pixel values before normalising.
+        crop_pct (`float`, *optional*):
+            The processor's crop fraction: `MAEEvalTransform(224, crop_pct=0.875)` resizes the shortest edge to 256
+            and keeps the central 224 x 224, MAE's and DINO's evaluation view. `None` resizes to `resize_size` itself.
 
     Example:
 
     ```python
     >>> import PIL.Image
     >>> from dilated_vit_mae.transforms import MAEEvalTransform
-    >>> MAEEvalTransform(224)(PIL.Image.new("RGB", (178, 218))).shape
+    >>> MAEEvalTransform(224, crop_pct=0.875)(PIL.Image.new("RGB", (178, 218))).shape
     torch.Size([3, 224, 224])
     ```
     """
@@ -404,6 +428,7 @@ class MAEEvalTransform:
         resize_size: int | tuple[int, int] | None = None,
         resample: int = PIL.Image.Resampling.BICUBIC,
         rescale_factor: float = 1 / 255,
+        crop_pct: float | None = None,
     ) -> None:
         self.size = _check_size(size)
         self.num_channels = _check_num_channels(num_channels)
@@ -423,22 +448,36 @@ class MAEEvalTransform:
         self.resize_size = resize_size
         self.resample = resample
         self.rescale_factor = _check_rescale_factor(rescale_factor)
+        height, width = self.size
+        self.image_processor = DilatedViTMAEImageProcessor(
+            size={"shortest_edge": resize_size} if isinstance(resize_size, int) else resize_size,
+            crop_size={"height": height, "width": width},
+            crop_pct=crop_pct,
+            resample=resample,
+            rescale_factor=self.rescale_factor,
+            image_mean=self.image_mean.reshape(-1).tolist(),
+            image_std=self.image_std.reshape(-1).tolist(),
+            num_channels=self.num_channels,
+        )
+        self.crop_pct = self.image_processor.crop_pct
+        # validated once: each call only processes
+        self._settings = self.image_processor._preprocess_settings()
 
     @classmethod
     def from_image_processor(cls, image_processor: Any, **kwargs) -> "MAEEvalTransform":
         """
         Build the transform from an image processor (`DilatedViTMAEImageProcessor` or a transformers processor with
         the same attributes): `size` (`shortest_edge`, or `height`/`width`), `crop_size`, `do_center_crop`,
-        `resample`, `do_rescale` / `rescale_factor`, `do_normalize` / `image_mean` / `image_std`. `kwargs` override
-        the resulting constructor arguments.
+        `crop_pct` (when it crops; absent: none), `resample`, `do_rescale` / `rescale_factor`, `do_normalize` /
+        `image_mean` / `image_std`. `kwargs` override the resulting constructor arguments.
 
         Example:
 
         ```python
         >>> from dilated_vit_mae import DilatedViTMAEImageProcessor
         >>> from dilated_vit_mae.transforms import MAEEvalTransform
-        >>> MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor())
-        MAEEvalTransform(size=(224, 224), resize_size=224, num_channels=3)
+        >>> MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor(crop_pct=0.875))
+        MAEEvalTransform(size=(224, 224), resize_size=224, crop_pct=0.875, num_channels=3)
         ```
         """
         if not getattr(image_processor, "do_resize", True):
@@ -453,8 +492,10 @@ class MAEEvalTransform:
         else:
             raise ValueError(f"The image processor's `size` needs `shortest_edge` or `height`/`width`, got {size!r}.")
         crop_size = _as_dict(getattr(image_processor, "crop_size", None))
+        crop_pct = None
         if getattr(image_processor, "do_center_crop", bool(crop_size)):
             output_size = (crop_size["height"], crop_size["width"])
+            crop_pct = getattr(image_processor, "crop_pct", None)
         elif isinstance(resize_size, tuple):
             output_size = resize_size  # the centre crop of an exact resize to the same size is the identity
         else:
@@ -477,6 +518,7 @@ class MAEEvalTransform:
             "rescale_factor": getattr(image_processor, "rescale_factor", 1 / 255)
             if getattr(image_processor, "do_rescale", True)
             else 1.0,
+            "crop_pct": crop_pct,
         }
         values.update(kwargs)
         return cls(**values)
@@ -490,24 +532,12 @@ class MAEEvalTransform:
         Returns:
             `torch.FloatTensor` of shape `(num_channels, height, width)`.
         """
-        image = _prepare_image(image, self.num_channels)
-        if isinstance(self.resize_size, tuple):
-            new_height, new_width = self.resize_size
-        else:
-            # resize the shortest edge, keeping the aspect ratio (transformers' `get_resize_output_image_size`)
-            short, long = sorted((image.width, image.height))
-            new_short, new_long = self.resize_size, int(self.resize_size * long / short)
-            new_width, new_height = (new_short, new_long) if image.width <= image.height else (new_long, new_short)
-        image = image.resize((new_width, new_height), self.resample)
-        # centre crop; PIL fills a crop larger than the image with black
-        height, width = self.size
-        top, left = (new_height - height) // 2, (new_width - width) // 2
-        image = image.crop((left, top, left + width, top + height))
-        return _to_normalized_tensor(image, self.image_mean, self.image_std, self.rescale_factor)
+        image = _prepare_image(image, self.num_channels, max_pixels=MAX_IMAGE_PIXELS)
+        return torch.from_numpy(_preprocess_image(image, **self._settings))
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(size={self.size}, resize_size={self.resize_size}, "
+            f"{type(self).__name__}(size={self.size}, resize_size={self.resize_size}, crop_pct={self.crop_pct}, "
             f"num_channels={self.num_channels})"
         )
 
@@ -724,11 +754,14 @@ def _as_dict(size: Any) -> dict:
     return {key: value for key, value in dict(size).items() if value is not None}
 
 
-def _prepare_image(image: ImageInput, num_channels: int) -> PIL.Image.Image:
-    """Open / check the input and convert it to `RGB` (3 channels) or `L` (1 channel)."""
+def _prepare_image(image: ImageInput, num_channels: int, max_pixels: int | None = None) -> PIL.Image.Image:
+    """
+    Open / check the input and convert it to `RGB` (3 channels) or `L` (1 channel); an encoded image larger than
+    `max_pixels` (if given) is refused from its header, before decoding.
+    """
     data, name = _read_encoded(image)  # paths and {"bytes", "path"} dicts
     if data is not None:
-        image = _open(io.BytesIO(data), name)
+        image = _open(io.BytesIO(data), name, max_pixels=max_pixels)
     elif isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
             raise ValueError(
@@ -760,15 +793,18 @@ def _prepare_image(image: ImageInput, num_channels: int) -> PIL.Image.Image:
     return image.convert(target_mode)
 
 
-def _open(source: Any, name: str, load: bool = True) -> PIL.Image.Image:
+def _open(source: Any, name: str, load: bool = True, max_pixels: int | None = None) -> PIL.Image.Image:
     try:
         image = PIL.Image.open(source)
-        if load:
+        # PIL has read the header only: an image over `max_pixels` is refused below, before it is decoded
+        if load and (max_pixels is None or image.width * image.height <= max_pixels):
             image.load()
     except FileNotFoundError:
         raise
     except Exception as error:  # PIL raises many types for a corrupt file
         raise ValueError(f"Cannot decode image {name}: {type(error).__name__}: {error}") from error
+    if max_pixels is not None:
+        _check_pixel_count(image, f"Image {name}", max_pixels)
     return image
 
 
@@ -815,6 +851,36 @@ def _new_uint8(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.uint8)
     storage = torch.UntypedStorage._new_shared(math.prod(shape))
     return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+# longest axis `host_params` sends whole; a longer one is sliced to the crop box and the filter's reach around it
+MAX_UNSLICED_LENGTH = 4096
+
+
+def _slice_long_axes(
+    pixels: np.ndarray, crop_box: tuple[float, float, float, float], output_size: tuple[int, int]
+) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """
+    `pixels` cut, along each axis longer than `MAX_UNSLICED_LENGTH`, to the crop box widened by the reach of the
+    widest filter (Lanczos, support 3, widened by the downscaling factor as PIL does) plus a pixel of rounding, and
+    the box moved by whole pixels into the slice: every filter tap stays inside, so the device output is unchanged.
+    """
+    top, left, crop_height, crop_width = crop_box
+    bounds = []
+    for start, length, image_length, output_length in (
+        (top, crop_height, pixels.shape[0], output_size[0]),
+        (left, crop_width, pixels.shape[1], output_size[1]),
+    ):
+        if image_length <= MAX_UNSLICED_LENGTH:
+            bounds.append((0, image_length))
+            continue
+        reach = 3.0 * max(1.0, length / output_length) + 1.0
+        bounds.append((max(0, math.floor(start - reach)), min(image_length, math.ceil(start + length + reach))))
+    (row0, row1), (column0, column1) = bounds
+    if (row0, row1, column0, column1) == (0, pixels.shape[0], 0, pixels.shape[1]):
+        return pixels, crop_box
+    sliced = np.ascontiguousarray(pixels[row0:row1, column0:column1])  # a copy: the full image can be freed
+    return sliced, (top - row0, left - column0, crop_height, crop_width)
 
 
 def _draft_size(box: tuple[int, int, int, int], size: tuple[int, int], output_size: tuple[int, int]) -> tuple[int, int]:

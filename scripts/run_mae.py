@@ -302,7 +302,7 @@ def build_image_processor(args: argparse.Namespace, config: DilatedViTMAEConfig)
     if processor is not None:
         if processor.num_channels == config.num_channels:
             kwargs.update(image_mean=processor.image_mean, image_std=processor.image_std)
-        kwargs.update(resample=processor.resample)
+        kwargs.update(resample=processor.resample, crop_pct=processor.crop_pct)
     if processor is not None:
         logger.info(f"image processor of {name}: {mismatch}; using one sized for the model instead")
     return DilatedViTMAEImageProcessor(

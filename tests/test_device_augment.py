@@ -83,6 +83,58 @@ def test_device_output_matches_the_host_float_path_on_the_same_boxes():
             assert levels.mean() < 0.5 and levels.max() < 2.0
 
 
+@pytest.mark.parametrize("decoder", ["auto", "pil"])
+def test_device_path_with_its_defaults_equals_the_host_path_on_the_sample_at_64_and_224_px(decoder):
+    # what `run_mae.py --augment_on device` builds (MAEHostTransform's defaults), against `--augment_on host`, on
+    # the shipped CelebA JPEGs: at 64 px every crop is downscaled, most by 2x or more, where a draft (DCT-scaled)
+    # decode would replace PIL's antialiasing filter
+    paths = sorted((CELEBA_SAMPLE_DIR / "img_align_celeba").glob("*.jpg"))[:24]
+    std = torch.tensor(MAETrainTransform().image_std).reshape(1, 3, 1, 1)
+
+    def levels_off(host_transform: MAEHostTransform) -> torch.Tensor:
+        float_transform = MAETrainTransform(host_transform.size)
+        examples = [host_transform(str(p), torch.Generator().manual_seed(i)) for i, p in enumerate(paths)]
+        expected = [float_transform(str(p), torch.Generator().manual_seed(i)) for i, p in enumerate(paths)]
+        output = DeviceAugmentation.from_transform(host_transform)(MAEHostCollator()(examples))
+        return ((output - torch.stack(expected)) * std * 255).abs()  # in 0..255 levels
+
+    for size in (64, 224):
+        levels = levels_off(MAEHostTransform(size, decoder=decoder))
+        assert levels.max() < 2.0 and levels.mean() < 0.5, (size, levels.max().item(), levels.mean().item())
+    # the draft decode (opt-in, formerly the default) is what differed
+    assert levels_off(MAEHostTransform(64, decoder=decoder, draft=True)).max() > 10
+
+
+def test_one_extreme_image_does_not_pad_its_batch_to_its_length(monkeypatch):
+    # the collator pads a batch to its longest image and the device's resampling matrices span that length: a
+    # 1 x 200,000 px PNG beside a CelebA face made a (2, 3, 200000, 178) batch and (2, 64, 200000) float matrices
+    import dilated_vit_mae.transforms as transforms
+
+    rng = np.random.default_rng(0)
+    column = np.repeat(np.linspace(0, 255, 200_000)[:, None, None], 3, axis=2) + rng.normal(0, 10, (200_000, 1, 3))
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(np.clip(column, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    strip = np.clip(column[::20][:6000] + np.zeros((1, 40, 1)), 0, 255).astype(np.uint8)  # 6000 x 40: sliced inside
+    images = [{"bytes": buffer.getvalue(), "path": "column.png"}, {"bytes": face_jpeg(), "path": "face.jpg"}, strip]
+    std = torch.tensor(MAETrainTransform().image_std).reshape(1, 3, 1, 1)
+    for size in (64, 224):
+        host_transform, float_transform = MAEHostTransform(size), MAETrainTransform(size)
+        examples = [host_transform(image, torch.Generator().manual_seed(i)) for i, image in enumerate(images)]
+        batch = MAEHostCollator()(examples)
+        assert batch["pixel_values_uint8"].shape == (3, 3, 218, 178)  # the face's size: the others are sliced
+        output = DeviceAugmentation.from_transform(host_transform)(batch)
+        expected = [float_transform(image, torch.Generator().manual_seed(i)) for i, image in enumerate(images)]
+        levels = ((output - torch.stack(expected)) * std * 255).abs()
+        assert levels.max() < 2.0 and levels.mean() < 0.5, (size, levels.max().item())
+        # the same values as from the whole images
+        monkeypatch.setattr(transforms, "MAX_UNSLICED_LENGTH", 10**6)
+        whole = [host_transform(image, torch.Generator().manual_seed(i)) for i, image in enumerate(images[1:], 1)]
+        assert whole[1]["image_uint8"].shape == (3, 6000, 40)
+        unsliced = DeviceAugmentation.from_transform(host_transform)(MAEHostCollator()(whole))
+        torch.testing.assert_close(output[1:], unsliced, atol=1e-4, rtol=0)
+        monkeypatch.undo()
+
+
 def test_padding_of_a_mixed_size_batch_does_not_reach_the_output():
     images = [coordinate_image(40, 50), coordinate_image(25, 30).flip(-1).contiguous()]
     boxes, flips = [(20, 30, 20, 20), (5, 10, 20, 20)], [False, True]  # both touch their image's bottom-right edge

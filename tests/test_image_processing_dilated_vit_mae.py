@@ -560,6 +560,87 @@ def test_float_and_32_bit_images_follow_the_documented_rules(raw_processor):
         raw_processor(np.array([[0, 1000]], dtype=np.int32))
 
 
+# ---------------------------------------------------------------- crop fraction (MAE's and DINO's evaluation view)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"size": {"shortest_edge": 224}, "crop_size": 224},
+        {"size": {"height": 224, "width": 224}, "crop_size": 224},  # square: a shortest-edge resize to 256
+        {"size": {"height": 64, "width": 48}, "crop_size": {"height": 56, "width": 40}},  # exact resize to (73, 54)
+    ],
+)
+def test_crop_pct_matches_transformers_poolformer(celeba_sized_face, chelsea, settings):
+    from transformers import PoolFormerImageProcessorPil
+
+    reference = PoolFormerImageProcessorPil(
+        crop_pct=0.875, image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD, **settings
+    )
+    ours = DilatedViTMAEImageProcessor(crop_pct=0.875, **settings)
+    for image in (celeba_sized_face, chelsea):
+        expected = reference(image, return_tensors="np")["pixel_values"]
+        np.testing.assert_allclose(_pixels(ours, image), expected, atol=PARITY_ATOL, rtol=0)
+
+
+def _view(image: PIL.Image.Image, shortest_edge: int, crop: int) -> np.ndarray:
+    """Resize the shortest edge to `shortest_edge`, centre-crop `crop`, rescale and normalise, by hand."""
+    width, height = image.size
+    if width <= height:
+        new_size = (shortest_edge, int(shortest_edge * height / width))
+    else:
+        new_size = (int(shortest_edge * width / height), shortest_edge)
+    resized = np.asarray(image.resize(new_size, PIL.Image.Resampling.BICUBIC), dtype=np.float64) / 255
+    top, left = (resized.shape[0] - crop) // 2, (resized.shape[1] - crop) // 2
+    crop_values = (resized[top : top + crop, left : left + crop] - IMAGENET_DEFAULT_MEAN) / IMAGENET_DEFAULT_STD
+    return crop_values.transpose(2, 0, 1)[None]
+
+
+@pytest.mark.parametrize(
+    "config, crop, resize", [("dilated-vit-mae-base", 224, 256), ("dilated-vit-mae-tiny-64", 64, 73)]
+)
+def test_shipped_configs_give_maes_evaluation_view_and_old_configs_keep_theirs(
+    celeba_sized_face, tmp_path, config, crop, resize
+):
+    folder = REPO_ROOT / "configs" / config
+    shipped = json.loads((folder / "preprocessor_config.json").read_text())
+    assert shipped["crop_pct"] == 0.875 and shipped["crop_size"] == {"height": crop, "width": crop}
+    for processor in (DilatedViTMAEImageProcessor.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)):
+        # 224 / 0.875 = 256 (MAE's resize 256, crop 224); 64 / 0.875 -> 73
+        expected = _view(celeba_sized_face, resize, crop)
+        np.testing.assert_allclose(_pixels(processor, celeba_sized_face), expected, atol=PARITY_ATOL)
+    # a folder saved before `crop_pct` existed resizes the shortest edge to `size` itself, as it did
+    del shipped["crop_pct"]
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(shipped))
+    expected = _view(celeba_sized_face, crop, crop)
+    for loader in (DilatedViTMAEImageProcessor, AutoImageProcessor):
+        processor = loader.from_pretrained(tmp_path)
+        assert processor.crop_pct is None
+        np.testing.assert_allclose(_pixels(processor, celeba_sized_face), expected, atol=PARITY_ATOL)
+
+
+def test_crop_pct_round_trips_overrides_per_call_and_is_validated(celeba_sized_face, tmp_path):
+    processor = DilatedViTMAEImageProcessor(crop_pct=0.875)
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["crop_pct"] == 0.875
+    assert DilatedViTMAEImageProcessor.from_pretrained(tmp_path).crop_pct == 0.875
+    assert DilatedViTMAEImageProcessor.from_pretrained(tmp_path, crop_pct=0.9).crop_pct == 0.9
+    # per call: 1.0 is the whole resized image's shorter side, as without a crop fraction
+    full = _pixels(DilatedViTMAEImageProcessor(), celeba_sized_face)
+    np.testing.assert_array_equal(_pixels(processor, celeba_sized_face, crop_pct=1.0), full)
+    assert np.abs(_pixels(processor, celeba_sized_face) - full).mean() > 0.1  # a visibly tighter view
+    # without a centre crop there is nothing for the fraction to keep: the resize is `size`'s
+    uncropped = _pixels(processor, celeba_sized_face, do_center_crop=False)
+    assert uncropped.shape == (1, 3, 274, 224)
+    for bad in (0, 1.5, -0.5, True, "0.875"):
+        with pytest.raises(ValueError, match=r"`crop_pct` must be a number in \(0, 1\] .* or None, got"):
+            DilatedViTMAEImageProcessor(crop_pct=bad)
+        with pytest.raises(ValueError, match=r"`crop_pct` must be a number in \(0, 1\]"):
+            processor(celeba_sized_face, crop_pct=bad)
+
+
 # ---------------------------------------------------------------- bounds
 
 

@@ -3,6 +3,7 @@
 import io
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -25,6 +26,7 @@ from dilated_vit_mae.transforms import (
     random_resized_crop_params,
 )
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).reshape(3, 1, 1)
 STD = torch.tensor(IMAGENET_DEFAULT_STD).reshape(3, 1, 1)
 
@@ -85,6 +87,9 @@ def test_eval_transform_matches_transformers_pil_image_processor():
         {"size": {"height": 40, "width": 32}, "do_center_crop": False},
         {"size": {"shortest_edge": 20}, "crop_size": {"height": 24, "width": 16}},  # crop wider than the image: padded
         {"num_channels": 1, "resample": PIL.Image.Resampling.BILINEAR, "do_normalize": False},
+        {"crop_pct": 0.875},  # MAE's view: shortest edge 256, centre 224
+        {"size": {"height": 40, "width": 32}, "crop_size": {"height": 32, "width": 24}, "crop_pct": 0.875},
+        {"size": {"height": 40, "width": 32}, "do_center_crop": False, "crop_pct": 0.875},  # no crop: no effect
     ],
 )
 def test_eval_transform_matches_the_project_image_processor(processor_kwargs):
@@ -95,6 +100,71 @@ def test_eval_transform_matches_the_project_image_processor(processor_kwargs):
     for image in (face_like_image(), face_like_image(301, 225, seed=1)):
         expected = processor(image, return_tensors="pt")["pixel_values"][0]
         torch.testing.assert_close(transform(image), expected, atol=1e-5, rtol=0)
+
+
+def test_every_evaluation_path_takes_the_crop_fraction_of_the_models_processor():
+    # run_mae.py's validation, run_finetune.py's evaluation and linear_probe.py's features all build their view with
+    # `MAEEvalTransform.from_image_processor(<the model's processor>)`: the shipped 224 px config's is MAE's 256 -> 224
+    from dilated_vit_mae.image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+
+    processor = DilatedViTMAEImageProcessor.from_pretrained(REPO_ROOT / "configs" / "dilated-vit-mae-base")
+    transform = MAEEvalTransform.from_image_processor(processor)
+    assert (transform.crop_pct, transform.resize_size, transform.size) == (0.875, 224, (224, 224))
+    image = face_like_image()
+    # 178x218 -> 256x313 (shortest edge 224 / 0.875), centre crop 224 from row (313 - 224) // 2 = 44, column 16
+    resized = np.asarray(image.resize((256, 313), PIL.Image.Resampling.BICUBIC), dtype=np.float64) / 255.0
+    expected = (resized[44 : 44 + 224, 16 : 16 + 224] - IMAGENET_DEFAULT_MEAN) / np.array(IMAGENET_DEFAULT_STD)
+    expected = torch.from_numpy(expected).permute(2, 0, 1).float()
+    torch.testing.assert_close(transform(image), expected, atol=1e-5, rtol=0)
+    assert torch.equal(transform(image), processor(image, return_tensors="pt")["pixel_values"][0])
+    # a processor without the field (a folder saved before it existed, or transformers' CLIP) keeps its own view
+    assert MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor()).crop_pct is None
+    assert "crop_pct=0.875" in repr(transform)
+
+
+def test_eval_transform_is_bounded_on_an_extreme_aspect_ratio(tmp_path):
+    # a 1 x 1,000,000 PNG (4 KB, 1 MP: passes any image check) asked ~12 GB of a shortest-edge resize to 224 px (224 x
+    # 224,000,000) before the crop; run in a process whose address space allows only ~1.5 GB more than its imports
+    import subprocess
+    import sys
+
+    column = np.zeros((1_000_000, 1, 3), dtype=np.uint8)
+    column[:, 0, 0] = 200
+    column[333_000:667_000, 0] = (10, 250, 30)  # the middle third, where the centre crop is
+    PIL.Image.fromarray(column).save(tmp_path / "column.png")
+    script = f"""
+import resource, numpy as np, PIL.Image, torch
+from dilated_vit_mae.image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+from dilated_vit_mae.transforms import MAEEvalTransform
+transform = MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor(do_normalize=False))
+size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + 1536 * 2**20, resource.RLIM_INFINITY))
+path = {str(tmp_path / "column.png")!r}
+for image in (path, {{"bytes": open(path, "rb").read(), "path": path}}, PIL.Image.open(path)):
+    pixels = transform(image) * 255
+    assert pixels.shape == (3, 224, 224), pixels.shape
+    print(pixels.mean(dim=(1, 2)).round().tolist())
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:3] == ["[10.0, 250.0, 30.0]"] * 3
+
+
+def test_eval_transform_refuses_an_encoded_image_over_the_pixel_limit_naming_it(monkeypatch):
+    import dilated_vit_mae.transforms as transforms
+
+    monkeypatch.setattr(transforms, "MAX_IMAGE_PIXELS", 20 * 30 - 1)  # the processor's 50 MP limit, scaled down
+    encoded = {"bytes": png_bytes(face_like_image(20, 30)), "path": "data/huge.png"}
+    with pytest.raises(ValueError, match=r"^Image data/huge.png is 20 x 30 = 600 pixels, more than the limit of 599"):
+        MAEEvalTransform(16)(encoded)
+    monkeypatch.setattr(transforms, "MAX_IMAGE_PIXELS", 20 * 30)
+    assert MAEEvalTransform(16)(encoded).shape == (3, 16, 16)
+
+
+def png_bytes(image: PIL.Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_train_transform_reproducible_with_seed_and_different_across_seeds():
@@ -355,15 +425,16 @@ def test_host_params_draft_decodes_large_jpegs_at_a_reduced_scale():
     large = face_like_image(1600, 1200)
     encoded = {"bytes": jpeg_bytes(large), "path": "large.jpg"}
     for decoder in ("auto", "pil"):
-        drafted = MAETrainTransform(32).host_params(encoded, torch.Generator().manual_seed(0), decoder=decoder)
-        full = MAETrainTransform(32).host_params(encoded, torch.Generator().manual_seed(0), decoder=decoder, draft=False)
+        generator = torch.Generator().manual_seed(0)
+        drafted = MAETrainTransform(32).host_params(encoded, generator, decoder=decoder, draft=True)
+        full = MAETrainTransform(32).host_params(encoded, torch.Generator().manual_seed(0), decoder=decoder)  # default
         height, width = drafted["image_uint8"].shape[1:]
         assert (height, width) == (150, 200)  # 1/8: the crop (>= 20% of the area) is still > 32 px there
         assert full["image_uint8"].shape[1:] == (1200, 1600)
         top, left, crop_height, crop_width = full["crop_box"]
         assert drafted["crop_box"] == pytest.approx((top / 8, left / 8, crop_height / 8, crop_width / 8))
     # upscaling (CelebA's crops at 224 px): nothing to gain, decoded at full size
-    celeba = MAETrainTransform(224).host_params({"bytes": jpeg_bytes(face_like_image()), "path": "f.jpg"})
+    celeba = MAETrainTransform(224).host_params({"bytes": jpeg_bytes(face_like_image()), "path": "f.jpg"}, draft=True)
     assert celeba["image_uint8"].shape[1:] == (218, 178)
 
 
