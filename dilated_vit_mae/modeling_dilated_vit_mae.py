@@ -115,7 +115,7 @@ def to_2tuple(value: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
 
 def get_1d_sincos_pos_embed(embed_dim: int, positions: torch.Tensor) -> torch.Tensor:
     """MAE's 1D table: `[sin(pos * omega) | cos(pos * omega)]`, `omega_i = 10000^(-i / (embed_dim / 2))`."""
-    omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
+    omega = torch.arange(embed_dim // 2, dtype=torch.float64, device=positions.device) / (embed_dim / 2.0)
     omega = 1.0 / 10000**omega  # (D/2,)
     angles = positions.to(torch.float64).reshape(-1, 1) * omega.reshape(1, -1)  # (M, D/2)
     return torch.cat([angles.sin(), angles.cos()], dim=1)  # (M, D)
@@ -129,12 +129,15 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: tuple[int, int], add_cls_
     `facebook/vit-mae-*` tables are reproduced exactly; the CLS row is all zeros.
     """
     grid_height, grid_width = grid_size
-    rows, cols = torch.meshgrid(torch.arange(grid_height), torch.arange(grid_width), indexing="ij")
+    # computed on the CPU whatever the default device, so that a model built on the meta device can be initialised
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_height, device="cpu"), torch.arange(grid_width, device="cpu"), indexing="ij"
+    )
     table = torch.cat(
         [get_1d_sincos_pos_embed(embed_dim // 2, cols), get_1d_sincos_pos_embed(embed_dim // 2, rows)], dim=1
     )
     if add_cls_token:
-        table = torch.cat([torch.zeros(1, embed_dim, dtype=table.dtype), table], dim=0)
+        table = torch.cat([table.new_zeros(1, embed_dim), table], dim=0)
     return table.float()
 
 
@@ -225,6 +228,10 @@ def _needs_init(tensor: torch.Tensor) -> bool:
 
 class DilatedViTMAEFusion(nn.Linear):
     """`dilated_fusion="concat"`: the concatenated branch tokens projected back to `hidden_size`."""
+
+
+class DilatedViTMAEClassifierHead(nn.Linear):
+    """The linear classification head of [`DilatedViTMAEForImageClassification`], initialised as MAE's (near zero)."""
 
 
 class DilatedViTMAEPatchEmbeddings(nn.Module):
@@ -330,7 +337,7 @@ class DilatedViTMAEEmbeddings(nn.Module):
         self.patch_embeddings = DilatedViTMAEPatchEmbeddings(config)
         self.image_size = self.patch_embeddings.image_size
         self.patch_size = self.patch_embeddings.patch_size
-        # fixed sin-cos embedding
+        # fixed sin-cos embedding (kept frozen after loading too: `freeze_position_tables`)
         self.position_embeddings = nn.Parameter(
             torch.zeros(1, self.patch_embeddings.num_patches + 1, config.hidden_size), requires_grad=False
         )
@@ -654,8 +661,9 @@ def run_layers(
 class DilatedViTMAEEncoder(nn.Module):
     def __init__(self, config: DilatedViTMAEConfig):
         super().__init__()
-        # stochastic depth rising linearly from 0 to `drop_path_rate` over the layers, as timm / MAE
-        drop_path_probs = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        # stochastic depth rising linearly from 0 to `drop_path_rate` over the layers, as timm / MAE; computed on the
+        # CPU whatever the default device, so that the model can be built on the meta device
+        drop_path_probs = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
         self.layer = nn.ModuleList(
             DilatedViTMAELayer(
                 config, config.hidden_size, config.num_attention_heads, config.intermediate_size, drop_path_prob
@@ -687,7 +695,7 @@ class DilatedViTMAEDecoder(nn.Module):
         self.mask_token = (
             nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size)) if config.masking_mode == "drop" else None
         )
-        # fixed sin-cos embedding
+        # fixed sin-cos embedding (kept frozen after loading too: `freeze_position_tables`)
         self.decoder_pos_embed = nn.Parameter(
             torch.zeros(1, num_patches + 1, config.decoder_hidden_size), requires_grad=False
         )
@@ -786,7 +794,15 @@ class DilatedViTMAEPreTrainedModel(PreTrainedModel):
             # identity on the dense token, zero on the dilated ones: the model starts as ViTMAE
             if _needs_init(module.weight):
                 module.weight.zero_()
-                module.weight[:, : module.out_features].copy_(torch.eye(module.out_features))
+                module.weight[:, : module.out_features].copy_(
+                    torch.eye(module.out_features, dtype=module.weight.dtype, device=module.weight.device)
+                )
+            if _needs_init(module.bias):
+                module.bias.zero_()
+        elif isinstance(module, DilatedViTMAEClassifierHead):
+            # MAE main_finetune.py: trunc_normal_(head.weight, std=2e-5) and a zero bias, so the logits start at ~0
+            if _needs_init(module.weight):
+                nn.init.trunc_normal_(module.weight, std=2e-5)
             if _needs_init(module.bias):
                 module.bias.zero_()
         elif isinstance(module, nn.Conv2d):
@@ -849,7 +865,21 @@ class DilatedViTMAEPreTrainedModel(PreTrainedModel):
         loaded = model[0] if isinstance(model, tuple) else model
         # save in our own (facebook's) key layout, without reversing the load-time renaming
         loaded._weight_conversions = None
+        loaded.freeze_position_tables()
         return model
+
+    def freeze_position_tables(self) -> None:
+        """
+        Keep MAE's fixed sin-cos position tables (the encoder's and the decoder's) out of training, as MAE does. They
+        are built frozen, but transformers' loading re-creates every loaded parameter with `requires_grad=True`;
+        `from_pretrained` calls this, so every load path (Auto classes, remote code, ViTMAE checkpoints, fine-tuning)
+        gives frozen tables, left out of the optimizer's groups.
+        """
+        for module in self.modules():
+            if isinstance(module, DilatedViTMAEEmbeddings):
+                module.position_embeddings.requires_grad_(False)
+            elif isinstance(module, DilatedViTMAEDecoder):
+                module.decoder_pos_embed.requires_grad_(False)
 
 
 class DilatedViTMAEModel(DilatedViTMAEPreTrainedModel):
@@ -1167,7 +1197,9 @@ class DilatedViTMAEForImageClassification(DilatedViTMAEPreTrainedModel):
         self.vit = DilatedViTMAEModel(config, use_mask_token=False, add_final_layernorm=not global_pool)
         # MAE main_finetune.py `global_pool`: a LayerNorm of the pooled patch tokens replaces the encoder's final one
         self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if global_pool else None
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = (
+            DilatedViTMAEClassifierHead(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        )
         self.post_init()
 
     def forward(

@@ -78,3 +78,15 @@ def load_file(path: str | Path, name: str | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def vit_mae_random_checkpoint(tiny_config_kwargs: dict, path, **overrides):
+    """transformers' own ViTMAE with every parameter random (its from-scratch tables are all zero), saved to `path`."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    reference = ViTMAEForPreTraining(ViTMAEConfig(**{**tiny_config_kwargs, **overrides}))
+    with torch.no_grad():
+        for param in reference.parameters():
+            param.copy_(torch.randn_like(param) * 0.1)
+    reference.save_pretrained(path)
+    return reference.eval()

@@ -68,6 +68,39 @@ def test_param_groups_lrd_scales_and_decay(classifier):
         param_groups_lrd(classifier, weight_decay=0.05, layer_decay=1.5)
 
 
+@pytest.mark.parametrize("source", ["config", "pretraining_folder", "vit_mae_folder", "classifier_folder"])
+def test_fine_tuning_keeps_the_position_table_out_of_the_optimizer(tiny_config_kwargs, tmp_path, source):
+    # `run_finetune.py --model_name_or_path` (any folder) must train what `--config_name` trains: not the sin-cos table
+    from transformers import AutoModelForImageClassification
+
+    from conftest import vit_mae_random_checkpoint
+
+    head = dict(num_labels=3, classifier_pooling="mean")
+    if source == "config":
+        model = DilatedViTMAEForImageClassification(DilatedViTMAEConfig(**tiny_config_kwargs, **head))
+    elif source == "classifier_folder":
+        DilatedViTMAEForImageClassification(DilatedViTMAEConfig(**tiny_config_kwargs, **head)).save_pretrained(tmp_path)
+        model = AutoModelForImageClassification.from_pretrained(tmp_path)
+    else:
+        if source == "pretraining_folder":
+            DilatedViTMAEForPreTraining(DilatedViTMAEConfig(**tiny_config_kwargs)).save_pretrained(tmp_path)
+        else:
+            vit_mae_random_checkpoint(tiny_config_kwargs, tmp_path)
+        model = load_classifier(tmp_path, DilatedViTMAEConfig.from_pretrained(tmp_path, **head))
+    table = "vit.embeddings.position_embeddings"
+    before = model.get_parameter(table).detach().clone()
+    groups = param_groups_lrd(model, weight_decay=0.05, layer_decay=0.75)
+    grouped = [name for group in groups for name in group.pop("param_names")]
+    assert sorted(grouped) == sorted(name for name, _ in model.named_parameters() if name != table)
+    optimizer = torch.optim.AdamW(apply_lr_scale(groups, 1e-2))
+    for _ in range(3):
+        model(torch.randn(2, 3, 32, 32), labels=torch.tensor([0, 2])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert not model.get_parameter(table).requires_grad and model.get_parameter(table).grad is None
+    torch.testing.assert_close(model.get_parameter(table), before, rtol=0, atol=0)
+
+
 def test_layer_decay_one_is_plain_adamw(classifier):
     assert {group["lr_scale"] for group in param_groups_lrd(classifier, 0.05, layer_decay=1.0)} == {1.0}
 

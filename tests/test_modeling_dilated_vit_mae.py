@@ -8,6 +8,7 @@ import safetensors.torch
 import torch
 from transformers import ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel
 
+from conftest import vit_mae_random_checkpoint
 from dilated_vit_mae import (
     DilatedViTMAEConfig,
     DilatedViTMAEForImageClassification,
@@ -37,16 +38,6 @@ def randomize_dilated_branches(model: torch.nn.Module, std: float = 0.05) -> Non
         for name, param in model.named_parameters():
             if "dilated_projections" in name or "fusion" in name:
                 param.normal_(0.0, std)
-
-
-def vit_mae_random_checkpoint(tiny_config_kwargs, path, **overrides) -> ViTMAEForPreTraining:
-    """transformers' own ViTMAE with every parameter random (its from-scratch tables are all zero), saved to `path`."""
-    reference = ViTMAEForPreTraining(ViTMAEConfig(**{**tiny_config_kwargs, **overrides}))
-    with torch.no_grad():
-        for param in reference.parameters():
-            param.copy_(torch.randn_like(param) * 0.1)
-    reference.save_pretrained(path)
-    return reference.eval()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -416,6 +407,236 @@ def test_save_load_round_trip_keeps_outputs_and_key_layout(tiny_config_kwargs, t
     # a second save after loading keeps the same layout
     loaded.save_pretrained(tmp_path / "again")
     assert safetensors.torch.load_file(tmp_path / "again" / "model.safetensors").keys() == keys
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# meta device, big-model loading, fixed tables, the head's initialisation
+# ----------------------------------------------------------------------------------------------------------------------
+
+MODEL_CLASSES = [DilatedViTMAEModel, DilatedViTMAEForPreTraining, DilatedViTMAEForImageClassification]
+FIXED_TABLES = ("embeddings.position_embeddings", "decoder.decoder_pos_embed")
+
+
+def meta_initialised(model_class, config: DilatedViTMAEConfig, seed: int):
+    """What FSDP's RAM-efficient loading does on every rank but the first (and transformers' `test_init_weights_*`):
+    build on the meta device, materialise with `to_empty`, then `init_weights`."""
+    with torch.device("meta"):
+        model = model_class(copy.deepcopy(config))
+    assert {tensor.device.type for tensor in model.state_dict().values()} == {"meta"}
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.fill_(float("nan"))  # whatever `init_weights` leaves alone stays NaN
+    torch.manual_seed(seed)
+    model.init_weights()
+    return model
+
+
+@pytest.mark.parametrize("variant", ["sum_full", "concat_full", "mask_token_visible"])
+@pytest.mark.parametrize("model_class", MODEL_CLASSES, ids=lambda cls: cls.__name__)
+def test_built_on_meta_and_initialised_equals_a_normal_build(tiny_config_kwargs, model_class, variant):
+    config = make_config(tiny_config_kwargs, num_labels=3, **VARIANTS[variant])
+    model = meta_initialised(model_class, config, seed=0).eval()
+    meta = model.state_dict()
+    assert not [key for key, value in meta.items() if value.isnan().any()]
+    assert not [name for name, param in model.named_parameters() if name.endswith(FIXED_TABLES) and param.requires_grad]
+
+    # transformers' meta-device loading (a checkpoint missing every key) initialises the same tensors identically
+    torch.manual_seed(0)
+    loaded = model_class.from_pretrained(None, config=copy.deepcopy(config), state_dict={}).eval()
+    assert meta.keys() == loaded.state_dict().keys()
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(meta[key], value, rtol=0, atol=0, msg=key)
+
+    # a normal build with the same seed: what does not depend on the seed (the sin-cos tables, zeros, ones, the
+    # fusion's identity) is equal; what is random is drawn by the same rule (in a normal build torch's own layer
+    # constructors draw first, so the numbers themselves differ)
+    torch.manual_seed(0)
+    normal = model_class(copy.deepcopy(config)).state_dict()
+    torch.manual_seed(1)
+    other_seed = model_class(copy.deepcopy(config)).state_dict()
+    assert meta.keys() == normal.keys()
+    for key, value in normal.items():
+        if torch.equal(value, other_seed[key]):
+            torch.testing.assert_close(meta[key], value, rtol=0, atol=0, msg=key)
+        else:
+            assert meta[key].std().item() == pytest.approx(value.std().item(), rel=0.3), key
+    tables = [key for key in meta if key.endswith(FIXED_TABLES)]
+    assert tables and all(meta[key].abs().sum() > 0 for key in tables)  # sin-cos, not zeros
+
+    # every tensor is a parameter or a buffer: a forward pass of the materialised model touches no meta tensor
+    pixel_values = torch.randn(2, 3, 32, 32)
+    kwargs = {} if model_class is DilatedViTMAEForImageClassification else {"noise": torch.rand(2, 64)}
+    torch.testing.assert_close(model(pixel_values, **kwargs)[0], loaded(pixel_values, **kwargs)[0], rtol=0, atol=0)
+
+
+def test_big_model_loading_gives_the_weights_of_a_normal_load_and_fixed_tables(tiny_config_kwargs, tmp_path):
+    from transformers import AutoModelForPreTraining
+
+    model = DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, dilation_rates=(2, 3)))
+    randomize_dilated_branches(model)
+    model.save_pretrained(tmp_path)
+    expected = model.state_dict()
+    loads = {
+        "from_pretrained": DilatedViTMAEForPreTraining.from_pretrained(tmp_path),
+        "device_map": DilatedViTMAEForPreTraining.from_pretrained(tmp_path, device_map="cpu"),
+        "auto": AutoModelForPreTraining.from_pretrained(tmp_path, device_map={"": "cpu"}),
+    }
+    try:  # accelerate's big-model inference, where the train extra is installed
+        from accelerate import init_empty_weights, load_checkpoint_and_dispatch
+    except ImportError:
+        pass
+    else:
+        with init_empty_weights():
+            empty = DilatedViTMAEForPreTraining(model.config)
+        loads["init_empty_weights"] = load_checkpoint_and_dispatch(
+            empty, str(tmp_path / "model.safetensors"), device_map={"": "cpu"}
+        )
+    for how, loaded in loads.items():
+        state = loaded.state_dict()
+        assert state.keys() == expected.keys(), how
+        for key, value in expected.items():
+            torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=f"{how}: {key}")
+        # MAE's fixed sin-cos tables come back frozen, as from a config (transformers' loader un-freezes them)
+        assert [name for name, param in loaded.named_parameters() if not param.requires_grad] == [
+            "vit.embeddings.position_embeddings", "decoder.decoder_pos_embed"
+        ], how
+
+
+FSDP_OTHER_RANK_SCRIPT = """
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from dilated_vit_mae import DilatedViTMAEForImageClassification
+
+folder, store, expected_path = sys.argv[1:4]
+# what accelerate's `fsdp_cpu_ram_efficient_loading: true` sets; LOCAL_RANK 1 makes this one-process group look like
+# a rank that is not its node's first, which transformers leaves to receive rank 0's weights
+os.environ.update(ACCELERATE_USE_FSDP="true", FSDP_CPU_RAM_EFFICIENT_LOADING="true", LOCAL_RANK="1")
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+model = DilatedViTMAEForImageClassification.from_pretrained(folder, num_labels=3)
+state, expected = model.state_dict(), torch.load(expected_path)
+on_meta = sorted(key for key, value in state.items() if value.device.type == "meta")
+assert on_meta == ["classifier.bias", "classifier.weight"], on_meta  # the new head: rank 0 broadcasts it
+for key, value in expected.items():
+    if key not in on_meta:
+        assert torch.equal(state[key], value), key
+frozen = [name for name, param in model.named_parameters() if not param.requires_grad]
+assert frozen == ["vit.embeddings.position_embeddings"], frozen
+dist.destroy_process_group()
+print("OK")
+"""
+
+
+def test_fsdp_ram_efficient_loading_on_other_ranks_gives_the_normal_weights_and_a_frozen_table(
+    tiny_config_kwargs, tmp_path
+):
+    import subprocess
+    import sys
+
+    DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs)).save_pretrained(tmp_path / "pre")
+    rank_zero = DilatedViTMAEForImageClassification.from_pretrained(tmp_path / "pre", num_labels=3)
+    torch.save(rank_zero.state_dict(), tmp_path / "expected.pt")
+    (tmp_path / "other_rank.py").write_text(FSDP_OTHER_RANK_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, tmp_path / "other_rank.py", tmp_path / "pre", tmp_path / "store", tmp_path / "expected.pt"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("source", ["ours", "vit_mae"])
+def test_position_tables_stay_frozen_after_every_load_path(tiny_config_kwargs, tmp_path, source):
+    from transformers import AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
+
+    if source == "ours":
+        DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs)).save_pretrained(tmp_path)
+        config = {}
+    else:  # a transformers ViTMAE checkpoint (facebook/vit-mae-*), read into our config as the scripts do
+        vit_mae_random_checkpoint(tiny_config_kwargs, tmp_path)
+        config = {"config": DilatedViTMAEConfig.from_pretrained(tmp_path, num_labels=3)}
+    classifier_kwargs = config or {"num_labels": 3}
+    classifier_folder = tmp_path / "classifier"
+    DilatedViTMAEForImageClassification.from_pretrained(tmp_path, **classifier_kwargs).save_pretrained(classifier_folder)
+    loads = [
+        DilatedViTMAEForPreTraining.from_pretrained(tmp_path, **config),
+        DilatedViTMAEModel.from_pretrained(tmp_path, **config),
+        DilatedViTMAEForImageClassification.from_pretrained(tmp_path, **classifier_kwargs),
+        DilatedViTMAEForImageClassification.from_pretrained(classifier_folder),
+        AutoModelForImageClassification.from_pretrained(classifier_folder),
+    ]
+    if source == "ours":
+        loads += [AutoModelForPreTraining.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)]
+    for loaded in loads:
+        tables = [param for name, param in loaded.named_parameters() if name.endswith(FIXED_TABLES)]
+        assert len(tables) == (2 if isinstance(loaded, DilatedViTMAEForPreTraining) else 1)
+        assert not any(table.requires_grad for table in tables), type(loaded).__name__
+
+
+class LoadReport:
+    """Collects what transformers logs while loading (its loggers do not propagate to pytest's caplog)."""
+
+    def __enter__(self):
+        import io
+        import logging
+
+        self.stream = io.StringIO()
+        self.handler = logging.StreamHandler(self.stream)
+        logging.getLogger("transformers").addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc_info):
+        import logging
+
+        logging.getLogger("transformers").removeHandler(self.handler)
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+
+def assert_head_initialised_as_mae(head: torch.nn.Linear) -> None:
+    # MAE main_finetune.py: trunc_normal_(head.weight, std=2e-5), zero bias
+    assert head.weight.std().item() == pytest.approx(2e-5, rel=0.25)
+    assert head.weight.abs().max().item() < 1e-4
+    assert not head.bias.any()
+
+
+def test_classifier_head_starts_as_mae_with_logits_near_zero(tiny_config_kwargs, tmp_path):
+    config = make_config(tiny_config_kwargs, hidden_size=256, num_attention_heads=4, num_labels=40)
+    model = DilatedViTMAEForImageClassification(config).eval()
+    assert_head_initialised_as_mae(model.classifier)
+    assert model(torch.randn(4, 3, 32, 32)).logits.abs().max().item() < 1e-2
+    # the fine-tuning warm start: the head is missing from a pre-training checkpoint and initialised the same way
+    DilatedViTMAEForPreTraining(config).save_pretrained(tmp_path)
+    warm = DilatedViTMAEForImageClassification.from_pretrained(tmp_path)
+    assert_head_initialised_as_mae(warm.classifier)
+
+
+def test_ignore_mismatched_sizes_reinitialises_the_head_and_reports_it(tiny_config_kwargs, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    config = make_config(tiny_config_kwargs, hidden_size=256, num_attention_heads=4, num_labels=3)
+    saved = DilatedViTMAEForImageClassification(config)
+    with torch.no_grad():
+        saved.classifier.weight.normal_(0.0, 1.0)  # a trained head, far from the new one's init
+    saved.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        DilatedViTMAEForImageClassification.from_pretrained(tmp_path, num_labels=5)
+    for load in (DilatedViTMAEForImageClassification.from_pretrained, AutoModelForImageClassification.from_pretrained):
+        with LoadReport() as report:
+            model, info = load(tmp_path, num_labels=5, ignore_mismatched_sizes=True, output_loading_info=True)
+        assert {key for key, *_ in info["mismatched_keys"]} == {"classifier.weight", "classifier.bias"}
+        assert "Reinit due to size mismatch" in report.text and "classifier.weight" in report.text
+        assert model.classifier.out_features == 5
+        assert_head_initialised_as_mae(model.classifier)
+        state = model.state_dict()
+        for key, value in saved.state_dict().items():
+            if not key.startswith("classifier."):
+                torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -85,6 +85,41 @@ def test_weight_decay_groups_follow_mae(tiny_config):
     assert len(decayed) + len(not_decayed) == sum(p.requires_grad for p in model.parameters())
 
 
+@pytest.mark.parametrize("source", ["config", "our_folder", "vit_mae_folder"])
+def test_loaded_models_keep_the_fixed_tables_out_of_the_optimizer(tiny_config_kwargs, tmp_path, source):
+    # `run_mae.py --model_name_or_path` (continued pre-training, the ViTMAE warm start) must train what a model from
+    # a config trains: transformers' loading un-freezes the sin-cos tables, the model freezes them again
+    from transformers import AutoModelForPreTraining
+
+    from conftest import vit_mae_random_checkpoint
+    from dilated_vit_mae import DilatedViTMAEConfig
+
+    if source == "config":
+        model = DilatedViTMAEForPreTraining(DilatedViTMAEConfig(**tiny_config_kwargs))
+    elif source == "our_folder":
+        DilatedViTMAEForPreTraining(DilatedViTMAEConfig(**tiny_config_kwargs)).save_pretrained(tmp_path)
+        model = AutoModelForPreTraining.from_pretrained(tmp_path)
+    else:
+        vit_mae_random_checkpoint(tiny_config_kwargs, tmp_path)
+        config = DilatedViTMAEConfig.from_pretrained(tmp_path)  # as run_mae.py's build_config reads it
+        model = DilatedViTMAEForPreTraining.from_pretrained(tmp_path, config=config)
+    tables = {"vit.embeddings.position_embeddings", "decoder.decoder_pos_embed"}
+    before = {name: param.detach().clone() for name, param in model.named_parameters() if name in tables}
+    groups = param_groups_weight_decay(model, 0.05)
+    names = {id(param): name for name, param in model.named_parameters()}
+    grouped = [names[id(param)] for group in groups for param in group["params"]]
+    assert sorted(grouped) == sorted(set(names.values()) - tables)
+    optimizer = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95))
+    for _ in range(3):
+        model(torch.randn(2, 3, 32, 32)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, param in model.named_parameters():
+        if name in tables:
+            assert not param.requires_grad and param.grad is None
+            torch.testing.assert_close(param, before[name], rtol=0, atol=0)
+
+
 class FakeAccelerator:
     """What CheckpointManager uses of an Accelerator, in one process."""
 
