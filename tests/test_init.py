@@ -101,6 +101,8 @@ REMOTE_SCRIPT = textwrap.dedent(
     torch.testing.assert_close(pixel_values, expected["pixel_values"])
     logits = model(pixel_values, noise=expected["noise"]).logits
     torch.testing.assert_close(logits, expected["logits"])
+    tables = [p for name, p in model.named_parameters() if name.endswith(("position_embeddings", "decoder_pos_embed"))]
+    assert len(tables) == 2 and not any(p.requires_grad for p in tables), "the sin-cos tables must stay frozen"
 
     encoder = AutoModel.from_pretrained(folder, trust_remote_code=True)
     assert type(encoder).__name__ == "DilatedViTMAEModel"
