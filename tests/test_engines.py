@@ -1,6 +1,6 @@
 """
 Every engine docs/distributed.md names, run for real on two CPU processes (gloo) with `scripts/run_mae.py` on the
-shipped sample (12 images, 32 px, 6 steps, a checkpoint every 3): DDP, FSDP2 through accelerate's own code, DeepSpeed
+shipped sample (12 images, 32 px, 9 steps, a checkpoint every 3): DDP, FSDP2 through accelerate's own code, DeepSpeed
 ZeRO-2, two nodes on 127.0.0.1 and torchrun. One scenario for all (`kill_and_resume`): a run SIGKILLed (launcher and
 every rank) after its step-3 checkpoint, resumed with `--resume_from_checkpoint latest`, must log the same losses and
 end with the same weights, bit for bit, as the uninterrupted DDP run (`reference`), and its folder must load where the
@@ -31,7 +31,7 @@ CONFIGS = REPO_ROOT / "configs" / "accelerate"
 MAE = REPO_ROOT / "scripts" / "run_mae.py"
 FINETUNE = REPO_ROOT / "scripts" / "run_finetune.py"
 FSDP_ON_CPU = REPO_ROOT / "tests" / "fsdp_on_cpu.py"
-STEPS, CHECKPOINT_STEP = 6, 3
+STEPS, CHECKPOINT_STEP = 9, 3  # 3 epochs of 3 steps: checkpoints at 3, 6 and 9
 TIMEOUT = 900  # seconds per launch: two cores shared with other test workers
 
 
@@ -46,11 +46,11 @@ def write_tiny_config(folder: Path, **overrides) -> Path:
 
 
 def mae_args(config_dir: Path, output_dir: Path, *extra: str) -> list[str]:
-    # 12 images, 2 processes x batch 2: 3 steps an epoch, 2 epochs
+    # 12 images, 2 processes x batch 2: 3 steps an epoch, 3 epochs
     return [
         "--config_name", str(config_dir), "--output_dir", str(output_dir), "--max_train_samples", "12",
         "--max_eval_samples", "4", "--per_device_train_batch_size", "2", "--per_device_eval_batch_size", "4",
-        "--learning_rate", "1e-3", "--num_train_epochs", "2", "--seed", "0", "--logging_steps", "1",
+        "--learning_rate", "1e-3", "--num_train_epochs", "3", "--seed", "0", "--logging_steps", "1",
         "--checkpointing_steps", str(CHECKPOINT_STEP), *extra,
     ]  # fmt: skip
 
@@ -138,7 +138,7 @@ def reference(tmp_path_factory):
             if not (output_dir / "all_results.json").exists():
                 config_dir = write_tiny_config(shared / f"config-{mode}", masking_mode=mode, dilated_context="visible")
                 output = ddp().run([MAE, *mae_args(config_dir, output_dir)])
-                assert "rank 0 finished: 6 steps" in output and "rank 1 finished: 6 steps" in output
+                assert f"rank 0 finished: {STEPS} steps" in output and f"rank 1 finished: {STEPS} steps" in output
     return {mode: (shared / f"config-{mode}", shared / mode) for mode in ("drop", "mask_token")}
 
 
@@ -191,7 +191,7 @@ def kill_and_resume(engine: Engine, reference: tuple[Path, Path], tmp_path: Path
     deadline = time.monotonic() + TIMEOUT
     while not checkpoint.is_dir() and time.monotonic() < deadline and all(p.poll() is None for p in processes):
         time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.3))  # somewhere in the steps after the checkpoint
+    time.sleep(random.uniform(0.0, 0.1))  # somewhere in the steps after the checkpoint
     trees = [pid for process in processes for pid in process_tree(process.pid)]
     for process in processes:
         kill_tree(process.pid)
@@ -203,7 +203,7 @@ def kill_and_resume(engine: Engine, reference: tuple[Path, Path], tmp_path: Path
     assert len(trees) >= 2 + len(processes), trees  # the launchers and two ranks
     assert not (output_dir / "model.safetensors").exists(), "the run finished before it was killed"
     killed_at = max(read_log(output_dir))
-    assert CHECKPOINT_STEP <= killed_at < STEPS
+    assert CHECKPOINT_STEP <= killed_at < STEPS, killed_at  # the resumed run replays steps after its checkpoint
     output = engine.run([MAE, *mae_args(config_dir, output_dir, "--resume_from_checkpoint", "latest")])
     assert_same_run(output_dir, reference_dir)
     assert_hub_folder(output_dir, tmp_path / "load")
@@ -218,8 +218,8 @@ def kill_and_resume(engine: Engine, reference: tuple[Path, Path], tmp_path: Path
 @pytest.mark.slow
 def test_ddp_resumed_after_sigkill_reproduces_the_uninterrupted_run(reference, tmp_path):
     output_dir, output = kill_and_resume(ddp(), reference["drop"], tmp_path)
-    assert "rank 1 finished: 6 steps" in output
-    checkpoint = output_dir / "checkpoints" / "step_6"
+    assert f"rank 1 finished: {STEPS} steps" in output
+    checkpoint = output_dir / "checkpoints" / f"step_{STEPS}"
     assert {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"} <= set(os.listdir(checkpoint))
     assert len(list(checkpoint.rglob("*.safetensors"))) == 1  # the model written once, not once per rank
 
@@ -230,7 +230,7 @@ def test_fsdp2_through_accelerate_resumes_bit_exactly_and_matches_ddp(reference,
     output_dir, output = kill_and_resume(fsdp(), reference[mode], tmp_path)
     assert "Distributed environment: DistributedType.FSDP" in output
     # sharded: each rank wrote its part of the model and of the optimizer (torch distributed checkpoint)
-    shards = output_dir / "checkpoints" / "step_6" / "pytorch_model_fsdp_0"
+    shards = output_dir / "checkpoints" / f"step_{STEPS}" / "pytorch_model_fsdp_0"
     assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
 
 
@@ -239,21 +239,21 @@ def test_deepspeed_zero2_on_cpu_resumes_bit_exactly_and_matches_ddp(reference, t
     pytest.importorskip("deepspeed", reason="DeepSpeed is an extra: pip install -e '.[deepspeed]' (CI installs it)")
     output_dir, output = kill_and_resume(deepspeed(), reference["drop"], tmp_path)
     assert "Distributed environment: DistributedType.DEEPSPEED  Backend: gloo" in output
-    states = output_dir / "checkpoints" / "step_6" / "pytorch_model"
+    states = output_dir / "checkpoints" / f"step_{STEPS}" / "pytorch_model"
     assert len(list(states.glob("zero_pp_rank_*_optim_states.pt"))) == 2  # optimizer states partitioned over 2 ranks
 
 
 @pytest.mark.slow
 def test_two_nodes_on_one_host_resume_bit_exactly_and_match_ddp(reference, tmp_path):
     output_dir, output = kill_and_resume(two_nodes(), reference["drop"], tmp_path)
-    assert "rank 0 finished: 6 steps" in output and "rank 1 finished: 6 steps" in output
+    assert f"rank 0 finished: {STEPS} steps" in output and f"rank 1 finished: {STEPS} steps" in output
     assert output.count("saved the model, image processor and model card") == 1  # node 0 writes the folder
 
 
 @pytest.mark.slow
 def test_torchrun_resumes_bit_exactly_and_matches_ddp(reference, tmp_path):
     output_dir, output = kill_and_resume(torchrun(), reference["drop"], tmp_path)
-    assert "rank 1 finished: 6 steps" in output
+    assert f"rank 1 finished: {STEPS} steps" in output
 
 
 # ----------------------------------------------------------------------------------------------------------------------
