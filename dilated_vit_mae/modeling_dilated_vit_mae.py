@@ -314,9 +314,34 @@ class DilatedViTMAEPatchEmbeddings(nn.Module):
             return self.fusion(torch.cat([dense, *dilated], dim=-1))
         return dense + sum(dilated)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Tokens of every patch with full dilated context (no masking), `(B, L, D)`."""
-        return self.fuse(self.dense_tokens(pixel_values), self.dilated_tokens(pixel_values))
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        ids_keep: torch.LongTensor | None = None,
+        context: torch.Tensor | None = None,
+        withheld: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        The fused tokens of every patch, `(B, L, D)`, or of only the patches `ids_keep` `(B, K)`, `(B, K, D)`.
+
+        Every caller goes through `forward` rather than `dense_tokens` / `dilated_tokens` / `fuse`: FSDP2 gathers a
+        unit's sharded weights around its `forward` only, and accelerate >= 1.14 makes this module (the model's input
+        embeddings) an FSDP unit of its own.
+
+        Args:
+            context (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`, *optional*):
+                The dilated branches' input (default `pixel_values`); `dilated_context="visible"` zeroes masked pixels.
+            withheld (`torch.BoolTensor` of shape `(batch_size, num_patches)`, *optional*):
+                Patches whose dense token is withheld (zero), so that only their dilated context enters the fusion:
+                the masked positions of `masking_mode="mask_token"`.
+        """
+        context = pixel_values if context is None else context
+        dense = self.dense_tokens(pixel_values)  # (B, L, D)
+        if ids_keep is not None:
+            dense = gather_tokens(dense, ids_keep)  # (B, K, D)
+        if withheld is not None:
+            dense = dense.masked_fill(withheld.unsqueeze(-1), 0.0)
+        return self.fuse(dense, self.dilated_tokens(context, ids_keep))
 
 
 class DilatedViTMAEEmbeddings(nn.Module):
@@ -445,18 +470,15 @@ class DilatedViTMAEEmbeddings(nn.Module):
                 embeddings = gather_tokens(embeddings, ids_keep)  # in noise order, as ViTMAE
         elif drop:
             # MAE: only the kept patches enter the encoder, in noise order
-            dilated = patch_embeddings.dilated_tokens(self.visible_context(pixel_values, mask), ids_keep)  # [(B, K, D)]
-            dense = gather_tokens(patch_embeddings.dense_tokens(pixel_values), ids_keep)  # (B, K, D)
-            embeddings = patch_embeddings.fuse(dense, dilated)
+            context = self.visible_context(pixel_values, mask)
+            embeddings = patch_embeddings(pixel_values, ids_keep=ids_keep, context=context)  # (B, K, D)
             embeddings = embeddings + gather_tokens(patch_position_embeddings, ids_keep)
         else:
             # SimMIM-style: every position enters the encoder, in image order; a masked one is the mask token plus
             # its dilated context (dense branch withheld) plus its position
-            dense = patch_embeddings.dense_tokens(pixel_values)  # (B, L, D)
-            dilated = patch_embeddings.dilated_tokens(self.visible_context(pixel_values, mask))  # [(B, L, D)]
-            visible = patch_embeddings.fuse(dense, dilated)
-            masked = patch_embeddings.fuse(torch.zeros_like(dense), dilated) + self.mask_token
-            embeddings = torch.where(mask.unsqueeze(-1).bool(), masked, visible) + patch_position_embeddings
+            masked = mask.bool()  # (B, L)
+            tokens = patch_embeddings(pixel_values, context=self.visible_context(pixel_values, mask), withheld=masked)
+            embeddings = torch.where(masked.unsqueeze(-1), tokens + self.mask_token, tokens) + patch_position_embeddings
 
         # prepend cls token
         cls_tokens = (self.cls_token + position_embeddings[:, :1, :]).expand(batch_size, -1, -1)

@@ -58,6 +58,7 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEImageProcessor,
 )
 from dilated_vit_mae.data import load_celeba  # noqa: E402
+from dilated_vit_mae.distributed import build_accelerator, load_full_state_dict, save_pretrained  # noqa: E402
 from dilated_vit_mae.finetune import (  # noqa: E402
     LabelSpec,
     MixupCutmix,
@@ -382,7 +383,7 @@ def save_best(accelerator, model, checkpoints_dir: Path) -> None:
     if accelerator.is_main_process:
         temporary, final = checkpoints_dir / f".tmp-{BEST_DIR}", checkpoints_dir / BEST_DIR
         shutil.rmtree(temporary, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(temporary, state_dict=state_dict, save_function=accelerator.save)
+        save_pretrained(accelerator.unwrap_model(model), temporary, state_dict, save_function=accelerator.save)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
     accelerator.wait_for_everyone()
@@ -390,7 +391,7 @@ def save_best(accelerator, model, checkpoints_dir: Path) -> None:
 
 def load_best(accelerator, model, checkpoints_dir: Path) -> None:
     state_dict = safetensors.torch.load_file(str(checkpoints_dir / BEST_DIR / "model.safetensors"))
-    accelerator.unwrap_model(model).load_state_dict(state_dict)
+    load_full_state_dict(accelerator, model, state_dict)  # into each rank's shards under FSDP2
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -463,15 +464,16 @@ def run_summary(args, accelerator, splits, labels: LabelSpec, plan: dict, state:
     }
 
 
-def save_folder(args, accelerator, model, image_processor, summary: dict) -> None:
-    """The publishable classifier folder: model (the selected weights), processor, code, all_results.json, README.md."""
+def save_folder(args, accelerator, model, image_processor, summary: dict, state_dict: dict) -> None:
+    """The publishable classifier folder: model (the selected weights, `state_dict`: `accelerator.get_state_dict`),
+    processor, code, all_results.json, README.md."""
     output_dir = Path(args.output_dir)
     unwrapped = accelerator.unwrap_model(model)
     # the pre-training folder's custom pipelines (reconstruction, features) need code a classifier folder does not
     # ship; transformers' image-classification pipeline serves it
     if hasattr(unwrapped.config, "custom_pipelines"):
         del unwrapped.config.custom_pipelines
-    unwrapped.save_pretrained(output_dir, save_function=accelerator.save)
+    save_pretrained(unwrapped, output_dir, state_dict, save_function=accelerator.save)  # also from FSDP2's FSDP<Class>
     image_processor.save_pretrained(output_dir)
     summary = publishable(summary, secret_values(args))
     write_publishable_json(output_dir / "all_results.json", summary, secrets=())
@@ -485,7 +487,8 @@ def save_folder(args, accelerator, model, image_processor, summary: dict) -> Non
 
 def setup_accelerator(args: argparse.Namespace) -> Accelerator:
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
+    # the engine the launch asked for, or a one-line refusal (exit 2): no silent fallback to DDP, no independent copies
+    accelerator = build_accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to if args.with_tracking else None,
@@ -599,8 +602,10 @@ def main(args: argparse.Namespace) -> Path:
     if args.test_split in data["loaders"]:
         final = evaluate(accelerator, model, data["loaders"][args.test_split], data["labels"][args.test_split],
                          data["labels"]["train"], labels)  # fmt: skip
+    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed: every process
     if accelerator.is_main_process:
-        save_folder(args, accelerator, model, image_processor, run_summary(args, accelerator, splits, labels, plan, state, final))
+        summary = run_summary(args, accelerator, splits, labels, plan, state, final)
+        save_folder(args, accelerator, model, image_processor, summary, state_dict)
         logger.info(f"saved the classifier (best epoch {state['best_epoch']}) to {args.output_dir}")
     accelerator.end_training()
     return Path(args.output_dir)

@@ -52,6 +52,7 @@ from dilated_vit_mae import (  # noqa: E402
 from dilated_vit_mae.data import load_celeba  # noqa: E402
 from dilated_vit_mae.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
+from dilated_vit_mae.distributed import build_accelerator, parameters_are_finite, save_pretrained  # noqa: E402
 from dilated_vit_mae.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
 from dilated_vit_mae.lifecycle import (  # noqa: E402
     RunClock,
@@ -557,8 +558,7 @@ def resume(run: Run, learning_rate: float) -> None:
 
 def save_checkpoint(run: Run) -> Path:
     """A checkpoint of the current step, refused if any parameter is not finite (it would be resumed from)."""
-    finite = torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all().float().reshape(1)
-    if run.accelerator.gather(finite).min().item() < 1:
+    if not parameters_are_finite(run.accelerator, run.model):  # each rank its own shard (FSDP2: DTensors)
         raise RuntimeError(
             f"Parameters are not finite at step {run.state.global_step}; no checkpoint written. The last good "
             f"checkpoint is {run.checkpoints.latest() or 'none'}: lower the learning rate and resume from it."
@@ -809,7 +809,8 @@ def save_outputs(run: Run) -> None:
     summary = run_summary(run)
 
     def write_final_files(folder: Path) -> None:
-        run.unwrapped.save_pretrained(folder, save_function=accelerator.save, state_dict=state_dict)
+        # as the model's own class: under FSDP2 `run.unwrapped` is torch's FSDP<Class>, which would write its auto_map
+        save_pretrained(run.unwrapped, folder, state_dict, save_function=accelerator.save)
         run.image_processor.save_pretrained(folder)
         # redacted by value (any token flag, HF_TOKEN, the cached login) and with no local path in it
         write_publishable_json(folder / "all_results.json", summary, run.secrets)
@@ -924,7 +925,8 @@ def run_summary(run: Run) -> dict:
 
 def setup_accelerator(args: argparse.Namespace) -> Accelerator:
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
+    # the engine the launch asked for, or a one-line refusal (exit 2): no silent fallback to DDP, no independent copies
+    accelerator = build_accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=args.report_to if args.with_tracking else None,
@@ -935,12 +937,6 @@ def setup_accelerator(args: argparse.Namespace) -> Accelerator:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     quiet_library_logs()  # accelerate's line per checkpoint file
-    if int(os.environ.get("WORLD_SIZE", "1")) > accelerator.num_processes:
-        raise RuntimeError(
-            f"The launcher started {os.environ['WORLD_SIZE']} processes but accelerate sees {accelerator.num_processes}: "
-            "each would train its own copy into the same folder. On CPU, launch with ACCELERATE_USE_CPU=true (see "
-            "docs/distributed.md)."
-        )
     logger.info(accelerator.state, main_process_only=False)
     verbosity = "warning" if accelerator.is_local_main_process else "error"
     getattr(datasets.utils.logging, f"set_verbosity_{verbosity}")()

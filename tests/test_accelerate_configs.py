@@ -25,6 +25,8 @@ EXPECTED = {
     "multi_gpu.yaml": (DistributedType.MULTI_GPU, "bf16", 8),
     "fsdp.yaml": (DistributedType.FSDP, "bf16", 8),
     "deepspeed_zero2.yaml": (DistributedType.DEEPSPEED, "bf16", 8),
+    # run on every CI (tests/test_engines.py): DeepSpeed on CPU, without ACCELERATE_USE_CPU
+    "deepspeed_zero2_cpu.yaml": (DistributedType.DEEPSPEED, "no", 2),
     # MULTI_GPU on purpose: it selects the torchrun launcher; ACCELERATE_USE_CPU=true makes the ranks gloo/CPU
     "cpu_2proc.yaml": (DistributedType.MULTI_GPU, "no", 2),
 }

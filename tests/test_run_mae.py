@@ -1,5 +1,6 @@
-"""End-to-end tests of `scripts/run_mae.py` on the shipped CelebA sample with a tiny model: a run in-process, exact
-resume after SIGKILL with two real CPU processes, SIGTERM (preemption), a non-finite loss, and bad arguments."""
+"""End-to-end tests of `scripts/run_mae.py` on the shipped CelebA sample with a tiny model: a run in-process, SIGTERM
+(preemption), a non-finite loss, and bad arguments. Exact resume after SIGKILL with two real CPU processes, for every
+engine (DDP, FSDP2, DeepSpeed, two nodes, torchrun): tests/test_engines.py."""
 
 import json
 import logging
@@ -167,56 +168,6 @@ def launch_env() -> dict:
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.pop("PYTHONPATH", None)
     return env
-
-
-def run(command, timeout=600) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, env=launch_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return result
-
-
-@pytest.mark.slow
-def test_two_processes_resume_after_sigkill_reproduces_the_uninterrupted_run(tiny_model_dir, tmp_path):
-    # 12 images, 2 processes x batch 2 = 4 per step: 3 steps an epoch, 4 epochs, a checkpoint every 2 steps
-    extra = ("--per_device_train_batch_size", "2", "--num_train_epochs", "4", "--checkpointing_steps", "2")
-    uninterrupted = tmp_path / "uninterrupted"
-    result = run(accelerate_command(2) + run_args(tiny_model_dir, uninterrupted, *extra))
-    output = result.stdout + result.stderr
-    assert "rank 0 finished: 12 steps" in output and "rank 1 finished: 12 steps" in output
-    checkpoint = uninterrupted / "checkpoints" / "step_12"
-    assert {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"} <= set(os.listdir(checkpoint))
-    assert len(list(checkpoint.rglob("*.safetensors"))) == 1  # the model written once, not once per rank
-
-    # the same run, killed (SIGKILL, every process) at an arbitrary moment after its first checkpoint
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        accelerate_command(2) + run_args(tiny_model_dir, killed, *extra),
-        env=launch_env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoints" / "step_2").exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.3))
-    tree = process_tree(process.pid)
-    assert len(tree) >= 3, tree  # launcher and two ranks
-    kill_tree(process.pid)
-    process.wait()
-    time.sleep(0.5)
-    assert not any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2] for pid in tree)
-    assert not (killed / "model.safetensors").exists(), "the run finished before it was killed"
-    killed_at = max(read_log(killed))
-    assert killed_at < 12
-
-    run(accelerate_command(2) + run_args(tiny_model_dir, killed, *extra, "--resume_from_checkpoint", "latest"))
-    expected_log, resumed_log = read_log(uninterrupted), read_log(killed)
-    assert sorted(resumed_log) == sorted(expected_log) == list(range(1, 13))
-    for step in expected_log:
-        assert resumed_log[step]["train_loss"] == pytest.approx(expected_log[step]["train_loss"], rel=1e-6, abs=1e-7), step
-    expected = safetensors.torch.load_file(uninterrupted / "model.safetensors")
-    resumed = safetensors.torch.load_file(killed / "model.safetensors")
-    for name, tensor in expected.items():
-        torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=1e-5, msg=f"{name} (killed at step {killed_at})")
-    assert DilatedViTMAEForPreTraining.from_pretrained(killed).config.hidden_size == 32
 
 
 @pytest.mark.slow
