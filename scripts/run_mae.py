@@ -57,7 +57,7 @@ from dilated_vit_mae.lifecycle import (  # noqa: E402
     RunClock,
     RunIdentity,
     check_output_dir,
-    check_resumable,
+    check_model_folder,
     checkpoint_bytes,
     checkpointing_steps,
     exit_when_parent_dies,
@@ -249,6 +249,8 @@ def apply_recipe(args: argparse.Namespace) -> None:
 def build_config(args: argparse.Namespace) -> DilatedViTMAEConfig:
     """Config from --model_name_or_path / --config_name, then --config_overrides and the explicit model flags."""
     kwargs = dict(revision=args.revision, token=args.token, cache_dir=args.cache_dir)
+    if args.model_name_or_path:  # a classifier or a checkpoint folder is refused by name, before anything is loaded
+        check_model_folder(args.model_name_or_path, for_pretraining=True)
     name = args.config_name or args.model_name_or_path or str(DEFAULT_CONFIG)
     config = DilatedViTMAEConfig.from_pretrained(name, **kwargs)
     if args.config_overrides:
@@ -538,8 +540,8 @@ def apply_learning_rate(run: Run, saved: TrainerState, learning_rate: float) -> 
 
 def resume(run: Run, learning_rate: float) -> None:
     checkpoint = run.checkpoints.resolve(run.args.resume_from_checkpoint)
-    saved_dict = check_resumable(checkpoint, run.identity)  # refuses a checkpoint of another run, before loading it
-    run.accelerator.load_state(str(checkpoint))
+    # refuses a checkpoint of another run before loading it, and names a damaged file with the checkpoints to use instead
+    saved_dict = run.checkpoints.load(run.accelerator, checkpoint, run.identity)
     fields = {f.name for f in dataclasses.fields(TrainerState)}
     saved = TrainerState(**{k: v for k, v in saved_dict.items() if k in fields})
     state = run.state
