@@ -253,7 +253,6 @@ def image_dataset(dataset: datasets.Dataset, transform, image_column: str) -> da
 def build_config(args: argparse.Namespace, labels: LabelSpec) -> DilatedViTMAEConfig:
     """The pre-training config (ours, or a ViTMAE one read as ours), with the classifier's fields."""
     name = args.model_name_or_path or args.config_name
-    check_model_folder(name, flag="--model_name_or_path" if args.model_name_or_path else "--config_name")
     config = DilatedViTMAEConfig.from_pretrained(name, revision=args.revision, token=args.token, cache_dir=args.cache_dir)
     if args.config_overrides:
         config.update_from_string(args.config_overrides)
@@ -587,6 +586,9 @@ NOT_RUN_DEFINING = {
 
 def main(args: argparse.Namespace) -> Path:
     # ---- accelerator, seed -------------------------------------------------------------------------------------------
+    # a checkpoint, a data folder or another model given as the model is named before the run folder is written
+    model_flag = "--model_name_or_path" if args.model_name_or_path else "--config_name"
+    check_model_folder(args.model_name_or_path or args.config_name, flag=model_flag)
     # every process refuses a folder holding an earlier run before anything is written (same rules as run_mae.py)
     check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
     accelerator = setup_accelerator(args)

@@ -249,8 +249,6 @@ def apply_recipe(args: argparse.Namespace) -> None:
 def build_config(args: argparse.Namespace) -> DilatedViTMAEConfig:
     """Config from --model_name_or_path / --config_name, then --config_overrides and the explicit model flags."""
     kwargs = dict(revision=args.revision, token=args.token, cache_dir=args.cache_dir)
-    if args.model_name_or_path:  # a classifier or a checkpoint folder is refused by name, before anything is loaded
-        check_model_folder(args.model_name_or_path, for_pretraining=True)
     name = args.config_name or args.model_name_or_path or str(DEFAULT_CONFIG)
     config = DilatedViTMAEConfig.from_pretrained(name, **kwargs)
     if args.config_overrides:
@@ -988,6 +986,8 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: C
 def main(args: argparse.Namespace) -> Path:
     if parent_is_launcher():
         exit_when_parent_dies()  # a launcher killed on its own (it forwards nothing) still gets this process to save
+    if args.model_name_or_path:  # a classifier, a checkpoint or a data folder is named before the run folder is written
+        check_model_folder(args.model_name_or_path, for_pretraining=True)
     # every process, before any writes (the Accelerator's rendezvous orders it before the main process's changes)
     check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
     accelerator = setup_accelerator(args)

@@ -552,6 +552,7 @@ def test_something_that_is_not_a_model_folder_is_named(script, image_folders, pr
     with pytest.raises(UserError, match=rf"--model_name_or_path {re.escape(str(data_folder))} is not a model folder: "
                                         r"it has no config.json \(it holds blue, red; pass"):  # fmt: skip
         script.main(script.parse_args(argv(data_folder, tmp_path / "out")))
+    assert not (tmp_path / "out").exists()  # nothing written: the right folder then runs without --overwrite_output_dir
     reset_accelerate_state()
     first = tmp_path / "first"
     script.main(script.parse_args(argv(pretrained_dir, first, "--max_train_steps", "1", "--checkpointing_steps", "1")))

@@ -647,3 +647,4 @@ def test_a_fine_tuned_classifier_folder_is_refused_saying_what_to_pass(tiny_mode
     with pytest.raises(UserError, match=rf"--model_name_or_path {re.escape(str(classifier))} is a fine-tuned image "
                                         r"classifier \(DilatedViTMAEForImageClassification"):  # fmt: skip
         run_mae.main(run_mae.parse_args(args))
+    assert not (tmp_path / "out").exists()  # refused before the run folder was written
