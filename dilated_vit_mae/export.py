@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .lifecycle import stage_and_swap, tensor_bytes
+
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +91,9 @@ def export_encoder_onnx(
     Export the whole-image features of `model_name_or_path`'s encoder to `output` (one `.onnx` file, weights inside),
     then run it with onnxruntime on random inputs of each of `check_batch_sizes` and compare with PyTorch.
 
-    Raises `ValueError` when the largest absolute difference exceeds `atol` (the file is then removed).
+    The file is written and checked in a staging folder beside `output`, then moved into place: a file already at
+    `output` stays as it was until then, and nothing partial is ever left there. Raises `ValueError` when the largest
+    absolute difference exceeds `atol`, and `DiskWriteError` when the disk is full (in both cases nothing is kept).
 
     Returns:
         A report: `output`, `opset`, `input` / `output` names and shapes (`"batch"` for the dynamic axis), the model's
@@ -103,24 +107,31 @@ def export_encoder_onnx(
     module = EncoderFeatures(encoder.float()).eval()
     num_channels, (height, width) = encoder.config.num_channels, module.image_size
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     example = torch.randn(2, num_channels, height, width, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad():
-        torch.onnx.export(
-            module, (example,), str(output), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes={"pixel_values": {0: batch}}, opset_version=opset, dynamo=True, external_data=False,
-            verbose=False,
-        )  # fmt: skip
-    _add_metadata(output, encoder, image_processor, model_name_or_path)
-    differences = check_onnx_export(output, module, check_batch_sizes)
-    worst = max(differences.values())
-    if not worst <= atol:
-        output.unlink()
-        raise ValueError(
-            f"The ONNX graph differs from PyTorch by up to {worst:.3g} (> atol {atol:g}) at batch sizes "
-            f"{list(check_batch_sizes)}; nothing was kept. Try another --opset, or report the model."
-        )
+    differences: dict[int, float] = {}
+
+    def write_checked_export(staging: Path) -> None:
+        staged = staging / output.name
+        with torch.no_grad():
+            torch.onnx.export(
+                module, (example,), str(staged), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes={"pixel_values": {0: batch}}, opset_version=opset, dynamo=True, external_data=False,
+                verbose=False,
+            )  # fmt: skip
+        _add_metadata(staged, encoder, image_processor, model_name_or_path)
+        differences.update(check_onnx_export(staged, module, check_batch_sizes))
+        worst = max(differences.values())
+        if not worst <= atol:
+            raise ValueError(
+                f"The ONNX graph differs from PyTorch by up to {worst:.3g} (> atol {atol:g}) at batch sizes "
+                f"{list(check_batch_sizes)}; nothing was kept. Try another --opset, or report the model."
+            )
+
+    stage_and_swap(
+        output.parent, write_checked_export, marker=output.name, expected_bytes=tensor_bytes(module.state_dict()),
+        what="the ONNX file", advice="Free some space, or give an --output on a larger disk, and run again.",
+    )  # fmt: skip
     return {
         "output": str(output),
         "opset": opset,

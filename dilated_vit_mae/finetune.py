@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model_card import CLASSIFIER_CARD_MARKER, LICENSE
-from .probe import class_ids, label_matrix, resolve_label_columns
+from .probe import OnMissingLabel, class_ids, drop_missing_labels, label_matrix, resolve_label_columns
 from .training import stable_seed
 
 
@@ -48,6 +48,7 @@ __all__ = [
     "MixupCutmix",
     "as_our_image_processor",
     "classification_loss",
+    "labelled_splits",
     "layer_id_for_vit",
     "load_classifier",
     "param_groups_lrd",
@@ -126,11 +127,10 @@ def resolve_labels(train_dataset, label_column: str | None = None, label_columns
     CelebA attribute present (multi-label), else the first of `celeb_id` / `label` present (single-label).
 
     Single-label classes are the sorted distinct training values (as strings), so `id2label` reads as the data does.
+    Examples without a label (`None`, blank, NaN) are refused by name (`labelled_splits` can leave them out instead).
     """
-    columns = resolve_label_columns(
-        train_dataset.column_names, label_column=label_column, label_columns=label_columns,
-        fallback=DEFAULT_SINGLE_LABEL_COLUMNS,
-    )  # fmt: skip
+    columns = _label_columns(train_dataset, label_column, label_columns)
+    drop_missing_labels(train_dataset, columns, split="train")
     multi = label_columns is not None or (label_column is None and columns[0] not in DEFAULT_SINGLE_LABEL_COLUMNS)
     if multi:
         label_matrix(train_dataset, columns)  # raises on non-binary columns
@@ -142,6 +142,31 @@ def resolve_labels(train_dataset, label_column: str | None = None, label_columns
             "classifier needs at least 2. Pick another --label_column."
         )
     return LabelSpec("single_label", columns, classes)
+
+
+def _label_columns(train_dataset, label_column: str | None, label_columns: Sequence[str] | None) -> list[str]:
+    return resolve_label_columns(
+        train_dataset.column_names, label_column=label_column, label_columns=label_columns,
+        fallback=DEFAULT_SINGLE_LABEL_COLUMNS,
+    )  # fmt: skip
+
+
+def labelled_splits(
+    splits, label_column: str | None = None, label_columns: Sequence[str] | None = None,
+    on_missing_label: OnMissingLabel = "raise",
+):  # fmt: skip
+    """
+    `(splits, LabelSpec)`: the labels of `resolve_labels`, and every split (a `DatasetDict` or dict with `"train"`)
+    with its examples that have no label refused by name (`on_missing_label="raise"`) or left out and counted in a
+    warning (`"skip"`).
+    """
+    columns = _label_columns(splits["train"], label_column, label_columns)
+    kept = {
+        split: drop_missing_labels(dataset, columns, split=split, on_missing_label=on_missing_label)
+        for split, dataset in splits.items()
+    }
+    kept = type(splits)(kept) if isinstance(splits, dict) else kept
+    return kept, resolve_labels(kept["train"], label_column, label_columns)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

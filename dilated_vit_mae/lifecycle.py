@@ -64,6 +64,11 @@ class OutputDirError(UserError, FileExistsError):
     given."""
 
 
+DISK_FULL_ADVICE = (
+    "Free some space (or set a smaller --checkpoints_total_limit, or an --output_dir on a larger disk) and run again."
+)
+
+
 class DiskWriteError(UserError):
     """
     A write failed (no space left, quota, file-size limit, read-only file system); nothing partial was left behind.
@@ -73,11 +78,12 @@ class DiskWriteError(UserError):
         path (`Path`): where.
         needed_bytes (`int`, *optional*): the size of what was being written, or an estimate.
         free_bytes (`int`, *optional*): the free space on that file system once the partial files were removed.
+        advice (`str`, *optional*): what to do, in place of `DISK_FULL_ADVICE` (a training run's).
     """
 
     def __init__(
         self, what: str, path: Path, cause: BaseException, needed_bytes: int | None, free_bytes: int | None,
-        at_least: bool = False,
+        at_least: bool = False, advice: str | None = None,
     ):  # fmt: skip
         self.what, self.path, self.needed_bytes, self.free_bytes = what, Path(path), needed_bytes, free_bytes
         bound = "at least" if at_least else "about"
@@ -85,8 +91,7 @@ class DiskWriteError(UserError):
         free = format_bytes(free_bytes) if free_bytes is not None else "an unknown amount"
         super().__init__(
             f"could not write {what} to {path}: {_one_line(cause)}. It needs {needed} and {free} is free there; the "
-            "partial files were removed and the previous files are unchanged. Free some space (or set a smaller "
-            "--checkpoints_total_limit, or an --output_dir on a larger disk) and run again."
+            f"partial files were removed and the previous files are unchanged. {advice or DISK_FULL_ADVICE}"
         )
 
 
@@ -588,6 +593,7 @@ def guarded_checkpoint_write(
     expected_bytes: int | None = None,
     what: str | None = None,
     shown_as: str | os.PathLike | None = None,
+    advice: str | None = None,
 ) -> Iterator[None]:
     """
     Around a write into `temporary_dir` (`accelerator.save_state(".tmp-step_N")` in `CheckpointManager.save`): if it
@@ -598,6 +604,7 @@ def guarded_checkpoint_write(
     Args:
         what (`str`, *optional*): for the message; defaults to `"checkpoint step_N"` from the folder's name.
         shown_as (`str` or `os.PathLike`, *optional*): the folder the message names instead of `temporary_dir`.
+        advice (`str`, *optional*): what to do, for the message (default: `DISK_FULL_ADVICE`).
     """
     temporary_dir = Path(temporary_dir)
     try:
@@ -611,7 +618,9 @@ def guarded_checkpoint_write(
         shown_as = Path(shown_as) if shown_as is not None else temporary_dir
         where = shown_as / newest if newest else shown_as
         needed, at_least = (expected_bytes, False) if expected_bytes else (written or None, True)
-        raise DiskWriteError(what, where, error, needed, free_bytes(temporary_dir), at_least=at_least) from error
+        raise DiskWriteError(
+            what, where, error, needed, free_bytes(temporary_dir), at_least=at_least, advice=advice
+        ) from error
 
 
 def fsync_tree(root: str | os.PathLike) -> None:
@@ -643,6 +652,8 @@ def stage_and_swap(
     include: Iterable[str] = (),
     remove: Iterable[str] = (),
     expected_bytes: int | None = None,
+    what: str = "the final files",
+    advice: str | None = None,
 ) -> list[str]:
     """
     Replace files of `output_dir` all at once: `write(staging)` writes them into a staging folder inside `output_dir`
@@ -660,6 +671,9 @@ def stage_and_swap(
         remove (`Iterable[str]`, *optional*): entries to delete with the swap because they describe the replaced
             files (e.g. `linear_probe_results.json`).
         expected_bytes (`int`, *optional*): the size of what `write` writes, for the error message.
+        what (`str`, *optional*, defaults to `"the final files"`): what is written, for the error message (e.g.
+            `"the best model"`, `"the ONNX file"`).
+        advice (`str`, *optional*): what to do after a write failure, for the message (default: `DISK_FULL_ADVICE`).
 
     Returns:
         The entries swapped in.
@@ -671,7 +685,7 @@ def stage_and_swap(
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
     try:
         with guarded_checkpoint_write(
-            staging, expected_bytes=expected_bytes, what="the final files", shown_as=output_dir
+            staging, expected_bytes=expected_bytes, what=what, shown_as=output_dir, advice=advice
         ):
             _copy_included(output_dir, staging, include)
             write(staging)
@@ -732,6 +746,66 @@ def _put_back(output_dir: Path, replaced: Path, moved_in: Sequence[str], moved_o
     except OSError:
         logger.error(f"the previous files of {output_dir} could not all be put back: they are in {replaced}.")
         raise
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model folders given on the command line
+# ----------------------------------------------------------------------------------------------------------------------
+
+MODEL_TYPES = ("dilated_vit_mae", "vit_mae")  # what the scripts load: ours, or a transformers ViTMAE checkpoint
+PRETRAINING_SOURCES = "a run_mae.py output folder or a facebook/vit-mae-* checkpoint"
+
+
+def check_model_folder(
+    name: str | os.PathLike, *, flag: str = "--model_name_or_path", for_pretraining: bool = False
+) -> None:
+    """
+    Refuse, with one line saying what `name` is and what to pass instead (`UserError`), a local `--model_name_or_path`
+    that is not a model folder of ours or of transformers' ViTMAE: a file, a folder without `config.json` (a training
+    checkpoint, an unfinished run, a data folder), another model type, or (`for_pretraining`, `run_mae.py`) a
+    fine-tuned classifier, whose missing decoder would start from random and whose `mask_ratio` 0 masks nothing. A
+    name that is not a local path is left to `from_pretrained` (a Hub id). Reads `config.json` only.
+    """
+    path = Path(name).expanduser()
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise UserError(f"{flag} {name} is a file, not a model folder: pass the folder that holds its config.json.")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{flag} {name} is not a model folder: it has no config.json ({_what_folder_is(path)}).")
+    try:
+        config = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{flag} {name}: its config.json is damaged ({_one_line(error)}); pass an intact model folder.")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in MODEL_TYPES:
+        raise UserError(
+            f"{flag} {name} holds a {model_type!r} model, not a DilatedViTMAE or ViTMAE one (its config.json): pass "
+            f"{PRETRAINING_SOURCES}."
+        )
+    classifiers = [a for a in config.get("architectures") or [] if str(a).endswith("ForImageClassification")]
+    if for_pretraining and classifiers:
+        raise UserError(
+            f"{flag} {name} is a fine-tuned image classifier ({classifiers[0]}, as run_finetune.py writes): it has no "
+            "decoder and masks nothing, so MAE pre-training cannot continue from it. Pass the pre-training folder it "
+            f"was fine-tuned from, or {PRETRAINING_SOURCES}."
+        )
+
+
+def _what_folder_is(path: Path) -> str:
+    if (path / "trainer_state.json").is_file():
+        return (
+            "it is a training checkpoint: resume its run with --resume_from_checkpoint, or pass the run's output "
+            "folder once the run has finished"
+        )
+    if (path / CHECKPOINTS_DIR).is_dir():
+        best = path / CHECKPOINTS_DIR / "best"
+        also = f", or pass {best} (its best model so far)" if (best / "config.json").is_file() else ""
+        return f"it is a run that has not finished: resume it with {RESUME_HINT}{also}"
+    names = sorted(p.name for p in path.iterdir())
+    holding = f"it holds {', '.join(names[:3])}{', ...' if len(names) > 3 else ''}" if names else "it is empty"
+    return f"{holding}; pass {PRETRAINING_SOURCES}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------

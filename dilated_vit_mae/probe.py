@@ -51,6 +51,7 @@ __all__ = [
     "Pooling",
     "ProbeTask",
     "class_ids",
+    "drop_missing_labels",
     "encode_images",
     "extract_features",
     "knn_predict",
@@ -616,6 +617,59 @@ def label_matrix(dataset, columns: Sequence[str]) -> np.ndarray:
     if bad:
         raise ValueError(f"Multi-label columns must be binary (bool, 0/1 or -1/1), got values {bad[:5]} in {columns}.")
     return matrix
+
+
+OnMissingLabel = Literal["raise", "skip"]
+MISSING_LABEL_FLAG = "--on_missing_label"  # the same flag in scripts/run_finetune.py and scripts/linear_probe.py
+
+
+def _is_missing(value: Any) -> bool:
+    """No label: `None` (an empty cell of a metadata.csv), a blank string, or NaN."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, float) and math.isnan(value)
+
+
+def drop_missing_labels(
+    dataset, columns: Sequence[str], *, split: str, on_missing_label: OnMissingLabel = "raise"
+):  # fmt: skip
+    """
+    `dataset` without the examples that have no value in one of the label `columns` (`None`, blank, NaN): refused with
+    a `ValueError` naming the split, each column, how many and the first rows (`on_missing_label="raise"`), or left
+    out and counted in a warning (`"skip"`). Columns the split does not have are not checked.
+    """
+    rows_by_column = {
+        column: [i for i, value in enumerate(dataset[column]) if _is_missing(value)]
+        for column in columns
+        if column in dataset.column_names
+    }
+    rows_by_column = {column: rows for column, rows in rows_by_column.items() if rows}
+    if not rows_by_column:
+        return dataset
+    missing = sorted({i for rows in rows_by_column.values() for i in rows})
+    described = "; ".join(
+        f"{len(rows)} of {len(dataset)} examples have no value in {column!r} (rows {_first_rows(rows)})"
+        for column, rows in rows_by_column.items()
+    )
+    if on_missing_label != "skip":
+        raise ValueError(
+            f"The {split!r} split has examples without a label: {described}. Fill them in, or pass "
+            f"{MISSING_LABEL_FLAG} skip to leave those examples out."
+        )
+    logger.warning(
+        f"{MISSING_LABEL_FLAG} skip: left out {len(missing)} of {len(dataset)} {split!r} examples without a label "
+        f"({described})."
+    )
+    if len(missing) == len(dataset):
+        raise ValueError(f"No example of the {split!r} split has a label ({described}): fill them in, or pick another split.")
+    missing_set = set(missing)
+    return dataset.select([i for i in range(len(dataset)) if i not in missing_set])
+
+
+def _first_rows(rows: Sequence[int], shown: int = 5) -> str:
+    return ", ".join(map(str, rows[:shown])) + (", ..." if len(rows) > shown else "")
 
 
 def resolve_label_columns(

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import textwrap
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
-from .lifecycle import guarded_checkpoint_write
+from .lifecycle import OVERWRITE_HINT, RunIdentity, UserError, check_resumable, guarded_checkpoint_write
 from .modeling_dilated_vit_mae import DilatedViTMAEForPreTraining, patchify, unpatchify
 
 
@@ -194,6 +195,46 @@ CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 TRAINER_STATE = "trainer_state.json"
 
 
+def damaged_checkpoint_file(checkpoint: str | os.PathLike) -> tuple[str, str] | None:
+    """
+    The first file of a checkpoint folder that cannot be read whole, and what is wrong with it: an empty file, a
+    safetensors file shorter than its header says, a torch file (`optimizer.bin`, `scheduler.bin`, `*.pkl`, `*.pt`:
+    zip archives) whose archive is cut or corrupt, a JSON file that does not parse; `None` if every file reads.
+    Files of other kinds (FSDP's `.distcp` shards, ...) are not checked.
+    """
+    checkpoint = Path(checkpoint)
+    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
+        problem = _file_problem(path)
+        if problem:
+            return str(path.relative_to(checkpoint)), problem
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    try:
+        if path.suffix == ".safetensors":
+            with path.open("rb") as file:
+                header_size = int.from_bytes(file.read(8), "little")
+                header = json.loads(file.read(header_size)) if 8 + header_size <= size else None
+            if header is None:
+                return f"truncated: {size} bytes, shorter than its header"
+            data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+            expected = 8 + header_size + data_end
+            return f"truncated: {size} of {expected} bytes" if size != expected else None
+        if path.suffix in (".bin", ".pkl", ".pt", ".pth"):
+            with zipfile.ZipFile(path) as archive:
+                corrupt = archive.testzip()
+            return f"{corrupt} in it fails its checksum" if corrupt else None
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+    except (zipfile.BadZipFile, ValueError, KeyError, TypeError, OSError) as error:
+        return f"unreadable, {size} bytes: {' '.join(str(error).split()) or type(error).__name__}"
+    return None
+
+
 class CheckpointManager:
     """
     `OUTPUT_DIR/checkpoints/step_N/`, one folder per checkpoint, written atomically: `accelerator.save_state` writes
@@ -240,6 +281,38 @@ class CheckpointManager:
                 f"complete ones: {[str(p) for p in self.checkpoints()] or 'none'}."
             )
         return path
+
+    def load(self, accelerator, checkpoint: str | os.PathLike, identity: RunIdentity) -> dict[str, Any]:
+        """
+        The trainer state of `checkpoint` (refused if it belongs to another run: `check_resumable`), after
+        `accelerator.load_state` restored the model, optimizer, scheduler, sampler and random states from it (every
+        process must call this). A damaged file (truncated by a full disk or a copy, unreadable) is a `UserError` that
+        names it and the earlier complete checkpoints to resume from instead, not the loading library's traceback.
+        """
+        checkpoint = Path(checkpoint)
+        try:
+            saved = check_resumable(checkpoint, identity)  # before loading anything
+            accelerator.load_state(str(checkpoint))
+        except UserError:
+            raise
+        except Exception as error:
+            damaged = damaged_checkpoint_file(checkpoint)
+            if damaged is None:
+                raise
+            raise UserError(self._damaged_message(checkpoint, *damaged)) from error
+        return saved
+
+    def _damaged_message(self, checkpoint: Path, name: str, problem: str) -> str:
+        earlier = [p for p in self.checkpoints() if p.resolve() != checkpoint.resolve()]
+        if earlier:
+            choice = (
+                f"resume from an earlier checkpoint with --resume_from_checkpoint {earlier[-1]} (complete ones: "
+                f"{', '.join(p.name for p in earlier)}), or delete {checkpoint} so that --resume_from_checkpoint latest "
+                f"skips it, or start over with {OVERWRITE_HINT}"
+            )
+        else:
+            choice = f"there is no earlier checkpoint in {self.checkpoints_dir}: start over with {OVERWRITE_HINT}"
+        return f"checkpoint {checkpoint} cannot be resumed: its {name} is damaged ({problem}); {choice}."
 
     def save(self, accelerator, step: int, trainer_state: dict[str, Any], expected_bytes: int | None = None) -> Path:
         """Save the accelerator state and `trainer_state` as `step_{step}` (every process must call this). A full disk

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 from dilated_vit_mae.export import DEFAULT_ATOL, DEFAULT_OPSET, export_encoder_onnx  # noqa: E402
-from dilated_vit_mae.lifecycle import positive_float, positive_int, run_cli  # noqa: E402
+from dilated_vit_mae.lifecycle import check_model_folder, positive_float, positive_int, run_cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
+    check_model_folder(args.model_name_or_path)
     report = export_encoder_onnx(
         args.model_name_or_path, args.output, opset=args.opset, check_batch_sizes=args.check_batch_sizes,
         atol=args.atol, revision=args.revision, token=args.token, trust_remote_code=args.trust_remote_code,

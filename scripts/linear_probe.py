@@ -53,13 +53,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 from dilated_vit_mae.data import load_celeba  # noqa: E402
-from dilated_vit_mae.lifecycle import positive_float, positive_int, run_cli  # noqa: E402
+from dilated_vit_mae.lifecycle import check_model_folder, positive_float, positive_int, run_cli  # noqa: E402
 from dilated_vit_mae.probe import (  # noqa: E402
     DEFAULT_FEATURE_CACHE_DIR,
     KNN_K,
     KNN_TEMPERATURE,
     FeatureCache,
     class_ids,
+    drop_missing_labels,
     extract_features,
     knn_predict,
     label_matrix,
@@ -114,6 +115,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--label_columns", nargs="+", help="Multi-label (BCE) columns; default: every CelebA attribute present."
     )
     labels.add_argument("--label_column", help="One label column instead (cross-entropy over its distinct values).")
+    data.add_argument(
+        "--on_missing_label", choices=["raise", "skip"], default="raise",
+        help="Examples with no value in a label column: refuse them by name, or leave them out (counted in a warning).",
+    )  # fmt: skip
 
     features = parser.add_argument_group("features")
     features.add_argument(
@@ -266,6 +271,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         transformers.utils.logging.set_verbosity_error()
 
     # ---- frozen encoder ----------------------------------------------------------------------------------------------
+    check_model_folder(args.model_name_or_path)
     model, image_processor = load_frozen_encoder(
         args.model_name_or_path,
         revision=args.revision,
@@ -301,6 +307,10 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         )
     label_columns = resolve_label_columns(
         train_set.column_names, label_column=args.label_column, label_columns=args.label_columns
+    )
+    train_set, eval_set = (
+        drop_missing_labels(dataset, label_columns, split=split, on_missing_label=args.on_missing_label)
+        for dataset, split in ((train_set, args.train_split), (eval_set, args.eval_split))
     )
 
     # ---- features ----------------------------------------------------------------------------------------------------

@@ -30,8 +30,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -68,13 +66,14 @@ from dilated_vit_mae.finetune import (  # noqa: E402
     classification_loss,
     load_classifier,
     param_groups_lrd,
+    labelled_splits,
     render_classifier_card,
-    resolve_labels,
 )
 from dilated_vit_mae.lifecycle import (  # noqa: E402
     RunIdentity,
     check_output_dir,
-    check_resumable,
+    check_model_folder,
+    checkpoint_bytes,
     checkpointing_steps,
     fraction,
     non_negative_float,
@@ -85,6 +84,7 @@ from dilated_vit_mae.lifecycle import (  # noqa: E402
     probability,
     quiet_library_logs,
     run_cli,
+    stage_and_swap,
 )
 from dilated_vit_mae.probe import probe_scores  # noqa: E402
 from dilated_vit_mae.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
@@ -127,6 +127,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     labels = data.add_mutually_exclusive_group()
     labels.add_argument("--label_column", help="One label column (single-label); default: celeb_id, then label.")
     labels.add_argument("--label_columns", nargs="+", help="Multi-label columns; default: every CelebA attribute present.")
+    data.add_argument(
+        "--on_missing_label", choices=["raise", "skip"], default="raise",
+        help="Examples with no value in a label column: refuse them by name, or leave them out (counted in a warning).",
+    )  # fmt: skip
 
     model = parser.add_argument_group("model")
     model.add_argument("--model_name_or_path", help="A run_mae.py output folder, or a facebook/vit-mae-* checkpoint.")
@@ -377,15 +381,25 @@ def metric_name(labels: LabelSpec) -> str:
     return "mean_attribute_accuracy" if labels.task == "multi_label" else "accuracy"
 
 
+DISK_FULL_RESUME_ADVICE = (
+    "Free some space (or set a smaller --checkpoints_total_limit), then continue with --resume_from_checkpoint latest."
+)
+
+
 def save_best(accelerator, model, checkpoints_dir: Path) -> None:
-    """The model's weights and config into `checkpoints/best`, replaced atomically (every process must call this)."""
+    """The model's weights and config into `checkpoints/best`, staged and swapped in: a full disk leaves the previous
+    best model as it was and raises `DiskWriteError` (every process must call this)."""
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        temporary, final = checkpoints_dir / f".tmp-{BEST_DIR}", checkpoints_dir / BEST_DIR
-        shutil.rmtree(temporary, ignore_errors=True)
-        save_pretrained(accelerator.unwrap_model(model), temporary, state_dict, save_function=accelerator.save)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(temporary, final)
+        unwrapped = accelerator.unwrap_model(model)
+
+        def write_best(staging: Path) -> None:
+            save_pretrained(unwrapped, staging / BEST_DIR, state_dict, save_function=accelerator.save)
+
+        stage_and_swap(
+            checkpoints_dir, write_best, marker=BEST_DIR, expected_bytes=checkpoint_bytes(unwrapped),
+            what="the best model", advice=DISK_FULL_RESUME_ADVICE,
+        )  # fmt: skip
     accelerator.wait_for_everyone()
 
 
@@ -466,18 +480,25 @@ def run_summary(args, accelerator, splits, labels: LabelSpec, plan: dict, state:
 
 def save_folder(args, accelerator, model, image_processor, summary: dict, state_dict: dict) -> None:
     """The publishable classifier folder: model (the selected weights, `state_dict`: `accelerator.get_state_dict`),
-    processor, code, all_results.json, README.md."""
+    processor, code, all_results.json, README.md, staged and swapped in all at once (all_results.json last): a full
+    disk leaves no part of it under OUTPUT_DIR and raises `DiskWriteError`."""
     output_dir = Path(args.output_dir)
     unwrapped = accelerator.unwrap_model(model)
     # the pre-training folder's custom pipelines (reconstruction, features) need code a classifier folder does not
     # ship; transformers' image-classification pipeline serves it
     if hasattr(unwrapped.config, "custom_pipelines"):
         del unwrapped.config.custom_pipelines
-    save_pretrained(unwrapped, output_dir, state_dict, save_function=accelerator.save)  # also from FSDP2's FSDP<Class>
-    image_processor.save_pretrained(output_dir)
     summary = publishable(summary, secret_values(args))
-    write_publishable_json(output_dir / "all_results.json", summary, secrets=())
-    render_classifier_card(summary, repo_id=args.hub_model_id).save(output_dir / "README.md")
+
+    def write_final_files(folder: Path) -> None:
+        save_pretrained(unwrapped, folder, state_dict, save_function=accelerator.save)  # also from FSDP2's FSDP<Class>
+        image_processor.save_pretrained(folder)
+        write_publishable_json(folder / "all_results.json", summary, secrets=())
+        render_classifier_card(summary, repo_id=args.hub_model_id).save(folder / "README.md")
+
+    stage_and_swap(
+        output_dir, write_final_files, expected_bytes=checkpoint_bytes(unwrapped), advice=DISK_FULL_RESUME_ADVICE
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -542,8 +563,8 @@ def resume(args, accelerator, checkpoints: CheckpointManager, effective_batch_si
     if not args.resume_from_checkpoint:
         return state
     checkpoint = checkpoints.resolve(args.resume_from_checkpoint)
-    saved = check_resumable(checkpoint, identity)  # refuses a checkpoint of another run, before loading it
-    accelerator.load_state(str(checkpoint))
+    # refuses a checkpoint of another run before loading it, and names a damaged file with the checkpoints to use instead
+    saved = checkpoints.load(accelerator, checkpoint, identity)
     state.update(saved, run_id=identity.run_id)
     if state["num_processes"] != accelerator.num_processes or state["effective_batch_size"] != effective_batch_size:
         logger.warning(
@@ -565,6 +586,9 @@ NOT_RUN_DEFINING = {
 
 def main(args: argparse.Namespace) -> Path:
     # ---- accelerator, seed -------------------------------------------------------------------------------------------
+    # a checkpoint, a data folder or another model given as the model is named before the run folder is written
+    model_flag = "--model_name_or_path" if args.model_name_or_path else "--config_name"
+    check_model_folder(args.model_name_or_path or args.config_name, flag=model_flag)
     # every process refuses a folder holding an earlier run before anything is written (same rules as run_mae.py)
     check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
     accelerator = setup_accelerator(args)
@@ -575,7 +599,7 @@ def main(args: argparse.Namespace) -> Path:
     # ---- data, labels, model -----------------------------------------------------------------------------------------
     with accelerator.main_process_first():
         splits = load_splits(args)
-    labels = resolve_labels(splits["train"], args.label_column, args.label_columns)
+    splits, labels = labelled_splits(splits, args.label_column, args.label_columns, args.on_missing_label)
     config = build_config(args, labels)
     model = build_model(args, config)
     image_processor = load_image_processor(args, config)

@@ -58,7 +58,7 @@ from dilated_vit_mae.lifecycle import (  # noqa: E402
     RunClock,
     RunIdentity,
     check_output_dir,
-    check_resumable,
+    check_model_folder,
     checkpoint_bytes,
     checkpointing_steps,
     exit_when_parent_dies,
@@ -539,8 +539,8 @@ def apply_learning_rate(run: Run, saved: TrainerState, learning_rate: float) -> 
 
 def resume(run: Run, learning_rate: float) -> None:
     checkpoint = run.checkpoints.resolve(run.args.resume_from_checkpoint)
-    saved_dict = check_resumable(checkpoint, run.identity)  # refuses a checkpoint of another run, before loading it
-    run.accelerator.load_state(str(checkpoint))
+    # refuses a checkpoint of another run before loading it, and names a damaged file with the checkpoints to use instead
+    saved_dict = run.checkpoints.load(run.accelerator, checkpoint, run.identity)
     fields = {f.name for f in dataclasses.fields(TrainerState)}
     saved = TrainerState(**{k: v for k, v in saved_dict.items() if k in fields})
     state = run.state
@@ -982,6 +982,8 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: C
 def main(args: argparse.Namespace) -> Path:
     if parent_is_launcher():
         exit_when_parent_dies()  # a launcher killed on its own (it forwards nothing) still gets this process to save
+    if args.model_name_or_path:  # a classifier, a checkpoint or a data folder is named before the run folder is written
+        check_model_folder(args.model_name_or_path, for_pretraining=True)
     # every process, before any writes (the Accelerator's rendezvous orders it before the main process's changes)
     check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
     accelerator = setup_accelerator(args)

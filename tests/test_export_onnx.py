@@ -3,6 +3,10 @@ whole-image features in onnxruntime as in PyTorch at batch 1 and 3 (dynamic batc
 and from a transformers ViTMAE checkpoint; a bad export is refused and removed; bad arguments fail when parsed."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -92,6 +96,57 @@ def test_an_export_beyond_tolerance_is_refused_and_removed(our_model_dir, tmp_pa
     with pytest.raises(ValueError, match="differs from PyTorch by up to 0.5"):
         export.export_encoder_onnx(our_model_dir, output)
     assert not output.exists()
+
+
+def test_an_export_beyond_tolerance_keeps_the_previous_file(our_model_dir, tmp_path, monkeypatch):
+    from dilated_vit_mae import export
+
+    monkeypatch.setattr(export, "check_onnx_export", lambda *args, **kwargs: {1: 0.0, 3: 0.5})
+    output = tmp_path / "encoder.onnx"
+    output.write_bytes(b"an earlier export")
+    with pytest.raises(ValueError, match="differs from PyTorch by up to 0.5"):
+        export.export_encoder_onnx(our_model_dir, output)
+    assert output.read_bytes() == b"an earlier export" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "encoder.onnx", "ours"
+    ]
+
+
+FULL_DISK_CHILD = textwrap.dedent(
+    """
+    import importlib.util, resource, signal, sys
+
+    spec = importlib.util.spec_from_file_location("export_onnx", sys.argv[1])
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.parse_args(sys.argv[2:])
+    import onnx, onnxruntime, onnxscript  # imported before the limit (the export imports them itself)
+
+    # a "disk" with room for 20 kB per file (the graph with its weights is ~150 kB): writes beyond fail as on a full disk
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    script.run_cli(script.main, args)
+    """
+)
+
+
+def test_a_full_disk_leaves_no_truncated_file_and_keeps_the_previous_one(our_model_dir, tmp_path):
+    output = tmp_path / "onnx" / "encoder.onnx"
+    output.parent.mkdir()
+    output.write_bytes(b"an earlier export")
+    child = tmp_path / "full_disk.py"
+    child.write_text(FULL_DISK_CHILD)
+    result = subprocess.run(
+        [sys.executable, str(child), str(Path(__file__).resolve().parent.parent / "scripts" / "export_onnx.py"),
+         "--model_name_or_path", str(our_model_dir), "--output", str(output)],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: could not write the ONNX file to {output}: "), line
+    assert "File too large" in line and "Free some space, or give an --output on a larger disk" in line
+    assert output.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in output.parent.iterdir()) == ["encoder.onnx"]  # nothing partial, nothing staged
 
 
 def test_a_masking_encoder_is_not_exported(tiny_config):

@@ -1,6 +1,8 @@
 """Tests of `dilated_vit_mae/finetune.py`: MAE's layer-wise lr decay, mixup / cutmix against timm's formulas, the
 losses, label resolution, warm starts from our and transformers' ViTMAE checkpoints, the card."""
 
+import logging
+
 import datasets
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from dilated_vit_mae.finetune import (
     as_our_image_processor,
     classification_loss,
     cutmix_box,
+    labelled_splits,
     layer_id_for_vit,
     load_classifier,
     param_groups_lrd,
@@ -187,6 +190,34 @@ def test_labels_of_an_image_folder_are_its_folder_names():
     assert spec.label2id == {"cat": 0, "dog": 1} and spec.encode(train).tolist() == [1, 0, 1]
     with pytest.raises(ValueError, match="at least 2"):
         resolve_labels(datasets.Dataset.from_dict({"label": [1, 1]}, features=features))
+
+
+def test_missing_labels_are_refused_by_name_not_made_a_class():
+    # a metadata.csv with empty cells: datasets reads them as None (string and number columns alike)
+    train = datasets.Dataset.from_dict({"label": ["cat", None, "dog", "", None, "cat"], "Smiling": [1, 0, float("nan"), 1, 0, 1]})
+    with pytest.raises(ValueError) as refused:
+        resolve_labels(train, label_column="label")
+    message = str(refused.value)
+    assert "'train' split" in message and "3 of 6 examples" in message and "'label'" in message
+    assert "rows 1, 3, 4" in message and "--on_missing_label skip" in message
+    with pytest.raises(ValueError, match=r"1 of 6 examples have no value in 'Smiling' \(rows 2\)"):
+        resolve_labels(train, label_columns=["Smiling"])
+
+
+def test_missing_labels_are_left_out_of_every_split_when_asked(caplog):
+    splits = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"label": ["cat", None, "dog", "dog"]}),
+        "validation": datasets.Dataset.from_dict({"label": ["dog", " ", "cat"]}),
+    })  # fmt: skip
+    with pytest.raises(ValueError, match="'train' split"):
+        labelled_splits(splits, label_column="label")
+    with caplog.at_level(logging.WARNING):
+        kept, spec = labelled_splits(splits, label_column="label", on_missing_label="skip")
+    assert spec.classes == ["cat", "dog"] and "None" not in spec.classes
+    assert kept["train"]["label"] == ["cat", "dog", "dog"] and kept["validation"]["label"] == ["dog", "cat"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("left out 1 of 4 'train' examples" in w for w in warnings), warnings
+    assert any("left out 1 of 3 'validation' examples" in w for w in warnings), warnings
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from dilated_vit_mae.lifecycle import (
     RunClock,
     RunIdentity,
     UserError,
+    check_model_folder,
     check_output_dir,
     check_resumable,
     checkpoint_bytes,
@@ -448,6 +449,61 @@ def test_a_real_full_disk_is_one_clear_line_and_leaves_the_folder_as_it_was(tmp_
     assert re.search(r"and [\d.]+ [kMG]?B is free there", line)
     assert snapshot(output_dir) == before and not list((output_dir / "checkpoints").glob(".tmp-*"))
     assert not list(output_dir.glob(".tmp-*"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Model folders given on the command line
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def model_folder(path: Path, model_type="dilated_vit_mae", architectures=("DilatedViTMAEForPreTraining",)) -> Path:
+    write(path / "config.json", json.dumps({"model_type": model_type, "architectures": list(architectures)}))
+    return path
+
+
+def test_model_folders_of_ours_and_of_vit_mae_and_hub_ids_pass(tmp_path):
+    check_model_folder(model_folder(tmp_path / "ours"), for_pretraining=True)
+    check_model_folder(model_folder(tmp_path / "vit", "vit_mae", ["ViTMAEForPreTraining"]), for_pretraining=True)
+    classifier = model_folder(tmp_path / "classifier", architectures=["DilatedViTMAEForImageClassification"])
+    check_model_folder(classifier)  # a probe or a further fine-tune may read a classifier's encoder
+    check_model_folder("facebook/vit-mae-base", for_pretraining=True)  # not local: left to from_pretrained
+
+
+@pytest.mark.parametrize(
+    "make, flag, message",
+    [
+        (lambda p: write(p / "model.safetensors"), "--model_name_or_path",
+         r"--model_name_or_path {p} is not a model folder: it has no config.json \(it holds model.safetensors; pass a "
+         r"run_mae.py output folder or a facebook/vit-mae-\* checkpoint\)\.$"),
+        (lambda p: [write(p / "checkpoints" / "step_5" / "trainer_state.json"), write(p / "run.json")], "--config_name",
+         r"--config_name {p} is not a model folder: .*a run that has not finished: resume it with "
+         r"--resume_from_checkpoint latest\)\.$"),
+        (lambda p: [write(p / "checkpoints" / "step_5" / "trainer_state.json"),
+                    model_folder(p / "checkpoints" / "best")], "--model_name_or_path",
+         r"resume it with --resume_from_checkpoint latest, or pass {p}/checkpoints/best \(its best model so far\)\)"),
+        (lambda p: write(p / "trainer_state.json"), "--model_name_or_path",
+         r"is not a model folder: it has no config.json \(it is a training checkpoint: resume its run with "
+         r"--resume_from_checkpoint"),
+        (lambda p: model_folder(p, "bert", ["BertModel"]), "--model_name_or_path",
+         r"holds a 'bert' model, not a DilatedViTMAE or ViTMAE one \(its config.json\)"),
+        (lambda p: write(p / "config.json", "{"), "--model_name_or_path", r"its config.json is damaged"),
+    ],
+)  # fmt: skip
+def test_what_is_not_a_model_folder_is_named_with_what_to_pass(tmp_path, make, flag, message):
+    folder = tmp_path / "given"
+    folder.mkdir()
+    make(folder)
+    with pytest.raises(UserError, match=message.format(p=re.escape(str(folder)))):
+        check_model_folder(folder, flag=flag)
+
+
+def test_a_file_or_a_classifier_for_pretraining_is_refused(tmp_path):
+    with pytest.raises(UserError, match=r"is a file, not a model folder: pass the folder that holds its config.json"):
+        check_model_folder(write(tmp_path / "model.safetensors"))
+    classifier = model_folder(tmp_path / "classifier", architectures=["DilatedViTMAEForImageClassification"])
+    with pytest.raises(UserError, match=r"is a fine-tuned image classifier \(DilatedViTMAEForImageClassification, as "
+                                        r"run_finetune.py writes\): it has no decoder and masks nothing"):  # fmt: skip
+        check_model_folder(classifier, for_pretraining=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ against a hand computation, the script end to end on the shipped CelebA sample w
 transformers ViTMAE checkpoint, the feature cache, and sharded extraction over two processes."""
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -473,6 +475,44 @@ def test_script_rejects_unknown_label_column(our_model_dir, tmp_path):
         script.main(script.parse_args(probe_argv(our_model_dir, tmp_path / "cache", "--label_columns", "Not_A_Column")))
 
 
+def folders_with_missing_labels(root: Path) -> Path:
+    """An image folder whose metadata.csv leaves some labels empty: train/ rows 2, 5 and 9, test/ row 4 (the loader
+    carves row 9 of train/ out as the validation split)."""
+    rng = np.random.default_rng(0)
+    for split, count, missing in (("train", 12, {2, 5, 9}), ("test", 6, {4})):
+        (root / split).mkdir(parents=True)
+        rows = ["file_name,label"]
+        for i in range(count):
+            PIL.Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+            rows.append(f"{i}.png,{'' if i in missing else ('cat', 'dog')[i % 2]}")
+        (root / split / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("protocol", ["linear", "knn"])
+def test_missing_labels_are_refused_by_name_or_skipped_and_counted(our_model_dir, tmp_path, protocol, caplog):
+    script = load_script()
+    source = folders_with_missing_labels(tmp_path / "data")
+    argv = [
+        "--model_name_or_path", str(our_model_dir), "--train_dir", str(source), "--label_column", "label",
+        "--feature_cache_dir", str(tmp_path / "cache"), "--probe_epochs", "2", "--protocol", protocol,
+        "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError) as refused:  # was a raw TypeError: '<' not supported between 'NoneType' and 'str'
+        script.main(script.parse_args(argv))
+    assert str(refused.value).startswith(
+        "The 'train' split has examples without a label: 2 of 11 examples have no value in 'label' (rows 2, 5)."
+    )
+    assert "--on_missing_label skip" in str(refused.value)
+    with caplog.at_level(logging.WARNING):
+        results = script.main(script.parse_args([*argv, "--on_missing_label", "skip"]))
+    assert results["num_train"] == 9 and results["num_test"] == 5 and len(results["references"]) == 5
+    assert (results["references"] >= 0).all()  # no example scored against a class named "None"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("left out 2 of 11 'train' examples" in w for w in warnings), warnings
+    assert any("left out 1 of 6 'test' examples" in w for w in warnings), warnings
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Two processes
 # ----------------------------------------------------------------------------------------------------------------------
@@ -515,3 +555,16 @@ def test_extract_features_over_two_processes(our_model_dir, tmp_path):
     result = torch.load(output_file)
     assert result["num_processes"] == 2  # two real ranks (`--cpu --num_processes 2` would start one)
     torch.testing.assert_close(result["features"], result["expected"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_folder_that_is_not_a_model_is_named(tmp_path):
+    from dilated_vit_mae.lifecycle import UserError
+
+    script = load_script()
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_9"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(UserError, match=r"--model_name_or_path .*step_9 is not a model folder: it has no config.json "
+                                        r"\(it is a training checkpoint"):  # was transformers' OSError, with a traceback
+        script.main(script.parse_args(probe_argv(checkpoint, tmp_path / "cache")))

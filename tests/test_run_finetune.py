@@ -4,7 +4,11 @@ after a crash, best-epoch selection, the published folder loading with and witho
 
 import json
 import logging
+import os
+import re
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -285,6 +289,35 @@ def test_image_folders_from_a_vit_mae_checkpoint(script, vit_mae_dir, image_fold
     assert results["eval_accuracy"] > results["eval_majority_baseline"] == 0.5
 
 
+def test_missing_labels_are_refused_by_name_or_left_out_when_asked(script, pretrained_dir, tmp_path, reset_accelerate, caplog):
+    rng = np.random.default_rng(0)
+    for split, count, missing in (("train", 12, {2, 5}), ("val", 6, {4})):  # empty cells of a metadata.csv
+        (tmp_path / split).mkdir()
+        rows = ["file_name,label"]
+        for i in range(count):
+            PIL.Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / split / f"{i}.png")
+            rows.append(f"{i}.png,{'' if i in missing else ('cat', 'dog')[i % 2]}")
+        (tmp_path / split / "metadata.csv").write_text("\n".join(rows) + "\n")
+    output_dir = tmp_path / "out"
+    extra = ["--train_dir", str(tmp_path / "train"), "--validation_dir", str(tmp_path / "val"), "--label_column", "label",
+             "--max_train_steps", "2"]  # fmt: skip
+    # was: a third class named "None", trained on and published in id2label
+    with pytest.raises(ValueError, match=r"The 'train' split has examples without a label: 2 of 12 examples have no "
+                                         r"value in 'label' \(rows 2, 5\)\. Fill them in, or pass --on_missing_label skip"):
+        script.main(script.parse_args(argv(pretrained_dir, output_dir, *extra)))
+    assert sorted(p.name for p in output_dir.iterdir()) == ["run.json"]  # refused before training
+    reset_accelerate_state()
+    with caplog.at_level(logging.WARNING):
+        script.main(script.parse_args(argv(pretrained_dir, output_dir, *extra, "--on_missing_label", "skip", "--overwrite_output_dir")))
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "cat", "1": "dog"}
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["dataset"]["train_samples"] == 10 and results["dataset"]["validation_samples"] == 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("left out 2 of 12 'train' examples" in w for w in warnings), warnings
+    assert any("left out 1 of 6 'validation' examples" in w for w in warnings), warnings
+
+
 def test_training_from_scratch_with_a_config(script, tmp_path, tiny_config_kwargs, reset_accelerate, caplog):
     config_dir = tmp_path / "config"
     DilatedViTMAEConfig(**tiny_config_kwargs).save_pretrained(config_dir)
@@ -407,3 +440,123 @@ def test_a_model_or_a_config_is_required(script, capsys):
     with pytest.raises(SystemExit):
         script.parse_args([])
     assert "Give --model_name_or_path" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A full disk during the best-model save and the final save
+# ----------------------------------------------------------------------------------------------------------------------
+
+FULL_DISK_CHILD = textwrap.dedent(
+    """
+    import importlib.util, resource, signal, sys
+
+    spec = importlib.util.spec_from_file_location("run_finetune", sys.argv[1])
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from dilated_vit_mae.lifecycle import run_cli
+
+    where, argv = sys.argv[2], sys.argv[3:]
+    real_evaluate, accuracies = script.evaluate, iter([0.3, 0.6, 0.9])
+
+    def evaluate_better_every_epoch(*args, **kwargs):  # so that every epoch saves a new best model
+        scores = real_evaluate(*args, **kwargs)
+        return {**scores, "mean_attribute_accuracy": next(accuracies, 0.0)} if scores else scores
+
+    def on_a_full_disk(function, call):
+        calls = []
+
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) != call:
+                return function(*args, **kwargs)
+            # a "disk" with room for 20 kB per file (the weights are ~150 kB): writes beyond fail as on a full disk
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, limits[1]))
+            try:
+                return function(*args, **kwargs)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+        return wrapper
+
+    script.evaluate = evaluate_better_every_epoch
+    if where == "best":  # the second epoch's best model
+        script.save_best = on_a_full_disk(script.save_best, call=2)
+    else:
+        script.save_folder = on_a_full_disk(script.save_folder, call=1)
+    run_cli(script.main, script.parse_args(argv))
+    """
+)
+
+
+def run_on_a_full_disk(tmp_path, where: str, argv_: list[str]) -> subprocess.CompletedProcess:
+    child = tmp_path / "full_disk.py"
+    child.write_text(FULL_DISK_CHILD)
+    return subprocess.run(
+        [sys.executable, str(child), str(REPO_ROOT / "scripts" / "run_finetune.py"), where, *argv_],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT)),
+    )  # fmt: skip
+
+
+def test_a_full_disk_during_the_best_model_save_keeps_the_previous_best(script, pretrained_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    result = run_on_a_full_disk(tmp_path, "best", argv(pretrained_dir, output_dir))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "SafetensorError" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    best = output_dir / "checkpoints" / "best"
+    assert line.startswith(f"error: could not write the best model to {best}"), line
+    assert "File too large" in line and re.search(r"needs about [\d.]+ kB and [\d.]+ [kMG]?B is free there", line)
+    # epoch 0's best model is complete and in place; nothing partial is left under any name
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["best", "step_5"]
+    assert_same_weights(best, output_dir / "checkpoints" / "step_5")
+    assert (best / "config.json").is_file()
+    assert not list(output_dir.rglob(".tmp-*"))
+
+
+def test_a_full_disk_during_the_final_save_leaves_no_half_written_folder(script, pretrained_dir, tmp_path, reset_accelerate):
+    output_dir = tmp_path / "out"
+    result = run_on_a_full_disk(tmp_path, "final", argv(pretrained_dir, output_dir, "--num_train_epochs", "1"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "SafetensorError" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: could not write the final files to {output_dir}"), line
+    assert "File too large" in line and "then continue with --resume_from_checkpoint latest" in line
+    # no config.json, code or card without weights: only what the training wrote
+    assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoints", "run.json", "train_log.jsonl"]
+    assert not list(output_dir.rglob(".tmp-*"))
+
+    # once there is room again, resuming the finished run writes the folder
+    script.main(script.parse_args(argv(pretrained_dir, output_dir, "--num_train_epochs", "1", "--resume_from_checkpoint", "latest")))
+    assert_same_weights(output_dir, output_dir / "checkpoints" / "best")
+    assert json.loads((output_dir / "all_results.json").read_text())["global_step"] == 5
+
+
+def test_a_truncated_checkpoint_file_is_named_on_resume(script, pretrained_dir, tmp_path, reset_accelerate):
+    output_dir = tmp_path / "out"
+    script.main(script.parse_args(argv(pretrained_dir, output_dir, "--num_train_epochs", "2")))
+    damaged = output_dir / "checkpoints" / "step_10" / "optimizer.bin"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    reset_accelerate_state()
+    with pytest.raises(UserError) as refused:  # was torch's "PytorchStreamReader failed reading zip archive", with its traceback
+        script.main(script.parse_args(argv(pretrained_dir, output_dir, "--resume_from_checkpoint", "latest")))
+    message = str(refused.value)
+    assert message.startswith(f"checkpoint {damaged.parent} cannot be resumed: its optimizer.bin is damaged"), message
+    assert f"--resume_from_checkpoint {output_dir / 'checkpoints' / 'step_5'} (complete ones: step_5)" in message
+
+
+def test_something_that_is_not_a_model_folder_is_named(script, image_folders, pretrained_dir, tmp_path, reset_accelerate):
+    data_folder = image_folders["train"]  # a data folder given as the model, e.g. by swapping two flags
+    with pytest.raises(UserError, match=rf"--model_name_or_path {re.escape(str(data_folder))} is not a model folder: "
+                                        r"it has no config.json \(it holds blue, red; pass"):  # fmt: skip
+        script.main(script.parse_args(argv(data_folder, tmp_path / "out")))
+    assert not (tmp_path / "out").exists()  # nothing written: the right folder then runs without --overwrite_output_dir
+    reset_accelerate_state()
+    first = tmp_path / "first"
+    script.main(script.parse_args(argv(pretrained_dir, first, "--max_train_steps", "1", "--checkpointing_steps", "1")))
+    reset_accelerate_state()
+    checkpoint = first / "checkpoints" / "step_1"  # a checkpoint is not a model either
+    with pytest.raises(UserError, match=r"is not a model folder: it has no config.json \(it is a training checkpoint"):
+        script.main(script.parse_args(argv(checkpoint, tmp_path / "second")))

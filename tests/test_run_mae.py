@@ -556,3 +556,46 @@ def test_device_augmentation_trains_and_resumes_exactly(tiny_model_dir, tmp_path
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     assert read_log(parts)[4]["train_loss"] == pytest.approx(read_log(whole)[4]["train_loss"], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Damaged checkpoints, wrong-kind model folders
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin", "scheduler.bin"])
+def test_a_truncated_checkpoint_file_is_named_on_resume_with_the_checkpoint_to_use(
+    tiny_model_dir, tmp_path, reset_accelerate, name
+):
+    from dilated_vit_mae.lifecycle import UserError
+
+    run_mae = load_script()
+    output_dir = tmp_path / "out"
+    run_mae.main(run_mae.parse_args(run_args(tiny_model_dir, output_dir, "--checkpointing_steps", "epoch", "--checkpoints_total_limit", "2")))
+    damaged = output_dir / "checkpoints" / "step_9" / name
+    damaged.write_bytes(damaged.read_bytes()[:100])  # cut short, as by a full disk under another tool or a copy
+    _reset_accelerate_state()
+    args = run_args(tiny_model_dir, output_dir, "--num_train_epochs", "4", "--resume_from_checkpoint", "latest")
+    with pytest.raises(UserError) as refused:  # was safetensors' / torch's own error, with its traceback
+        run_mae.main(run_mae.parse_args(args))
+    message = str(refused.value)
+    assert message.startswith(f"checkpoint {damaged.parent} cannot be resumed: its {name} is damaged"), message
+    assert f"--resume_from_checkpoint {output_dir / 'checkpoints' / 'step_6'} (complete ones: step_6)" in message
+
+
+def test_a_fine_tuned_classifier_folder_is_refused_saying_what_to_pass(tiny_model_dir, tmp_path, reset_accelerate):
+    from dilated_vit_mae import DilatedViTMAEForImageClassification
+    from dilated_vit_mae.lifecycle import UserError
+
+    run_mae = load_script()
+    classifier = tmp_path / "classifier"  # what run_finetune.py writes: no decoder, mask_ratio 0
+    config = DilatedViTMAEConfig.from_pretrained(tiny_model_dir, mask_ratio=0.0, num_labels=2)
+    DilatedViTMAEForImageClassification(config).save_pretrained(classifier)
+    args = run_args(tiny_model_dir, tmp_path / "out", "--max_train_steps", "2")
+    args[args.index("--config_name")] = "--model_name_or_path"
+    args[args.index(str(tiny_model_dir))] = str(classifier)
+    # was: loaded with a random decoder, then "Loss is nan ... lower the learning rate"
+    with pytest.raises(UserError, match=rf"--model_name_or_path {re.escape(str(classifier))} is a fine-tuned image "
+                                        r"classifier \(DilatedViTMAEForImageClassification"):  # fmt: skip
+        run_mae.main(run_mae.parse_args(args))
+    assert not (tmp_path / "out").exists()  # refused before the run folder was written

@@ -1,6 +1,7 @@
 """Training helpers: seeded randomness, optimizer groups, atomic checkpoints, reconstructions."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from dilated_vit_mae import DilatedViTMAEForPreTraining
+from dilated_vit_mae.lifecycle import UserError
 from dilated_vit_mae.modeling_dilated_vit_mae import patchify
 from dilated_vit_mae.training import (
     CheckpointManager,
@@ -153,6 +155,63 @@ def test_checkpoints_are_atomic_rotated_and_resolved(tmp_path):
     assert not (tmp_path / "checkpoints" / ".tmp-step_8").exists()
     with pytest.raises(ValueError, match="checkpoints_total_limit"):
         CheckpointManager(tmp_path, total_limit=0)
+
+
+def real_checkpoints(tmp_path, steps=(2, 4)):
+    """Checkpoints written by accelerate (model.safetensors, optimizer.bin, scheduler.bin, random states) for a run."""
+    from accelerate import Accelerator
+
+    from dilated_vit_mae.lifecycle import RunIdentity
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    identity = RunIdentity.new(seed=0, run_args={})
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    for step in steps:
+        model(torch.randn(2, 64)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+        manager.save(accelerator, step, {"global_step": step, "run_id": identity.run_id})
+    return accelerator, manager, identity
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin", "scheduler.bin", "trainer_state.json"])
+def test_a_damaged_checkpoint_file_is_named_with_the_checkpoints_to_resume_instead(tmp_path, name, reset_accelerate):
+    accelerator, manager, identity = real_checkpoints(tmp_path)
+    assert manager.load(accelerator, manager.resolve("latest"), identity)["global_step"] == 4
+    truncate(tmp_path / "checkpoints" / "step_4" / name)  # a copy cut short, a disk that filled under another tool
+    with pytest.raises(UserError) as refused:  # was the loading library's own error and traceback
+        manager.load(accelerator, manager.resolve("latest"), identity)
+    message = str(refused.value)
+    latest, earlier = tmp_path / "checkpoints" / "step_4", tmp_path / "checkpoints" / "step_2"
+    assert message.startswith(f"checkpoint {latest} cannot be resumed: its {name} is damaged (")
+    assert f"--resume_from_checkpoint {earlier} (complete ones: step_2)" in message
+    assert f"delete {latest} so that --resume_from_checkpoint latest skips it" in message
+    assert "--overwrite_output_dir" in message and "\n" not in message
+    assert manager.load(accelerator, earlier, identity)["global_step"] == 2  # the earlier one resumes
+
+
+def test_a_damaged_only_checkpoint_says_to_start_over(tmp_path, reset_accelerate):
+    accelerator, manager, identity = real_checkpoints(tmp_path, steps=(2,))
+    (tmp_path / "checkpoints" / "step_2" / "optimizer.bin").write_bytes(b"")
+    with pytest.raises(UserError, match=r"its optimizer.bin is damaged \(the file is empty\); there is no earlier "
+                                        r"checkpoint in .*: start over with --overwrite_output_dir\."):  # fmt: skip
+        manager.load(accelerator, manager.resolve("latest"), identity)
+
+
+def test_a_load_error_that_is_not_a_damaged_file_propagates(tmp_path, reset_accelerate, monkeypatch):
+    accelerator, manager, identity = real_checkpoints(tmp_path, steps=(2,))
+    monkeypatch.setattr(accelerator, "load_state", lambda path: {}["a bug"])
+    with pytest.raises(KeyError, match="a bug"):
+        manager.load(accelerator, manager.resolve("latest"), identity)
 
 
 @pytest.mark.parametrize("norm_pix_loss", [False, True])
