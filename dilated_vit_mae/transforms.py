@@ -466,6 +466,7 @@ class RandAugment:
     (9, 2, 0.5, 15)
     >>> augment(PIL.Image.new("RGB", (64, 64)), torch.Generator().manual_seed(0)).size
     (64, 64)
+
     ```
     """
 
@@ -553,6 +554,7 @@ class RandomErasing:
     >>> erased = RandomErasing(probability=1.0)(torch.zeros(3, 32, 32), torch.Generator().manual_seed(0))
     >>> bool((erased != 0).any())
     True
+
     ```
     """
 
