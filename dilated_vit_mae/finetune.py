@@ -3,6 +3,7 @@
 
 - labels: [`resolve_labels`] picks the task (CelebA's attributes multi-label, else `celeb_id` / `label` single-label)
   and encodes every split into one tensor, indexed by each example's `sample_index`;
+- the recipe: [`MAE_FINETUNE_RECIPE`] on large training sets, [`SMALL_DATA_RECIPE`] on small ones ([`finetune_recipe`]);
 - layer-wise learning-rate decay: [`param_groups_lrd`] (MAE's `util/lr_decay.py`);
 - mixup / cutmix: [`MixupCutmix`] (timm 0.3.2's `Mixup`, batch mode), seeded per batch so a resumed run redraws the same;
 - the loss: [`classification_loss`] (label smoothing or soft targets for single-label, BCE for multi-label);
@@ -45,9 +46,13 @@ from .training import stable_seed
 
 __all__ = [
     "LabelSpec",
+    "MAE_FINETUNE_RECIPE",
     "MixupCutmix",
+    "SMALL_DATA_MAX_TRAIN",
+    "SMALL_DATA_RECIPE",
     "as_our_image_processor",
     "classification_loss",
+    "finetune_recipe",
     "labelled_splits",
     "layer_id_for_vit",
     "load_classifier",
@@ -64,6 +69,53 @@ DEFAULT_SINGLE_LABEL_COLUMNS = ("celeb_id", "label")
 # parameters; unlike pre-training, where the CLS token is decayed
 NO_WEIGHT_DECAY = ("cls_token", "position_embeddings")
 MIXUP_STREAM = 101  # the tag of mixup / cutmix draws (other streams: dilated_vit_mae.training.STREAMS)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The recipe
+# ----------------------------------------------------------------------------------------------------------------------
+
+# MAE's fine-tuning recipe (`main_finetune.py` of facebookresearch/mae and its FINETUNE.md, ViT-B): lr = blr x effective
+# batch / 256, layer-wise decay 0.75 (MAE's ViT-L/H value; ViT-B uses 0.65), AdamW weight decay 0.05, drop path 0.1,
+# label smoothing 0.1, mixup 0.8 / cutmix 1.0, timm's RandAugment `rand-m9-mstd0.5-inc1` and random erasing 0.25,
+# RandomResizedCrop scale from 0.08 (timm's default), 5 warmup epochs
+MAE_FINETUNE_RECIPE: dict[str, Any] = {
+    "base_learning_rate": 5e-4,
+    "learning_rate": None,
+    "layer_decay": 0.75,
+    "weight_decay": 0.05,
+    "drop_path_rate": 0.1,
+    "label_smoothing": 0.1,
+    "mixup": 0.8,
+    "cutmix": 1.0,
+    "rand_augment": "rand-m9-mstd0.5-inc1",
+    "random_erasing": 0.25,
+    "crop_scale_min": 0.08,
+    "warmup_epochs": 5.0,
+}
+# Below this many training images the small-data recipe applies. MAE's rule ties the lr to the batch (blr 5e-4 at its
+# batch of 1024 gives 2e-3), but a small set allows only small batches: 150 images at batch 32 get lr 6.3e-5 for 120
+# steps in 30 epochs, which leaves a pre-trained encoder below a logistic regression on raw pixels (issue 18).
+SMALL_DATA_MAX_TRAIN = 10_000
+# The small-data recipe: MAE's, at the peak lr MAE's recipe runs at (blr 5e-4 x 1024 / 256 = 2e-3) whatever batch the
+# set allows, and without mixup / cutmix, which average away the few examples there are
+SMALL_DATA_RECIPE: dict[str, Any] = {
+    **MAE_FINETUNE_RECIPE,
+    "base_learning_rate": None,
+    "learning_rate": 2e-3,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+}
+
+
+def finetune_recipe(num_train: int, choice: Literal["auto", "mae", "small_data"] = "auto") -> tuple[str, dict[str, Any]]:
+    """`(name, values)`: MAE's recipe (`"mae"`), or the small-data one (`"small_data"`) for `choice="auto"` when the
+    training split has fewer than [`SMALL_DATA_MAX_TRAIN`] images. Values a user gave win over the recipe's."""
+    if choice == "auto":
+        choice = "small_data" if num_train < SMALL_DATA_MAX_TRAIN else "mae"
+    if choice not in ("mae", "small_data"):
+        raise ValueError(f"The fine-tuning recipe must be 'auto', 'mae' or 'small_data', got {choice!r}.")
+    return choice, dict(MAE_FINETUNE_RECIPE if choice == "mae" else SMALL_DATA_RECIPE)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -459,17 +511,40 @@ def render_classifier_card(results: dict[str, Any], repo_id: str | None = None):
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_card_body(results, repo_id)}")
 
 
+def _baseline_rows(results: dict[str, Any], prefix: str, split: str) -> list[str]:
+    """The trivial baselines of a split, as card table rows: the majority class and the raw-pixel linear model."""
+    rows = []
+    if results.get(f"{prefix}_majority_baseline") is not None:
+        rows.append(f"| {split} | majority-class floor | {results[f'{prefix}_majority_baseline']:.4f} |")
+    raw = results.get(f"{prefix}_raw_pixel_baseline")
+    skipped = (results.get("raw_pixel_baseline") or {}).get("skipped")
+    if raw is not None:
+        rows.append(f"| {split} | logistic regression on raw pixels | {raw:.4f} |")
+    elif skipped:
+        rows.append(f"| {split} | logistic regression on raw pixels | {skipped} |")
+    return rows
+
+
+def _recipe_line(results: dict[str, Any]) -> str:
+    names = {"mae": "MAE's fine-tuning recipe", "small_data": "the small-data recipe (fewer than 10,000 training images)"}
+    augment = results.get("rand_augment") or "no RandAugment"
+    scale = results.get("crop_scale_min")
+    return (
+        f"{names.get(results.get('recipe'), 'recipe not recorded')}: RandomResizedCrop (scale from {scale}) + flip, "
+        f"{augment}, random erasing {results.get('random_erasing')}, the last partial batch of each epoch dropped"
+    )
+
+
 def _card_body(results: dict[str, Any], repo_id: str | None) -> str:
     metric, labels, dataset = results["metric_name"], results["labels"], results["dataset"]
     init = results.get("init") or "a random initialisation (no pre-training)"
     split = results["eval_split"]
     rows = [f"| {split} (best of {len(results['eval_history'])} epochs: {results['best_epoch']}) | {metric} | "
             f"{results[f'eval_{metric}']:.4f} |"]  # fmt: skip
-    if results.get("eval_majority_baseline") is not None:
-        rows.append(f"| {split} | majority-class floor | {results['eval_majority_baseline']:.4f} |")
+    rows += _baseline_rows(results, "eval", split)
     if results.get(f"test_{metric}") is not None:
         rows.append(f"| {results['test_split']} (the selected model) | {metric} | {results[f'test_{metric}']:.4f} |")
-        rows.append(f"| {results['test_split']} | majority-class floor | {results['test_majority_baseline']:.4f} |")
+        rows += _baseline_rows(results, "test", results["test_split"])
     multi = labels["task"] == "multi_label"
     task = "multi-label (one sigmoid per attribute)" if multi else "single-label (softmax)"
     about = f"{dataset['name']}" + (f", {dataset['description']}" if dataset.get("description") else "")
@@ -497,6 +572,7 @@ with MAE's recipe (`scripts/run_finetune.py` of the dilated-vit-mae project) for
   {results['warmup_steps']} warmup steps, cosine decay, layer-wise learning-rate decay {results['layer_decay']}
 - drop path {results['drop_path_rate']}, {results['classifier_pooling']} pooling, label smoothing {smoothing},
   mixup {results['mixup']}, cutmix {results['cutmix']}
+- {_recipe_line(results)}
 
 ## Use
 

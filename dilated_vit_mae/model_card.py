@@ -655,6 +655,7 @@ def _linear_probe(probe: dict[str, Any], dataset: dict[str, Any]) -> tuple[EvalR
     )  # fmt: skip
     attributes = probe.get("num_attributes") or len(probe.get("label_columns") or []) or None
     floor = probe.get("majority_baseline")
+    raw = probe.get("raw_pixel_baseline")  # scripts/linear_probe.py, where it was cheap
     where = (f"the `{split}` split of " if split else "") + (dataset["name_md"] if same_data else f"`{probe_dataset}`")
     text = (
         f"A linear classifier trained on the frozen encoder's features"
@@ -665,6 +666,11 @@ def _linear_probe(probe: dict[str, Any], dataset: dict[str, Any]) -> tuple[EvalR
             f"**{_percent(floor)}** on the same images."
             if floor is not None
             else "its `linear_probe_results.json` holds no majority-class floor to compare with."
+        )
+        + (
+            f" A logistic regression on the raw pixels of the same images scores **{_percent(raw)}**."
+            if raw is not None
+            else ""
         )
         + " CelebA papers report this mean of per-attribute accuracies."
     )
@@ -681,6 +687,9 @@ def _linear_probe(probe: dict[str, Any], dataset: dict[str, Any]) -> tuple[EvalR
     if floor is not None:
         columns.append("majority-class floor")
         row["cells"].append(_percent(floor))
+    if raw is not None:
+        columns.append("logistic regression on raw pixels")
+        row["cells"].append(_percent(raw))
     return eval_result, {"text": text, "columns": columns, "rows": [row]}
 
 

@@ -57,11 +57,15 @@ __all__ = [
     "knn_predict",
     "label_matrix",
     "load_frozen_encoder",
+    "logistic_regression_scores",
     "model_fingerprint",
     "predict_linear_probe",
     "probe_scores",
+    "raw_pixel_baseline",
+    "raw_pixels",
     "resolve_label_columns",
     "train_linear_probe",
+    "warmup_cosine",
 ]
 
 Pooling = Literal["cls", "mean"]
@@ -379,17 +383,34 @@ class LinearProbe(nn.Module):
         return self.head(self.norm(features))
 
 
+# The probe's schedule: MAE's `main_linprobe.py` length (90 epochs, 10 of linear warmup, then cosine to 0), with AdamW at
+# lr 1e-3 instead of LARS at 0.1 x batch / 256 (see `train_linear_probe`)
+PROBE_EPOCHS = 90
+PROBE_WARMUP_EPOCHS = 10
+PROBE_BATCH_SIZE = 256
+PROBE_LEARNING_RATE = 1e-3
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The lr factor at optimizer step `step` (from 0): linear warmup to 1 over `warmup_steps` ((step + 1) /
+    warmup_steps), then a half cosine from 1 to 0 at `total_steps` (MAE's `adjust_learning_rate`)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def train_linear_probe(
     features: torch.Tensor,
     labels: torch.Tensor,
     *,
     task: ProbeTask,
     num_outputs: int | None = None,
-    epochs: int = 90,
-    batch_size: int = 256,
-    learning_rate: float = 1e-3,
+    epochs: int = PROBE_EPOCHS,
+    batch_size: int = PROBE_BATCH_SIZE,
+    learning_rate: float = PROBE_LEARNING_RATE,
     weight_decay: float = 0.0,
-    warmup_epochs: int = 10,
+    warmup_epochs: int = PROBE_WARMUP_EPOCHS,
     seed: int = 0,
 ) -> LinearProbe:
     """
@@ -404,7 +425,10 @@ def train_linear_probe(
         epochs, batch_size, learning_rate, weight_decay, warmup_epochs: the optimisation. MAE's probe uses LARS
             (lr 0.1 x batch / 256, batch 16384, 90 epochs, 10 warmup, no weight decay); at the batch sizes that fit
             small data sets, AdamW (0.9, 0.999) with the same cosine schedule reaches the optimum of this convex
-            problem more reliably, so that is what is used here.
+            problem more reliably, so that is what is used here. Each epoch is a fresh shuffle in batches of
+            `batch_size` (capped at the number of examples), the last partial batch dropped, as MAE's
+            `drop_last=True`. The features are fixed (one view per image): MAE's probe sees a new RandomResizedCrop +
+            flip of every image each epoch.
         seed (`int`): seeds the initialisation and the shuffling.
 
     Returns:
@@ -439,19 +463,12 @@ def train_linear_probe(
         probe = LinearProbe(features.shape[1], num_outputs)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=learning_rate, weight_decay=weight_decay)
     num_examples = features.shape[0]
-    # a last batch of 1 would make BatchNorm's batch variance undefined: drop it when it would be that small
     batch_size = min(batch_size, num_examples)
-    remainder = num_examples % batch_size
-    steps_per_epoch = num_examples // batch_size if remainder < 2 else math.ceil(num_examples / batch_size)
+    steps_per_epoch = num_examples // batch_size  # drop_last, as MAE's loader
     total_steps, warmup_steps = epochs * steps_per_epoch, min(warmup_epochs, epochs // 2) * steps_per_epoch
-
-    def lr_lambda(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
+    )
     probe.train()
     for _ in range(epochs):
         order = torch.randperm(num_examples, generator=generator)
@@ -511,6 +528,112 @@ def probe_scores(
         "accuracy": float((predictions == references).mean()),
         "majority_baseline": float((references == majority_class).mean()),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The raw-pixel baseline
+# ----------------------------------------------------------------------------------------------------------------------
+
+# train images x values per image above which the raw-pixel baseline is skipped (200 MB of float32: CelebA's 162,770
+# training images at 224 px are 24.5 G values)
+RAW_PIXEL_MAX_VALUES = 50_000_000
+
+
+def raw_pixels(dataset, transform, image_column: str = "image") -> torch.Tensor:
+    """`(num_examples, num_values)`: every image of a `datasets.Dataset` through a deterministic `transform` (the
+    model's evaluation view), flattened."""
+    return torch.stack([transform(image).reshape(-1) for image in dataset[image_column]])
+
+
+def raw_pixel_baseline(
+    train_set,
+    train_labels: torch.Tensor,
+    eval_sets: dict[str, Any],
+    eval_labels: dict[str, torch.Tensor],
+    *,
+    transform,
+    image_column: str = "image",
+    task: ProbeTask,
+    num_outputs: int | None = None,
+    max_values: int = RAW_PIXEL_MAX_VALUES,
+) -> dict[str, float] | str:
+    """
+    The raw-pixel baseline of a fine-tune, probe or k-NN result: [`logistic_regression_scores`] on the evaluation
+    views ([`raw_pixels`] through `transform`) of `train_set`, scored on each of `eval_sets` (`datasets.Dataset`s).
+    Where it is not cheap (more than `max_values` pixel values in all), returns the reason it was skipped instead.
+    """
+    values_per_image = transform(train_set[0][image_column]).numel()
+    num_images = len(train_set) + sum(len(dataset) for dataset in eval_sets.values())
+    if num_images * values_per_image > max_values:
+        return (
+            f"not computed: {num_images} images x {values_per_image} values exceed {max_values:,} (cheap only on "
+            "small sets)"
+        )
+    train_pixels = raw_pixels(train_set, transform, image_column)
+    eval_pixels = {split: raw_pixels(dataset, transform, image_column) for split, dataset in eval_sets.items()}
+    return logistic_regression_scores(train_pixels, train_labels, eval_pixels, eval_labels, task=task, num_outputs=num_outputs)
+
+
+def logistic_regression_scores(
+    train_pixels: torch.Tensor,
+    train_labels: torch.Tensor,
+    eval_pixels: dict[str, torch.Tensor],
+    eval_labels: dict[str, torch.Tensor],
+    *,
+    task: ProbeTask,
+    num_outputs: int | None = None,
+    inverse_regularization: float = 1.0,
+    max_iterations: int = 100,
+) -> dict[str, float]:
+    """
+    A linear model on raw pixels, the baseline a learnt representation must beat: L2-regularised logistic regression
+    (softmax for `single_label`, one sigmoid per attribute for `multi_label`) on the standardised pixel values of the
+    training split, fitted to convergence with L-BFGS, as scikit-learn's `LogisticRegression()` defaults do (objective
+    `mean loss + ||W||^2 / (2 C N)`, `C = inverse_regularization` = 1, no penalty on the bias).
+
+    Args:
+        train_pixels (`torch.FloatTensor` of shape `(num_train, num_values)`): see [`raw_pixels`].
+        train_labels (`torch.Tensor`): class ids `(num_train,)` or 0/1 attributes `(num_train, num_attributes)`.
+        eval_pixels, eval_labels (`dict[str, torch.Tensor]`): per evaluation split, the same for that split; class
+            ids of -1 (a class never seen in training) count as errors.
+
+    Returns:
+        `dict[str, float]`: per evaluation split, the accuracy (single-label) or the mean of per-attribute accuracies
+        (multi-label) of the fitted model, scored by [`probe_scores`].
+    """
+    mean = train_pixels.float().mean(dim=0)
+    std = train_pixels.float().std(dim=0).clamp_min(1e-6)
+    inputs = (train_pixels.float() - mean) / std
+    if task == "multi_label":
+        targets, num_outputs = train_labels.float(), train_labels.shape[1]
+        loss_fn = F.binary_cross_entropy_with_logits
+    else:
+        targets = train_labels.long()
+        num_outputs = int(targets.max()) + 1 if num_outputs is None else num_outputs
+        loss_fn = F.cross_entropy
+    weight = torch.zeros(inputs.shape[1], num_outputs, requires_grad=True)
+    bias = torch.zeros(num_outputs, requires_grad=True)
+    penalty = 1.0 / (2.0 * inverse_regularization * inputs.shape[0])
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=max_iterations, line_search_fn="strong_wolfe", tolerance_grad=1e-6
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn(inputs @ weight + bias, targets) + penalty * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    scores = {}
+    with torch.no_grad():
+        for split, pixels in eval_pixels.items():
+            logits = ((pixels.float() - mean) / std) @ weight + bias
+            predictions = (logits > 0).long() if task == "multi_label" else logits.argmax(dim=-1)
+            headline = "mean_attribute_accuracy" if task == "multi_label" else "accuracy"
+            scored = probe_scores(predictions, eval_labels[split], task=task, train_labels=train_labels)
+            scores[split] = float(scored[headline])
+    return scores
 
 
 def class_ids(train_values: Sequence[Any], eval_values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[Any]]:

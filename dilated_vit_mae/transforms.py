@@ -55,6 +55,8 @@ __all__ = [
     "MAEHostCollator",
     "MAEHostTransform",
     "MAETrainTransform",
+    "RandAugment",
+    "RandomErasing",
     "collate_fn",
     "decode_uint8",
     "random_resized_crop_params",
@@ -167,6 +169,15 @@ class MAETrainTransform:
             Factor applied to the 0..255 pixel values before normalising.
         seed (`int`, *optional*):
             Seed of the transform's own generator.
+        rand_augment (`str`, *optional*):
+            A [`RandAugment`] config (MAE fine-tuning: `"rand-m9-mstd0.5-inc1"`), applied to the flipped crop, with
+            the normalisation mean as fill colour and `resample`; `None` (pre-training) for none.
+        random_erasing (`float`, *optional*, defaults to 0.0):
+            Probability of [`RandomErasing`] (per-pixel noise) on the normalised tensor (MAE fine-tuning: 0.25).
+
+    The draws come in this order from one generator: crop, flip, RandAugment, erasing; without the last two, the
+    crops and flips are those of pre-training. MAE's fine-tuning transform is
+    `MAETrainTransform(size, scale=(0.08, 1.0), rand_augment="rand-m9-mstd0.5-inc1", random_erasing=0.25)`.
 
     Example:
 
@@ -191,6 +202,8 @@ class MAETrainTransform:
         resample: int = PIL.Image.Resampling.BICUBIC,
         rescale_factor: float = 1 / 255,
         seed: int | None = None,
+        rand_augment: str | None = None,
+        random_erasing: float = 0.0,
     ) -> None:
         self.size = _check_size(size)
         self.num_channels = _check_num_channels(num_channels)
@@ -206,6 +219,9 @@ class MAETrainTransform:
         self.resample = resample
         self.rescale_factor = _check_rescale_factor(rescale_factor)
         self.seed = seed
+        fill = tuple(min(255, round(255 * float(m))) for m in self.image_mean.reshape(-1))  # timm's `img_mean`
+        self.rand_augment = RandAugment(rand_augment, fill=fill, resample=resample) if rand_augment else None
+        self.random_erasing = RandomErasing(random_erasing) if random_erasing else None
         self._generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self._worker_key: tuple[int, int] | None = None
 
@@ -229,7 +245,12 @@ class MAETrainTransform:
         )
         if flip:
             image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
-        return _to_normalized_tensor(image, self.image_mean, self.image_std, self.rescale_factor)
+        if self.rand_augment is not None:
+            image = self.rand_augment(image, generator)
+        pixel_values = _to_normalized_tensor(image, self.image_mean, self.image_std, self.rescale_factor)
+        if self.random_erasing is not None:
+            pixel_values = self.random_erasing(pixel_values, generator)
+        return pixel_values
 
     def host_params(
         self,
@@ -277,6 +298,11 @@ class MAETrainTransform:
         (torch.Size([3, 218, 178]), 4, <class 'bool'>)
         ```
         """
+        if self.rand_augment is not None or self.random_erasing is not None:
+            raise ValueError(
+                "RandAugment and random erasing run on the host's float path only; build the transform without "
+                "`rand_augment` / `random_erasing` for the device path."
+            )
         (height, width), decode = _open_for_decode(image, self.num_channels, _check_decoder(decoder))
         generator = generator if generator is not None else self._worker_generator()
         box, flip = self._draw(height, width, generator)
@@ -310,8 +336,289 @@ class MAETrainTransform:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
-            f"flip_prob={self.flip_prob}, num_channels={self.num_channels}, seed={self.seed})"
+            f"flip_prob={self.flip_prob}, num_channels={self.num_channels}, seed={self.seed}"
+            + (f", rand_augment={self.rand_augment.config!r}" if self.rand_augment is not None else "")
+            + (f", random_erasing={self.random_erasing.probability}" if self.random_erasing is not None else "")
+            + ")"
         )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fine-tuning augmentation: RandAugment and random erasing (MAE's `main_finetune.py` through timm, without timm)
+# ----------------------------------------------------------------------------------------------------------------------
+
+# MAE fine-tunes with timm's `create_transform(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, re_mode="pixel",
+# re_count=1)`; these are the defaults of `run_finetune.py`'s MAE recipe
+MAE_FINETUNE_RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
+MAE_FINETUNE_RANDOM_ERASING = 0.25
+
+_LEVEL_DENOM = 10.0  # a magnitude of 10 is an op's full strength
+
+
+def _negate_half(value: float, generator: torch.Generator | None) -> float:
+    # timm's `_randomly_negate`: `-v if random.random() > 0.5 else v`
+    return -value if _uniform(generator) > 0.5 else value
+
+
+def _uniform(generator: torch.Generator | None, low: float = 0.0, high: float = 1.0) -> float:
+    return low + (high - low) * torch.rand(1, generator=generator).item()
+
+
+def _solarize_add(image: PIL.Image.Image, add: int, threshold: int = 128) -> PIL.Image.Image:
+    lut = [min(255, value + add) if value < threshold else value for value in range(256)]
+    return image.point(lut * len(image.getbands()))
+
+
+def _affine(image: PIL.Image.Image, matrix: tuple[float, ...], fill: Any, resample: int) -> PIL.Image.Image:
+    return image.transform(image.size, PIL.Image.Transform.AFFINE, matrix, resample=resample, fillcolor=fill)
+
+
+# op name -> (how the op reads its argument from a magnitude in [0, 10], how it changes the image): timm's
+# `LEVEL_TO_ARG` / `NAME_TO_OP`; `None` for ops without an argument. `g` is the generator of the random signs.
+_RAND_AUGMENT_LEVELS: dict[str, Callable[[float, torch.Generator | None, float], float] | None] = {
+    "AutoContrast": None,
+    "Equalize": None,
+    "Invert": None,
+    "Rotate": lambda m, g, _: _negate_half(m / _LEVEL_DENOM * 30.0, g),  # degrees in [-30, 30]
+    "Posterize": lambda m, g, _: int(m / _LEVEL_DENOM * 4),  # bits kept, 0..4 (weaker as m grows)
+    "PosterizeIncreasing": lambda m, g, _: 4 - int(m / _LEVEL_DENOM * 4),  # bits kept, 4..0 (stronger as m grows)
+    "Solarize": lambda m, g, _: int(m / _LEVEL_DENOM * 256),  # threshold, 0..256 (weaker as m grows)
+    "SolarizeIncreasing": lambda m, g, _: 256 - int(m / _LEVEL_DENOM * 256),
+    "SolarizeAdd": lambda m, g, _: int(m / _LEVEL_DENOM * 110),  # added below 128, 0..110
+    "Color": lambda m, g, _: m / _LEVEL_DENOM * 1.8 + 0.1,  # enhancement factor in [0.1, 1.9]
+    "ColorIncreasing": lambda m, g, _: max(0.1, 1.0 + _negate_half(m / _LEVEL_DENOM * 0.9, g)),  # 1 -/+ up to 0.9
+    "Contrast": lambda m, g, _: m / _LEVEL_DENOM * 1.8 + 0.1,
+    "ContrastIncreasing": lambda m, g, _: max(0.1, 1.0 + _negate_half(m / _LEVEL_DENOM * 0.9, g)),
+    "Brightness": lambda m, g, _: m / _LEVEL_DENOM * 1.8 + 0.1,
+    "BrightnessIncreasing": lambda m, g, _: max(0.1, 1.0 + _negate_half(m / _LEVEL_DENOM * 0.9, g)),
+    "Sharpness": lambda m, g, _: m / _LEVEL_DENOM * 1.8 + 0.1,
+    "SharpnessIncreasing": lambda m, g, _: max(0.1, 1.0 + _negate_half(m / _LEVEL_DENOM * 0.9, g)),
+    "ShearX": lambda m, g, _: _negate_half(m / _LEVEL_DENOM * 0.3, g),  # shear factor in [-0.3, 0.3]
+    "ShearY": lambda m, g, _: _negate_half(m / _LEVEL_DENOM * 0.3, g),
+    "TranslateXRel": lambda m, g, pct: _negate_half(m / _LEVEL_DENOM * pct, g),  # fraction of the width
+    "TranslateYRel": lambda m, g, pct: _negate_half(m / _LEVEL_DENOM * pct, g),
+}
+
+
+def _apply_op(name: str, image: PIL.Image.Image, value: float, fill: Any, resample: int) -> PIL.Image.Image:
+    from PIL import ImageEnhance, ImageOps
+
+    if name == "AutoContrast":
+        return ImageOps.autocontrast(image)
+    if name == "Equalize":
+        return ImageOps.equalize(image)
+    if name == "Invert":
+        return ImageOps.invert(image)
+    if name == "Rotate":
+        return image.rotate(value, resample=resample, fillcolor=fill)
+    if name.startswith("Posterize"):
+        return image if value >= 8 else ImageOps.posterize(image, int(value))
+    if name.startswith("SolarizeAdd"):
+        return _solarize_add(image, int(value))
+    if name.startswith("Solarize"):
+        return ImageOps.solarize(image, int(value))
+    for prefix, enhancer in (("Color", ImageEnhance.Color), ("Contrast", ImageEnhance.Contrast),
+                             ("Brightness", ImageEnhance.Brightness), ("Sharpness", ImageEnhance.Sharpness)):  # fmt: skip
+        if name.startswith(prefix):
+            return enhancer(image).enhance(value)
+    if name == "ShearX":
+        return _affine(image, (1, value, 0, 0, 1, 0), fill, resample)
+    if name == "ShearY":
+        return _affine(image, (1, 0, 0, value, 1, 0), fill, resample)
+    if name == "TranslateXRel":
+        return _affine(image, (1, 0, value * image.width, 0, 1, 0), fill, resample)
+    if name == "TranslateYRel":
+        return _affine(image, (1, 0, 0, 0, 1, value * image.height), fill, resample)
+    raise ValueError(f"Unknown RandAugment op {name!r}.")
+
+
+# timm's `_RAND_TRANSFORMS` and `_RAND_INCREASING_TRANSFORMS` (`inc1`), in timm's order
+RAND_AUGMENT_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
+    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+)  # fmt: skip
+RAND_AUGMENT_INCREASING_OPS = (
+    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
+    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
+    "TranslateXRel", "TranslateYRel",
+)  # fmt: skip
+
+
+class RandAugment:
+    """
+    RandAugment (Cubuk et al. 2019, arXiv 1909.13719) as timm implements it and MAE fine-tunes with it, on PIL images,
+    without timm or torchvision: `num_layers` ops drawn uniformly with replacement from the 15 ops, each applied with
+    probability `prob` (0.5) at a magnitude drawn from `N(magnitude, magnitude_std)` clipped to [0, 10].
+
+    Follows timm's `rand_augment_transform` / `RandAugment` / `AugmentOp`
+    (https://github.com/huggingface/pytorch-image-models/blob/066e490605ba1d3666861096163246c885603469/timm/data/auto_augment.py;
+    MAE pins timm 0.3.2, whose RandAugment differs only in clamping the `*Increasing` enhancement factors at 0.1,
+    which no magnitude <= 10 reaches): the same ops, magnitude-to-argument maps, fill (the dataset mean in 0..255)
+    and resampling (`create_transform` passes bicubic), and the same config string. What differs is the source of
+    randomness: every draw comes from the `generator` passed in (`torch.rand`/`randn`/`randint`) instead of Python's
+    and numpy's global generators, so that an image's augmentation is a function of its seed only.
+
+    Args:
+        config (`str`, *optional*, defaults to `"rand-m9-mstd0.5-inc1"`):
+            timm's config string: `rand` then dash-separated `m<int>` (magnitude, default 10), `n<int>` (ops per image,
+            default 2), `mstd<float>` (magnitude noise; > 100 means uniform in [0, m]), `mmax<int>` (upper bound
+            instead of 10), `inc<0|1>` (the `*Increasing` ops, whose strength grows with the magnitude).
+        fill (`tuple[int, ...]`, *optional*, defaults to `(124, 116, 104)`):
+            Colour of the pixels that rotations, shears and translations bring in (timm: the normalisation mean x 255).
+        resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BICUBIC`):
+            Resampling of the geometric ops.
+        translate_pct (`float`, *optional*, defaults to 0.45):
+            Largest translation, as a fraction of the image side, at magnitude 10.
+
+    Example:
+
+    ```python
+    >>> import PIL.Image, torch
+    >>> from dilated_vit_mae.transforms import RandAugment
+    >>> augment = RandAugment("rand-m9-mstd0.5-inc1")
+    >>> augment.magnitude, augment.num_layers, augment.magnitude_std, len(augment.ops)
+    (9, 2, 0.5, 15)
+    >>> augment(PIL.Image.new("RGB", (64, 64)), torch.Generator().manual_seed(0)).size
+    (64, 64)
+
+    ```
+    """
+
+    prob = 0.5  # timm's `rand_augment_ops(prob=0.5)`
+
+    def __init__(
+        self,
+        config: str = MAE_FINETUNE_RAND_AUGMENT,
+        fill: Sequence[int] = tuple(round(255 * m) for m in IMAGENET_DEFAULT_MEAN),
+        resample: int = PIL.Image.Resampling.BICUBIC,
+        translate_pct: float = 0.45,
+    ) -> None:
+        import re
+
+        self.config = config
+        parts = str(config).split("-")
+        if parts[0] != "rand":
+            raise ValueError(f"A RandAugment config starts with 'rand' (e.g. 'rand-m9-mstd0.5-inc1'), got {config!r}.")
+        self.magnitude, self.num_layers, self.magnitude_std, self.magnitude_max = 10, 2, 0.0, _LEVEL_DENOM
+        ops = RAND_AUGMENT_OPS
+        for part in parts[1:]:
+            key, value = (re.split(r"(\d.*)", part) + [""])[:2]
+            try:
+                if key == "m":
+                    self.magnitude = int(value)
+                elif key == "n":
+                    self.num_layers = int(value)
+                elif key == "mstd":
+                    self.magnitude_std = math.inf if float(value) > 100 else float(value)
+                elif key == "mmax":
+                    self.magnitude_max = float(int(value))
+                elif key == "inc":
+                    ops = RAND_AUGMENT_INCREASING_OPS if int(value) else RAND_AUGMENT_OPS
+                else:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(
+                    f"Cannot read {part!r} of the RandAugment config {config!r}; use m<int>, n<int>, mstd<float>, "
+                    "mmax<int>, inc<0|1> (weighted choice, timm's w<int>, is not supported)."
+                ) from None
+        if self.num_layers < 0 or self.magnitude < 0:
+            raise ValueError(f"RandAugment needs n >= 0 and m >= 0, got {config!r}.")
+        self.ops = ops
+        self.fill = tuple(int(value) for value in fill)
+        self.resample = resample
+        self.translate_pct = float(translate_pct)
+
+    def __call__(self, image: PIL.Image.Image, generator: torch.Generator | None = None) -> PIL.Image.Image:
+        fill = self.fill[0] if image.mode == "L" else self.fill
+        for _ in range(self.num_layers):
+            name = self.ops[int(torch.randint(len(self.ops), (1,), generator=generator))]
+            if _uniform(generator) > self.prob:  # timm: `if random.random() > self.prob: return img`
+                continue
+            magnitude = float(self.magnitude)
+            if self.magnitude_std == math.inf:
+                magnitude = _uniform(generator, 0.0, magnitude)
+            elif self.magnitude_std > 0:
+                magnitude += self.magnitude_std * torch.randn(1, generator=generator).item()
+            magnitude = max(0.0, min(magnitude, self.magnitude_max))
+            level = _RAND_AUGMENT_LEVELS[name]
+            value = level(magnitude, generator, self.translate_pct) if level is not None else 0.0
+            image = _apply_op(name, image, value, fill, self.resample)
+        return image
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r}, fill={self.fill})"
+
+
+class RandomErasing:
+    """
+    Random erasing (Zhong et al. 2017, arXiv 1708.04896) as timm's `RandomErasing` applies it to a normalised image
+    tensor, and MAE fine-tunes with it (`re_prob=0.25, re_mode="pixel", re_count=1`): with probability `probability`,
+    a box of area fraction uniform in `[min_area, max_area]` and log-uniform aspect ratio in `[min_aspect,
+    1 / min_aspect]` (10 attempts to fit) is replaced by per-pixel standard-normal noise (`"pixel"`), one normal colour
+    per channel (`"rand"`) or zeros (`"const"`).
+
+    Follows https://github.com/huggingface/pytorch-image-models/blob/066e490605ba1d3666861096163246c885603469/timm/data/random_erasing.py
+    (the same draws in the same order), with every draw from the `generator` passed in instead of Python's global one.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from dilated_vit_mae.transforms import RandomErasing
+    >>> erased = RandomErasing(probability=1.0)(torch.zeros(3, 32, 32), torch.Generator().manual_seed(0))
+    >>> bool((erased != 0).any())
+    True
+
+    ```
+    """
+
+    def __init__(
+        self,
+        probability: float = MAE_FINETUNE_RANDOM_ERASING,
+        min_area: float = 0.02,
+        max_area: float = 1 / 3,
+        min_aspect: float = 0.3,
+        mode: Literal["pixel", "rand", "const"] = "pixel",
+        count: int = 1,
+    ) -> None:
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"Random erasing's `probability` must be in [0, 1], got {probability!r}.")
+        if not 0 < min_area <= max_area <= 1 or not 0 < min_aspect <= 1 or count < 1:
+            raise ValueError(
+                f"Random erasing needs 0 < min_area <= max_area <= 1, 0 < min_aspect <= 1 and count >= 1, got "
+                f"{min_area!r}, {max_area!r}, {min_aspect!r}, {count!r}."
+            )
+        if mode not in ("pixel", "rand", "const"):
+            raise ValueError(f"Random erasing's `mode` must be 'pixel', 'rand' or 'const', got {mode!r}.")
+        self.probability, self.min_area, self.max_area = float(probability), float(min_area), float(max_area)
+        self.log_aspect_ratio = (math.log(min_aspect), math.log(1 / min_aspect))
+        self.mode, self.count = mode, int(count)
+
+    def __call__(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Erase in place and return `pixel_values` (`(num_channels, height, width)`, normalised)."""
+        if _uniform(generator) > self.probability:
+            return pixel_values
+        channels, height, width = pixel_values.shape
+        count = self.count if self.count == 1 else int(torch.randint(1, self.count + 1, (1,), generator=generator))
+        for _ in range(count):
+            for _attempt in range(10):
+                target_area = _uniform(generator, self.min_area, self.max_area) * height * width / count
+                aspect_ratio = math.exp(_uniform(generator, *self.log_aspect_ratio))
+                box_height = int(round(math.sqrt(target_area * aspect_ratio)))
+                box_width = int(round(math.sqrt(target_area / aspect_ratio)))
+                if box_width < width and box_height < height:
+                    top = int(torch.randint(0, height - box_height + 1, (1,), generator=generator))
+                    left = int(torch.randint(0, width - box_width + 1, (1,), generator=generator))
+                    shape = (channels, box_height, box_width) if self.mode == "pixel" else (channels, 1, 1)
+                    noise = torch.zeros(shape, dtype=pixel_values.dtype)
+                    if self.mode != "const":
+                        noise.normal_(generator=generator)
+                    pixel_values[:, top : top + box_height, left : left + box_width] = noise
+                    break
+        return pixel_values
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(probability={self.probability}, mode={self.mode!r}, count={self.count})"
 
 
 class MAEHostTransform(MAETrainTransform):

@@ -17,7 +17,11 @@ BatchNorm1d without affine, then Linear) is trained on the main process: multi-l
 
 Reported: the mean of per-attribute accuracies (the CelebA convention) and the majority-class floor (the training
 split's majority class of each attribute, scored on the evaluation split), through
-`dilated_vit_mae.metrics.load_metric("mean_attribute_accuracy")`; for one label column, accuracy and the majority floor.
+`dilated_vit_mae.metrics.load_metric("mean_attribute_accuracy")`; for one label column, accuracy and the majority floor;
+and, where it is cheap (small sets), a logistic regression on the raw pixels of the same split (`raw_pixel_baseline`).
+Where this differs from MAE's `main_linprobe.py`: the classifier trains on one fixed (evaluation) view of every image,
+cached, with AdamW at lr 1e-3 (90 epochs, 10 warmup, cosine, batch 256, last partial batch dropped); MAE's sees a new
+RandomResizedCrop + flip of every image each epoch and uses LARS at lr 0.1 x batch / 256 with batch 16,384.
 Written to OUTPUT_DIR/linear_probe_results.json (OUTPUT_DIR defaults to the model folder when it is local, so the model
 card can pick the numbers up).
 
@@ -58,6 +62,10 @@ from dilated_vit_mae.probe import (  # noqa: E402
     DEFAULT_FEATURE_CACHE_DIR,
     KNN_K,
     KNN_TEMPERATURE,
+    PROBE_BATCH_SIZE,
+    PROBE_EPOCHS,
+    PROBE_LEARNING_RATE,
+    PROBE_WARMUP_EPOCHS,
     FeatureCache,
     class_ids,
     drop_missing_labels,
@@ -68,6 +76,7 @@ from dilated_vit_mae.probe import (  # noqa: E402
     model_fingerprint,
     predict_linear_probe,
     probe_scores,
+    raw_pixel_baseline,
     resolve_label_columns,
     train_linear_probe,
 )
@@ -101,6 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--dataset_config_name")
     data.add_argument("--celeba_dir", help=f"A raw CelebA download (default without a source: {DEFAULT_CELEBA_DIR}).")
     data.add_argument("--train_dir", help="Any local image folder (imagefolder layout, metadata.csv with the labels).")
+    data.add_argument(
+        "--validation_dir", help="The evaluation image folder for --train_dir (then its split is --eval_split)."
+    )  # fmt: skip
     data.add_argument("--image_column_name", default="image")
     data.add_argument("--train_split", default="train", help="Split the classifier is trained on.")
     data.add_argument("--eval_split", default="test", help="Split the accuracy is reported on.")
@@ -137,9 +149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     knn.add_argument("--knn_k", type=positive_int, default=KNN_K, help="Neighbours that vote.")
     knn.add_argument("--knn_temperature", type=positive_float, default=KNN_TEMPERATURE, help="Votes weigh exp(sim / T).")
     probe = parser.add_argument_group("linear classifier")
-    probe.add_argument("--probe_epochs", type=int, default=90)
-    probe.add_argument("--probe_batch_size", type=int, default=256)
-    probe.add_argument("--probe_learning_rate", type=float, default=1e-3)
+    probe.add_argument("--probe_epochs", type=int, default=PROBE_EPOCHS)
+    probe.add_argument("--probe_batch_size", type=int, default=PROBE_BATCH_SIZE)
+    probe.add_argument("--probe_learning_rate", type=float, default=PROBE_LEARNING_RATE)
     probe.add_argument("--probe_weight_decay", type=float, default=0.0)
     probe.add_argument("--seed", type=int, default=0)
 
@@ -149,6 +161,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sources = [s for s in (args.dataset_name, args.celeba_dir, args.train_dir) if s]
     if len(sources) > 1:
         parser.error("Give one data source: --dataset_name, --celeba_dir or --train_dir.")
+    if args.validation_dir and not args.train_dir:
+        parser.error("--validation_dir goes with --train_dir (the other sources have their own evaluation split).")
     if not sources:
         args.celeba_dir = str(DEFAULT_CELEBA_DIR)
     if args.output_dir is None:
@@ -252,8 +266,10 @@ def classify(
     )  # fmt: skip
     settings = {
         "head": "BatchNorm1d(affine=False, eps=1e-6) + Linear", "optimizer": "AdamW", "epochs": args.probe_epochs,
-        "batch_size": args.probe_batch_size, "learning_rate": args.probe_learning_rate,
+        "warmup_epochs": PROBE_WARMUP_EPOCHS, "schedule": "linear warmup, then cosine to 0",
+        "batch_size": args.probe_batch_size, "drop_last": True, "learning_rate": args.probe_learning_rate,
         "weight_decay": args.probe_weight_decay, "seed": args.seed,
+        "train_views": "one fixed evaluation view per image (MAE: RandomResizedCrop + flip, new every epoch)",
     }  # fmt: skip
     return predict_linear_probe(probe, features["eval"], task=task), {"protocol": "linear", "probe": settings}
 
@@ -287,15 +303,19 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
 
     # ---- data --------------------------------------------------------------------------------------------------------
     source = args.dataset_name or args.celeba_dir or args.train_dir
+    load_kwargs = dict(
+        config_name=args.dataset_config_name, on_bad_image=args.on_bad_image,
+        num_workers=args.preprocessing_num_workers, cache_dir=args.cache_dir, token=args.token,
+    )  # fmt: skip
     with accelerator.main_process_first():
-        splits = load_celeba(
-            source,
-            config_name=args.dataset_config_name,
-            on_bad_image=args.on_bad_image,
-            num_workers=args.preprocessing_num_workers,
-            cache_dir=args.cache_dir,
-            token=args.token,
-        )
+        if args.validation_dir:  # two folders, as run_finetune.py takes them: nothing is carved out of either
+            folders = {args.train_split: args.train_dir, args.eval_split: args.validation_dir}
+            splits = {
+                split: load_celeba(folder, validation_fraction=0.0, test_fraction=0.0, **load_kwargs)["train"]
+                for split, folder in folders.items()
+            }  # fmt: skip
+        else:
+            splits = load_celeba(source, **load_kwargs)
     for split in (args.train_split, args.eval_split):
         if split not in splits:
             raise ValueError(f"Split {split!r} not in {source}; it has {list(splits)}.")
@@ -351,10 +371,20 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         scores["per_attribute_accuracy"] = {args.label_column: scores["accuracy"]}
     if args.protocol == "knn":
         scores["knn_accuracy"] = scores[headline]
+    baseline = raw_pixel_baseline(
+        train_set, train_labels, {"eval": eval_set}, {"eval": eval_labels}, transform=transform,
+        image_column=args.image_column_name, task=task, num_outputs=num_outputs,
+    )  # fmt: skip
+    raw_pixel = {"raw_pixel_baseline": baseline["eval"]} if isinstance(baseline, dict) else {"raw_pixel_baseline": None}
+    raw_pixel["raw_pixel_baseline_model"] = (
+        "logistic regression (L2, C=1, L-BFGS) on the standardised pixels of the evaluation view"
+        if isinstance(baseline, dict) else baseline
+    )  # fmt: skip
 
     # ---- save --------------------------------------------------------------------------------------------------------
     results = {
         **scores,
+        **raw_pixel,
         "pooling": args.pooling,
         "num_train": len(train_set),
         "num_test": len(eval_set),
@@ -376,9 +406,10 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     from dilated_vit_mae.redaction import publishable, secret_values
 
     (output_dir / results_file).write_text(json.dumps(publishable(results, secret_values(args)), indent=2))
+    raw_text = f"{results['raw_pixel_baseline']:.4f}" if results["raw_pixel_baseline"] is not None else "not computed"
     logger.info(
-        f"{args.protocol}: {headline} {results[headline]:.4f} (majority floor {results['majority_baseline']:.4f}) on "
-        f"{len(eval_set)} {args.eval_split} images; wrote {output_dir / results_file}"
+        f"{args.protocol}: {headline} {results[headline]:.4f} (majority floor {results['majority_baseline']:.4f}, "
+        f"raw-pixel linear {raw_text}) on {len(eval_set)} {args.eval_split} images; wrote {output_dir / results_file}"
     )
     accelerator.end_training()
     return {**results, "predictions": predictions.numpy(), "references": eval_labels.numpy()}

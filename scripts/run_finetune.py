@@ -7,16 +7,22 @@
     accelerate launch scripts/run_finetune.py --model_name_or_path facebook/vit-mae-base --dilation_rates \\
         --train_dir data/pets/train --validation_dir data/pets/val --mixup 0.8 --cutmix 1.0     # ViTMAE, any folders
 
-MAE's recipe (`main_finetune.py` of facebookresearch/mae): the whole image is encoded, the patch tokens are averaged and
-normalised (`--classifier_pooling mean`, `fc_norm`), AdamW (0.9, 0.999) with weight decay 0.05, lr = blr x batch / 256
-(`--base_learning_rate` 5e-4) with layer-wise decay (`--layer_decay` 0.75; MAE uses 0.65 for ViT-B) after
-`--warmup_epochs` 5 of linear warmup and a cosine decay, stochastic depth (`--drop_path_rate` 0.1), label smoothing 0.1,
-and optionally mixup 0.8 / cutmix 1.0 (`--mixup`, `--cutmix`; off by default). Augmentation is RandomResizedCrop
-(`--crop_scale_min` 0.08) + horizontal flip; timm's RandAugment and random erasing are not reproduced. Labels: CelebA's
+MAE's recipe (`main_finetune.py` of facebookresearch/mae; `dilated_vit_mae.finetune.MAE_FINETUNE_RECIPE`): the whole
+image is encoded, the patch tokens are averaged and normalised (`--classifier_pooling mean`, `fc_norm`), AdamW
+(0.9, 0.999) with weight decay 0.05, lr = blr x batch / 256 (`--base_learning_rate` 5e-4) with layer-wise decay
+(`--layer_decay` 0.75; MAE uses 0.65 for ViT-B) after `--warmup_epochs` 5 of linear warmup and a cosine decay,
+stochastic depth (`--drop_path_rate` 0.1), label smoothing 0.1, mixup 0.8 / cutmix 1.0 (`--mixup`, `--cutmix`);
+augmentation is RandomResizedCrop (`--crop_scale_min` 0.08) + horizontal flip + timm's RandAugment
+(`--rand_augment rand-m9-mstd0.5-inc1`) + random erasing (`--random_erasing` 0.25), the last batch of an epoch dropped.
+A training split of fewer than 10,000 images gets the small-data recipe instead (`--recipe auto`; `SMALL_DATA_RECIPE`):
+the same at the peak lr MAE's recipe runs at, 2e-3 (blr 5e-4 x its batch 1024 / 256), whatever batch the set
+allows (MAE's batch rule gives 150 images at batch 32 lr 6.3e-5), and no mixup / cutmix.
+`--recipe mae` / `--recipe small_data` force one; any flag given wins over the recipe. Labels: CelebA's
 40 attributes (multi-label: BCE, scored by the mean of per-attribute accuracies) when the data has them, else `celeb_id`
 or an image folder's `label` (single-label: cross-entropy, top-1 accuracy); `--label_column` / `--label_columns` choose.
 
-Every epoch the model is evaluated on `--eval_split`; the best one is kept (OUTPUT_DIR/checkpoints/best) and becomes
+Every epoch the model is evaluated on `--eval_split` beside its trivial baselines (the majority class, and a logistic
+regression on the raw pixels of the same split where that is cheap); the best one is kept (OUTPUT_DIR/checkpoints/best) and becomes
 the output folder, which also reports it on `--test_split` when the data has one. Checkpoints and
 `--resume_from_checkpoint latest` work as in `scripts/run_mae.py`: a resumed run reproduces the uninterrupted one
 exactly (crops, mixup, drop path and batch order depend only on seed, epoch and batch). The output folder is a
@@ -58,12 +64,14 @@ from dilated_vit_mae import (  # noqa: E402
 from dilated_vit_mae.data import load_celeba  # noqa: E402
 from dilated_vit_mae.distributed import build_accelerator, load_full_state_dict, save_pretrained  # noqa: E402
 from dilated_vit_mae.finetune import (  # noqa: E402
+    MAE_FINETUNE_RECIPE,
     LabelSpec,
     MixupCutmix,
     apply_lr_scale,
     as_our_image_processor,
     batch_rng,
     classification_loss,
+    finetune_recipe,
     load_classifier,
     param_groups_lrd,
     labelled_splits,
@@ -86,7 +94,7 @@ from dilated_vit_mae.lifecycle import (  # noqa: E402
     run_cli,
     stage_and_swap,
 )
-from dilated_vit_mae.probe import probe_scores  # noqa: E402
+from dilated_vit_mae.probe import probe_scores, raw_pixel_baseline  # noqa: E402
 from dilated_vit_mae.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
 from dilated_vit_mae.training import (  # noqa: E402
     CheckpointManager,
@@ -95,7 +103,7 @@ from dilated_vit_mae.training import (  # noqa: E402
     collate_indexed,
     stable_seed,
 )
-from dilated_vit_mae.transforms import MAEEvalTransform, MAETrainTransform  # noqa: E402
+from dilated_vit_mae.transforms import MAEEvalTransform, MAETrainTransform, RandAugment  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -140,26 +148,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--dilation_rates", type=positive_int, nargs="*", help="Dilated branches; none for ViTMAE.")
     model.add_argument("--dilated_context", choices=["full", "visible"])
     model.add_argument("--classifier_pooling", choices=["mean", "cls"], default="mean", help="MAE: mean + fc_norm.")
-    model.add_argument("--drop_path_rate", type=fraction, default=0.1, help="Stochastic depth (MAE ViT-B: 0.1).")
+    model.add_argument("--drop_path_rate", type=fraction, help="Stochastic depth (MAE ViT-B: 0.1).")
     model.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
     model.add_argument("--gradient_checkpointing", action="store_true")
     model.add_argument("--revision", default="main")
     model.add_argument("--token", help="Hub token for private models/datasets.")
 
-    optim = parser.add_argument_group("optimisation (MAE fine-tuning recipe)")
-    optim.add_argument("--base_learning_rate", type=positive_float, default=5e-4, help="lr = blr x batch / 256.")
-    optim.add_argument("--learning_rate", type=positive_float, help="Absolute peak lr; overrides --base_learning_rate.")
-    optim.add_argument("--layer_decay", type=positive_float, default=0.75, help="Layer-wise lr decay (1: none).")
-    optim.add_argument("--weight_decay", type=non_negative_float, default=0.05)
+    optim = parser.add_argument_group("optimisation (MAE's fine-tuning recipe; the small-data recipe below 10,000 images)")
+    optim.add_argument(
+        "--recipe", choices=["auto", "mae", "small_data"], default="auto",
+        help="Defaults of the flags below: MAE's, or the small-data recipe's (auto: below 10,000 training images).",
+    )  # fmt: skip
+    optim.add_argument("--base_learning_rate", type=positive_float, help="lr = blr x batch / 256 (MAE: 5e-4).")
+    optim.add_argument("--learning_rate", type=positive_float, help="Absolute peak lr (small-data recipe: 2e-3).")
+    optim.add_argument("--layer_decay", type=positive_float, help="Layer-wise lr decay (1: none; MAE: 0.75).")
+    optim.add_argument("--weight_decay", type=non_negative_float, help="AdamW weight decay (MAE: 0.05).")
     optim.add_argument("--adam_beta1", type=probability, default=0.9)
     optim.add_argument("--adam_beta2", type=probability, default=0.999)
-    optim.add_argument("--label_smoothing", type=probability, default=0.1, help="Single-label only.")
-    optim.add_argument("--mixup", type=non_negative_float, default=0.0, help="Mixup Beta alpha (MAE: 0.8; 0: off).")
-    optim.add_argument("--cutmix", type=non_negative_float, default=0.0, help="Cutmix Beta alpha (MAE: 1.0; 0: off).")
+    optim.add_argument("--label_smoothing", type=probability, help="Single-label only (MAE: 0.1).")
+    optim.add_argument("--mixup", type=non_negative_float, help="Mixup Beta alpha (MAE: 0.8; small-data: 0, off).")
+    optim.add_argument("--cutmix", type=non_negative_float, help="Cutmix Beta alpha (MAE: 1.0; small-data: 0, off).")
     optim.add_argument("--mixup_prob", type=probability, default=1.0, help="Probability of mixing a batch.")
     optim.add_argument("--mixup_switch_prob", type=probability, default=0.5, help="Cutmix instead of mixup.")
-    optim.add_argument("--crop_scale_min", type=probability, default=0.08, help="RandomResizedCrop's smallest area.")
-    optim.add_argument("--warmup_epochs", type=non_negative_float, default=5.0)
+    optim.add_argument("--crop_scale_min", type=probability, help="RandomResizedCrop's smallest area (MAE: 0.08).")
+    optim.add_argument(
+        "--rand_augment", help='timm RandAugment config (MAE: "rand-m9-mstd0.5-inc1"; "none": off).'
+    )  # fmt: skip
+    optim.add_argument("--random_erasing", type=probability, help="Random erasing probability (MAE: 0.25; 0: off).")
+    optim.add_argument("--warmup_epochs", type=non_negative_float, help="Linear warmup (MAE: 5).")
     optim.add_argument("--num_warmup_steps", type=non_negative_int, help="Overrides --warmup_epochs.")
     optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
     optim.add_argument("--max_grad_norm", type=positive_float, help="Clip gradients (MAE fine-tuning: none).")
@@ -196,9 +212,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("Give --model_name_or_path (a pre-training checkpoint) or --config_name (to train from scratch).")
     if any(rate < 2 for rate in args.dilation_rates or ()):
         parser.error(f"--dilation_rates must be >= 2 (none at all for ViTMAE), got {args.dilation_rates}.")
-    if args.layer_decay > 1:
+    if args.layer_decay is not None and args.layer_decay > 1:
         parser.error(f"--layer_decay must be in (0, 1] (1 disables it), got {args.layer_decay}.")
+    if args.rand_augment not in (None, "none"):
+        try:
+            RandAugment(args.rand_augment)
+        except ValueError as error:
+            parser.error(f"--rand_augment: {error}")
     return args
+
+
+def apply_recipe(args: argparse.Namespace, num_train: int) -> None:
+    """Fill the recipe flags not given: MAE's recipe, or the small-data one on a small training split."""
+    args.recipe_name, recipe = finetune_recipe(num_train, args.recipe)
+    if args.base_learning_rate is not None:  # a flag the user gave wins over the recipe's value for the same thing
+        recipe["learning_rate"] = None
+    for name, default in recipe.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.learning_rate is None and args.base_learning_rate is None:
+        args.base_learning_rate = MAE_FINETUNE_RECIPE["base_learning_rate"]
+    if args.rand_augment == "none":
+        args.rand_augment = None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -310,7 +345,13 @@ def build_optimizer(args: argparse.Namespace, model, num_processes: int, num_tra
     for group in groups:
         group.pop("param_names")
     optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2))
-    batches_per_process = math.ceil(num_train / (args.per_device_train_batch_size * num_processes))
+    batches_per_process = num_train // (args.per_device_train_batch_size * num_processes)  # drop_last
+    if batches_per_process == 0:
+        raise ValueError(
+            f"The training split has {num_train} images, fewer than one batch ({args.per_device_train_batch_size} "
+            f"per device x {num_processes} processes; the last partial batch is dropped, as MAE does); lower "
+            "--per_device_train_batch_size."
+        )
     steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     warmup = args.num_warmup_steps if args.num_warmup_steps is not None else round(args.warmup_epochs * steps_per_epoch)
@@ -431,8 +472,11 @@ def dataset_facts(args: argparse.Namespace, splits: datasets.DatasetDict) -> dic
     }
 
 
-def run_summary(args, accelerator, splits, labels: LabelSpec, plan: dict, state: dict, final: dict) -> dict[str, Any]:
-    """`all_results.json`: what the run did and measured; the model card is rendered from it."""
+def run_summary(
+    args, accelerator, splits, labels: LabelSpec, plan: dict, state: dict, final: dict, baselines: dict
+) -> dict[str, Any]:
+    """`all_results.json`: what the run did and measured, beside its trivial baselines; the model card is rendered from
+    it."""
     metric = metric_name(labels)
     script = "scripts/run_finetune.py"
     return {
@@ -440,6 +484,12 @@ def run_summary(args, accelerator, splits, labels: LabelSpec, plan: dict, state:
         "metric_name": metric,
         "eval_split": args.eval_split,
         **{f"eval_{key}": value for key, value in state["best_scores"].items()},
+        "eval_raw_pixel_baseline": baselines.get(args.eval_split),
+        **({"test_raw_pixel_baseline": baselines.get(args.test_split)} if final else {}),
+        "raw_pixel_baseline": {
+            "model": "logistic regression (L2, C=1, L-BFGS) on the standardised pixels of the evaluation view",
+            "skipped": baselines.get("skipped"),
+        },
         "best_epoch": state["best_epoch"],
         "best_step": state["best_step"],
         "last_eval": state["history"][-1] if state["history"] else None,
@@ -463,6 +513,11 @@ def run_summary(args, accelerator, splits, labels: LabelSpec, plan: dict, state:
         "label_smoothing": args.label_smoothing if labels.task == "single_label" else None,
         "mixup": args.mixup,
         "cutmix": args.cutmix,
+        "recipe": args.recipe_name,
+        "rand_augment": args.rand_augment,
+        "random_erasing": args.random_erasing,
+        "crop_scale_min": args.crop_scale_min,
+        "drop_last": True,
         "seed": args.seed,
         "init": args.model_name_or_path,
         "init_is_hub_id": bool(args.model_name_or_path) and not Path(args.model_name_or_path).expanduser().exists(),
@@ -531,7 +586,8 @@ def prepare_data(args, accelerator, config, image_processor, labels: LabelSpec, 
     train_augmentation = SeededAugmentation(
         MAETrainTransform(
             (crop["height"], crop["width"]), image_mean=image_processor.image_mean, image_std=image_processor.image_std,
-            num_channels=config.num_channels, scale=(args.crop_scale_min, 1.0),
+            num_channels=config.num_channels, scale=(args.crop_scale_min, 1.0), rand_augment=args.rand_augment,
+            random_erasing=args.random_erasing,
         ),
         args.seed, args.image_column_name,
     )  # fmt: skip
@@ -540,7 +596,7 @@ def prepare_data(args, accelerator, config, image_processor, labels: LabelSpec, 
     loaders = {
         "train": DataLoader(
             image_dataset(splits["train"], train_augmentation, args.image_column_name), shuffle=True,
-            batch_size=args.per_device_train_batch_size, **loader_kwargs,
+            batch_size=args.per_device_train_batch_size, drop_last=True, **loader_kwargs,  # MAE's drop_last
         )
     }  # fmt: skip
     for split in splits:
@@ -552,6 +608,28 @@ def prepare_data(args, accelerator, config, image_processor, labels: LabelSpec, 
         "augmentation": train_augmentation,
         "labels": {split: labels.encode(dataset) for split, dataset in splits.items()},
     }
+
+
+def raw_pixel_baselines(args, accelerator, image_processor, labels: LabelSpec, splits, encoded: dict) -> dict[str, Any]:
+    """The raw-pixel logistic regression of every evaluated split (`{split: score}`), or why it was skipped (`{"skipped":
+    reason}`), on the main process (`{}` elsewhere): the baseline every fine-tuning figure is reported beside."""
+    if not accelerator.is_main_process:
+        return {}
+    others = {split: dataset for split, dataset in splits.items() if split != "train"}
+    scores = raw_pixel_baseline(
+        splits["train"], encoded["train"], others, {split: encoded[split] for split in others},
+        transform=MAEEvalTransform.from_image_processor(image_processor), image_column=args.image_column_name,
+        task=labels.task, num_outputs=labels.num_labels,
+    )  # fmt: skip
+    return {"skipped": scores} if isinstance(scores, str) else scores
+
+
+def baseline_text(scores: dict, baselines: dict, split: str) -> str:
+    """`majority floor 0.5600, raw-pixel linear 0.9800` for a log line."""
+    raw = baselines.get(split)
+    return f"majority floor {scores.get('majority_baseline', 0.0):.4f}, raw-pixel linear " + (
+        f"{raw:.4f}" if raw is not None else "not computed"
+    )
 
 
 def resume(args, accelerator, checkpoints: CheckpointManager, effective_batch_size: int, identity: RunIdentity) -> dict[str, Any]:
@@ -600,11 +678,14 @@ def main(args: argparse.Namespace) -> Path:
     with accelerator.main_process_first():
         splits = load_splits(args)
     splits, labels = labelled_splits(splits, args.label_column, args.label_columns, args.on_missing_label)
+    apply_recipe(args, len(splits["train"]))  # the recipe for the number of labelled training images
     config = build_config(args, labels)
     model = build_model(args, config)
     image_processor = load_image_processor(args, config)
     data = prepare_data(args, accelerator, config, image_processor, labels, splits)
     logger.info(f"{labels.task}: {labels.num_labels} labels from {labels.columns[:3]}{'...' if len(labels.columns) > 3 else ''}")
+    logger.info(f"recipe {args.recipe_name} ({len(splits['train'])} training images)")
+    data["baselines"] = raw_pixel_baselines(args, accelerator, image_processor, labels, splits, data["labels"])
 
     # ---- optimizer, schedule, prepare, resume ------------------------------------------------------------------------
     plan = build_optimizer(args, model, accelerator.num_processes, len(splits["train"]))
@@ -628,9 +709,15 @@ def main(args: argparse.Namespace) -> Path:
                          data["labels"]["train"], labels)  # fmt: skip
     state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed: every process
     if accelerator.is_main_process:
-        summary = run_summary(args, accelerator, splits, labels, plan, state, final)
+        summary = run_summary(args, accelerator, splits, labels, plan, state, final, data["baselines"])
         save_folder(args, accelerator, model, image_processor, summary, state_dict)
-        logger.info(f"saved the classifier (best epoch {state['best_epoch']}) to {args.output_dir}")
+        metric = metric_name(labels)
+        scored = [(args.eval_split, state["best_scores"])] + ([(args.test_split, final)] if final else [])
+        logger.info(
+            f"saved the classifier (best epoch {state['best_epoch']}) to {args.output_dir}: "
+            + "; ".join(f"{split} {metric} {scores.get(metric, 0.0):.4f} ({baseline_text(scores, data['baselines'], split)})"
+                        for split, scores in scored)
+        )  # fmt: skip
     accelerator.end_training()
     return Path(args.output_dir)
 
@@ -716,7 +803,10 @@ def end_epoch_evaluation(args, accelerator, model, data, labels: LabelSpec, chec
     shared = accelerate.utils.broadcast_object_list(shared)  # every process decides alike whether this is the best
     entry = {"epoch": epoch, "step": state["global_step"], metric: shared[0], "loss": shared[1]}
     state["history"].append(entry)
-    logger.info(f"epoch {epoch}: eval {metric} {shared[0]:.4f}, loss {shared[1]:.4f}")
+    logger.info(
+        f"epoch {epoch}: eval {metric} {shared[0]:.4f} ({baseline_text(scores, data['baselines'], split)}), "
+        f"loss {shared[1]:.4f}"
+    )
     log(args, accelerator, {f"eval_{metric}": shared[0], "eval_loss": shared[1], "epoch": epoch}, state["global_step"])
     if shared[0] > state["best_metric"]:
         state.update(best_metric=shared[0], best_epoch=epoch, best_step=state["global_step"], best_scores=scores)

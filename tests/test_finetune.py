@@ -295,6 +295,8 @@ def card_results(**overrides) -> dict:
         "global_step": 30, "epochs": 3, "effective_batch_size": 8, "seed": 0, "adam_betas": [0.9, 0.999],
         "weight_decay": 0.05, "learning_rate": 1e-3, "warmup_steps": 2, "layer_decay": 0.75, "drop_path_rate": 0.1,
         "classifier_pooling": "mean", "label_smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0,
+        "eval_raw_pixel_baseline": 0.9, "test_raw_pixel_baseline": 0.7, "raw_pixel_baseline": {"skipped": None},
+        "recipe": "mae", "rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "crop_scale_min": 0.08,
     }  # fmt: skip
     return {**results, **overrides}
 
@@ -310,3 +312,51 @@ def test_card_states_the_results_and_metadata():
     assert local.data.base_model is None and "starting from outputs/my-run" in local.text
 
 
+
+
+def test_the_card_puts_every_figure_beside_its_trivial_baselines():
+    card = render_classifier_card(card_results()).text
+    assert "| validation | majority-class floor | 0.5000 |" in card
+    assert "| validation | logistic regression on raw pixels | 0.9000 |" in card
+    assert "| test | majority-class floor | 0.4000 |" in card
+    assert "| test | logistic regression on raw pixels | 0.7000 |" in card
+    assert "MAE's fine-tuning recipe" in card and "rand-m9-mstd0.5-inc1, random erasing 0.25" in card
+    # where the raw-pixel model was too big to fit, the card says why instead of leaving the row out
+    skipped = card_results(eval_raw_pixel_baseline=None, test_raw_pixel_baseline=None,
+                           raw_pixel_baseline={"skipped": "not computed: 182637 images x 150528 values exceed 50,000,000"},
+                           recipe="small_data")  # fmt: skip
+    text = render_classifier_card(skipped).text
+    assert "| validation | logistic regression on raw pixels | not computed: 182637 images" in text
+    assert "the small-data recipe (fewer than 10,000 training images)" in text
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The recipe
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_maes_finetuning_recipe_constants():
+    from dilated_vit_mae.finetune import MAE_FINETUNE_RECIPE
+
+    # main_finetune.py / FINETUNE.md of facebookresearch/mae (layer decay: the ViT-L/H value)
+    assert MAE_FINETUNE_RECIPE == {
+        "base_learning_rate": 5e-4, "learning_rate": None, "layer_decay": 0.75, "weight_decay": 0.05,
+        "drop_path_rate": 0.1, "label_smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0,
+        "rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "crop_scale_min": 0.08, "warmup_epochs": 5.0,
+    }  # fmt: skip
+
+
+def test_the_recipe_follows_the_size_of_the_training_set():
+    from dilated_vit_mae.finetune import MAE_FINETUNE_RECIPE, SMALL_DATA_MAX_TRAIN, SMALL_DATA_RECIPE, finetune_recipe
+
+    assert SMALL_DATA_MAX_TRAIN == 10_000
+    assert finetune_recipe(10_000) == ("mae", MAE_FINETUNE_RECIPE)
+    assert finetune_recipe(9_999) == ("small_data", SMALL_DATA_RECIPE)
+    assert finetune_recipe(150, "mae") == ("mae", MAE_FINETUNE_RECIPE)
+    assert finetune_recipe(10**6, "small_data")[0] == "small_data"
+    # the small-data recipe differs from MAE's in the lr (fixed, not the batch rule) and in mixing only
+    different = {key for key in MAE_FINETUNE_RECIPE if SMALL_DATA_RECIPE[key] != MAE_FINETUNE_RECIPE[key]}
+    assert different == {"base_learning_rate", "learning_rate", "mixup", "cutmix"}
+    assert SMALL_DATA_RECIPE["learning_rate"] == 2e-3 == 5e-4 * 1024 / 256 and SMALL_DATA_RECIPE["mixup"] == SMALL_DATA_RECIPE["cutmix"] == 0
+    with pytest.raises(ValueError, match="recipe"):
+        finetune_recipe(10, "large")

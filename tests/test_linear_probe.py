@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import load_file
+from test_run_finetune import image_folders  # noqa: F401  (a fixture: reddish vs bluish noise in two folders)
 from dilated_vit_mae import (
     DilatedViTMAEConfig,
     DilatedViTMAEForImageClassification,
@@ -568,3 +569,126 @@ def test_a_folder_that_is_not_a_model_is_named(tmp_path):
     with pytest.raises(UserError, match=r"--model_name_or_path .*step_9 is not a model folder: it has no config.json "
                                         r"\(it is a training checkpoint"):  # was transformers' OSError, with a traceback
         script.main(script.parse_args(probe_argv(checkpoint, tmp_path / "cache")))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The probe's schedule and the raw-pixel baseline
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_probes_schedule_is_maes_length_with_adamw():
+    import inspect
+
+    from dilated_vit_mae.probe import PROBE_BATCH_SIZE, PROBE_EPOCHS, PROBE_LEARNING_RATE, PROBE_WARMUP_EPOCHS, warmup_cosine
+
+    assert (PROBE_EPOCHS, PROBE_WARMUP_EPOCHS, PROBE_BATCH_SIZE, PROBE_LEARNING_RATE) == (90, 10, 256, 1e-3)
+    defaults = {name: p.default for name, p in inspect.signature(train_linear_probe).parameters.items()}
+    assert (defaults["epochs"], defaults["warmup_epochs"], defaults["batch_size"]) == (90, 10, 256)
+    assert (defaults["learning_rate"], defaults["weight_decay"]) == (1e-3, 0.0)
+    args = load_script().parse_args(["--model_name_or_path", "m"])
+    assert (args.probe_epochs, args.probe_batch_size, args.probe_learning_rate) == (90, 256, 1e-3)
+    # linear warmup to the peak over 10 steps, then a half cosine to 0
+    factors = [warmup_cosine(step, 10, 110) for step in range(110)]
+    assert factors[:10] == pytest.approx([(step + 1) / 10 for step in range(10)])
+    assert factors[10] == 1.0 and factors[60] == pytest.approx(0.5) and factors[109] == pytest.approx(0.0, abs=1e-3)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+
+
+def test_train_linear_probe_drops_the_last_partial_batch(monkeypatch):
+    seen = []
+    real_forward = LinearProbe.forward
+
+    def record(self, features):
+        seen.append(features.shape[0])
+        return real_forward(self, features)
+
+    monkeypatch.setattr(LinearProbe, "forward", record)
+    train_linear_probe(torch.randn(50, 4), torch.arange(50) % 2, task="single_label", epochs=2, batch_size=16)
+    assert seen == [16, 16, 16] * 2  # 50 = 3 x 16 + 2: the 2 are left out, as MAE's drop_last
+    seen.clear()
+    train_linear_probe(torch.randn(10, 4), torch.arange(10) % 2, task="single_label", epochs=1, batch_size=256)
+    assert seen == [10]  # a set smaller than the batch is one batch
+
+
+def test_raw_pixel_logistic_regression_matches_the_optimum():
+    from dilated_vit_mae.probe import logistic_regression_scores
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(300) % 3
+    pixels = torch.randn(300, 40, generator=generator) + 3.0 * torch.nn.functional.one_hot(labels, 40).float()
+    scores = logistic_regression_scores(pixels[:200], labels[:200], {"eval": pixels[200:]}, {"eval": labels[200:]},
+                                        task="single_label")  # fmt: skip
+    assert scores["eval"] > 0.8  # separable up to noise: far above the majority floor of 1/3
+    # its gradient vanishes at the end: L-BFGS reaches the regularised optimum (the objective scikit-learn minimises)
+    mean, std = pixels[:200].mean(0), pixels[:200].std(0)
+    inputs = (pixels[:200] - mean) / std
+    weight = torch.zeros(40, 3, requires_grad=True)
+    bias = torch.zeros(3, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe", tolerance_grad=1e-9)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(inputs @ weight + bias, labels[:200]) + weight.square().sum() / 400
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    predictions = ((pixels[200:] - mean) / std @ weight + bias).argmax(-1)
+    assert scores["eval"] == pytest.approx((predictions == labels[200:]).float().mean().item())
+    # multi-label: one sigmoid per attribute; an unseen class (-1) counts as an error
+    attributes = torch.stack([labels == 0, labels == 2], dim=1).long()
+    multi = logistic_regression_scores(pixels[:200], attributes[:200], {"eval": pixels[200:]}, {"eval": attributes[200:]},
+                                       task="multi_label")  # fmt: skip
+    assert multi["eval"] > 0.85
+    unseen = labels[200:].clone()
+    unseen[:50] = -1
+    partial = logistic_regression_scores(pixels[:200], labels[:200], {"eval": pixels[200:]}, {"eval": unseen},
+                                         task="single_label")  # fmt: skip
+    assert partial["eval"] <= 0.5
+
+
+def test_raw_pixel_baseline_runs_where_it_is_cheap_and_says_why_not_elsewhere():
+    import PIL.Image
+    from datasets import Dataset, Features, Image
+
+    from dilated_vit_mae.probe import raw_pixel_baseline
+    from dilated_vit_mae.transforms import MAEEvalTransform
+
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for i in range(40):
+        pixels = rng.integers(0, 120, (20, 20, 3), dtype=np.uint8)
+        pixels[..., 2 * (i % 2)] += 120  # red or blue
+        images.append(pixels)
+        labels.append(i % 2)
+    dataset = Dataset.from_dict({"image": [PIL.Image.fromarray(pixels) for pixels in images]},
+                                features=Features({"image": Image()}))  # fmt: skip
+    labels = torch.tensor(labels)
+    transform = MAEEvalTransform(16)
+    scores = raw_pixel_baseline(dataset.select(range(30)), labels[:30], {"validation": dataset.select(range(30, 40))},
+                                {"validation": labels[30:]}, transform=transform, task="single_label")  # fmt: skip
+    assert scores == {"validation": 1.0}
+    skipped = raw_pixel_baseline(dataset.select(range(30)), labels[:30], {"validation": dataset.select(range(30, 40))},
+                                 {"validation": labels[30:]}, transform=transform, task="single_label",
+                                 max_values=40 * 16 * 16 * 3 - 1)  # fmt: skip
+    assert skipped == "not computed: 40 images x 768 values exceed 30,719 (cheap only on small sets)"
+
+
+def test_script_takes_two_folders_and_reports_the_raw_pixel_baseline(our_model_dir, image_folders, tmp_path, caplog):
+    import logging
+
+    script = load_script()
+    output_dir = tmp_path / "out"
+    argv = ["--model_name_or_path", str(our_model_dir), "--train_dir", str(image_folders["train"]), "--validation_dir",
+            str(image_folders["val"]), "--label_column", "label", "--feature_cache_dir", str(tmp_path / "cache"),
+            "--probe_epochs", "5", "--output_dir", str(output_dir)]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        script.main(script.parse_args(argv))
+    written = json.loads((output_dir / "linear_probe_results.json").read_text())
+    assert written["num_train"] == 24 and written["num_test"] == 12  # nothing carved out of either folder
+    assert written["majority_baseline"] == 0.5 and written["raw_pixel_baseline"] == 1.0
+    assert written["probe"]["drop_last"] is True and written["probe"]["warmup_epochs"] == 10
+    assert "RandomResizedCrop" in written["probe"]["train_views"]  # the difference from MAE's probe, stated
+    assert any("majority floor 0.5000, raw-pixel linear 1.0000" in r.getMessage() for r in caplog.records)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--model_name_or_path", "m", "--validation_dir", "v"])

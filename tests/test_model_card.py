@@ -348,3 +348,19 @@ def test_example_strips_are_labelled_and_put_the_error_beside_a_trivial_predicto
     strip = reconstruction_strip(result)
     assert strip.width >= 4 * 192 and strip.height == 22 + 192 + 24
     assert (np.asarray(strip)[:22] < 128).any()  # the column labels
+
+
+def test_the_probe_stands_beside_the_raw_pixel_baseline_it_measured(run_folder):
+    (run_folder / "linear_probe_results.json").write_text(json.dumps(
+        {"mean_attribute_accuracy": 0.8734, "majority_baseline": 0.656, "raw_pixel_baseline": 0.9012,
+         "eval_split": "test", "label_columns": ["Smiling", "Young"], "num_test": 8}
+    ))  # fmt: skip
+    text = render_model_card(run_folder).text
+    assert "| linear probe | frozen encoder | majority-class floor | logistic regression on raw pixels |" in text
+    assert "| Mean attribute accuracy (`test`, 2 attributes, 8 images) | 87.34% | 65.60% | 90.12% |" in text
+    assert "A logistic regression on the raw pixels of the same images scores **90.12%**." in text
+    # a probe of a large set, where the raw-pixel model was skipped (null), says nothing about it
+    (run_folder / "linear_probe_results.json").write_text(json.dumps(
+        {"mean_attribute_accuracy": 0.8734, "majority_baseline": 0.656, "raw_pixel_baseline": None}
+    ))  # fmt: skip
+    assert "raw pixels" not in render_model_card(run_folder).text

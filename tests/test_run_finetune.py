@@ -428,6 +428,9 @@ def test_a_classifier_folder_is_published_as_it_is_with_its_own_card(script, pre
         (["--checkpointing_steps", "often"], "--checkpointing_steps: must be"),
         (["--checkpointing_steps", "0"], 'must be "epoch", "no" or a positive integer, got 0'),  # was a ZeroDivisionError
         (["--label_column", "a", "--label_columns", "b"], "not allowed with argument"),
+        (["--rand_augment", "rand-w0"], "--rand_augment: Cannot read 'w0'"),
+        (["--random_erasing", "2"], "--random_erasing: must be a number in [0, 1]"),
+        (["--recipe", "big"], "invalid choice: 'big'"),
     ],
 )
 def test_bad_arguments_are_rejected_when_parsed(script, extra, message, capsys):
@@ -560,3 +563,87 @@ def test_something_that_is_not_a_model_folder_is_named(script, image_folders, pr
     checkpoint = first / "checkpoints" / "step_1"  # a checkpoint is not a model either
     with pytest.raises(UserError, match=r"is not a model folder: it has no config.json \(it is a training checkpoint"):
         script.main(script.parse_args(argv(checkpoint, tmp_path / "second")))
+
+
+# The recipe: MAE's on large sets, the small-data one on small sets; every figure beside its trivial baselines
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_large_sets_get_maes_recipe_and_its_batch_rule(script, pretrained_dir):
+    args = script.parse_args(["--model_name_or_path", str(pretrained_dir)])
+    script.apply_recipe(args, 162_770)  # CelebA's training split
+    assert args.recipe_name == "mae"
+    recipe = {name: getattr(args, name) for name in (
+        "base_learning_rate", "learning_rate", "layer_decay", "weight_decay", "drop_path_rate", "label_smoothing",
+        "mixup", "cutmix", "rand_augment", "random_erasing", "crop_scale_min", "warmup_epochs",
+    )}  # fmt: skip
+    assert recipe == {
+        "base_learning_rate": 5e-4, "learning_rate": None, "layer_decay": 0.75, "weight_decay": 0.05,
+        "drop_path_rate": 0.1, "label_smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0,
+        "rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "crop_scale_min": 0.08, "warmup_epochs": 5.0,
+    }  # fmt: skip
+    assert (args.adam_beta1, args.adam_beta2) == (0.9, 0.999) and args.per_device_train_batch_size == 32
+    model = DilatedViTMAEForImageClassification(DilatedViTMAEConfig.from_pretrained(pretrained_dir, num_labels=2))
+    plan = script.build_optimizer(args, model, num_processes=2, num_train=162_770)
+    assert plan["learning_rate"] == pytest.approx(5e-4 * 32 * 2 / 256)  # lr = blr x effective batch / 256
+    assert plan["steps_per_epoch"] == 162_770 // 64 and plan["num_warmup_steps"] == 5 * (162_770 // 64)
+
+
+def test_small_sets_get_the_small_data_recipe_and_flags_win(script, pretrained_dir):
+    args = script.parse_args(["--model_name_or_path", str(pretrained_dir)])
+    script.apply_recipe(args, 150)
+    assert args.recipe_name == "small_data" and args.learning_rate == 2e-3 and args.mixup == args.cutmix == 0.0
+    assert args.rand_augment == "rand-m9-mstd0.5-inc1" and args.random_erasing == 0.25 and args.layer_decay == 0.75
+    # a flag given wins: --base_learning_rate brings the batch rule back, --mixup and "none" stay
+    args = script.parse_args(["--model_name_or_path", "m", "--base_learning_rate", "1e-3", "--mixup", "0.2",
+                              "--rand_augment", "none", "--random_erasing", "0"])  # fmt: skip
+    script.apply_recipe(args, 150)
+    assert args.learning_rate is None and args.base_learning_rate == 1e-3 and args.mixup == 0.2 and args.cutmix == 0
+    assert args.rand_augment is None and args.random_erasing == 0.0
+    args = script.parse_args(["--model_name_or_path", "m", "--recipe", "mae"])
+    script.apply_recipe(args, 150)
+    assert args.recipe_name == "mae" and args.learning_rate is None and args.mixup == 0.8
+
+
+def test_a_small_image_folder_is_fine_tuned_with_the_small_data_recipe_beside_its_baselines(
+    script, pretrained_dir, image_folders, tmp_path, reset_accelerate, caplog
+):
+    output_dir = tmp_path / "out"
+    args = ["--model_name_or_path", str(pretrained_dir), "--output_dir", str(output_dir),
+            "--train_dir", str(image_folders["train"]), "--validation_dir", str(image_folders["val"]),
+            "--per_device_train_batch_size", "10", "--num_train_epochs", "2", "--warmup_epochs", "1"]  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        script.main(script.parse_args(args))
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["recipe"] == "small_data" and results["learning_rate"] == 2e-3 and results["mixup"] == 0.0
+    assert results["rand_augment"] == "rand-m9-mstd0.5-inc1" and results["random_erasing"] == 0.25
+    # drop_last: 24 images at batch 10 are 2 steps an epoch, not 3
+    assert results["drop_last"] is True and results["global_step"] == 4
+    # the baselines: majority class, and the raw-pixel logistic regression (reddish vs bluish: it separates them)
+    assert results["eval_majority_baseline"] == 0.5 and results["eval_raw_pixel_baseline"] == 1.0
+    assert results["raw_pixel_baseline"]["skipped"] is None
+    card = (output_dir / "README.md").read_text()
+    assert "| validation | logistic regression on raw pixels | 1.0000 |" in card
+    assert "| validation | majority-class floor | 0.5000 |" in card
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(re.search(r"epoch 1: eval accuracy [0-9.]+ \(majority floor 0.5000, raw-pixel linear 1.0000\)", line)
+               for line in lines)  # fmt: skip
+    assert any("saved the classifier" in line and "raw-pixel linear 1.0000" in line for line in lines)
+
+
+def test_the_train_loader_drops_the_last_batch_and_the_augmentation_is_maes(script, pretrained_dir, image_folders):
+    args = script.parse_args(["--model_name_or_path", str(pretrained_dir), "--train_dir", str(image_folders["train"]),
+                              "--per_device_train_batch_size", "10"])  # fmt: skip
+    splits = script.load_splits(args)
+    script.apply_recipe(args, len(splits["train"]))
+    labels = script.resolve_labels(splits["train"])
+    config = script.build_config(args, labels)
+    data = script.prepare_data(args, None, config, processor_32(), labels, splits)
+    assert data["loaders"]["train"].drop_last is True and len(data["loaders"]["train"]) == len(splits["train"]) // 10
+    transform = data["augmentation"].transform
+    assert transform.scale == (0.08, 1.0) and transform.random_erasing.probability == 0.25
+    assert (transform.rand_augment.magnitude, transform.rand_augment.magnitude_std) == (9, 0.5)
+    # fewer images than one batch: one clear line, not a run of zero steps
+    args.per_device_train_batch_size = 100
+    with pytest.raises(ValueError, match="fewer than one batch .* lower --per_device_train_batch_size"):
+        script.build_optimizer(args, DilatedViTMAEForImageClassification(config), 1, len(splits["train"]))

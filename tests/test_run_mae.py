@@ -599,3 +599,27 @@ def test_a_fine_tuned_classifier_folder_is_refused_saying_what_to_pass(tiny_mode
                                         r"classifier \(DilatedViTMAEForImageClassification"):  # fmt: skip
         run_mae.main(run_mae.parse_args(args))
     assert not (tmp_path / "out").exists()  # refused before the run folder was written
+
+
+def test_maes_pre_training_recipe_constants(reset_accelerate):
+    # PRETRAIN.md / main_pretrain.py of facebookresearch/mae: lr = blr 1.5e-4 x effective batch / 256, AdamW betas
+    # (0.9, 0.95), weight decay 0.05, RandomResizedCrop scale 0.2-1 + flip
+    from types import SimpleNamespace
+
+    from accelerate import PartialState
+
+    PartialState()  # the script's logger needs one
+    run_mae = load_script()
+    args = run_mae.parse_args(["--celeba_dir", "/data/celeba"])
+    assert (args.base_learning_rate, args.adam_beta1, args.adam_beta2, args.weight_decay) == (1.5e-4, 0.9, 0.95, 0.05)
+    args.per_device_train_batch_size, args.gradient_accumulation_steps = 64, 2
+    accelerator = SimpleNamespace(num_processes=4)
+    _, _, _, learning_rate = run_mae.training_schedule(args, accelerator, {"train": range(100_000)})
+    assert learning_rate == pytest.approx(1.5e-4 * 64 * 4 * 2 / 256)
+    processor = DilatedViTMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    host = SimpleNamespace(device=torch.device("cpu"))
+    _, augmentation, _, _ = run_mae.train_dataset_and_augmentation(
+        args, host, DilatedViTMAEConfig(image_size=32, patch_size=4), processor, {"train": None}
+    )
+    transform = augmentation.transform
+    assert transform.scale == (0.2, 1.0) and transform.flip_prob == 0.5 and transform.rand_augment is None

@@ -475,3 +475,151 @@ def test_host_collator_in_dataloader_workers_uses_shared_memory():
         images = batch["pixel_values_uint8"]
         assert images.permute(0, 2, 3, 1).is_contiguous()  # the layout survives the trip from the worker
         assert torch.equal(images[:, 0, 0, 0], batch["sample_index"].to(torch.uint8))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fine-tuning augmentation: RandAugment and random erasing (MAE's recipe through timm)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_pre_training_augmentation_is_maes_crop_and_flip_only():
+    # MAE's main_pretrain.py: RandomResizedCrop(scale=(0.2, 1.0)) + flip; no RandAugment, no erasing
+    transform = MAETrainTransform(224)
+    assert transform.scale == (0.2, 1.0) and transform.flip_prob == 0.5
+    assert transform.rand_augment is None and transform.random_erasing is None
+    # switched off, the fine-tuning options draw nothing: the crops and flips are pre-training's
+    image = face_like_image()
+    off = MAETrainTransform(64, rand_augment=None, random_erasing=0.0)
+    assert torch.equal(off(image, torch.Generator().manual_seed(3)), MAETrainTransform(64)(image, torch.Generator().manual_seed(3)))
+
+
+def test_mae_finetuning_augmentation_constants():
+    from dilated_vit_mae.transforms import MAE_FINETUNE_RAND_AUGMENT, MAE_FINETUNE_RANDOM_ERASING, RandAugment, RandomErasing
+
+    assert MAE_FINETUNE_RAND_AUGMENT == "rand-m9-mstd0.5-inc1" and MAE_FINETUNE_RANDOM_ERASING == 0.25
+    augment = RandAugment()
+    assert (augment.magnitude, augment.num_layers, augment.magnitude_std, augment.magnitude_max) == (9, 2, 0.5, 10.0)
+    assert augment.prob == 0.5 and len(augment.ops) == 15 and "PosterizeIncreasing" in augment.ops
+    assert augment.fill == (124, 116, 104)  # timm: round(255 x ImageNet mean)
+    erasing = RandomErasing()
+    assert (erasing.probability, erasing.min_area, erasing.max_area, erasing.mode, erasing.count) == (
+        0.25, 0.02, 1 / 3, "pixel", 1,
+    )  # fmt: skip
+    assert erasing.log_aspect_ratio == pytest.approx((math.log(0.3), math.log(1 / 0.3)))
+    transform = MAETrainTransform(64, rand_augment=MAE_FINETUNE_RAND_AUGMENT, random_erasing=0.25)
+    assert transform.rand_augment.magnitude == 9 and transform.random_erasing.probability == 0.25
+
+
+def test_rand_augment_config_strings():
+    from dilated_vit_mae.transforms import RAND_AUGMENT_OPS, RandAugment
+
+    augment = RandAugment("rand-m7-n3-mstd101")
+    assert (augment.magnitude, augment.num_layers, augment.magnitude_std) == (7, 3, math.inf)
+    assert augment.ops == RAND_AUGMENT_OPS and "Posterize" in augment.ops  # no inc1: timm's default set
+    assert RandAugment("rand-m9-mmax15").magnitude_max == 15
+    for bad in ("augmix-m9", "rand-w0", "rand-q3", "rand-mx"):
+        with pytest.raises(ValueError, match="RandAugment"):
+            RandAugment(bad)
+
+
+@pytest.mark.parametrize(
+    "name, magnitude, expected",
+    [
+        ("Rotate", 9, 27.0),  # degrees
+        ("ShearX", 9, 0.27),
+        ("TranslateXRel", 9, 0.405),  # of the side
+        ("ColorIncreasing", 9, 0.81),  # 1 +/- this
+        ("PosterizeIncreasing", 9, 1),  # bits kept
+        ("PosterizeIncreasing", 10, 0),
+        ("Posterize", 9, 3),
+        ("SolarizeIncreasing", 9, 26),  # threshold
+        ("Solarize", 9, 230),
+        ("SolarizeAdd", 9, 99),
+        ("Contrast", 9, 1.72),
+    ],
+)
+def test_rand_augment_magnitudes_map_to_timms_arguments(name, magnitude, expected):
+    from dilated_vit_mae.transforms import _RAND_AUGMENT_LEVELS
+
+    values = {_RAND_AUGMENT_LEVELS[name](magnitude, torch.Generator().manual_seed(seed), 0.45) for seed in range(20)}
+    if name in ("Rotate", "ShearX", "TranslateXRel"):  # a random sign, both seen in 20 draws
+        assert sorted(values) == pytest.approx([-expected, expected])
+    elif name == "ColorIncreasing":
+        assert sorted(values) == pytest.approx([1 - expected, 1 + expected])
+    else:
+        assert len(values) == 1 and values.pop() == pytest.approx(expected)
+
+
+def test_every_rand_augment_op_changes_the_image_and_keeps_its_size():
+    from dilated_vit_mae.transforms import RAND_AUGMENT_INCREASING_OPS, RAND_AUGMENT_OPS, _RAND_AUGMENT_LEVELS, _apply_op
+
+    rng = np.random.default_rng(0)
+    image = PIL.Image.fromarray(rng.integers(40, 250, (48, 64, 3), dtype=np.uint8))  # not full range: autocontrast acts
+    fill = (124, 116, 104)
+    for name in sorted(set(RAND_AUGMENT_OPS + RAND_AUGMENT_INCREASING_OPS)):
+        level = _RAND_AUGMENT_LEVELS[name]
+        value = level(9, torch.Generator().manual_seed(1), 0.45) if level is not None else 0.0
+        for mode in ("RGB", "L"):
+            source = image.convert(mode)
+            out = _apply_op(name, source, value, fill if mode == "RGB" else fill[0], PIL.Image.Resampling.BICUBIC)
+            assert out.size == source.size and out.mode == mode, name
+            if not (name.startswith("Color") and mode == "L"):  # saturation: nothing to change in a grey image
+                assert not np.array_equal(np.asarray(out), np.asarray(source)), f"{name} ({mode}) changed nothing"
+    # what a translation brings in is the fill colour (the dataset mean)
+    shifted = np.asarray(_apply_op("TranslateXRel", image, 0.25, fill, PIL.Image.Resampling.BICUBIC))
+    assert (shifted[:, -10:] == np.array(fill, dtype=np.uint8)).all()
+
+
+def test_rand_augment_draws_from_the_generator_only():
+    from dilated_vit_mae.transforms import RandAugment
+
+    image = face_like_image(64, 64)
+    augment = RandAugment()
+    first = [np.asarray(augment(image, torch.Generator().manual_seed(seed))) for seed in range(40)]
+    torch.manual_seed(123)  # the global RNG plays no part
+    again = [np.asarray(augment(image, torch.Generator().manual_seed(seed))) for seed in range(40)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    # each of the 2 ops is skipped with probability 0.5: a quarter of the images come out unchanged
+    unchanged = np.mean([np.array_equal(out, np.asarray(image)) for out in first + [
+        np.asarray(augment(image, torch.Generator().manual_seed(seed))) for seed in range(40, 400)
+    ]])  # fmt: skip
+    assert 0.18 < unchanged < 0.32
+
+
+def test_random_erasing_replaces_one_box_by_noise_a_quarter_of_the_time():
+    from dilated_vit_mae.transforms import RandomErasing
+
+    erasing = RandomErasing()
+    erased_fraction, areas, noise = 0, [], []
+    for seed in range(400):
+        out = erasing(torch.full((3, 40, 50), 7.0), torch.Generator().manual_seed(seed))
+        changed = out != 7.0
+        if changed.any():
+            erased_fraction += 1
+            rows, cols = changed.any(dim=(0, 2)).nonzero(), changed.any(dim=(0, 1)).nonzero()
+            box = out[:, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+            assert (box != 7.0).all()  # one rectangle, every channel, nothing left of the image in it
+            areas.append(box[0].numel() / (40 * 50))
+            noise.append(box.reshape(-1))
+    assert 0.19 < erased_fraction / 400 < 0.31
+    assert 0.015 <= min(areas) and max(areas) <= 0.35
+    noise = torch.cat(noise)
+    assert abs(noise.mean().item()) < 0.05 and abs(noise.std().item() - 1) < 0.05  # per-pixel standard normal
+    const = RandomErasing(probability=1.0, mode="const")(torch.ones(1, 20, 20), torch.Generator().manual_seed(0))
+    assert (const == 0).any() and set(const.unique().tolist()) == {0.0, 1.0}
+    with pytest.raises(ValueError, match="probability"):
+        RandomErasing(probability=1.5)
+
+
+def test_finetuning_transform_is_reproducible_and_refuses_the_device_path():
+    image = face_like_image()
+    transform = MAETrainTransform(64, scale=(0.08, 1.0), rand_augment="rand-m9-mstd0.5-inc1", random_erasing=0.25)
+    first = transform(image, torch.Generator().manual_seed(5))
+    assert torch.equal(first, transform(image, torch.Generator().manual_seed(5)))
+    assert not torch.equal(first, transform(image, torch.Generator().manual_seed(6)))
+    assert "rand_augment='rand-m9-mstd0.5-inc1'" in repr(transform)
+    with pytest.raises(ValueError, match="host's float path"):
+        transform.host_params(image, torch.Generator().manual_seed(0))
+    # one channel: the fill is the single mean
+    grey = MAETrainTransform(32, image_mean=[0.5], image_std=[0.5], num_channels=1, rand_augment="rand-m9-mstd0.5-inc1")
+    assert grey.rand_augment.fill == (128,) and grey(image, torch.Generator().manual_seed(0)).shape == (1, 32, 32)
