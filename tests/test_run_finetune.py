@@ -634,9 +634,8 @@ def test_a_small_image_folder_is_fine_tuned_with_the_small_data_recipe_beside_it
 def test_the_train_loader_drops_the_last_batch_and_the_augmentation_is_maes(script, pretrained_dir, image_folders):
     args = script.parse_args(["--model_name_or_path", str(pretrained_dir), "--train_dir", str(image_folders["train"]),
                               "--per_device_train_batch_size", "10"])  # fmt: skip
-    splits = script.load_splits(args)
+    splits, labels = script.labelled_splits(script.load_splits(args), None, None)
     script.apply_recipe(args, len(splits["train"]))
-    labels = script.resolve_labels(splits["train"])
     config = script.build_config(args, labels)
     data = script.prepare_data(args, None, config, processor_32(), labels, splits)
     assert data["loaders"]["train"].drop_last is True and len(data["loaders"]["train"]) == len(splits["train"]) // 10
