@@ -360,6 +360,35 @@ def test_the_image_check_says_how_many_images_it_checks_and_shows_progress(raw_c
     assert f"{NUM_IMAGES}/{NUM_IMAGES}" not in capsys.readouterr().err
 
 
+@pytest.fixture
+def celeba_standin(tmp_path):
+    """`make_celeba_sample.py --full_size`, scaled down: CelebA's file names, partition proportions and formats."""
+    from conftest import load_file
+
+    builder = load_file("scripts/make_celeba_sample.py", "make_celeba_sample")
+    return builder.make_full_size_standin(tmp_path / "standin", 300), builder
+
+
+def test_the_full_size_standin_loads_as_raw_celeba_with_the_sample_annotations(celeba_standin, counted_checks):
+    root, builder = celeba_standin
+    assert builder.standin_split_counts(202_599) == {0: 162_770, 1: 19_867, 2: 19_962}  # CelebA's own partition
+    celeba = load_celeba(root)
+    assert {split: celeba[split].num_rows for split in celeba} == {"train": 241, "validation": 29, "test": 30}
+    assert file_names(celeba["validation"])[0] == "000242.jpg" and file_names(celeba["test"])[-1] == "000300.jpg"
+    sample = load_celeba(CELEBA_SAMPLE_DIR, verify_images=False)["train"]  # files 1-40 of the sample
+    for index in (0, 39, 56 + 39, 240):
+        source = index % 56
+        if source < 40:
+            assert celeba["train"][index]["Smiling"] == sample[source]["Smiling"]
+            assert celeba["train"][index]["celeb_id"] == sample[source]["celeb_id"]
+    images = root / "img_align_celeba"
+    assert (images / "000057.jpg").stat().st_ino == (images / "000001.jpg").stat().st_ino  # a hard link
+    assert (images / "000001.jpg").stat().st_ino != (CELEBA_SAMPLE_DIR / "img_align_celeba" / "000001.jpg").stat().st_ino
+    assert celeba["test"][0]["image"].size == (178, 218)
+    with pytest.raises(FileExistsError, match="is not empty"):
+        builder.make_full_size_standin(root, 300)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Image folders
 # ---------------------------------------------------------------------------------------------------------------
