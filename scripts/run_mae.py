@@ -334,7 +334,9 @@ def _with_index(dataset, streaming: bool):
     return dataset.add_column("sample_index", list(range(len(dataset))))
 
 
-def load_datasets(args: argparse.Namespace) -> dict:
+def load_datasets(args: argparse.Namespace, progress: bool = True) -> dict:
+    """The splits; the image check (a bar when `progress`) is recorded, so the processes after the first and a
+    repeated launch on unchanged files skip it (`load_celeba`'s `check_record_dir`)."""
     source = args.dataset_name or args.celeba_dir or args.train_dir
     splits = load_celeba(
         source,
@@ -344,6 +346,7 @@ def load_datasets(args: argparse.Namespace) -> dict:
         num_workers=args.preprocessing_num_workers,
         cache_dir=args.cache_dir,
         token=args.token,
+        progress=progress,
     )
     columns = splits["train"].column_names
     if columns is not None and args.image_column_name not in columns:
@@ -750,7 +753,16 @@ def evaluate(run: Run, log) -> dict:
     args, accelerator, processor = run.args, run.accelerator, run.image_processor
     run.model.eval()
     totals, count, grid_images = {}, 0, None
-    for batch in run.eval_dataloader:
+    num_images = None if args.streaming else len(run.splits["validation"])
+    logger.info(
+        f"step {run.state.global_step}: evaluating {'the' if num_images is None else f'{num_images:,}'} validation images "
+        f"({run.eval_dataloader.num_workers} loader workers per process)"
+    )
+    batches = tqdm(
+        run.eval_dataloader, total=None if args.streaming else len(run.eval_dataloader), desc="evaluation",
+        unit="batch", disable=not accelerator.is_local_main_process, leave=False,
+    )  # fmt: skip
+    for batch in batches:
         pixel_values = batch["pixel_values"]
         noise = masking_noise(batch["sample_index"], run.num_patches, stream="eval_mask", seed=args.seed)
         outputs = run.model(pixel_values=pixel_values, noise=noise)
@@ -956,7 +968,7 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: C
     image_processor = build_image_processor(args, config)
     model = build_model(args, config)
     with accelerator.main_process_first():
-        splits = load_datasets(args)
+        splits = load_datasets(args, progress=accelerator.is_local_main_process)
     train_dataloader, eval_dataloader, train_augmentation, device_augmentation = build_dataloaders(
         args, accelerator, config, image_processor, splits
     )
