@@ -20,6 +20,7 @@ was killed), and leaves the others alone (a concurrent build, or one on another 
 >>> a = image_files_fingerprint(["data/celeba_sample/img_align_celeba/000001.jpg"])
 >>> a == image_files_fingerprint(["data/celeba_sample/img_align_celeba/000001.jpg"]), len(a)
 (True, 24)
+
 ```
 """
 
@@ -161,9 +162,13 @@ def _is_running(pid: int) -> bool:
 
 
 def write_json_atomically(path: str | os.PathLike[str], value: Any) -> None:
-    """Write JSON under a partial name and rename it into place: readers see the old file or the new one, whole."""
+    """
+    Write JSON under a partial name and rename it into place: readers see the old file or the new one, whole. Partial
+    files that killed writers left in the same folder are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_partials(path.parent)
     partial = partial_name(path)
     try:
         partial.write_text(json.dumps(value, indent=1) + "\n")

@@ -1,5 +1,6 @@
 """Tests for `dilated_vit_mae.fingerprint`: what the caches and the image-check record are keyed by, and their partials."""
 
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from dilated_vit_mae.fingerprint import (
     image_files_fingerprint,
     partial_name,
     remove_abandoned_partials,
+    write_json_atomically,
 )
 
 
@@ -61,3 +63,12 @@ def test_only_partials_of_exited_writers_on_this_host_are_removed(tmp_path):
     assert sorted(remove_abandoned_partials(tmp_path)) == sorted([dead, ours])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, elsewhere.name])
     assert remove_abandoned_partials(tmp_path / "missing") == []
+
+
+def test_json_is_written_whole_and_a_killed_writers_partial_is_removed(tmp_path):
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f".partial-record.json-{socket.gethostname()}-{int(exited.stdout)}"
+    leftover.write_text('{"half')
+    write_json_atomically(tmp_path / "record.json", {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"]
+    assert json.loads((tmp_path / "record.json").read_text()) == {"a": 1}
