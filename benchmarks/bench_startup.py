@@ -166,6 +166,7 @@ def main(args: argparse.Namespace) -> dict:
     for name in ("first", "repeated"):
         launches.append(launch(args, celeba_dir, scratch, name, "startup", []))
         print(f"{name} launch: {launches[-1]}", flush=True)
+        write_report(args, {**report, "startup": launches})  # each figure kept as soon as it is taken
     report["startup"] = launches
     evaluations = []
     limit = ["--max_eval_samples", str(args.eval_images)] if args.eval_images else []
@@ -176,6 +177,7 @@ def main(args: argparse.Namespace) -> dict:
         )  # fmt: skip
         row.update(num_workers=workers, images_per_s=row["images"] / row["evaluation_s"])
         evaluations.append(row)
+        write_report(args, {**report, "evaluation": evaluations})
         print(f"evaluation, {workers} workers: {row['images']} images in {row['evaluation_s']:.1f} s = "
               f"{row['images_per_s']:.0f} images/s", flush=True)  # fmt: skip
     report["evaluation"] = evaluations
@@ -190,10 +192,14 @@ def main(args: argparse.Namespace) -> dict:
         "evaluation_images_per_s": {row["num_workers"]: round(row["images_per_s"], 1) for row in evaluations},
     }
     print(json.dumps(report["summary"], indent=1))
+    write_report(args, report)
+    return report
+
+
+def write_report(args: argparse.Namespace, report: dict) -> None:
     if args.output_json:
         args.output_json.parent.mkdir(parents=True, exist_ok=True)
         args.output_json.write_text(json.dumps(report, indent=1) + "\n")
-    return report
 
 
 if __name__ == "__main__":
