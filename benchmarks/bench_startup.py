@@ -119,7 +119,9 @@ def child(spec: dict) -> None:
     raise RuntimeError("run_mae.main returned before the measured point")
 
 
-def launch(args: argparse.Namespace, celeba_dir: Path, scratch: Path, name: str, measure: str, extra: list[str]) -> dict:
+def launch(
+    args: argparse.Namespace, celeba_dir: Path, scratch: Path, name: str, measure: str, extra: list[str]
+) -> dict:
     result = scratch / f"{name}.json"
     spec = {
         "measure": measure, "result": str(result), "started": time.time(),
@@ -173,7 +175,8 @@ def main(args: argparse.Namespace) -> dict:
     for workers in args.eval_workers:
         row = launch(
             args, celeba_dir, scratch, f"eval-{workers}", "evaluation",
-            [*limit, "--per_device_eval_batch_size", str(args.eval_batch_size), "--dataloader_num_workers", str(workers)],
+            [*limit, "--per_device_eval_batch_size", str(args.eval_batch_size),
+             "--dataloader_num_workers", str(workers)],
         )  # fmt: skip
         row.update(num_workers=workers, images_per_s=row["images"] / row["evaluation_s"])
         evaluations.append(row)

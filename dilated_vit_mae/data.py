@@ -203,7 +203,7 @@ def load_celeba(
 
     kind, location = _resolve_source(source)
     check = _check_mode(verify_images, default="header" if kind != "hub" else None)
-    record = _ImageCheck(check_record_dir, progress)
+    image_check = _ImageCheck(check_record_dir, progress)
     carve_kwargs = {"validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
 
     if kind == "hub":
@@ -227,7 +227,7 @@ def load_celeba(
         dataset_dict = _normalize_splits(loaded, source=location, streaming=streaming, **carve_kwargs)
         dataset_dict = _normalize_columns(dataset_dict, source=location)
         if check is not None:
-            dataset_dict = _check_dataset_images(dataset_dict, location, check, on_bad_image, num_workers, record)
+            dataset_dict = _check_dataset_images(dataset_dict, location, check, on_bad_image, num_workers, image_check)
         return dataset_dict
 
     root = Path(location)
@@ -238,7 +238,7 @@ def load_celeba(
             on_bad_image=on_bad_image,
             num_workers=num_workers,
             missing_partition=missing_partition,
-            record=record,
+            image_check=image_check,
             **carve_kwargs,
         )
     else:
@@ -246,7 +246,7 @@ def load_celeba(
         dataset_dict = _normalize_splits(loaded, source=str(root), streaming=False, **carve_kwargs)
         dataset_dict = _normalize_columns(dataset_dict, source=str(root))
         if check is not None:
-            dataset_dict = _check_dataset_images(dataset_dict, str(root), check, on_bad_image, num_workers, record)
+            dataset_dict = _check_dataset_images(dataset_dict, str(root), check, on_bad_image, num_workers, image_check)
     if streaming:
         return datasets.IterableDatasetDict({split: _to_iterable(dataset) for split, dataset in dataset_dict.items()})
     return dataset_dict
@@ -404,7 +404,7 @@ def _load_raw_celeba(
     on_bad_image: Literal["raise", "skip"],
     num_workers: int | None,
     missing_partition: Literal["raise", "carve"],
-    record: "_ImageCheck",
+    image_check: "_ImageCheck",
     validation_fraction: float,
     test_fraction: float,
     seed: int,
@@ -461,7 +461,7 @@ def _load_raw_celeba(
     paths = [os.path.join(image_dir, name) for name in file_names]
     keep = np.ones(len(paths), dtype=bool)
     if check is not None:
-        bad = record.find_bad_images(paths, str(image_dir), check, num_workers)
+        bad = image_check.find_bad_images(paths, str(image_dir), check, num_workers)
         _handle_bad_images(bad, len(paths), str(image_dir), on_bad_image)
         keep[[index for index, _, _ in bad]] = False
 
@@ -691,10 +691,12 @@ class _ImageCheck:
                 f"of {recorded['checked_at']} ({len(recorded['bad'])} unreadable): not checked again (record {path})"
             )
             return [(index, name, reason) for index, name, reason in recorded["bad"]]
-        logger.info(f"image check: {len(items):,} images of {where} ({'full decode' if mode == 'decode' else 'headers only'})")
+        what = "full decode" if mode == "decode" else "headers only"
+        logger.info(f"image check: {len(items):,} images of {where} ({what})")
         started = time.perf_counter()
         bad = find_bad_images(items, decode=mode == "decode", num_workers=num_workers, progress=self.progress)
-        logger.info(f"image check: {len(items):,} images in {time.perf_counter() - started:.1f} s, {len(bad)} unreadable")
+        seconds = time.perf_counter() - started
+        logger.info(f"image check: {len(items):,} images in {seconds:.1f} s, {len(bad)} unreadable")
         if path is not None:
             record = {
                 "where": where, "mode": mode, "num_images": len(items), "fingerprint": fingerprint,
@@ -703,7 +705,9 @@ class _ImageCheck:
             try:
                 write_json_atomically(path, record)
             except OSError as error:
-                logger.warning(f"image check: could not record the result in {path} ({error}); the next load checks again.")
+                logger.warning(
+                    f"image check: could not record the result in {path} ({error}); the next load checks again."
+                )
         return bad
 
     @staticmethod
@@ -719,7 +723,10 @@ class _ImageCheck:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.warning(f"image check: the record {path} is damaged ({type(error).__name__}: {error}); removed it, checking again.")
+            logger.warning(
+                f"image check: the record {path} is damaged ({type(error).__name__}: {error}); removed it, "
+                "checking again."
+            )
             path.unlink(missing_ok=True)
             return None
         return {**record, "bad": bad} if usable else None
@@ -796,7 +803,7 @@ def _check_dataset_images(
     check: Literal["header", "decode"],
     on_bad_image: Literal["raise", "skip"],
     num_workers: int | None,
-    record: "_ImageCheck",
+    image_check: "_ImageCheck",
 ) -> datasets.DatasetDict:
     checked = {}
     for split, dataset in dataset_dict.items():
@@ -805,7 +812,7 @@ def _check_dataset_images(
             continue
         references = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
         items = [item for batch in references.iter(batch_size=1024) for item in batch["image"]]
-        bad = record.find_bad_images(items, f"{where} [{split}]", check, num_workers)
+        bad = image_check.find_bad_images(items, f"{where} [{split}]", check, num_workers)
         _handle_bad_images(bad, dataset.num_rows, f"{where} [{split}]", on_bad_image)
         if bad:
             bad_indices = {index for index, _, _ in bad}

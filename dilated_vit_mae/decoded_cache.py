@@ -141,7 +141,8 @@ class DecodedImageCache:
                 if done == shape[0] or done // _CHUNK % 100 == 0:
                     logger.info(f"decoded cache: {done}/{shape[0]} images")
             meta = {"fingerprint": fingerprint, "images_fingerprint": images, "shape": list(shape), "dtype": "uint8",
-                    "layout": "NHWC", "file": IMAGES_FILE, "image_column": image_column, "row_order": "the dataset's"}  # fmt: skip
+                    "layout": "NHWC", "file": IMAGES_FILE, "image_column": image_column,
+                    "row_order": "the dataset's"}  # fmt: skip
             (partial / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             os.replace(partial, directory)
         finally:  # a failed or interrupted build leaves nothing behind (a killed one: removed by the next build)

@@ -47,7 +47,7 @@ _DIGEST_SIZE = 24  # hex characters kept
 
 
 def default_cache_dir() -> Path:
-    """`$DILATED_VIT_MAE_CACHE`, else `$XDG_CACHE_HOME/dilated_vit_mae`, else `~/.cache/dilated_vit_mae` (read at call time)."""
+    """`$DILATED_VIT_MAE_CACHE`, else `$XDG_CACHE_HOME/dilated_vit_mae`, else `~/.cache/dilated_vit_mae` (read now)."""
     explicit = os.environ.get("DILATED_VIT_MAE_CACHE")
     if explicit:
         return Path(explicit).expanduser()

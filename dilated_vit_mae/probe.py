@@ -348,7 +348,9 @@ class FeatureCache:
                 metadata = file.metadata() or {}
             features = safetensors.torch.load_file(str(path))["features"]
         except Exception as error:  # noqa: BLE001  (SafetensorError, OSError, KeyError: a truncated or foreign file)
-            logger.warning(f"Feature cache {path} is damaged ({type(error).__name__}: {error}); removed it, recomputing.")
+            logger.warning(
+                f"Feature cache {path} is damaged ({type(error).__name__}: {error}); removed it, recomputing."
+            )
             path.unlink(missing_ok=True)
             return None
         if metadata.get("description") != json.dumps(description, sort_keys=True, default=str):

@@ -175,7 +175,8 @@ def make_full_size_standin(
     attribute_lines = (sample_dir / "list_attr_celeba.txt").read_text().splitlines()
     # the values of each source row with CelebA's spacing, and each source's identity, by file name
     values = dict(line.split(" ", 1) for line in attribute_lines[2:] if line.strip())
-    identities = dict(line.split() for line in (sample_dir / "identity_CelebA.txt").read_text().splitlines() if line.strip())
+    source_identities = (sample_dir / "identity_CelebA.txt").read_text().splitlines()
+    identities = dict(line.split() for line in source_identities if line.strip())
     counts = standin_split_counts(num_images)
     image_dir = output_dir / "img_align_celeba"
     image_dir.mkdir(parents=True)
@@ -225,6 +226,7 @@ if __name__ == "__main__":
             make_full_size_standin(args.output_dir, args.num_images)
         except (FileExistsError, ValueError) as error:
             sys.exit(f"make_celeba_sample.py: {error}")
-        print(f"Wrote a {args.num_images:,}-image CelebA stand-in to {args.output_dir} ({standin_split_counts(args.num_images)})")
+        counts = standin_split_counts(args.num_images)
+        print(f"Wrote a {args.num_images:,}-image CelebA stand-in to {args.output_dir} (train/valid/test {counts})")
     else:
         main(args.output_dir)
