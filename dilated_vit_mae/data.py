@@ -13,9 +13,12 @@ attributes (bool) named as in `flwrlabs/celeba`.
 """
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,8 +27,12 @@ from typing import Literal
 import datasets
 import numpy as np
 import pandas as pd
+import PIL
 import PIL.Image
 import pyarrow as pa
+from tqdm.auto import tqdm
+
+from .fingerprint import default_cache_dir, image_files_fingerprint, write_json_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +92,8 @@ def load_celeba(
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     revision: str | None = None,
+    check_record_dir: str | os.PathLike[str] | Literal[False] | None = None,
+    progress: bool = True,
 ) -> datasets.DatasetDict | datasets.IterableDatasetDict:
     """
     Load CelebA as a `datasets.DatasetDict` with splits `train`, `validation` and `test`.
@@ -151,6 +160,15 @@ def load_celeba(
             Passed to `datasets.load_dataset` (Hub sources).
         revision (`str`, *optional*):
             Passed to `datasets.load_dataset` (Hub sources).
+        check_record_dir (`str`, `os.PathLike` or `False`, *optional*):
+            Where the image check records its result, keyed by the checked files' names, sizes, modification and
+            status-change times ([`~dilated_vit_mae.fingerprint.image_files_fingerprint`]): a later load of the same
+            unchanged files (a resumed or repeated launch, the other processes of a multi-process launch) reuses it
+            instead of opening every image again; any change to any file means a full check. Defaults to
+            `image_checks/` under [`~dilated_vit_mae.fingerprint.default_cache_dir`] (never the data folder, which may
+            be read-only or shared); `False` keeps no record.
+        progress (`bool`, *optional*, defaults to `True`):
+            Show a progress bar while images are checked (pass `False` on all but one process).
 
     Returns:
         `datasets.DatasetDict` (`datasets.IterableDatasetDict` if `streaming=True`) with `train`, `validation`,
@@ -185,6 +203,7 @@ def load_celeba(
 
     kind, location = _resolve_source(source)
     check = _check_mode(verify_images, default="header" if kind != "hub" else None)
+    image_check = _ImageCheck(check_record_dir, progress)
     carve_kwargs = {"validation_fraction": validation_fraction, "test_fraction": test_fraction, "seed": seed}
 
     if kind == "hub":
@@ -208,7 +227,7 @@ def load_celeba(
         dataset_dict = _normalize_splits(loaded, source=location, streaming=streaming, **carve_kwargs)
         dataset_dict = _normalize_columns(dataset_dict, source=location)
         if check is not None:
-            dataset_dict = _check_dataset_images(dataset_dict, location, check, on_bad_image, num_workers)
+            dataset_dict = _check_dataset_images(dataset_dict, location, check, on_bad_image, num_workers, image_check)
         return dataset_dict
 
     root = Path(location)
@@ -219,6 +238,7 @@ def load_celeba(
             on_bad_image=on_bad_image,
             num_workers=num_workers,
             missing_partition=missing_partition,
+            image_check=image_check,
             **carve_kwargs,
         )
     else:
@@ -226,7 +246,7 @@ def load_celeba(
         dataset_dict = _normalize_splits(loaded, source=str(root), streaming=False, **carve_kwargs)
         dataset_dict = _normalize_columns(dataset_dict, source=str(root))
         if check is not None:
-            dataset_dict = _check_dataset_images(dataset_dict, str(root), check, on_bad_image, num_workers)
+            dataset_dict = _check_dataset_images(dataset_dict, str(root), check, on_bad_image, num_workers, image_check)
     if streaming:
         return datasets.IterableDatasetDict({split: _to_iterable(dataset) for split, dataset in dataset_dict.items()})
     return dataset_dict
@@ -237,6 +257,7 @@ def find_bad_images(
     *,
     decode: bool = False,
     num_workers: int | None = None,
+    progress: bool = False,
 ) -> list[tuple[int, str, str]]:
     """
     Find the images that PIL cannot read.
@@ -249,6 +270,8 @@ def find_bad_images(
             end-of-image marker, which is what a truncated download looks like.
         num_workers (`int`, *optional*):
             Number of threads; defaults to 1 for header checks and `min(8, os.cpu_count())` for decoding.
+        progress (`bool`, *optional*, defaults to `False`):
+            Show a `tqdm` progress bar (images checked).
 
     Returns:
         `list[tuple[int, str, str]]`: `(index, name, reason)` for each unreadable image, in input order.
@@ -275,11 +298,21 @@ def find_bad_images(
         return bad
 
     starts = range(0, len(items), chunk_size)
-    if num_workers <= 1 or len(items) <= chunk_size:
-        results = [check_chunk(start) for start in starts]
-    else:
-        with ThreadPoolExecutor(max_workers=num_workers) as executor:
-            results = list(executor.map(check_chunk, starts))
+    results = []
+    with tqdm(total=len(items), desc="image check", unit="img", disable=not progress) as bar:
+        if num_workers <= 1 or len(items) <= chunk_size:
+            chunks = map(check_chunk, starts)
+            executor = None
+        else:
+            executor = ThreadPoolExecutor(max_workers=num_workers)
+            chunks = executor.map(check_chunk, starts)
+        try:
+            for start, chunk in zip(starts, chunks):
+                results.append(chunk)
+                bar.update(min(chunk_size, len(items) - start))
+        finally:
+            if executor is not None:
+                executor.shutdown(cancel_futures=True)
     return [bad for chunk in results for bad in chunk]
 
 
@@ -371,6 +404,7 @@ def _load_raw_celeba(
     on_bad_image: Literal["raise", "skip"],
     num_workers: int | None,
     missing_partition: Literal["raise", "carve"],
+    image_check: "_ImageCheck",
     validation_fraction: float,
     test_fraction: float,
     seed: int,
@@ -427,7 +461,7 @@ def _load_raw_celeba(
     paths = [os.path.join(image_dir, name) for name in file_names]
     keep = np.ones(len(paths), dtype=bool)
     if check is not None:
-        bad = find_bad_images(paths, decode=check == "decode", num_workers=num_workers)
+        bad = image_check.find_bad_images(paths, str(image_dir), check, num_workers)
         _handle_bad_images(bad, len(paths), str(image_dir), on_bad_image)
         keep[[index for index, _, _ in bad]] = False
 
@@ -630,6 +664,74 @@ def _parse_attributes(path: Path, declared: int | None) -> tuple[list[str], np.n
 # ---------------------------------------------------------------------------------------------------------------
 
 
+class _ImageCheck:
+    """
+    The up-front image check of one `load_celeba` call: a log line with the count when it starts, a progress bar, and
+    a record of the result keyed by [`image_files_fingerprint`] of the checked files, reused while they are unchanged.
+    """
+
+    def __init__(self, record_dir: str | os.PathLike[str] | Literal[False] | None, progress: bool) -> None:
+        if record_dir is False:
+            self.directory = None
+        else:
+            self.directory = Path(record_dir) if record_dir is not None else default_cache_dir() / "image_checks"
+        self.progress = progress
+
+    def find_bad_images(
+        self, items: Sequence[str | os.PathLike[str] | dict], where: str, mode: Literal["header", "decode"],
+        num_workers: int | None,
+    ) -> list[tuple[int, str, str]]:  # fmt: skip
+        """`find_bad_images(items)`, or what the record of `where` says when it was made from these very files."""
+        fingerprint = image_files_fingerprint(items) if self.directory is not None else None
+        path = self.directory / f"{hashlib.sha256(where.encode()).hexdigest()[:24]}.json" if fingerprint else None
+        recorded = self._read(path, fingerprint, mode) if path is not None else None
+        if recorded is not None:
+            logger.info(
+                f"image check: the {len(items):,} images of {where} are unchanged since their {recorded['mode']} check "
+                f"of {recorded['checked_at']} ({len(recorded['bad'])} unreadable): not checked again (record {path})"
+            )
+            return [(index, name, reason) for index, name, reason in recorded["bad"]]
+        what = "full decode" if mode == "decode" else "headers only"
+        logger.info(f"image check: {len(items):,} images of {where} ({what})")
+        started = time.perf_counter()
+        bad = find_bad_images(items, decode=mode == "decode", num_workers=num_workers, progress=self.progress)
+        seconds = time.perf_counter() - started
+        logger.info(f"image check: {len(items):,} images in {seconds:.1f} s, {len(bad)} unreadable")
+        if path is not None:
+            record = {
+                "where": where, "mode": mode, "num_images": len(items), "fingerprint": fingerprint,
+                "pillow": PIL.__version__, "checked_at": time.strftime("%Y-%m-%d %H:%M:%S"), "bad": bad,
+            }  # fmt: skip
+            try:
+                write_json_atomically(path, record)
+            except OSError as error:
+                logger.warning(
+                    f"image check: could not record the result in {path} ({error}); the next load checks again."
+                )
+        return bad
+
+    @staticmethod
+    def _read(path: Path, fingerprint: str, mode: Literal["header", "decode"]) -> dict | None:
+        try:
+            record = json.loads(path.read_text())
+            usable = (
+                record["fingerprint"] == fingerprint
+                and record["pillow"] == PIL.__version__  # what PIL can read may change with its version
+                and (record["mode"] == mode or record["mode"] == "decode")  # a decode check covers a header check
+            )
+            bad = [(int(index), str(name), str(reason)) for index, name, reason in record["bad"]]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.warning(
+                f"image check: the record {path} is damaged ({type(error).__name__}: {error}); removed it, "
+                "checking again."
+            )
+            path.unlink(missing_ok=True)
+            return None
+        return {**record, "bad": bad} if usable else None
+
+
 def _check_one_image(item: str | os.PathLike[str] | dict, decode: bool) -> tuple[str, str | None]:
     """Returns `(name, reason)`, `reason` None when PIL can read the image."""
     if isinstance(item, dict):
@@ -701,6 +803,7 @@ def _check_dataset_images(
     check: Literal["header", "decode"],
     on_bad_image: Literal["raise", "skip"],
     num_workers: int | None,
+    image_check: "_ImageCheck",
 ) -> datasets.DatasetDict:
     checked = {}
     for split, dataset in dataset_dict.items():
@@ -709,7 +812,7 @@ def _check_dataset_images(
             continue
         references = dataset.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
         items = [item for batch in references.iter(batch_size=1024) for item in batch["image"]]
-        bad = find_bad_images(items, decode=check == "decode", num_workers=num_workers)
+        bad = image_check.find_bad_images(items, f"{where} [{split}]", check, num_workers)
         _handle_bad_images(bad, dataset.num_rows, f"{where} [{split}]", on_bad_image)
         if bad:
             bad_indices = {index for index, _, _ in bad}

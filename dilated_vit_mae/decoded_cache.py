@@ -4,9 +4,12 @@ decoding, the largest host cost left on the device path ([`~dilated_vit_mae.devi
 
 CelebA's aligned crops are all 178x218: its 162,770 training images take 18.9 GB decoded (all 202,599: 23.6 GB),
 against 1.4 GB of JPEGs. The cache is one `.npy` file of shape `(num_images, height, width, channels)` in the
-dataset's row order, and a `meta.json` naming the dataset fingerprint it was built from. A build states its size and
-the free disk before it starts, refuses when the disk cannot hold it, and refuses datasets whose images differ in size
-(it reads every header first, so a mixed-size dataset fails before anything is written).
+dataset's row order, and a `meta.json` naming the dataset fingerprint it was built from and the fingerprint of the image
+files themselves (names, sizes, modification and status-change times: `dilated_vit_mae.fingerprint`). A build states
+its size and the free disk before it starts, refuses when the disk cannot hold it, and refuses datasets whose images
+differ in size (it reads every header first, so a mixed-size dataset fails before anything is written). A cache whose
+images have changed since, or whose files are damaged, is removed and built again with one warning naming it; a
+failed build removes its partial copy, and a killed one's is removed by the next build.
 
 Rows are stored at full size, so [`~dilated_vit_mae.transforms.MAEHostTransform`]'s reduced-scale JPEG decoding
 (`draft`) never applies to them: where it would (crops at least twice the output size, e.g. 64 px from CelebA) the
@@ -37,6 +40,7 @@ import datasets
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
+from .fingerprint import dataset_images_fingerprint, partial_name, remove_abandoned_partials
 from .transforms import decode_uint8, read_image_size
 
 logger = logging.getLogger(__name__)
@@ -81,7 +85,11 @@ class DecodedImageCache:
     ) -> DecodedImageCache:
         """
         Decode every image of `dataset` into `cache_dir/decoded-{fingerprint}-{num_channels}ch/`, or open that folder
-        if an earlier build completed it. The folder appears complete or not at all (built under a temporary name).
+        if an earlier build completed it from the same files. The folder appears complete or not at all (built under a
+        partial name, removed if the build fails). A folder built from files that have changed since (any size,
+        modification or status-change time, or a file gone), or damaged (unreadable `meta.json`, a truncated images
+        file), is removed and built again, with a warning naming it; partial copies that killed builds on this host
+        left in `cache_dir` are removed first.
 
         Args:
             dataset (`datasets.Dataset`): the split, in the row order training indexes it by.
@@ -103,11 +111,17 @@ class DecodedImageCache:
         if image_column not in dataset.column_names:
             raise ValueError(f"No column {image_column!r} in the dataset; it has {dataset.column_names}.")
         directory = Path(cache_dir) / f"decoded-{fingerprint}-{num_channels}ch"
-        if (directory / META_FILE).is_file():
-            cache = cls(directory)
-            if cache.shape[0] == len(dataset) and cache.shape[3] == num_channels:
+        for partial in remove_abandoned_partials(cache_dir):
+            logger.warning(f"decoded cache: removed {partial}, the partial copy of a build that did not finish")
+        images = dataset_images_fingerprint(dataset, image_column)
+        if directory.exists():
+            problem = _problem(directory, len(dataset), num_channels, images)
+            if problem is None:
+                cache = cls(directory)
                 logger.info(f"decoded cache: using {directory} ({cache.nbytes / 1e9:.1f} GB)")
                 return cache
+            logger.warning(f"decoded cache: {directory} {problem}: removed it, building it again")
+            shutil.rmtree(directory)
         encoded = dataset.select_columns([image_column])
         if isinstance(encoded.features[image_column], datasets.Image):
             encoded = encoded.cast_column(image_column, datasets.Image(decode=False))  # bytes / paths, not PIL images
@@ -115,21 +129,24 @@ class DecodedImageCache:
         shape = (len(dataset), height, width, num_channels)
         _check_disk(Path(cache_dir), directory, shape, reserve_bytes)
 
-        temporary = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
-        shutil.rmtree(temporary, ignore_errors=True)
-        temporary.mkdir(parents=True)
-        np.lib.format.open_memmap(temporary / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=shape).flush()
-        writer = _Chunks(encoded, image_column, num_channels, task="decode", output=temporary / IMAGES_FILE)
-        done = 0
-        for count in _run(writer, num_workers):
-            done += count
-            if done == shape[0] or done // _CHUNK % 100 == 0:
-                logger.info(f"decoded cache: {done}/{shape[0]} images")
-        meta = {"fingerprint": fingerprint, "shape": list(shape), "dtype": "uint8", "layout": "NHWC",
-                "file": IMAGES_FILE, "image_column": image_column, "row_order": "the dataset's"}  # fmt: skip
-        (temporary / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        shutil.rmtree(directory, ignore_errors=True)  # an older, mismatching build under the same key
-        os.replace(temporary, directory)
+        partial = partial_name(directory)
+        try:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            np.lib.format.open_memmap(partial / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=shape).flush()
+            writer = _Chunks(encoded, image_column, num_channels, task="decode", output=partial / IMAGES_FILE)
+            done = 0
+            for count in _run(writer, num_workers):
+                done += count
+                if done == shape[0] or done // _CHUNK % 100 == 0:
+                    logger.info(f"decoded cache: {done}/{shape[0]} images")
+            meta = {"fingerprint": fingerprint, "images_fingerprint": images, "shape": list(shape), "dtype": "uint8",
+                    "layout": "NHWC", "file": IMAGES_FILE, "image_column": image_column,
+                    "row_order": "the dataset's"}  # fmt: skip
+            (partial / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            os.replace(partial, directory)
+        finally:  # a failed or interrupted build leaves nothing behind (a killed one: removed by the next build)
+            shutil.rmtree(partial, ignore_errors=True)
         return cls(directory)
 
     @property
@@ -238,6 +255,25 @@ def _single_size(encoded: datasets.Dataset, image_column: str, num_channels: int
     if not sizes:
         raise ValueError("Cannot build a decoded cache of an empty dataset.")
     return next(iter(sizes))
+
+
+def _problem(directory: Path, num_images: int, num_channels: int, images: str) -> str | None:
+    """Why the cache in `directory` cannot serve these images (None: it can)."""
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+        shape, recorded = tuple(meta["shape"]), meta.get("images_fingerprint")
+        array = np.load(directory / meta["file"], mmap_mode="r")  # a truncated file fails here
+    except Exception as error:  # noqa: BLE001  (json, numpy and the file system raise many types)
+        return f"is damaged ({type(error).__name__}: {error})"
+    if array.shape != shape or array.dtype != np.uint8:
+        return f"is damaged (its images file holds {array.dtype} {array.shape}, its {META_FILE} says uint8 {shape})"
+    if shape[0] != num_images or shape[3] != num_channels:
+        return f"holds {shape[0]} images of {shape[3]} channel(s), not {num_images} of {num_channels}"
+    if recorded is None:
+        return "does not record the sizes and times of the files it was built from (an earlier release built it)"
+    if recorded != images:
+        return "was built from images that have changed since (a file's size or times differ, or a file is gone)"
+    return None
 
 
 def _check_disk(cache_dir: Path, directory: Path, shape: tuple[int, ...], reserve_bytes: int) -> None:

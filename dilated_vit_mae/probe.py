@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fingerprint import partial_name, remove_abandoned_partials
 
 logger = logging.getLogger(__name__)
 
@@ -305,18 +306,22 @@ def model_fingerprint(model_name_or_path: str | os.PathLike[str], revision: str 
 class FeatureCache:
     """
     Features on disk, one safetensors file per description (a JSON-able dict: model fingerprint, pooling, data source,
-    split, transform, ...), named by its hash; the description is stored in the file's metadata and checked on load.
-    Files are written to a temporary name and renamed, so a killed run never leaves a truncated cache entry.
+    split, transform, ...), named by its hash; the description and the fingerprint of the images the features were
+    computed from ([`~dilated_vit_mae.fingerprint.dataset_images_fingerprint`]: names, sizes, modification and
+    status-change times) are stored in the file's metadata and checked on load. Features of images that have changed
+    since, and a damaged file, are not served: one warning names the file, which is removed (damaged) or replaced by
+    the next `save` (stale). Files are written under a partial name and renamed; a failed write removes its partial
+    file, and partial files of killed writers on this host are removed when the cache is opened.
 
     ```python
     >>> import tempfile, torch
     >>> from dilated_vit_mae.probe import FeatureCache
     >>> cache = FeatureCache(tempfile.mkdtemp())
     >>> description = {"model": "m", "pooling": "cls", "split": "test"}
-    >>> cache.load(description) is None
+    >>> cache.load(description, images="f1") is None
     True
-    >>> _ = cache.save(description, torch.ones(3, 2))
-    >>> cache.load(description).shape
+    >>> _ = cache.save(description, torch.ones(3, 2), images="f1")
+    >>> cache.load(description, images="f1").shape
     torch.Size([3, 2])
 
     ```
@@ -324,6 +329,8 @@ class FeatureCache:
 
     def __init__(self, directory: str | os.PathLike[str] = DEFAULT_FEATURE_CACHE_DIR):
         self.directory = Path(directory).expanduser()
+        for partial in remove_abandoned_partials(self.directory):
+            logger.info(f"Feature cache: removed {partial}, the partial file of a write that did not finish.")
 
     @staticmethod
     def key(description: dict[str, Any]) -> str:
@@ -333,30 +340,47 @@ class FeatureCache:
     def path(self, description: dict[str, Any]) -> Path:
         return self.directory / f"features-{self.key(description)}.safetensors"
 
-    def load(self, description: dict[str, Any]) -> torch.Tensor | None:
-        """The cached features for `description`, or `None`."""
+    def load(self, description: dict[str, Any], images: str | None = None) -> torch.Tensor | None:
+        """The cached features for `description` computed from the images fingerprinted `images`, or `None`."""
         import safetensors
         import safetensors.torch
 
         path = self.path(description)
         if not path.is_file():
             return None
-        with safetensors.safe_open(str(path), framework="pt") as file:
-            stored = (file.metadata() or {}).get("description")
-        if stored != json.dumps(description, sort_keys=True, default=str):
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as file:
+                metadata = file.metadata() or {}
+            features = safetensors.torch.load_file(str(path))["features"]
+        except Exception as error:  # noqa: BLE001  (SafetensorError, OSError, KeyError: a truncated or foreign file)
+            logger.warning(
+                f"Feature cache {path} is damaged ({type(error).__name__}: {error}); removed it, recomputing."
+            )
+            path.unlink(missing_ok=True)
+            return None
+        if metadata.get("description") != json.dumps(description, sort_keys=True, default=str):
             logger.warning(f"Feature cache {path} holds another description (hash collision?); recomputing.")
             return None
-        return safetensors.torch.load_file(str(path))["features"]
+        if metadata.get("images") != (images or ""):
+            logger.warning(
+                f"Feature cache {path} was computed from images of {description.get('split', 'this split')} that have "
+                "changed since (a file's size or times differ, or a file is gone); recomputing."
+            )
+            return None
+        return features
 
-    def save(self, description: dict[str, Any], features: torch.Tensor) -> Path:
+    def save(self, description: dict[str, Any], features: torch.Tensor, images: str | None = None) -> Path:
         import safetensors.torch
 
         path = self.path(description)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        metadata = {"description": json.dumps(description, sort_keys=True, default=str)}
-        safetensors.torch.save_file({"features": features.contiguous().cpu()}, str(temporary), metadata=metadata)
-        os.replace(temporary, path)
+        partial = partial_name(path)
+        metadata = {"description": json.dumps(description, sort_keys=True, default=str), "images": images or ""}
+        try:
+            safetensors.torch.save_file({"features": features.contiguous().cpu()}, str(partial), metadata=metadata)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
         return path
 
 

@@ -10,8 +10,9 @@
 The encoder (ours, or any transformers ViTMAE checkpoint, loaded with `AutoModel`) is frozen and sees the whole image
 (`mask_ratio=0`); one feature per image (`--pooling cls|mean`) is extracted for the train and evaluation splits with the
 model's own image processor (`MAEEvalTransform.from_image_processor`), sharded over the processes and gathered with
-`gather_for_metrics`, and cached on disk (keyed by the checkpoint's weights, pooling, data, split and transform), so a
-second probe of the same model (other labels, other probe settings) skips the encoder. A linear classifier (MAE's:
+`gather_for_metrics`, and cached on disk (keyed by the checkpoint's weights, pooling, data, split and transform, and
+checked against the image files' sizes and times: features of changed images are recomputed), so a second probe of the
+same model (other labels, other probe settings) skips the encoder. A linear classifier (MAE's:
 BatchNorm1d without affine, then Linear) is trained on the main process: multi-label BCE on the 40 attributes
 (`--label_columns`, default every CelebA attribute present), or cross-entropy on one `--label_column`.
 
@@ -37,7 +38,6 @@ accuracy for one label column).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import re
@@ -57,6 +57,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 from dilated_vit_mae.data import load_celeba  # noqa: E402
+from dilated_vit_mae.fingerprint import dataset_images_fingerprint  # noqa: E402
 from dilated_vit_mae.lifecycle import check_model_folder, positive_float, positive_int, run_cli  # noqa: E402
 from dilated_vit_mae.probe import (  # noqa: E402
     DEFAULT_FEATURE_CACHE_DIR,
@@ -182,17 +183,6 @@ def select(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
     return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
 
 
-def data_fingerprint(dataset: datasets.Dataset, image_column: str) -> str:
-    """Identifies a split's images for the feature cache: the Arrow fingerprint of a dataset read from cache files
-    (Hub datasets), else the images' file paths (or byte sizes) in order."""
-    if dataset.cache_files:
-        return dataset._fingerprint
-    digest = hashlib.sha256()
-    for item in dataset.cast_column(image_column, datasets.Image(decode=False))[image_column]:
-        digest.update(str(item.get("path") or len(item.get("bytes") or b"")).encode() + b"\0")
-    return digest.hexdigest()[:24]
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Features (all processes), classifier (main process)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -208,7 +198,9 @@ def split_features(
     cache: FeatureCache | None,
 ) -> tuple[torch.Tensor | None, bool]:
     """The split's features on the main process (`None` elsewhere) and whether they came from the cache."""
-    cached = cache.load(description) if cache is not None and accelerator.is_main_process else None
+    use_cache = cache is not None and accelerator.is_main_process
+    images = dataset_images_fingerprint(dataset, args.image_column_name) if use_cache else None
+    cached = cache.load(description, images) if use_cache else None
     hit = [cached is not None]
     broadcast_object_list(hit)  # every process must agree on whether to run the (collective) extraction
     if hit[0]:
@@ -228,7 +220,7 @@ def split_features(
     )
     if accelerator.is_main_process:
         if cache is not None:
-            path = cache.save(description, features)
+            path = cache.save(description, features, images)
             logger.info(f"cached {tuple(features.shape)} features of {description['split']} in {path}")
         return features, False
     return None, False
@@ -350,7 +342,6 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
             **common,
             "split": split,
             "num_examples": len(dataset),
-            "images": data_fingerprint(dataset, args.image_column_name),
         }
         features[name], from_cache[name] = split_features(
             args, accelerator, model, dataset, transform, description, cache

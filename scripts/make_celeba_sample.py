@@ -7,10 +7,19 @@ deterministic: the same seed, scikit-image data and Pillow/libjpeg build give th
 
     python scripts/make_celeba_sample.py                # writes data/celeba_sample/
     python scripts/make_celeba_sample.py --output_dir /tmp/sample
+
+`--full_size` builds instead a stand-in for the whole raw download, to try a pipeline at CelebA's scale: 202,599 files
+named as CelebA's (`--num_images` fewer), split as its official partition, with `list_eval_partition.txt`,
+`list_attr_celeba.txt` and `identity_CelebA.txt` in CelebA's exact formats. Its images are the sample's 56 crops, copied
+once; every other file is a hard link to one of them (seconds, and ~2 MB of disk besides the 26 MB attribute file):
+
+    python scripts/make_celeba_sample.py --full_size --output_dir /tmp/celeba-full
 """
 
 import argparse
 import hashlib
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +27,18 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import PIL.ImageEnhance
-import skimage.data
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing the package
 
-from dilated_vit_mae.data import CELEBA_ATTRIBUTE_NAMES  # noqa: E402
+from dilated_vit_mae.data import CELEBA_ATTRIBUTE_NAMES, CELEBA_SAMPLE_DIR  # noqa: E402
 
 SEED = 0
 WIDTH, HEIGHT = 178, 218  # img_align_celeba
 SPLIT_COUNTS = {0: 40, 1: 8, 2: 8}  # list_eval_partition.txt codes: train / valid / test
 JPEG_QUALITY = 90
+# CelebA's official partition: images 1-162,770 train, 162,771-182,637 valid, 182,638-202,599 test
+CELEBA_SPLIT_COUNTS = {0: 162_770, 1: 19_867, 2: 19_962}
 GRID_ROWS, GRID_COLS = 8, 5  # 40 cells, one per attribute
 
 
@@ -94,6 +104,8 @@ def placeholder_attributes(crop: PIL.Image.Image) -> list[int]:
 
 
 def main(output_dir: Path) -> None:
+    import skimage.data  # only here: the stand-in below needs no scikit-image
+
     rng = np.random.default_rng(SEED)
     crops, identities = [], []
     for source in SOURCES:
@@ -137,11 +149,84 @@ def main(output_dir: Path) -> None:
     print(f"Wrote {num_images} images to {output_dir} ({total / 1024:.0f} KiB), sha256 {digest.hexdigest()[:16]}")
 
 
+def standin_split_counts(num_images: int) -> dict[int, int]:
+    """CelebA's partition (train / valid / test counts), scaled to `num_images` (each held-out split at least 1)."""
+    total = sum(CELEBA_SPLIT_COUNTS.values())
+    valid, test = (max(1, round(num_images * CELEBA_SPLIT_COUNTS[code] / total)) for code in (1, 2))
+    if num_images - valid - test < 1:
+        raise ValueError(f"A stand-in needs at least 3 images (one per split), got {num_images}.")
+    return {0: num_images - valid - test, 1: valid, 2: test}
+
+
+def make_full_size_standin(
+    output_dir: Path, num_images: int = sum(CELEBA_SPLIT_COUNTS.values()), sample_dir: Path = CELEBA_SAMPLE_DIR
+) -> Path:
+    """
+    A stand-in for the raw CelebA download in `output_dir` (which must not exist or be empty): `num_images` files
+    `000001.jpg`, ... in `img_align_celeba/`, numbered train, then valid, then test as CelebA's partition (scaled), and
+    the three annotation files in CelebA's formats. File `i` is the sample's image `(i - 1) % 56 + 1` with that image's
+    attribute row and identity: the sample's images are copied once, the others are hard links to the copies (copies
+    where the file system has no hard links). Returns `output_dir`.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f"{output_dir} is not empty: remove it first, or pick another --output_dir.")
+    sources = sorted((sample_dir / "img_align_celeba").glob("*.jpg"))
+    attribute_lines = (sample_dir / "list_attr_celeba.txt").read_text().splitlines()
+    # the values of each source row with CelebA's spacing, and each source's identity, by file name
+    values = dict(line.split(" ", 1) for line in attribute_lines[2:] if line.strip())
+    source_identities = (sample_dir / "identity_CelebA.txt").read_text().splitlines()
+    identities = dict(line.split() for line in source_identities if line.strip())
+    counts = standin_split_counts(num_images)
+    image_dir = output_dir / "img_align_celeba"
+    image_dir.mkdir(parents=True)
+    names = [f"{i + 1:06d}.jpg" for i in range(num_images)]
+    copies = []
+    for name, source in zip(names, sources):
+        shutil.copyfile(source, image_dir / name)
+        copies.append((image_dir / name, source.name))
+    partition_lines, identity_lines, value_lines = [], [], []
+    codes = [code for code, count in counts.items() for _ in range(count)]
+    for index, (name, code) in enumerate(zip(names, codes)):
+        copy, source = copies[index % len(copies)]
+        if index >= len(copies):
+            try:
+                os.link(copy, image_dir / name)
+            except OSError:  # no hard links here (another file system type): a plain copy
+                shutil.copyfile(copy, image_dir / name)
+        partition_lines.append(f"{name} {code}\n")
+        identity_lines.append(f"{name} {identities[source]}\n")
+        value_lines.append(f"{name} {values[source]}\n")
+    (output_dir / "list_eval_partition.txt").write_text("".join(partition_lines))
+    (output_dir / "identity_CelebA.txt").write_text("".join(identity_lines))
+    (output_dir / "list_attr_celeba.txt").write_text(
+        f"{num_images}\n{attribute_lines[1]}\n" + "".join(value_lines)
+    )
+    return output_dir
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", type=Path, default=REPO_ROOT / "data" / "celeba_sample")
-    return parser.parse_args()
+    parser.add_argument("--full_size", action="store_true", help="Build the hard-linked full-size stand-in instead.")
+    parser.add_argument(
+        "--num_images", type=int, default=sum(CELEBA_SPLIT_COUNTS.values()),
+        help="With --full_size: how many files (default CelebA's 202,599; fewer are split in CelebA's proportions).",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.full_size and args.output_dir == REPO_ROOT / "data" / "celeba_sample":
+        parser.error("--full_size needs an --output_dir (not the shipped sample's folder), e.g. /tmp/celeba-full.")
+    return args
 
 
 if __name__ == "__main__":
-    main(parse_args().output_dir)
+    args = parse_args()
+    if args.full_size:
+        try:
+            make_full_size_standin(args.output_dir, args.num_images)
+        except (FileExistsError, ValueError) as error:
+            sys.exit(f"make_celeba_sample.py: {error}")
+        counts = standin_split_counts(args.num_images)
+        print(f"Wrote a {args.num_images:,}-image CelebA stand-in to {args.output_dir} (train/valid/test {counts})")
+    else:
+        main(args.output_dir)

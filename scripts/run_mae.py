@@ -135,7 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument(
         "--dataloader_num_workers", type=non_negative_int,
         help="DataLoader worker processes (persistent). Default: on GPUs, the CPUs per process less one (at most 8); "
-        "on CPU, 0 (the loader runs about 20x faster than CPU training, and workers would take the training's cores).",
+        "on CPU, 0 for training (the loader runs about 20x faster than CPU training, and workers would take the "
+        "training's cores) and the GPU number for evaluation (2 workers evaluated 5.8x faster than none).",
     )  # fmt: skip
     data.add_argument("--dataloader_prefetch_factor", type=positive_int, default=4, help="Batches each worker prepares ahead.")
     data.add_argument("--cache_dir")
@@ -335,7 +336,9 @@ def _with_index(dataset, streaming: bool):
     return dataset.add_column("sample_index", list(range(len(dataset))))
 
 
-def load_datasets(args: argparse.Namespace) -> dict:
+def load_datasets(args: argparse.Namespace, progress: bool = True) -> dict:
+    """The splits; the image check (a bar when `progress`) is recorded, so the processes after the first and a
+    repeated launch on unchanged files skip it (`load_celeba`'s `check_record_dir`)."""
     source = args.dataset_name or args.celeba_dir or args.train_dir
     splits = load_celeba(
         source,
@@ -345,6 +348,7 @@ def load_datasets(args: argparse.Namespace) -> dict:
         num_workers=args.preprocessing_num_workers,
         cache_dir=args.cache_dir,
         token=args.token,
+        progress=progress,
     )
     columns = splits["train"].column_names
     if columns is not None and args.image_column_name not in columns:
@@ -361,9 +365,10 @@ def load_datasets(args: argparse.Namespace) -> dict:
     return output
 
 
-def _default_num_workers(accelerator: Accelerator) -> int:
-    """On GPUs the CPUs per local process less one (the training loop's), at most 8; on CPU none (see --help)."""
-    if accelerator.device.type == "cpu":
+def _default_num_workers(accelerator: Accelerator, evaluation: bool = False) -> int:
+    """The CPUs per local process less one (the loop's), at most 8: on GPUs, and for evaluation on CPU too (2 workers
+    evaluated 5.8x faster than none: README "Start-up and evaluation"); CPU training none (see --help)."""
+    if accelerator.device.type == "cpu" and not evaluation:
         return 0
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, min(8, (os.cpu_count() or 1) // local_processes - 1))
@@ -414,17 +419,23 @@ def build_dataloaders(args, accelerator, config, image_processor, splits):
         train_dataset.set_transform(train_augmentation)
     if not args.streaming:
         splits["validation"].set_transform(eval_transform)
-    workers = args.dataloader_num_workers if args.dataloader_num_workers is not None else _default_num_workers(accelerator)
-    loader_kwargs = dict(num_workers=workers, pin_memory=accelerator.device.type == "cuda")
-    if workers:
-        loader_kwargs.update(persistent_workers=True, prefetch_factor=args.dataloader_prefetch_factor)
+    def loader_kwargs(evaluation: bool) -> dict:
+        workers = args.dataloader_num_workers
+        workers = _default_num_workers(accelerator, evaluation) if workers is None else workers
+        kwargs = dict(num_workers=workers, pin_memory=accelerator.device.type == "cuda")
+        if workers:
+            kwargs.update(persistent_workers=True, prefetch_factor=args.dataloader_prefetch_factor)
+        return kwargs
+
     shuffle = {} if args.streaming else {"shuffle": True}
     train_dataloader = DataLoader(
-        train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=train_collate, **shuffle, **loader_kwargs
-    )
+        train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=train_collate, **shuffle,
+        **loader_kwargs(evaluation=False),
+    )  # fmt: skip
     eval_dataloader = DataLoader(
-        splits["validation"], batch_size=args.per_device_eval_batch_size, collate_fn=collate_indexed, **loader_kwargs
-    )
+        splits["validation"], batch_size=args.per_device_eval_batch_size, collate_fn=collate_indexed,
+        **loader_kwargs(evaluation=True),
+    )  # fmt: skip
     return train_dataloader, eval_dataloader, train_augmentation, device_augmentation
 
 
@@ -750,7 +761,16 @@ def evaluate(run: Run, log) -> dict:
     args, accelerator, processor = run.args, run.accelerator, run.image_processor
     run.model.eval()
     totals, count, grid_images = {}, 0, None
-    for batch in run.eval_dataloader:
+    num_images = None if args.streaming else len(run.splits["validation"])
+    logger.info(
+        f"step {run.state.global_step}: evaluating {'the' if num_images is None else f'{num_images:,}'} validation images "
+        f"({run.eval_dataloader.num_workers} loader workers per process)"
+    )
+    batches = tqdm(
+        run.eval_dataloader, total=None if args.streaming else len(run.eval_dataloader), desc="evaluation",
+        unit="batch", disable=not accelerator.is_local_main_process, leave=False,
+    )  # fmt: skip
+    for batch in batches:
         pixel_values = batch["pixel_values"]
         noise = masking_noise(batch["sample_index"], run.num_patches, stream="eval_mask", seed=args.seed)
         outputs = run.model(pixel_values=pixel_values, noise=noise)
@@ -952,7 +972,7 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: C
     image_processor = build_image_processor(args, config)
     model = build_model(args, config)
     with accelerator.main_process_first():
-        splits = load_datasets(args)
+        splits = load_datasets(args, progress=accelerator.is_local_main_process)
     train_dataloader, eval_dataloader, train_augmentation, device_augmentation = build_dataloaders(
         args, accelerator, config, image_processor, splits
     )

@@ -130,3 +130,27 @@ def test_synthetic_celeba_loads_in_the_raw_layout(tmp_path):
     image = splits["train"][0]["image"]
     assert image.size == (178, 218) and image.format == "JPEG"
     assert len({splits["train"][i]["image"].tobytes() for i in range(36)}) == 36  # every image differs
+
+
+@pytest.mark.slow  # three fresh interpreters that import transformers and start run_mae.py: ~1-3 min on two busy cores
+def test_startup_benchmark_times_first_and_repeated_launches_and_evaluation(tmp_path):
+    output, scratch = tmp_path / "startup.json", tmp_path / "scratch"
+    scratch.mkdir()
+    result = subprocess.run(
+        [sys.executable, "benchmarks/bench_startup.py", "--num_images", "120", "--scratch_dir", str(scratch),
+         "--eval_workers", "0", "--output_json", str(output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    first, repeated = report["startup"]
+    # the first launch checks every image of the stand-in; the repeated one is served by the record it left
+    assert first["images_checked"] == 120 and repeated["images_checked"] == 0
+    for launch in (first, repeated):
+        assert 0 < launch["load_celeba_s"] < launch["to_first_step_s"]
+    (evaluation,) = report["evaluation"]
+    assert evaluation["images"] == 12 and evaluation["num_workers"] == 0  # CelebA's validation share of 120
+    assert evaluation["images_per_s"] == evaluation["images"] / evaluation["evaluation_s"]
+    assert report["summary"]["images_checked"] == [120, 0] and report["data"]["standin_images"] == 120
+    assert report["summary"]["evaluation_images_per_s"] == {"0": round(evaluation["images_per_s"], 1)}
+    assert list(scratch.iterdir()) == []  # the stand-in is removed at exit

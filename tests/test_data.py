@@ -1,5 +1,6 @@
 """Tests for `dilated_vit_mae.data.load_celeba` (offline: Hub sources are mocked)."""
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -280,6 +281,112 @@ def test_find_bad_images_on_bytes_and_paths(raw_celeba):
     items = [str(good), {"bytes": good.read_bytes(), "path": None}, {"bytes": b"junk", "path": "junk.jpg"}]
     bad = find_bad_images(items)
     assert [(index, name) for index, name, _ in bad] == [(2, "junk.jpg")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The image check at scale: progress, and a record that spares a repeated launch the check (issue 16)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def counted_checks(monkeypatch, tmp_path):
+    """Records go to a folder of this test (through the default location's variable); counts the images opened."""
+    monkeypatch.setenv("DILATED_VIT_MAE_CACHE", str(tmp_path / "user-cache"))
+    opened = []
+    check_one = celeba_data._check_one_image
+    monkeypatch.setattr(celeba_data, "_check_one_image", lambda item, decode: opened.append(item) or check_one(item, decode))
+    return opened
+
+
+def test_a_repeated_load_of_an_unchanged_folder_does_not_check_again(raw_celeba, counted_checks, caplog):
+    from test_decoded_cache import replace_in_place
+
+    root, _ = raw_celeba
+    first = load_celeba(root)
+    assert len(counted_checks) == NUM_IMAGES
+    records = list((root / "user-cache" / "image_checks").iterdir())
+    assert len(records) == 1 and records[0].suffix == ".json"  # under the user's cache, not in the data folder
+    counted_checks.clear()
+    with caplog.at_level(logging.INFO, logger="dilated_vit_mae.data"):
+        again = load_celeba(root)
+    assert counted_checks == [] and "not checked again" in caplog.text
+    assert {split: again[split].num_rows for split in again} == {split: first[split].num_rows for split in first}
+    # one image rewritten in place (same name, size and modification time): everything is checked again
+    image = root / "img_align_celeba" / "000003.jpg"
+    replace_in_place(image, 255 - np.asarray(PIL.Image.open(image)))
+    load_celeba(root)
+    assert len(counted_checks) == NUM_IMAGES
+    counted_checks.clear()
+    # a decode check is not satisfied by a header check's record; a header check is by a decode check's
+    load_celeba(root, verify_images="decode")
+    assert len(counted_checks) == NUM_IMAGES
+    counted_checks.clear()
+    load_celeba(root)
+    assert counted_checks == []
+    load_celeba(root, check_record_dir=False)  # no record: always checked
+    assert len(counted_checks) == NUM_IMAGES
+
+
+def test_a_recorded_bad_image_is_still_refused_or_skipped_without_reopening(raw_celeba, counted_checks):
+    root, _ = raw_celeba
+    corrupt_images(root)
+    for attempt in range(2):
+        with pytest.raises(ValueError, match=r"2 of 12 image\(s\) .* cannot be read: .*000002\.jpg .*000004\.jpg"):
+            load_celeba(root)
+    assert len(counted_checks) == NUM_IMAGES  # the second refusal came from the record
+    skipped = load_celeba(root, on_bad_image="skip")
+    assert sum(skipped.num_rows.values()) == NUM_IMAGES - 2 and len(counted_checks) == NUM_IMAGES
+
+
+def test_a_damaged_record_is_removed_with_one_warning_and_the_images_checked(raw_celeba, counted_checks, caplog):
+    root, _ = raw_celeba
+    load_celeba(root)
+    (record,) = (root / "user-cache" / "image_checks").iterdir()
+    record.write_text('{"fingerprint": "')
+    counted_checks.clear()
+    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.data"):
+        load_celeba(root)
+    assert len(caplog.records) == 1 and str(record) in caplog.text and "damaged" in caplog.text
+    assert len(counted_checks) == NUM_IMAGES and json.loads(record.read_text())["num_images"] == NUM_IMAGES
+
+
+def test_the_image_check_says_how_many_images_it_checks_and_shows_progress(raw_celeba, counted_checks, caplog, capsys):
+    root, _ = raw_celeba
+    with caplog.at_level(logging.INFO, logger="dilated_vit_mae.data"):
+        load_celeba(root)
+    assert f"image check: {NUM_IMAGES} images of {root / 'img_align_celeba'} (headers only)" in caplog.text
+    assert f"{NUM_IMAGES}/{NUM_IMAGES}" in capsys.readouterr().err  # the bar
+    load_celeba(root, progress=False, check_record_dir=False)
+    assert f"{NUM_IMAGES}/{NUM_IMAGES}" not in capsys.readouterr().err
+
+
+@pytest.fixture
+def celeba_standin(tmp_path):
+    """`make_celeba_sample.py --full_size`, scaled down: CelebA's file names, partition proportions and formats."""
+    from conftest import load_file
+
+    builder = load_file("scripts/make_celeba_sample.py", "make_celeba_sample")
+    return builder.make_full_size_standin(tmp_path / "standin", 300), builder
+
+
+def test_the_full_size_standin_loads_as_raw_celeba_with_the_sample_annotations(celeba_standin, counted_checks):
+    root, builder = celeba_standin
+    assert builder.standin_split_counts(202_599) == {0: 162_770, 1: 19_867, 2: 19_962}  # CelebA's own partition
+    celeba = load_celeba(root)
+    assert {split: celeba[split].num_rows for split in celeba} == {"train": 241, "validation": 29, "test": 30}
+    assert file_names(celeba["validation"])[0] == "000242.jpg" and file_names(celeba["test"])[-1] == "000300.jpg"
+    sample = load_celeba(CELEBA_SAMPLE_DIR, verify_images=False)["train"]  # files 1-40 of the sample
+    for index in (0, 39, 56 + 39, 240):
+        source = index % 56
+        if source < 40:
+            assert celeba["train"][index]["Smiling"] == sample[source]["Smiling"]
+            assert celeba["train"][index]["celeb_id"] == sample[source]["celeb_id"]
+    images = root / "img_align_celeba"
+    assert (images / "000057.jpg").stat().st_ino == (images / "000001.jpg").stat().st_ino  # a hard link
+    assert (images / "000001.jpg").stat().st_ino != (CELEBA_SAMPLE_DIR / "img_align_celeba" / "000001.jpg").stat().st_ino
+    assert celeba["test"][0]["image"].size == (178, 218)
+    with pytest.raises(FileExistsError, match="is not empty"):
+        builder.make_full_size_standin(root, 300)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -345,12 +346,67 @@ def test_feature_cache_round_trip_and_fingerprint(tmp_path, our_model_dir):
     cache.save(description, torch.arange(6.0).reshape(3, 2))
     torch.testing.assert_close(cache.load(description), torch.arange(6.0).reshape(3, 2))
     assert cache.load({**description, "pooling": "mean"}) is None
-    assert not list((tmp_path / "cache").glob(".*tmp"))  # written atomically
+    assert not list((tmp_path / "cache").glob(".*"))  # written atomically
     # re-saving weights into the same folder changes the fingerprint, so stale features are not reused
     before = model_fingerprint(our_model_dir)
     weights = our_model_dir / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1_000_000))
     assert model_fingerprint(our_model_dir) != before
+
+
+def test_a_damaged_feature_cache_file_is_removed_with_one_warning(tmp_path, caplog):
+    cache = FeatureCache(tmp_path / "cache")
+    description = {"model": "m", "pooling": "cls", "split": "train"}
+    path = cache.save(description, torch.arange(600.0).reshape(300, 2))
+    path.write_bytes(path.read_bytes()[:-50])  # truncated (a full disk, a copy cut short)
+    with caplog.at_level("WARNING", logger="dilated_vit_mae.probe"):
+        assert cache.load(description) is None
+    assert len(caplog.records) == 1 and str(path) in caplog.records[0].message and "damaged" in caplog.records[0].message
+    assert not path.exists()
+    cache.save(description, torch.ones(2, 2))  # and the next save serves again
+    torch.testing.assert_close(cache.load(description), torch.ones(2, 2))
+
+
+def test_features_of_changed_images_are_not_served(tmp_path, caplog):
+    cache = FeatureCache(tmp_path / "cache")
+    description = {"model": "m", "pooling": "cls", "split": "train"}
+    cache.save(description, torch.ones(2, 2), images="before")
+    with caplog.at_level("WARNING", logger="dilated_vit_mae.probe"):
+        assert cache.load(description, images="after") is None
+    assert len(caplog.records) == 1 and "changed since" in caplog.records[0].message
+    cache.save(description, torch.zeros(2, 2), images="after")  # replaces the stale entry under the same name
+    torch.testing.assert_close(cache.load(description, images="after"), torch.zeros(2, 2))
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_partial_feature_files_are_removed_after_a_failed_or_killed_write(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    description = {"model": "m", "pooling": "cls", "split": "train"}
+    cache = FeatureCache(tmp_path / "cache")
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        cache.save(description, torch.ones(2, 2))
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.undo()
+    # a writer killed mid-write (SIGKILL: no cleanup runs) leaves its partial file: the next start removes it
+    child = subprocess.run(
+        [sys.executable, "-c", "import os, signal, torch, safetensors.torch\n"
+         "from dilated_vit_mae.probe import FeatureCache\n"
+         "def die(tensors, filename, metadata=None):\n"
+         "    open(filename, 'wb').write(b'partial'); os.kill(os.getpid(), signal.SIGKILL)\n"
+         "safetensors.torch.save_file = die\n"
+         f"FeatureCache({str(tmp_path / 'cache')!r}).save({{'split': 'train'}}, torch.ones(2))"],
+        cwd=REPO_ROOT, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert child.returncode == -9 and len(list((tmp_path / "cache").iterdir())) == 1
+    FeatureCache(tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -393,6 +449,29 @@ def test_script_on_celeba_sample_with_our_encoder_and_cache(our_model_dir, tmp_p
     # another pooling is another cache entry
     with pytest.raises(AssertionError, match="recomputed"):
         script.main(script.parse_args(probe_argv(our_model_dir, tmp_path / "cache", "--pooling", "mean")))
+
+
+def test_script_does_not_serve_features_of_images_replaced_in_place(our_model_dir, tmp_path, caplog):
+    # every image of a raw-CelebA folder replaced by another picture with the same name, size and modification time
+    from test_decoded_cache import replace_in_place
+
+    data = tmp_path / "celeba"
+    shutil.copytree(SAMPLE_DIR, data)
+    script = load_script()
+    argv = [*probe_argv(our_model_dir, tmp_path / "cache"), "--celeba_dir", str(data), "--output_dir", str(tmp_path / "p")]
+    first = script.main(script.parse_args(argv))
+    assert first["features_from_cache"] == {"train": False, "eval": False}
+    for path in sorted((data / "img_align_celeba").glob("*.jpg")):
+        replace_in_place(path, 255 - np.asarray(PIL.Image.open(path).convert("RGB")))
+    with caplog.at_level("WARNING", logger="dilated_vit_mae.probe"):
+        again = script.main(script.parse_args(argv))
+    assert again["features_from_cache"] == {"train": False, "eval": False}
+    stale = [r.message for r in caplog.records if "changed since" in r.message]
+    assert len(stale) == 2 and all("features-" in message for message in stale)  # one line per split, naming the file
+    fresh = script.main(script.parse_args([*argv, "--no_feature_cache"]))
+    assert again["mean_attribute_accuracy"] == fresh["mean_attribute_accuracy"]
+    np.testing.assert_array_equal(again["predictions"], fresh["predictions"])
+    assert script.main(script.parse_args(argv))["features_from_cache"] == {"train": True, "eval": True}
 
 
 def test_script_with_vit_mae_checkpoint_and_single_label(vit_mae_dir, tmp_path):

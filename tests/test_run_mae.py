@@ -2,6 +2,7 @@
 (preemption), a non-finite loss, and bad arguments. Exact resume after SIGKILL with two real CPU processes, for every
 engine (DDP, FSDP2, DeepSpeed, two nodes, torchrun): tests/test_engines.py."""
 
+import contextlib
 import json
 import logging
 import math
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -372,6 +374,49 @@ def test_evaluation_reports_trivial_predictors_on_the_same_masks(tiny_model_dir,
             assert math.isfinite(results[f"eval_{predictor}{metric}"]), predictor + metric
     # the tiny config trains with norm_pix_loss: the oracle figures are reported apart, beside their own baseline
     assert results["eval_oracle_psnr"] > 0 and results["eval_baseline_zeros_oracle_psnr"] > 0
+
+
+def test_evaluation_says_how_many_images_and_shows_progress(tiny_model_dir, tmp_path, reset_accelerate, caplog, monkeypatch):
+    # the final evaluation of CelebA's 19,867 validation images is minutes on a CPU: it must not look hung
+    run_mae = load_script()
+    bars = []
+
+    def recording_tqdm(*args, **kwargs):
+        bars.append(kwargs)
+        return tqdm_std(*args, **kwargs)
+
+    from tqdm.auto import tqdm as tqdm_std
+
+    monkeypatch.setattr(run_mae, "tqdm", recording_tqdm)
+    args = run_args(tiny_model_dir, tmp_path / "out", "--max_train_steps", "1", "--checkpointing_steps", "no", "--max_eval_samples", "6")
+    with caplog.at_level(logging.INFO):
+        run_mae.main(run_mae.parse_args(args))
+    workers = run_mae._default_num_workers(types.SimpleNamespace(device=torch.device("cuda")))
+    assert f"step 1: evaluating 6 validation images ({workers} loader workers per process)" in caplog.text
+    (bar,) = [kwargs for kwargs in bars if kwargs.get("desc") == "evaluation"]
+    assert bar["total"] == 2 and bar["disable"] is False  # the bar on the main process: 6 images in batches of 4
+    assert re.search(r"image check: (the )?56 images of", caplog.text)  # the sample's, counted when it starts
+
+
+def test_evaluation_uses_the_loader_workers_of_a_gpu_run_also_on_cpu(tiny_model_dir, tmp_path):
+    run_mae = load_script()
+    args = run_mae.parse_args(run_args(tiny_model_dir, tmp_path / "out"))
+    config = run_mae.build_config(args)
+    processor = run_mae.build_image_processor(args, config)
+    splits = run_mae.load_datasets(args, progress=False)
+    gpu = types.SimpleNamespace(device=torch.device("cuda"), main_process_first=contextlib.nullcontext)
+    train, evaluation, _, device_augmentation = run_mae.build_dataloaders(args, gpu, config, processor, splits)
+    workers = run_mae._default_num_workers(gpu)
+    assert device_augmentation is not None and workers >= 1  # the GPU path, with its workers
+    assert evaluation.num_workers == train.num_workers == workers
+    assert evaluation.persistent_workers and evaluation.prefetch_factor == args.dataloader_prefetch_factor
+    # on CPU too for evaluation (training keeps 0 there); an explicit number is used for both
+    cpu = types.SimpleNamespace(device=torch.device("cpu"), main_process_first=contextlib.nullcontext)
+    train, evaluation, _, _ = run_mae.build_dataloaders(args, cpu, config, processor, run_mae.load_datasets(args, progress=False))
+    assert (train.num_workers, evaluation.num_workers) == (0, workers)
+    args.dataloader_num_workers = 0
+    train, evaluation, _, _ = run_mae.build_dataloaders(args, cpu, config, processor, run_mae.load_datasets(args, progress=False))
+    assert (train.num_workers, evaluation.num_workers) == (0, 0)
 
 
 @pytest.mark.parametrize(
