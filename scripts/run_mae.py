@@ -117,6 +117,13 @@ NOT_RUN_DEFINING = {
 }  # fmt: skip
 
 
+# pre-training's loss is the MSE over the masked patches: with none masked it is 0/0 (it ended in "Loss is nan")
+NO_MASK_MESSAGE = (
+    "{source} masks no patch, and pre-training's loss is over the masked patches only: pass --mask_ratio 0.75 (MAE's) "
+    "or another value in (0, 1)."
+)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
@@ -219,6 +226,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--decoded_cache_dir feeds the device path only: drop it, or use --augment_on device (on a GPU, auto).")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
         parser.error("--resume_from_checkpoint continues the run in --output_dir; --overwrite_output_dir removes it: give one.")
+    if args.mask_ratio == 0:
+        parser.error(NO_MASK_MESSAGE.format(source="--mask_ratio 0"))
     return args
 
 
@@ -260,6 +269,8 @@ def build_config(args: argparse.Namespace) -> DilatedViTMAEConfig:
         if value is not None:
             setattr(config, field, tuple(value) if field == "dilation_rates" else value)
     config._validate_dilated_vit_mae()
+    if config.mask_ratio == 0:  # e.g. --config_name of a classifier folder, or --config_overrides mask_ratio=0
+        raise ValueError(NO_MASK_MESSAGE.format(source=f"the config from {name} has mask_ratio 0, which"))
     return config
 
 

@@ -668,3 +668,18 @@ def test_maes_pre_training_recipe_constants(reset_accelerate):
     )
     transform = augmentation.transform
     assert transform.scale == (0.2, 1.0) and transform.flip_prob == 0.5 and transform.rand_augment is None
+
+
+def test_a_mask_ratio_of_zero_is_refused_by_flag_and_by_config(tiny_model_dir, tmp_path, capsys, reset_accelerate):
+    """Pre-training's loss is over the masked patches: masking none made it 0/0 and the run stopped with 'Loss is nan'."""
+    run_mae = load_script()
+    with pytest.raises(SystemExit) as exit_info:
+        run_mae.parse_args(run_args(tiny_model_dir, tmp_path / "out", "--mask_ratio", "0"))
+    assert exit_info.value.code == 2 and "--mask_ratio 0 masks no patch" in capsys.readouterr().err
+    classifier_config = tmp_path / "classifier-config"  # e.g. --config_name of a fine-tuned classifier's folder
+    classifier_config.mkdir()
+    DilatedViTMAEConfig.from_pretrained(tiny_model_dir, mask_ratio=0.0).to_json_file(classifier_config / "config.json")
+    args = run_mae.parse_args(run_args(classifier_config, tmp_path / "out"))
+    with pytest.raises(ValueError, match=r"the config from .*classifier-config has mask_ratio 0, which masks no patch.*"
+                                         r"--mask_ratio 0\.75"):  # fmt: skip
+        run_mae.build_config(args)
