@@ -1,9 +1,12 @@
 """Shared fixtures: a tiny configuration (image 32, patch 4, hidden 32, 2 layers) so the suite runs on two CPU cores."""
 
+import atexit
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# the image-check records and feature caches of the tests (and of the scripts they start) go to a folder of this
+# process's, removed at exit, not to the user's ~/.cache/dilated_vit_mae
+if "DILATED_VIT_MAE_CACHE" not in os.environ:
+    os.environ["DILATED_VIT_MAE_CACHE"] = tempfile.mkdtemp(prefix="dilated-vit-mae-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DILATED_VIT_MAE_CACHE"], ignore_errors=True)
 
 TINY_CONFIG = dict(
     image_size=32,
