@@ -6,10 +6,15 @@
 #   datasets 4.5 (imagefolder metadata.csv under pandas 3), accelerate 1.7 (FSDP2 auto-wrap), evaluate 0.1.2,
 #   simplejpeg 1.7.3 (numpy 1 build).
 # About 4 minutes on 2 cores, most of it pip.
+# It works on a copy of the checkout: .ci/run starts it beside the main install, and two editable installs of one
+# folder would race on its egg-info.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
+python3 -c "import shutil, sys; shutil.copytree('.', sys.argv[1], ignore=shutil.ignore_patterns(
+    '.git', '.venv', 'outputs', 'build', 'dist', '*.egg-info', '__pycache__', '.pytest_cache'))" "$scratch/src"
+cd "$scratch/src"
 
 read -r -a pins <<< "$(python3 .ci/lower_bounds_check.py --pins)"
 echo "lower bounds: ${pins[*]}"
