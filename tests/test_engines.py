@@ -10,9 +10,11 @@ for an engine accelerate does not build is refused in one line (exit 2).
 FSDP runs through tests/fsdp_on_cpu.py, which lifts accelerate's GPU-only gate for FSDP (see its docstring).
 """
 
+import contextlib
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -193,6 +195,9 @@ def kill_and_resume(engine: Engine, reference: tuple[Path, Path], tmp_path: Path
         time.sleep(0.02)
     time.sleep(random.uniform(0.0, 0.1))  # somewhere in the steps after the checkpoint
     trees = [pid for process in processes for pid in process_tree(process.pid)]
+    for pid in trees:  # frozen first, all at once: killing tree by tree let a loaded machine's ranks run to the end
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
     for process in processes:
         kill_tree(process.pid)
     outputs = [process.communicate(timeout=60)[0] for process in processes]
