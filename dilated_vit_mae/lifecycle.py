@@ -44,6 +44,8 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from .redaction import redact, redact_logs, redact_message, secret_values
+
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +120,6 @@ def run_cli(main: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             raise
         _close_progress_bars()
         sys.stdout.flush()
-        from .redaction import redact_message  # here, not at the top: tests load this file alone in child processes
-
         print(f"error: {redact_message(_one_line(error))}", file=sys.stderr, flush=True)
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
@@ -367,8 +367,6 @@ def prepare_run_folder(args: Any, accelerator: Any, not_run_defining: Iterable[s
     and the arguments not in `not_run_defining`, secrets redacted by value. From here on, every log line of the
     process is redacted of the arguments' secrets too (`redaction.redact_logs`).
     """
-    from .redaction import redact, redact_logs, secret_values
-
     secrets = secret_values(args)
     redact_logs(secrets)
     if accelerator.is_main_process:
