@@ -1,5 +1,6 @@
-"""Tests of `benchmarks/downstream.py`: the warm start carries every pre-trained weight, the noise verdicts, and a
-`--smoke` run end to end (fine-tune and k-NN columns, references, JSON and table)."""
+"""Tests of `benchmarks/downstream.py`: the warm start carries every pre-trained weight, the fine-tuning recipe and
+augmentation, the noise verdicts, and a `--smoke` run end to end (k-NN, probe and fine-tune columns, baselines, JSON
+and table)."""
 
 import json
 import math
@@ -32,6 +33,31 @@ def test_the_classifier_starts_from_every_pretrained_encoder_weight(downstream):
     assert not scratch.vit.embeddings.patch_embeddings.dilated_projections[0].weight.any()  # a fresh (zero) branch
 
 
+def test_the_finetuning_follows_run_finetunes_recipe_for_the_training_set_size(downstream):
+    args = downstream.parse_args([])  # 4,000 digits: the small-data recipe, as run_finetune.py --recipe auto picks
+    assert args.recipe == "small_data" and args.finetune_learning_rate == 2e-3 and args.layer_decay == 0.75
+    assert (args.drop_path_rate, args.label_smoothing, args.random_erasing) == (0.1, 0.1, 0.25)
+    assert args.rand_augment == "rand-m9-mstd0.5-inc1"
+    mae = downstream.parse_args(["--recipe", "mae"])  # MAE's rule: blr 5e-4 x batch / 256
+    assert mae.recipe == "mae" and mae.finetune_learning_rate == pytest.approx(5e-4 * 64 / 256)
+    given = downstream.parse_args(["--finetune_learning_rate", "1e-3", "--rand_augment", "none", "--random_erasing", "0"])
+    assert given.finetune_learning_rate == 1e-3 and given.rand_augment is None and given.random_erasing == 0
+
+
+def test_the_digit_augmentation_is_a_function_of_its_generator_and_changes_pixels(downstream):
+    args = downstream.parse_args(["--smoke"])
+    images = torch.zeros(8, 1, 32, 32)
+    images[:, :, 8:24, 12:20] = 1.0  # a bar, so that geometric ops move pixels
+    augment = downstream.DigitAugmentation(args, mean=0.1, std=0.3)
+    first = augment(images, torch.Generator().manual_seed(0))
+    again = augment(images, torch.Generator().manual_seed(0))
+    assert first.shape == images.shape and torch.equal(first, again)
+    plain = (images - 0.1) / 0.3
+    assert (first != plain).flatten(1).any(dim=1).sum() >= 4  # most of 8 images are changed by 2 ops + erasing
+    args.rand_augment, args.random_erasing = None, 0.0
+    torch.testing.assert_close(downstream.DigitAugmentation(args, 0.1, 0.3)(images, torch.Generator()), plain)
+
+
 def test_differences_are_called_noise_unless_they_exceed_the_spread(downstream):
     def row(mean, std):
         return {metric: {"mean": mean, "std": std} for metric in downstream.METRICS}
@@ -56,8 +82,11 @@ def test_smoke_run_writes_both_columns_for_every_variant(downstream, tmp_path):
         for metric in downstream.METRICS:
             assert 0.0 <= row[metric]["mean"] <= 1.0 and math.isfinite(row[metric]["std"]), (variant, metric)
             assert len(row[metric]["values"]) == 2
-    # the k-NN on raw pixels is a real classifier (well above the 10% chance even on 100 digits)
-    assert results["references"]["knn_raw_pixels"] > 0.3
+    # the raw-pixel baselines are real classifiers (well above the 10% chance even on 100 digits)
+    references = results["references"]
+    assert references["knn_raw_pixels"] > 0.3 and references["logistic_regression_raw_pixels"] > 0.3
+    assert references["majority_class"] == pytest.approx(0.1)  # a stratified split
+    assert "logistic regression on raw pixels" in results["table"] and "| probe (mean) |" in results["table"]
     assert {item["variant"] for item in results["comparisons"]} == {"full-2"}
     assert "| dense |" in results["table"] and "| full-2 |" in results["table"]
     assert all(f"{item['verdict']}." in results["table"] for item in results["comparisons"])
