@@ -118,7 +118,7 @@ def check_training(output_dir: Path) -> None:
 
 def check_remote_code(folder: Path) -> None:
     """The trained folder, loaded with trust_remote_code where the package cannot be imported."""
-    from dilated_vit_mae.hub import check_folder
+    from dilated_vit_mae.publish.hub import check_folder
 
     report = check_folder(folder)
     print(f"trust_remote_code load: {report}", flush=True)

@@ -18,10 +18,10 @@ Variants (`--variants`, default all):
     mask_token-full-2   masking_mode="mask_token" (SimMIM-style encoder), rate 2, "full"
 
 Reported per variant, mean ± std over seeds:
-    (a) masked-patch MSE on the held-out images with fixed-seed masks (`dilated_vit_mae.training.masking_noise`), in
+    (a) masked-patch MSE on the held-out images with fixed-seed masks (`dilated_vit_mae.data.seeding.masking_noise`), in
         [0, 1] pixel units, from the clamped reconstruction (the `masked_patch_mse` metric, as `scripts/run_mae.py`);
     (b) linear-probe accuracy on the digit labels: frozen encoder, `mask_ratio=0`, CLS and mean-pooled features,
-        `dilated_vit_mae.probe` (BatchNorm without affine + linear, as MAE), trained on the pre-training images,
+        `dilated_vit_mae.evaluation.probe` (BatchNorm without affine + linear, as MAE), trained on the pre-training images,
         scored on the held-out ones;
 plus parameters, seconds per training step and the training loss at the start and end. References: the probe on raw
 pixels, on a randomly initialised (untrained) dense encoder, and the masked MSE of predicting the mean training image.
@@ -59,15 +59,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining  # noqa: E402
-from dilated_vit_mae.lifecycle import fraction, non_negative_float, positive_float, positive_int  # noqa: E402
-from dilated_vit_mae.metrics import load_metric  # noqa: E402
-from dilated_vit_mae.probe import encode_images, predict_linear_probe, probe_scores, train_linear_probe  # noqa: E402
-from dilated_vit_mae.training import (  # noqa: E402
-    masking_noise,
-    param_groups_weight_decay,
-    reconstruction_images,
-    seeded_generator,
-)
+from dilated_vit_mae.train.lifecycle import fraction, non_negative_float, positive_float, positive_int  # noqa: E402
+from dilated_vit_mae.evaluation.metrics import load_metric  # noqa: E402
+from dilated_vit_mae.evaluation.probe import encode_images, predict_linear_probe, probe_scores, train_linear_probe  # noqa: E402
+from dilated_vit_mae.data.seeding import masking_noise, seeded_generator  # noqa: E402
+from dilated_vit_mae.evaluation.reconstruction import reconstruction_images  # noqa: E402
+from dilated_vit_mae.train.checkpoints import param_groups_weight_decay  # noqa: E402
 
 
 DEFAULT_OUTPUT_JSON = REPO_ROOT / "benchmarks" / "results" / "ablation.json"

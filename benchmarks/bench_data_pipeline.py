@@ -47,11 +47,11 @@ from torch.utils.data import DataLoader, get_worker_info
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining  # noqa: E402
-from dilated_vit_mae.data import CELEBA_SAMPLE_DIR, load_celeba  # noqa: E402
-from dilated_vit_mae.decoded_cache import DecodedImageCache  # noqa: E402
-from dilated_vit_mae.device_augment import DeviceAugmentation  # noqa: E402
-from dilated_vit_mae.training import SeededAugmentation, collate_indexed  # noqa: E402
-from dilated_vit_mae.transforms import MAEHostCollator, MAEHostTransform, MAETrainTransform, decode_uint8  # noqa: E402
+from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba  # noqa: E402
+from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
+from dilated_vit_mae.data.device_augment import DeviceAugmentation  # noqa: E402
+from dilated_vit_mae.data.seeding import SeededAugmentation, collate_indexed  # noqa: E402
+from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, MAETrainTransform, decode_uint8  # noqa: E402
 
 DEFAULT_MODEL_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dilated-vit-mae-tiny-64"
 TARGET_US, GOAL_US = 400, 250  # host CPU per 224 px training image (issue "Throughput at scale")
@@ -380,7 +380,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def _has_simplejpeg() -> bool:
-    from dilated_vit_mae import transforms
+    from dilated_vit_mae.data import transforms
 
     return transforms.simplejpeg is not None
 

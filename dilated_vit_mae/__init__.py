@@ -37,7 +37,7 @@ AutoImageProcessor.register(
 def __getattr__(name: str):
     # the data helpers need `datasets`; import them on first use so that the model alone stays light
     if name == "load_celeba":
-        from .data import load_celeba
+        from .data.loading import load_celeba
 
         return load_celeba
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -809,7 +809,7 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
     def _preprocess_settings(self, **arguments: Any) -> dict[str, Any]:
         """
         `preprocess`'s keyword arguments (absent or `None`: the processor's value), validated once, as the keyword
-        arguments of `_preprocess_image`; what `dilated_vit_mae.transforms.MAEEvalTransform` keeps to process one
+        arguments of `_preprocess_image`; what `dilated_vit_mae.data.transforms.MAEEvalTransform` keeps to process one
         image at a time.
         """
 

@@ -23,8 +23,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
-from dilated_vit_mae.export import DEFAULT_ATOL, DEFAULT_OPSET, export_encoder_onnx  # noqa: E402
-from dilated_vit_mae.lifecycle import check_model_folder, positive_float, positive_int, run_cli  # noqa: E402
+from dilated_vit_mae.publish.export import DEFAULT_ATOL, DEFAULT_OPSET, export_encoder_onnx  # noqa: E402
+from dilated_vit_mae.train.lifecycle import check_model_folder, positive_float, positive_int, run_cli  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,7 +18,7 @@ BatchNorm1d without affine, then Linear) is trained on the main process: multi-l
 
 Reported: the mean of per-attribute accuracies (the CelebA convention) and the majority-class floor (the training
 split's majority class of each attribute, scored on the evaluation split), through
-`dilated_vit_mae.metrics.load_metric("mean_attribute_accuracy")`; for one label column, accuracy and the majority floor;
+`dilated_vit_mae.evaluation.metrics.load_metric("mean_attribute_accuracy")`; for one label column, accuracy and the majority floor;
 and, where it is cheap (small sets), a logistic regression on the raw pixels of the same split (`raw_pixel_baseline`).
 Where this differs from MAE's `main_linprobe.py`: the classifier trains on one fixed (evaluation) view of every image,
 cached, with AdamW at lr 1e-3 (90 epochs, 10 warmup, cosine, batch 256, last partial batch dropped); MAE's sees a new
@@ -56,10 +56,10 @@ from torch.utils.data import DataLoader
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
-from dilated_vit_mae.data import load_celeba  # noqa: E402
-from dilated_vit_mae.fingerprint import dataset_images_fingerprint  # noqa: E402
-from dilated_vit_mae.lifecycle import check_model_folder, positive_float, positive_int, run_cli  # noqa: E402
-from dilated_vit_mae.probe import (  # noqa: E402
+from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
+from dilated_vit_mae.data.fingerprint import dataset_images_fingerprint  # noqa: E402
+from dilated_vit_mae.train.lifecycle import check_model_folder, positive_float, positive_int, run_cli  # noqa: E402
+from dilated_vit_mae.evaluation.probe import (  # noqa: E402
     DEFAULT_FEATURE_CACHE_DIR,
     KNN_K,
     KNN_TEMPERATURE,
@@ -81,8 +81,8 @@ from dilated_vit_mae.probe import (  # noqa: E402
     resolve_label_columns,
     train_linear_probe,
 )
-from dilated_vit_mae.training import IndexedTransform, collate_indexed  # noqa: E402
-from dilated_vit_mae.transforms import MAEEvalTransform  # noqa: E402
+from dilated_vit_mae.data.seeding import IndexedTransform, collate_indexed  # noqa: E402
+from dilated_vit_mae.data.transforms import MAEEvalTransform  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -394,7 +394,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # uploaded with the model: token values (however the flag was spelt) and local paths stay out of it
-    from dilated_vit_mae.redaction import publishable, secret_values
+    from dilated_vit_mae.train.redaction import publishable, secret_values
 
     (output_dir / results_file).write_text(json.dumps(publishable(results, secret_values(args)), indent=2))
     raw_text = f"{results['raw_pixel_baseline']:.4f}" if results["raw_pixel_baseline"] is not None else "not computed"

@@ -31,7 +31,7 @@ import PIL.ImageEnhance
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing the package
 
-from dilated_vit_mae.data import CELEBA_ATTRIBUTE_NAMES, CELEBA_SAMPLE_DIR  # noqa: E402
+from dilated_vit_mae.data.loading import CELEBA_ATTRIBUTE_NAMES, CELEBA_SAMPLE_DIR  # noqa: E402
 
 SEED = 0
 WIDTH, HEIGHT = 178, 218  # img_align_celeba

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
-from dilated_vit_mae.hub import (  # noqa: E402
+from dilated_vit_mae.publish.hub import (  # noqa: E402
     PUBLISHING_FILES,
     FolderCheckError,
     check_folder,

@@ -7,7 +7,7 @@
     accelerate launch scripts/run_finetune.py --model_name_or_path facebook/vit-mae-base --dilation_rates \\
         --train_dir data/pets/train --validation_dir data/pets/val --mixup 0.8 --cutmix 1.0     # ViTMAE, any folders
 
-MAE's recipe (`main_finetune.py` of facebookresearch/mae; `dilated_vit_mae.finetune.MAE_FINETUNE_RECIPE`): the whole
+MAE's recipe (`main_finetune.py` of facebookresearch/mae; `dilated_vit_mae.train.finetune.MAE_FINETUNE_RECIPE`): the whole
 image is encoded, the patch tokens are averaged and normalised (`--classifier_pooling mean`, `fc_norm`), AdamW
 (0.9, 0.999) with weight decay 0.05, lr = blr x batch / 256 (`--base_learning_rate` 5e-4) with layer-wise decay
 (`--layer_decay` 0.75; MAE uses 0.65 for ViT-B) after `--warmup_epochs` 5 of linear warmup and a cosine decay,
@@ -61,9 +61,9 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEForImageClassification,
     DilatedViTMAEImageProcessor,
 )
-from dilated_vit_mae.data import load_celeba  # noqa: E402
-from dilated_vit_mae.distributed import build_accelerator, load_full_state_dict, save_pretrained  # noqa: E402
-from dilated_vit_mae.finetune import (  # noqa: E402
+from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
+from dilated_vit_mae.train.distributed import build_accelerator, load_full_state_dict, save_pretrained  # noqa: E402
+from dilated_vit_mae.train.finetune import (  # noqa: E402
     MAE_FINETUNE_RECIPE,
     LabelSpec,
     MixupCutmix,
@@ -77,7 +77,7 @@ from dilated_vit_mae.finetune import (  # noqa: E402
     labelled_splits,
     render_classifier_card,
 )
-from dilated_vit_mae.lifecycle import (  # noqa: E402
+from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     RunIdentity,
     check_output_dir,
     check_model_folder,
@@ -94,16 +94,11 @@ from dilated_vit_mae.lifecycle import (  # noqa: E402
     run_cli,
     stage_and_swap,
 )
-from dilated_vit_mae.probe import probe_scores, raw_pixel_baseline  # noqa: E402
-from dilated_vit_mae.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
-from dilated_vit_mae.training import (  # noqa: E402
-    CheckpointManager,
-    IndexedTransform,
-    SeededAugmentation,
-    collate_indexed,
-    stable_seed,
-)
-from dilated_vit_mae.transforms import MAEEvalTransform, MAETrainTransform, RandAugment  # noqa: E402
+from dilated_vit_mae.evaluation.probe import probe_scores, raw_pixel_baseline  # noqa: E402
+from dilated_vit_mae.train.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
+from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed, stable_seed  # noqa: E402
+from dilated_vit_mae.train.checkpoints import CheckpointManager  # noqa: E402
+from dilated_vit_mae.data.transforms import MAEEvalTransform, MAETrainTransform, RandAugment  # noqa: E402
 
 
 logger = get_logger(__name__)

@@ -49,12 +49,12 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEForPreTraining,
     DilatedViTMAEImageProcessor,
 )
-from dilated_vit_mae.data import load_celeba  # noqa: E402
-from dilated_vit_mae.decoded_cache import DecodedImageCache  # noqa: E402
-from dilated_vit_mae.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
-from dilated_vit_mae.distributed import build_accelerator, parameters_are_finite, save_pretrained  # noqa: E402
-from dilated_vit_mae.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
-from dilated_vit_mae.lifecycle import (  # noqa: E402
+from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
+from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
+from dilated_vit_mae.data.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
+from dilated_vit_mae.train.distributed import build_accelerator, parameters_are_finite, save_pretrained  # noqa: E402
+from dilated_vit_mae.publish.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
+from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     RunClock,
     RunIdentity,
     check_output_dir,
@@ -72,22 +72,18 @@ from dilated_vit_mae.lifecycle import (  # noqa: E402
     run_cli,
     stage_and_swap,
 )
-from dilated_vit_mae.model_card import redact_command, render_model_card  # noqa: E402
-from dilated_vit_mae.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
-from dilated_vit_mae.training import (  # noqa: E402
-    CheckpointManager,
-    IndexedTransform,
-    SeededAugmentation,
-    collate_indexed,
-    masking_noise,
-    param_groups_weight_decay,
+from dilated_vit_mae.publish.model_card import redact_command, render_model_card  # noqa: E402
+from dilated_vit_mae.train.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
+from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed, masking_noise  # noqa: E402
+from dilated_vit_mae.evaluation.reconstruction import (  # noqa: E402
     reconstruction_grid,
     reconstruction_images,
     reconstruction_scores,
     summary_keys,
     visible_mean_images,
 )
-from dilated_vit_mae.transforms import MAEEvalTransform, MAEHostCollator, MAEHostTransform, MAETrainTransform  # noqa: E402
+from dilated_vit_mae.train.checkpoints import CheckpointManager, param_groups_weight_decay  # noqa: E402
+from dilated_vit_mae.data.transforms import MAEEvalTransform, MAEHostCollator, MAEHostTransform, MAETrainTransform  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -940,7 +936,7 @@ def run_summary(run: Run) -> dict:
         },
         "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
         "eval_samples": num_examples("validation") if run.eval_results else None,
-        "eval_mask_seed": args.seed,  # of the "eval_mask" stream (dilated_vit_mae.training.masking_noise)
+        "eval_mask_seed": args.seed,  # of the "eval_mask" stream (dilated_vit_mae.data.seeding.masking_noise)
         "augmentation": {
             "crop_scale": list(run.train_augmentation.transform.scale),
             "flip_prob": run.train_augmentation.transform.flip_prob,

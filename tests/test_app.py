@@ -12,7 +12,7 @@ import skimage.data
 
 from conftest import load_file
 from dilated_vit_mae import DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
-from dilated_vit_mae.hub import prepare_hub_folder
+from dilated_vit_mae.publish.hub import prepare_hub_folder
 from dilated_vit_mae.pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
 
 

@@ -123,7 +123,7 @@ def test_data_pipeline_benchmark_skips_the_cache_path_for_images_of_several_size
 def test_synthetic_celeba_loads_in_the_raw_layout(tmp_path):
     bench = load_benchmark("bench_data_pipeline")
     bench.make_synthetic_celeba(tmp_path, 40)
-    from dilated_vit_mae.data import load_celeba
+    from dilated_vit_mae.data.loading import load_celeba
 
     splits = load_celeba(tmp_path)
     assert {split: splits[split].num_rows for split in splits} == {"train": 36, "validation": 2, "test": 2}

@@ -1,4 +1,4 @@
-"""Tests for `dilated_vit_mae.data.load_celeba` (offline: Hub sources are mocked)."""
+"""Tests for `dilated_vit_mae.data.loading.load_celeba` (offline: Hub sources are mocked)."""
 
 import json
 import logging
@@ -10,8 +10,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from dilated_vit_mae import data as celeba_data
-from dilated_vit_mae.data import CELEBA_ATTRIBUTE_NAMES, CELEBA_SAMPLE_DIR, find_bad_images, load_celeba
+from dilated_vit_mae.data import loading as celeba_data
+from dilated_vit_mae.data.loading import CELEBA_ATTRIBUTE_NAMES, CELEBA_SAMPLE_DIR, find_bad_images, load_celeba
 
 NUM_IMAGES = 12
 # 0 train / 1 valid / 2 test, deliberately not contiguous
@@ -211,7 +211,7 @@ def test_malformed_raw_source_raises_naming_the_file(raw_celeba, corrupt, error,
 def test_missing_partition_can_be_carved(tmp_path, caplog):
     write_raw_celeba(tmp_path, num_images=20, partition=[0] * 20)
     (tmp_path / "list_eval_partition.txt").unlink()
-    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.data"):
+    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.data.loading"):
         celeba = load_celeba(tmp_path, missing_partition="carve", validation_fraction=0.1, test_fraction=0.1)
     assert {split: celeba[split].num_rows for split in celeba} == {"train": 16, "validation": 2, "test": 2}
     assert "not the official CelebA partition" in caplog.text
@@ -257,7 +257,7 @@ def test_bad_images_raise_naming_the_file(raw_celeba):
 def test_bad_images_skipped_and_counted(raw_celeba, caplog):
     root, _ = raw_celeba
     corrupt_images(root)
-    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.data"):
+    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.data.loading"):
         celeba = load_celeba(root, on_bad_image="skip")
     assert sum(celeba[split].num_rows for split in celeba) == NUM_IMAGES - 2
     kept = [name for split in celeba for name in file_names(celeba[split])]
@@ -307,7 +307,7 @@ def test_a_repeated_load_of_an_unchanged_folder_does_not_check_again(raw_celeba,
     records = list((root / "user-cache" / "image_checks").iterdir())
     assert len(records) == 1 and records[0].suffix == ".json"  # under the user's cache, not in the data folder
     counted_checks.clear()
-    with caplog.at_level(logging.INFO, logger="dilated_vit_mae.data"):
+    with caplog.at_level(logging.INFO, logger="dilated_vit_mae.data.loading"):
         again = load_celeba(root)
     assert counted_checks == [] and "not checked again" in caplog.text
     assert {split: again[split].num_rows for split in again} == {split: first[split].num_rows for split in first}
@@ -344,7 +344,7 @@ def test_a_damaged_record_is_removed_with_one_warning_and_the_images_checked(raw
     (record,) = (root / "user-cache" / "image_checks").iterdir()
     record.write_text('{"fingerprint": "')
     counted_checks.clear()
-    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.data"):
+    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.data.loading"):
         load_celeba(root)
     assert len(caplog.records) == 1 and str(record) in caplog.text and "damaged" in caplog.text
     assert len(counted_checks) == NUM_IMAGES and json.loads(record.read_text())["num_images"] == NUM_IMAGES
@@ -352,7 +352,7 @@ def test_a_damaged_record_is_removed_with_one_warning_and_the_images_checked(raw
 
 def test_the_image_check_says_how_many_images_it_checks_and_shows_progress(raw_celeba, counted_checks, caplog, capsys):
     root, _ = raw_celeba
-    with caplog.at_level(logging.INFO, logger="dilated_vit_mae.data"):
+    with caplog.at_level(logging.INFO, logger="dilated_vit_mae.data.loading"):
         load_celeba(root)
     assert f"image check: {NUM_IMAGES} images of {root / 'img_align_celeba'} (headers only)" in caplog.text
     assert f"{NUM_IMAGES}/{NUM_IMAGES}" in capsys.readouterr().err  # the bar

@@ -1,4 +1,4 @@
-"""Tests for `dilated_vit_mae.decoded_cache`: build once on a tiny folder of JPEGs, reuse, refuse what cannot work."""
+"""Tests for `dilated_vit_mae.data.decoded_cache`: build once on a tiny folder of JPEGs, reuse, refuse what cannot work."""
 
 import io
 import json
@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from dilated_vit_mae import decoded_cache
-from dilated_vit_mae.decoded_cache import DecodedImageCache
-from dilated_vit_mae.transforms import MAEHostCollator, MAEHostTransform, decode_uint8
+from dilated_vit_mae.data import decoded_cache
+from dilated_vit_mae.data.decoded_cache import DecodedImageCache
+from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, decode_uint8
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,7 +57,7 @@ class SeededHost:
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_cache_holds_the_decoded_images_in_row_order_and_is_reused(tmp_path, num_workers, caplog, monkeypatch):
     dataset = jpeg_folder(tmp_path / "jpegs", [(17, 21)] * 300)  # more than one worker task of 256 images
-    with caplog.at_level("INFO", logger="dilated_vit_mae.decoded_cache"):
+    with caplog.at_level("INFO", logger="dilated_vit_mae.data.decoded_cache"):
         cache = DecodedImageCache.build(dataset, tmp_path / "cache", num_workers=num_workers)
     # the size and the free disk are stated before anything is written
     assert any("300 images of 21x17x3 uint8 = 0.00 GB" in r.message and "GB free there" in r.message for r in caplog.records)
@@ -144,7 +144,7 @@ def test_images_replaced_in_place_rebuild_the_cache_with_one_warning(tmp_path, c
         replace_in_place(path, np.full((21, 17, 3), 255, np.uint8) - decode_uint8(str(path)))
     files = dataset.cast_column("image", datasets.Image(decode=False))["image"]
     assert [os.path.getsize(f["path"]) for f in files] == [os.path.getsize(p) for p in sorted((tmp_path / "jpegs").glob("*"))]
-    with caplog.at_level("INFO", logger="dilated_vit_mae.decoded_cache"):
+    with caplog.at_level("INFO", logger="dilated_vit_mae.data.decoded_cache"):
         new = DecodedImageCache.build(dataset, tmp_path / "cache")
     for i in range(6):
         assert np.array_equal(new[i], decode_uint8(files[i])), i
@@ -170,7 +170,7 @@ def test_a_damaged_cache_is_removed_and_rebuilt_with_one_warning(tmp_path, caplo
         meta = json.loads((cache.directory / "meta.json").read_text())
         del meta["images_fingerprint"]
         (cache.directory / "meta.json").write_text(json.dumps(meta))
-    with caplog.at_level("WARNING", logger="dilated_vit_mae.decoded_cache"):
+    with caplog.at_level("WARNING", logger="dilated_vit_mae.data.decoded_cache"):
         rebuilt = DecodedImageCache.build(dataset, tmp_path / "cache")
     assert len(caplog.records) == 1 and str(cache.directory) in caplog.records[0].message
     assert "removed it, building it again" in caplog.records[0].message
@@ -199,7 +199,7 @@ def test_a_killed_build_is_cleaned_up_by_the_next_one(tmp_path):
     paths = dataset.cast_column("image", datasets.Image(decode=False))["image"]
     code = textwrap.dedent(f"""
         import time, datasets
-        from dilated_vit_mae import decoded_cache
+        from dilated_vit_mae.data import decoded_cache
         decode = decoded_cache.decode_uint8
         def slow(image, num_channels):
             time.sleep(0.05)

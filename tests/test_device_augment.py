@@ -1,4 +1,4 @@
-"""Tests for `dilated_vit_mae.device_augment`: the batched crop / resize / flip / normalise of the device path."""
+"""Tests for `dilated_vit_mae.data.device_augment`: the batched crop / resize / flip / normalise of the device path."""
 
 import io
 
@@ -7,9 +7,9 @@ import PIL.Image
 import pytest
 import torch
 
-from dilated_vit_mae.data import CELEBA_SAMPLE_DIR
-from dilated_vit_mae.device_augment import DeviceAugmentation, resample_weights, resolve_augment_on
-from dilated_vit_mae.transforms import MAEHostCollator, MAEHostTransform, MAETrainTransform
+from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR
+from dilated_vit_mae.data.device_augment import DeviceAugmentation, resample_weights, resolve_augment_on
+from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, MAETrainTransform
 
 LEVELS = dict(image_mean=[0.0] * 3, image_std=[1.0] * 3, rescale_factor=1.0)  # outputs in 0..255 pixel levels
 
@@ -108,7 +108,7 @@ def test_device_path_with_its_defaults_equals_the_host_path_on_the_sample_at_64_
 def test_one_extreme_image_does_not_pad_its_batch_to_its_length(monkeypatch):
     # the collator pads a batch to its longest image and the device's resampling matrices span that length: a
     # 1 x 200,000 px PNG beside a CelebA face made a (2, 3, 200000, 178) batch and (2, 64, 200000) float matrices
-    import dilated_vit_mae.transforms as transforms
+    import dilated_vit_mae.data.transforms as transforms
 
     rng = np.random.default_rng(0)
     column = np.repeat(np.linspace(0, 255, 200_000)[:, None, None], 3, axis=2) + rng.normal(0, 10, (200_000, 1, 3))

@@ -1,4 +1,4 @@
-"""`dilated_vit_mae.distributed` in one process: which engine a launch asked for, the one-line refusals, DeepSpeed's
+"""`dilated_vit_mae.train.distributed` in one process: which engine a launch asked for, the one-line refusals, DeepSpeed's
 gloo on CPU only where it needs it, and a model sharded by FSDP2 saved as a Hub folder of its own class. The engines
 themselves, on two processes, are in tests/test_engines.py."""
 
@@ -11,8 +11,8 @@ import torch
 from accelerate.utils import DistributedType
 
 from dilated_vit_mae import DilatedViTMAEForPreTraining
-from dilated_vit_mae import distributed
-from dilated_vit_mae.distributed import EngineError, check_engine, deepspeed_needs_gloo, requested_engine
+from dilated_vit_mae.train import distributed
+from dilated_vit_mae.train.distributed import EngineError, check_engine, deepspeed_needs_gloo, requested_engine
 
 
 def fake_accelerator(distributed_type: DistributedType, num_processes: int = 2):

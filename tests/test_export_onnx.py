@@ -1,4 +1,4 @@
-"""Tests of `scripts/export_onnx.py` and `dilated_vit_mae/export.py`: a tiny encoder exported to ONNX gives the same
+"""Tests of `scripts/export_onnx.py` and `dilated_vit_mae/publish/export.py`: a tiny encoder exported to ONNX gives the same
 whole-image features in onnxruntime as in PyTorch at batch 1 and 3 (dynamic batch axis), from our pre-training folder
 and from a transformers ViTMAE checkpoint; a bad export is refused and removed; bad arguments fail when parsed."""
 
@@ -89,7 +89,7 @@ def test_vit_mae_checkpoint_exports_in_image_order(script, tmp_path):
 
 
 def test_an_export_beyond_tolerance_is_refused_and_removed(our_model_dir, tmp_path, monkeypatch):
-    from dilated_vit_mae import export
+    from dilated_vit_mae.publish import export
 
     monkeypatch.setattr(export, "check_onnx_export", lambda *args, **kwargs: {1: 0.0, 3: 0.5})
     output = tmp_path / "bad.onnx"
@@ -99,7 +99,7 @@ def test_an_export_beyond_tolerance_is_refused_and_removed(our_model_dir, tmp_pa
 
 
 def test_an_export_beyond_tolerance_keeps_the_previous_file(our_model_dir, tmp_path, monkeypatch):
-    from dilated_vit_mae import export
+    from dilated_vit_mae.publish import export
 
     monkeypatch.setattr(export, "check_onnx_export", lambda *args, **kwargs: {1: 0.0, 3: 0.5})
     output = tmp_path / "encoder.onnx"
@@ -150,7 +150,7 @@ def test_a_full_disk_leaves_no_truncated_file_and_keeps_the_previous_one(our_mod
 
 
 def test_a_masking_encoder_is_not_exported(tiny_config):
-    from dilated_vit_mae.export import EncoderFeatures
+    from dilated_vit_mae.publish.export import EncoderFeatures
 
     with pytest.raises(ValueError, match="mask_ratio"):
         EncoderFeatures(DilatedViTMAEModel(tiny_config))  # mask_ratio 0.75

@@ -1,4 +1,4 @@
-"""Tests of `dilated_vit_mae/finetune.py`: MAE's layer-wise lr decay, mixup / cutmix against timm's formulas, the
+"""Tests of `dilated_vit_mae/train/finetune.py`: MAE's layer-wise lr decay, mixup / cutmix against timm's formulas, the
 losses, label resolution, warm starts from our and transformers' ViTMAE checkpoints, the card."""
 
 import logging
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForImageClassification, DilatedViTMAEForPreTraining
-from dilated_vit_mae.finetune import (
+from dilated_vit_mae.train.finetune import (
     MixupCutmix,
     apply_lr_scale,
     as_our_image_processor,
@@ -336,7 +336,7 @@ def test_the_card_puts_every_figure_beside_its_trivial_baselines():
 
 
 def test_maes_finetuning_recipe_constants():
-    from dilated_vit_mae.finetune import MAE_FINETUNE_RECIPE
+    from dilated_vit_mae.train.finetune import MAE_FINETUNE_RECIPE
 
     # main_finetune.py / FINETUNE.md of facebookresearch/mae (layer decay: the ViT-L/H value)
     assert MAE_FINETUNE_RECIPE == {
@@ -347,7 +347,7 @@ def test_maes_finetuning_recipe_constants():
 
 
 def test_the_recipe_follows_the_size_of_the_training_set():
-    from dilated_vit_mae.finetune import MAE_FINETUNE_RECIPE, SMALL_DATA_MAX_TRAIN, SMALL_DATA_RECIPE, finetune_recipe
+    from dilated_vit_mae.train.finetune import MAE_FINETUNE_RECIPE, SMALL_DATA_MAX_TRAIN, SMALL_DATA_RECIPE, finetune_recipe
 
     assert SMALL_DATA_MAX_TRAIN == 10_000
     assert finetune_recipe(10_000) == ("mae", MAE_FINETUNE_RECIPE)

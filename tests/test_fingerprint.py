@@ -1,4 +1,4 @@
-"""Tests for `dilated_vit_mae.fingerprint`: what the caches and the image-check record are keyed by, and their partials."""
+"""Tests for `dilated_vit_mae.data.fingerprint`: what the caches and the image-check record are keyed by, and their partials."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 
 import datasets
 
-from dilated_vit_mae.fingerprint import (
+from dilated_vit_mae.data.fingerprint import (
     dataset_images_fingerprint,
     image_files_fingerprint,
     partial_name,

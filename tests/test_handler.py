@@ -15,7 +15,7 @@ import torch
 
 from conftest import TINY_CONFIG, load_file, run_without_package
 from dilated_vit_mae import DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
-from dilated_vit_mae.hub import add_inference_code
+from dilated_vit_mae.publish.hub import add_inference_code
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 
 from dilated_vit_mae import DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
-from dilated_vit_mae.hub import (
+from dilated_vit_mae.publish.hub import (
     CUSTOM_PIPELINES,
     LINK_REASON,
     NOT_PUBLISHED_REASON,
@@ -79,7 +79,7 @@ def test_plan_upload_lists_every_planted_file_as_left_out(planted, run_folder):
 
 
 def test_published_names_are_exact_and_the_folder_records_name_the_rest(run_folder):
-    from dilated_vit_mae.model_card import write_card_assets
+    from dilated_vit_mae.publish.model_card import write_card_assets
 
     write_card_assets(run_folder)  # the diagram, and the examples listed in examples/examples.json
     listed = json.loads((run_folder / "examples" / "examples.json").read_text())["images"]
@@ -133,7 +133,7 @@ def test_only_published_files_are_uploaded_and_the_rest_is_reported(planted, run
     (run_folder / "assets" / "tokenizer_diagram.png").unlink()  # the one planted link that would be refused
     del planted["assets/tokenizer_diagram.png"]
     api, uploaded = uploading_api()
-    with caplog.at_level("INFO", logger="dilated_vit_mae.hub"):
+    with caplog.at_level("INFO", logger="dilated_vit_mae.publish.hub"):
         result = push_folder_to_hub(run_folder, "me/model", api=api, check=False)
     assert result.left_out == planted and str(result) == "https://huggingface.co/me/model/commit/abc"
     assert set(uploaded) == set(result.files) and set(uploaded).isdisjoint(planted)

@@ -1,4 +1,4 @@
-"""Tests for dilated_vit_mae.lifecycle: the output folder's rules, run identity, writes that survive a full disk,
+"""Tests for dilated_vit_mae.train.lifecycle: the output folder's rules, run identity, writes that survive a full disk,
 preemption through a launcher, argparse types and one-line refusals. Small fake files and short subprocesses; the
 only training-library code that runs is accelerate's `save_state` on a 256 x 256 linear layer."""
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dilated_vit_mae import lifecycle
-from dilated_vit_mae.lifecycle import (
+from dilated_vit_mae.train import lifecycle
+from dilated_vit_mae.train.lifecycle import (
     DiskWriteError,
     OutputDirError,
     RunClock,
@@ -45,21 +45,23 @@ from dilated_vit_mae.lifecycle import (
     run_cli,
     stage_and_swap,
 )
-from dilated_vit_mae.model_card import RENDERED_MARKER
+from dilated_vit_mae.publish.model_card import RENDERED_MARKER
 
 
 LIFECYCLE_PATH = Path(lifecycle.__file__)
 # children load lifecycle.py by path: it needs only the standard library, so they start in a fraction of a second
-# the package's folder as a bare package (its __init__, which imports torch and transformers, not run), so that the
-# child starts fast and lifecycle.py's relative imports resolve
+# the package's and train/'s folders as bare packages (their __init__s, which import torch and transformers, not run),
+# so that the child starts fast and lifecycle.py's relative imports resolve
 LOAD_LIFECYCLE = """
 import importlib.util, os, sys, types
-package = types.ModuleType("dilated_vit_mae")
-package.__path__ = [os.path.dirname(sys.argv[1])]
-sys.modules["dilated_vit_mae"] = package
-spec = importlib.util.spec_from_file_location("dilated_vit_mae.lifecycle", sys.argv[1])
+train_dir = os.path.dirname(sys.argv[1])
+for name, folder in (("dilated_vit_mae", os.path.dirname(train_dir)), ("dilated_vit_mae.train", train_dir)):
+    package = types.ModuleType(name)
+    package.__path__ = [folder]
+    sys.modules[name] = package
+spec = importlib.util.spec_from_file_location("dilated_vit_mae.train.lifecycle", sys.argv[1])
 lifecycle = importlib.util.module_from_spec(spec)
-sys.modules["lifecycle"] = sys.modules["dilated_vit_mae.lifecycle"] = lifecycle
+sys.modules["lifecycle"] = sys.modules["dilated_vit_mae.train.lifecycle"] = lifecycle
 spec.loader.exec_module(lifecycle)
 """
 
@@ -136,7 +138,7 @@ def test_overwrite_removes_every_earlier_output_before_the_new_run_writes(tmp_pa
     make_earlier_run(output_dir)
     write(output_dir / "slurm-1234.out", "the job's own log, written right now")
     write(output_dir / ".tmp-final-abc" / "model.safetensors")  # an interrupted final save
-    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.lifecycle"):
+    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.train.lifecycle"):
         identity = prepare_output_dir(output_dir, overwrite=True, resume=False, seed=3, run_args={"lr": 1e-3})
     assert sorted(p.name for p in output_dir.iterdir()) == ["run.json", "slurm-1234.out"]
     assert identity.run_id != "0" * 32 and RunIdentity.load(output_dir) == identity
@@ -147,7 +149,7 @@ def test_overwrite_removes_every_earlier_output_before_the_new_run_writes(tmp_pa
 def test_files_a_run_does_not_write_neither_block_nor_get_deleted(tmp_path, caplog):
     write(tmp_path / "README.md", "# my notes, not a rendered model card")
     write(tmp_path / "slurm-1.out")
-    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.lifecycle"):
+    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.train.lifecycle"):
         prepare_output_dir(tmp_path, overwrite=False, resume=False, seed=0)
         prepare_output_dir(tmp_path, overwrite=True, resume=False, seed=0)  # overwrite keeps them too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "run.json", "slurm-1.out"]
@@ -164,7 +166,7 @@ def test_resume_keeps_the_folder_and_its_identity_and_names_changed_arguments(tm
     first = prepare_output_dir(tmp_path, overwrite=False, resume=False, seed=1, run_args={"lr": 1e-3, "epochs": 10})
     write(tmp_path / "train_log.jsonl", "{}\n")
     write(tmp_path / "checkpoints" / "step_5" / "trainer_state.json", "{}")
-    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.lifecycle"):
+    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.train.lifecycle"):
         resumed = prepare_output_dir(tmp_path, overwrite=False, resume=True, seed=1, run_args={"lr": 1e-3, "epochs": 2})
     assert resumed == first
     assert (tmp_path / "train_log.jsonl").read_text() == "{}\n" and (tmp_path / "checkpoints" / "step_5").is_dir()
@@ -206,7 +208,7 @@ def test_a_checkpoint_of_this_run_or_from_before_run_ids_is_resumable(tmp_path, 
     own = write(tmp_path / "own" / "trainer_state.json", json.dumps(own_state))
     legacy = write(tmp_path / "legacy" / "trainer_state.json", json.dumps({"global_step": 2}))
     assert check_resumable(own.parent, identity)["global_step"] == 4
-    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.lifecycle"):
+    with caplog.at_level(logging.WARNING, logger="dilated_vit_mae.train.lifecycle"):
         assert check_resumable(legacy.parent, identity)["global_step"] == 2
     assert "no run id" in caplog.text
     with pytest.raises(FileNotFoundError, match="trainer_state.json"):
@@ -602,7 +604,7 @@ def test_a_parent_that_died_before_the_request_is_caught(tmp_path):
 
 def test_exit_when_parent_dies_is_a_no_op_off_linux(monkeypatch, caplog):
     monkeypatch.setattr(lifecycle.sys, "platform", "darwin")
-    with caplog.at_level(logging.DEBUG, logger="dilated_vit_mae.lifecycle"):
+    with caplog.at_level(logging.DEBUG, logger="dilated_vit_mae.train.lifecycle"):
         assert exit_when_parent_dies() is False
     assert "not armed" in caplog.text
 

@@ -1,4 +1,4 @@
-"""Tests of `dilated_vit_mae/probe.py` and `scripts/linear_probe.py`: the linear classifier on separable data, scores
+"""Tests of `dilated_vit_mae/evaluation/probe.py` and `scripts/linear_probe.py`: the linear classifier on separable data, scores
 against a hand computation, the script end to end on the shipped CelebA sample with our encoder and with a
 transformers ViTMAE checkpoint, the feature cache, and sharded extraction over two processes."""
 
@@ -24,7 +24,7 @@ from dilated_vit_mae import (
     DilatedViTMAEForPreTraining,
     DilatedViTMAEImageProcessor,
 )
-from dilated_vit_mae.probe import (
+from dilated_vit_mae.evaluation.probe import (
     FeatureCache,
     LinearProbe,
     class_ids,
@@ -290,7 +290,7 @@ def test_a_fine_tuned_classifier_gives_the_features_its_head_reads(tmp_path, tin
     if pooling == "mean":
         with pytest.raises(ValueError, match="classifier_pooling='mean'.*use pooling 'mean'"):
             encode_images(encoder, pixel_values, "cls")
-        from dilated_vit_mae.export import EncoderFeatures
+        from dilated_vit_mae.publish.export import EncoderFeatures
 
         with pytest.raises(ValueError, match="global-pool classifier"):
             EncoderFeatures(encoder)
@@ -359,7 +359,7 @@ def test_a_damaged_feature_cache_file_is_removed_with_one_warning(tmp_path, capl
     description = {"model": "m", "pooling": "cls", "split": "train"}
     path = cache.save(description, torch.arange(600.0).reshape(300, 2))
     path.write_bytes(path.read_bytes()[:-50])  # truncated (a full disk, a copy cut short)
-    with caplog.at_level("WARNING", logger="dilated_vit_mae.probe"):
+    with caplog.at_level("WARNING", logger="dilated_vit_mae.evaluation.probe"):
         assert cache.load(description) is None
     assert len(caplog.records) == 1 and str(path) in caplog.records[0].message and "damaged" in caplog.records[0].message
     assert not path.exists()
@@ -371,7 +371,7 @@ def test_features_of_changed_images_are_not_served(tmp_path, caplog):
     cache = FeatureCache(tmp_path / "cache")
     description = {"model": "m", "pooling": "cls", "split": "train"}
     cache.save(description, torch.ones(2, 2), images="before")
-    with caplog.at_level("WARNING", logger="dilated_vit_mae.probe"):
+    with caplog.at_level("WARNING", logger="dilated_vit_mae.evaluation.probe"):
         assert cache.load(description, images="after") is None
     assert len(caplog.records) == 1 and "changed since" in caplog.records[0].message
     cache.save(description, torch.zeros(2, 2), images="after")  # replaces the stale entry under the same name
@@ -397,7 +397,7 @@ def test_partial_feature_files_are_removed_after_a_failed_or_killed_write(tmp_pa
     # a writer killed mid-write (SIGKILL: no cleanup runs) leaves its partial file: the next start removes it
     child = subprocess.run(
         [sys.executable, "-c", "import os, signal, torch, safetensors.torch\n"
-         "from dilated_vit_mae.probe import FeatureCache\n"
+         "from dilated_vit_mae.evaluation.probe import FeatureCache\n"
          "def die(tensors, filename, metadata=None):\n"
          "    open(filename, 'wb').write(b'partial'); os.kill(os.getpid(), signal.SIGKILL)\n"
          "safetensors.torch.save_file = die\n"
@@ -463,7 +463,7 @@ def test_script_does_not_serve_features_of_images_replaced_in_place(our_model_di
     assert first["features_from_cache"] == {"train": False, "eval": False}
     for path in sorted((data / "img_align_celeba").glob("*.jpg")):
         replace_in_place(path, 255 - np.asarray(PIL.Image.open(path).convert("RGB")))
-    with caplog.at_level("WARNING", logger="dilated_vit_mae.probe"):
+    with caplog.at_level("WARNING", logger="dilated_vit_mae.evaluation.probe"):
         again = script.main(script.parse_args(argv))
     assert again["features_from_cache"] == {"train": False, "eval": False}
     stale = [r.message for r in caplog.records if "changed since" in r.message]
@@ -603,8 +603,8 @@ import sys
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from dilated_vit_mae.probe import encode_images, extract_features, load_frozen_encoder
-from dilated_vit_mae.training import collate_indexed
+from dilated_vit_mae.evaluation.probe import encode_images, extract_features, load_frozen_encoder
+from dilated_vit_mae.data.seeding import collate_indexed
 
 model_dir, output_file = sys.argv[1:]
 accelerator = Accelerator()
@@ -638,7 +638,7 @@ def test_extract_features_over_two_processes(our_model_dir, tmp_path):
 
 
 def test_a_folder_that_is_not_a_model_is_named(tmp_path):
-    from dilated_vit_mae.lifecycle import UserError
+    from dilated_vit_mae.train.lifecycle import UserError
 
     script = load_script()
     checkpoint = tmp_path / "run" / "checkpoints" / "step_9"
@@ -658,7 +658,7 @@ def test_a_folder_that_is_not_a_model_is_named(tmp_path):
 def test_the_probes_schedule_is_maes_length_with_adamw():
     import inspect
 
-    from dilated_vit_mae.probe import PROBE_BATCH_SIZE, PROBE_EPOCHS, PROBE_LEARNING_RATE, PROBE_WARMUP_EPOCHS, warmup_cosine
+    from dilated_vit_mae.evaluation.probe import PROBE_BATCH_SIZE, PROBE_EPOCHS, PROBE_LEARNING_RATE, PROBE_WARMUP_EPOCHS, warmup_cosine
 
     assert (PROBE_EPOCHS, PROBE_WARMUP_EPOCHS, PROBE_BATCH_SIZE, PROBE_LEARNING_RATE) == (90, 10, 256, 1e-3)
     defaults = {name: p.default for name, p in inspect.signature(train_linear_probe).parameters.items()}
@@ -690,7 +690,7 @@ def test_train_linear_probe_drops_the_last_partial_batch(monkeypatch):
 
 
 def test_raw_pixel_logistic_regression_matches_the_optimum():
-    from dilated_vit_mae.probe import logistic_regression_scores
+    from dilated_vit_mae.evaluation.probe import logistic_regression_scores
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(300) % 3
@@ -730,8 +730,8 @@ def test_raw_pixel_baseline_runs_where_it_is_cheap_and_says_why_not_elsewhere():
     import PIL.Image
     from datasets import Dataset, Features, Image
 
-    from dilated_vit_mae.probe import raw_pixel_baseline
-    from dilated_vit_mae.transforms import MAEEvalTransform
+    from dilated_vit_mae.evaluation.probe import raw_pixel_baseline
+    from dilated_vit_mae.data.transforms import MAEEvalTransform
 
     rng = np.random.default_rng(0)
     images, labels = [], []

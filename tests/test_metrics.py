@@ -1,4 +1,4 @@
-"""Tests for `dilated_vit_mae.metrics`: the three `evaluate` metric modules, loaded offline, against numpy."""
+"""Tests for `dilated_vit_mae.evaluation.metrics`: the three `evaluate` metric modules, loaded offline, against numpy."""
 
 import ast
 import doctest
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dilated_vit_mae.metrics import METRIC_NAMES, METRICS_DIR, load_metric
+from dilated_vit_mae.evaluation.metrics import METRIC_NAMES, METRICS_DIR, load_metric
 
 evaluate = pytest.importorskip("evaluate", reason="the metrics are `evaluate` modules: pip install '.[test]'")
 
@@ -64,13 +64,13 @@ def test_metric_scripts_import_only_what_evaluate_can_copy(name):
 def test_metric_scripts_ship_with_the_package():
     setuptools = pytest.importorskip("setuptools", reason="checks what setup.cfg's `packages = find:` selects")
     root = Path(__file__).resolve().parent.parent
-    assert "dilated_vit_mae.metrics" in setuptools.find_packages(str(root), include=["dilated_vit_mae*"])
+    assert "dilated_vit_mae.evaluation.metrics" in setuptools.find_packages(str(root), include=["dilated_vit_mae*"])
     assert {f"{name}.py" for name in METRIC_NAMES} <= {path.name for path in METRICS_DIR.glob("*.py")}
 
 
 @pytest.mark.parametrize("name", METRIC_NAMES)
 def test_docstring_examples_run(name):
-    module = importlib.import_module(f"dilated_vit_mae.metrics.{name}")
+    module = importlib.import_module(f"dilated_vit_mae.evaluation.metrics.{name}")
     parser = doctest.DocTestParser()
     test = parser.get_doctest(module._KWARGS_DESCRIPTION, {}, name, None, 0)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
@@ -169,7 +169,7 @@ def test_psnr_uniform_error_of_a_tenth_of_the_range_is_20_db(data_range, scale):
 
 
 def test_psnr_identical_images_are_capped():
-    psnr_module = importlib.import_module("dilated_vit_mae.metrics.psnr")
+    psnr_module = importlib.import_module("dilated_vit_mae.evaluation.metrics.psnr")
     metric = load_metric("psnr", keep_in_memory=True)
     image = [0.0, 0.25, 1.0]
     assert metric.compute(predictions=[image], references=[image]) == {"psnr": psnr_module.MAX_PSNR}

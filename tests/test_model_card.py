@@ -9,8 +9,8 @@ import pytest
 from huggingface_hub import ModelCard
 
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
-from dilated_vit_mae.hub import prepare_hub_folder
-from dilated_vit_mae.model_card import (
+from dilated_vit_mae.publish.hub import prepare_hub_folder
+from dilated_vit_mae.publish.model_card import (
     CARD_TAGS,
     TEMPLATE_PATH,
     dilated_leakage,
@@ -332,7 +332,7 @@ def test_example_strips_are_labelled_and_put_the_error_beside_a_trivial_predicto
     import numpy as np
     import PIL.Image
 
-    from dilated_vit_mae.model_card import _strip_caption, reconstruction_strip
+    from dilated_vit_mae.publish.model_card import _strip_caption, reconstruction_strip
 
     original = PIL.Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
     mask = np.zeros((32, 32), np.uint8)

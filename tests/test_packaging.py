@@ -30,12 +30,12 @@ def test_wheel_ships_the_card_template_and_the_example_images(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         # the template is a link in the source tree: the wheel must hold the file itself
-        assert archive.read("dilated_vit_mae/model_card.md") == (REPO_ROOT / "model_card.md").read_bytes()
+        assert archive.read("dilated_vit_mae/publish/model_card.md") == (REPO_ROOT / "model_card.md").read_bytes()
     examples = sorted(p.name for p in (REPO_ROOT / "dilated_vit_mae" / "assets" / "examples").iterdir())
     assert examples and all(f"dilated_vit_mae/assets/examples/{name}" in names for name in examples)
     for module in ("modeling_dilated_vit_mae", "pipeline_dilated_vit_mae", "handler", "model_card", "hub", "probe"):
         assert f"dilated_vit_mae/{module}.py" in names
-    assert any(name.startswith("dilated_vit_mae/metrics/") for name in names)
+    assert any(name.startswith("dilated_vit_mae/evaluation/metrics/") for name in names)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

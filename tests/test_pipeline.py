@@ -14,7 +14,7 @@ import torch
 
 from conftest import run_without_package
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
-from dilated_vit_mae.hub import (
+from dilated_vit_mae.publish.hub import (
     CUSTOM_PIPELINES,
     RECONSTRUCTION_TASK,
     add_inference_code,

@@ -10,8 +10,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 from conftest import load_file
-from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor, hub
-from dilated_vit_mae.hub import FolderCheckError, check_folder, files_to_upload, prepare_hub_folder, push_folder_to_hub
+from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
+from dilated_vit_mae.publish import hub
+from dilated_vit_mae.publish.hub import FolderCheckError, check_folder, files_to_upload, prepare_hub_folder, push_folder_to_hub
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

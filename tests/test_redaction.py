@@ -1,4 +1,4 @@
-"""`dilated_vit_mae/redaction.py`: secrets redacted by value, local paths reduced to names; and the scripts that write
+"""`dilated_vit_mae/train/redaction.py`: secrets redacted by value, local paths reduced to names; and the scripts that write
 publishable files refuse argparse abbreviations (`--tok` for `--token` used to slip past redaction by flag name)."""
 
 import argparse
@@ -11,7 +11,7 @@ import pytest
 
 from conftest import load_file
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
-from dilated_vit_mae.redaction import (
+from dilated_vit_mae.train.redaction import (
     REDACTED,
     local_path_name,
     publishable,

@@ -25,7 +25,7 @@ from dilated_vit_mae import (
     DilatedViTMAEForPreTraining,
     DilatedViTMAEImageProcessor,
 )
-from dilated_vit_mae.lifecycle import CHECKPOINT_CHATTER, UserError
+from dilated_vit_mae.train.lifecycle import CHECKPOINT_CHATTER, UserError
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -176,7 +176,7 @@ def test_celeba_attributes_from_our_pretraining_folder(script, pretrained_dir, t
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: image-classification" in card and f"{results['eval_mean_attribute_accuracy']:.4f}" in card
     # a run output (removed by --overwrite_output_dir), but not the pre-training template's (never re-rendered with it)
-    from dilated_vit_mae.model_card import is_generated_card, is_rendered_card
+    from dilated_vit_mae.publish.model_card import is_generated_card, is_rendered_card
 
     assert is_generated_card(output_dir / "README.md") and not is_rendered_card(output_dir / "README.md")
 
@@ -381,7 +381,7 @@ def test_published_classifier_loads_without_the_package(script, pretrained_dir, 
 def test_a_classifier_folder_is_published_as_it_is_with_its_own_card(script, pretrained_dir, tmp_path, reset_accelerate):
     from unittest import mock
 
-    from dilated_vit_mae.hub import files_to_upload, push_folder_to_hub
+    from dilated_vit_mae.publish.hub import files_to_upload, push_folder_to_hub
 
     output_dir = tmp_path / f"{tmp_path.name}-classifier"  # remote-code module names come from the folder name
     script.main(script.parse_args(argv(pretrained_dir, output_dir, "--max_train_steps", "2")))
@@ -456,7 +456,7 @@ FULL_DISK_CHILD = textwrap.dedent(
     spec = importlib.util.spec_from_file_location("run_finetune", sys.argv[1])
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    from dilated_vit_mae.lifecycle import run_cli
+    from dilated_vit_mae.train.lifecycle import run_cli
 
     where, argv = sys.argv[2], sys.argv[3:]
     real_evaluate, accuracies = script.evaluate, iter([0.3, 0.6, 0.9])

@@ -344,7 +344,7 @@ def test_streaming_from_a_local_folder_trains(tiny_model_dir, tmp_path, reset_ac
 def test_streaming_from_the_hub_trains(tiny_model_dir, tmp_path, monkeypatch, reset_accelerate):
     import datasets
 
-    from dilated_vit_mae import data as celeba_data
+    from dilated_vit_mae.data import loading as celeba_data
 
     local = celeba_data.load_celeba(REPO_ROOT / "data" / "celeba_sample")
     calls = []
@@ -612,7 +612,7 @@ def test_device_augmentation_trains_and_resumes_exactly(tiny_model_dir, tmp_path
 def test_a_truncated_checkpoint_file_is_named_on_resume_with_the_checkpoint_to_use(
     tiny_model_dir, tmp_path, reset_accelerate, name
 ):
-    from dilated_vit_mae.lifecycle import UserError
+    from dilated_vit_mae.train.lifecycle import UserError
 
     run_mae = load_script()
     output_dir = tmp_path / "out"
@@ -630,7 +630,7 @@ def test_a_truncated_checkpoint_file_is_named_on_resume_with_the_checkpoint_to_u
 
 def test_a_fine_tuned_classifier_folder_is_refused_saying_what_to_pass(tiny_model_dir, tmp_path, reset_accelerate):
     from dilated_vit_mae import DilatedViTMAEForImageClassification
-    from dilated_vit_mae.lifecycle import UserError
+    from dilated_vit_mae.train.lifecycle import UserError
 
     run_mae = load_script()
     classifier = tmp_path / "classifier"  # what run_finetune.py writes: no decoder, mask_ratio 0

@@ -9,18 +9,12 @@ import pytest
 import torch
 
 from dilated_vit_mae import DilatedViTMAEForPreTraining
-from dilated_vit_mae.lifecycle import UserError
+from dilated_vit_mae.train.lifecycle import UserError
 from dilated_vit_mae.modeling_dilated_vit_mae import patchify
-from dilated_vit_mae.training import (
-    CheckpointManager,
-    SeededAugmentation,
-    masking_noise,
-    param_groups_weight_decay,
-    reconstruction_grid,
-    reconstruction_images,
-    stable_seed,
-)
-from dilated_vit_mae.transforms import MAETrainTransform
+from dilated_vit_mae.train.checkpoints import CheckpointManager, param_groups_weight_decay
+from dilated_vit_mae.data.seeding import SeededAugmentation, masking_noise, stable_seed
+from dilated_vit_mae.evaluation.reconstruction import reconstruction_grid, reconstruction_images
+from dilated_vit_mae.data.transforms import MAETrainTransform
 
 
 def test_stable_seed_is_deterministic_and_distinguishes_parts():
@@ -161,7 +155,7 @@ def real_checkpoints(tmp_path, steps=(2, 4)):
     """Checkpoints written by accelerate (model.safetensors, optimizer.bin, scheduler.bin, random states) for a run."""
     from accelerate import Accelerator
 
-    from dilated_vit_mae.lifecycle import RunIdentity
+    from dilated_vit_mae.train.lifecycle import RunIdentity
 
     accelerator = Accelerator(cpu=True)
     model = torch.nn.Linear(64, 64)

@@ -1,4 +1,4 @@
-"""Tests for `dilated_vit_mae.transforms` (torchvision-free MAE augmentation)."""
+"""Tests for `dilated_vit_mae.data.transforms` (torchvision-free MAE augmentation)."""
 
 import io
 import math
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dilated_vit_mae.data import CELEBA_SAMPLE_DIR, load_celeba
-from dilated_vit_mae.transforms import (
+from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba
+from dilated_vit_mae.data.transforms import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
     MAEBatchTransform,
@@ -135,7 +135,7 @@ def test_eval_transform_is_bounded_on_an_extreme_aspect_ratio(tmp_path):
     script = f"""
 import resource, numpy as np, PIL.Image, torch
 from dilated_vit_mae.image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
-from dilated_vit_mae.transforms import MAEEvalTransform
+from dilated_vit_mae.data.transforms import MAEEvalTransform
 transform = MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor(do_normalize=False))
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + 1536 * 2**20, resource.RLIM_INFINITY))
@@ -151,7 +151,7 @@ for image in (path, {{"bytes": open(path, "rb").read(), "path": path}}, PIL.Imag
 
 
 def test_eval_transform_refuses_an_encoded_image_over_the_pixel_limit_naming_it(monkeypatch):
-    import dilated_vit_mae.transforms as transforms
+    import dilated_vit_mae.data.transforms as transforms
 
     monkeypatch.setattr(transforms, "MAX_IMAGE_PIXELS", 20 * 30 - 1)  # the processor's 50 MP limit, scaled down
     encoded = {"bytes": png_bytes(face_like_image(20, 30)), "path": "data/huge.png"}
@@ -385,7 +385,7 @@ def test_simplejpeg_decodes_the_pixels_pil_decodes():
     # the device path and the decoded cache decode with simplejpeg, training's float path and evaluation with PIL:
     # a JPEG must give the same pixels either way, in RGB, greyscale (PIL's ITU-R 601 luma, not the JPEG's Y plane,
     # which differed by up to 8) and CMYK (libjpeg-turbo's conversion to RGB is one level off PIL's)
-    from dilated_vit_mae import transforms
+    from dilated_vit_mae.data import transforms
 
     assert transforms.simplejpeg is not None, "the test extra installs simplejpeg: without it this test checks nothing"
     image = face_like_image()
@@ -494,7 +494,7 @@ def test_pre_training_augmentation_is_maes_crop_and_flip_only():
 
 
 def test_mae_finetuning_augmentation_constants():
-    from dilated_vit_mae.transforms import MAE_FINETUNE_RAND_AUGMENT, MAE_FINETUNE_RANDOM_ERASING, RandAugment, RandomErasing
+    from dilated_vit_mae.data.transforms import MAE_FINETUNE_RAND_AUGMENT, MAE_FINETUNE_RANDOM_ERASING, RandAugment, RandomErasing
 
     assert MAE_FINETUNE_RAND_AUGMENT == "rand-m9-mstd0.5-inc1" and MAE_FINETUNE_RANDOM_ERASING == 0.25
     augment = RandAugment()
@@ -511,7 +511,7 @@ def test_mae_finetuning_augmentation_constants():
 
 
 def test_rand_augment_config_strings():
-    from dilated_vit_mae.transforms import RAND_AUGMENT_OPS, RandAugment
+    from dilated_vit_mae.data.transforms import RAND_AUGMENT_OPS, RandAugment
 
     augment = RandAugment("rand-m7-n3-mstd101")
     assert (augment.magnitude, augment.num_layers, augment.magnitude_std) == (7, 3, math.inf)
@@ -539,7 +539,7 @@ def test_rand_augment_config_strings():
     ],
 )
 def test_rand_augment_magnitudes_map_to_timms_arguments(name, magnitude, expected):
-    from dilated_vit_mae.transforms import _RAND_AUGMENT_LEVELS
+    from dilated_vit_mae.data.transforms import _RAND_AUGMENT_LEVELS
 
     values = {_RAND_AUGMENT_LEVELS[name](magnitude, torch.Generator().manual_seed(seed), 0.45) for seed in range(20)}
     if name in ("Rotate", "ShearX", "TranslateXRel"):  # a random sign, both seen in 20 draws
@@ -551,7 +551,7 @@ def test_rand_augment_magnitudes_map_to_timms_arguments(name, magnitude, expecte
 
 
 def test_every_rand_augment_op_changes_the_image_and_keeps_its_size():
-    from dilated_vit_mae.transforms import RAND_AUGMENT_INCREASING_OPS, RAND_AUGMENT_OPS, _RAND_AUGMENT_LEVELS, _apply_op
+    from dilated_vit_mae.data.transforms import RAND_AUGMENT_INCREASING_OPS, RAND_AUGMENT_OPS, _RAND_AUGMENT_LEVELS, _apply_op
 
     rng = np.random.default_rng(0)
     image = PIL.Image.fromarray(rng.integers(40, 250, (48, 64, 3), dtype=np.uint8))  # not full range: autocontrast acts
@@ -571,7 +571,7 @@ def test_every_rand_augment_op_changes_the_image_and_keeps_its_size():
 
 
 def test_rand_augment_draws_from_the_generator_only():
-    from dilated_vit_mae.transforms import RandAugment
+    from dilated_vit_mae.data.transforms import RandAugment
 
     image = face_like_image(64, 64)
     augment = RandAugment()
@@ -587,7 +587,7 @@ def test_rand_augment_draws_from_the_generator_only():
 
 
 def test_random_erasing_replaces_one_box_by_noise_a_quarter_of_the_time():
-    from dilated_vit_mae.transforms import RandomErasing
+    from dilated_vit_mae.data.transforms import RandomErasing
 
     erasing = RandomErasing()
     erased_fraction, areas, noise = 0, [], []

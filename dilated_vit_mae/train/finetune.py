@@ -16,7 +16,7 @@ Not part of the three model files (the Hub never runs this).
 ```python
 >>> import torch
 >>> from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForImageClassification
->>> from dilated_vit_mae.finetune import param_groups_lrd
+>>> from dilated_vit_mae.train.finetune import param_groups_lrd
 >>> model = DilatedViTMAEForImageClassification(DilatedViTMAEConfig(num_hidden_layers=2, hidden_size=32,
 ...     num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=4, num_labels=3))
 >>> sorted({group["lr_scale"] for group in param_groups_lrd(model, weight_decay=0.05, layer_decay=0.5)})
@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model_card import CLASSIFIER_CARD_MARKER, LICENSE
-from .probe import OnMissingLabel, class_ids, drop_missing_labels, label_matrix, resolve_label_columns
-from .training import stable_seed
+from ..publish.model_card import CLASSIFIER_CARD_MARKER, LICENSE
+from ..evaluation.probe import OnMissingLabel, class_ids, drop_missing_labels, label_matrix, resolve_label_columns
+from ..data.seeding import stable_seed
 
 
 __all__ = [
@@ -68,7 +68,7 @@ DEFAULT_SINGLE_LABEL_COLUMNS = ("celeb_id", "label")
 # MAE fine-tuning exempts the ViT's `no_weight_decay()` set ({'pos_embed', 'cls_token', 'dist_token'}) besides 1-D
 # parameters; unlike pre-training, where the CLS token is decayed
 NO_WEIGHT_DECAY = ("cls_token", "position_embeddings")
-MIXUP_STREAM = 101  # the tag of mixup / cutmix draws (other streams: dilated_vit_mae.training.STREAMS)
+MIXUP_STREAM = 101  # the tag of mixup / cutmix draws (other streams: dilated_vit_mae.data.seeding.STREAMS)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def load_classifier(model_name_or_path: str | os.PathLike[str], config, **kwargs
     Raises `ValueError` when a weight other than the new head (and, from a ViTMAE checkpoint, the new dilated
     branches) is missing or has another shape: it would silently be left random.
     """
-    from .modeling_dilated_vit_mae import DilatedViTMAEForImageClassification
+    from ..modeling_dilated_vit_mae import DilatedViTMAEForImageClassification
 
     model, info = DilatedViTMAEForImageClassification.from_pretrained(
         model_name_or_path, config=config, output_loading_info=True, **kwargs
@@ -449,11 +449,11 @@ def as_our_image_processor(image_processor):
     """
     A [`DilatedViTMAEImageProcessor`] doing what `image_processor` does (ours, or a transformers PIL processor such as
     `facebook/vit-mae-*`'s `ViTImageProcessorPil`): resize, centre crop, rescale, normalise, as
-    [`~dilated_vit_mae.transforms.MAEEvalTransform.from_image_processor`] reads them; so that a fine-tuned folder
+    [`~dilated_vit_mae.data.transforms.MAEEvalTransform.from_image_processor`] reads them; so that a fine-tuned folder
     carries our processor (and its code) whatever it was warm-started from.
     """
-    from .image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
-    from .transforms import MAEEvalTransform
+    from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+    from ..data.transforms import MAEEvalTransform
 
     if isinstance(image_processor, DilatedViTMAEImageProcessor):
         return image_processor
@@ -481,7 +481,7 @@ def render_classifier_card(results: dict[str, Any], repo_id: str | None = None):
     A short `huggingface_hub.ModelCard` for a fine-tuned classifier folder, from its `all_results.json` (`results`):
     metadata (`pipeline_tag: image-classification`, `base_model` when `init_is_hub_id`, `model-index`
     with the selected accuracy), what was trained on what, the figures measured and how to load it. Local paths appear
-    as folder names only; `results` must already be redacted (`dilated_vit_mae.redaction.publishable`).
+    as folder names only; `results` must already be redacted (`dilated_vit_mae.train.redaction.publishable`).
     """
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 

@@ -15,7 +15,7 @@ Nothing the run did not measure is written: a missing figure leaves its line out
 files (the template holds none). The evaluation shows the model beside the trivial predictors `all_results.json` scored
 on the same masks (`eval_baseline_*`), and says which figures use a statistic of the masked target (`eval_oracle_*`).
 Nothing published holds a secret or a local path: what the card shows of the results is redacted by value and its
-paths reduced to names (`dilated_vit_mae.redaction`). Not Hub code (the Hub never runs it).
+paths reduced to names (`dilated_vit_mae.train.redaction`). Not Hub code (the Hub never runs it).
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ import PIL.ImageDraw
 import PIL.ImageFont
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .configuration_dilated_vit_mae import DilatedViTMAEConfig
-from .modeling_dilated_vit_mae import centred_padding, to_2tuple
-from .redaction import publishable, redact, secret_values
+from ..configuration_dilated_vit_mae import DilatedViTMAEConfig
+from ..modeling_dilated_vit_mae import centred_padding, to_2tuple
+from ..train.redaction import publishable, redact, secret_values
 
 
 # the template is the repository's `model_card.md`; the package holds it (a link in the source tree, a copy in wheels)
 TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card.md"
-EXAMPLE_IMAGES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
+EXAMPLE_IMAGES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 CARD_TAGS = ["mae", "vit", "self-supervised", "dilated-tokenization", "custom_code"]
 PIPELINE_TAG = "image-feature-extraction"
 LICENSE = "apache-2.0"
@@ -53,9 +53,9 @@ EXAMPLES_SEED = 0
 # command-line flags whose value must never reach a card
 SECRET_FLAGS = ("--token", "--hub_token")
 # the first line of a card rendered from the template: only such cards are re-rendered when a folder is pushed
-RENDERED_MARKER = "<!-- Rendered by dilated_vit_mae.model_card"
+RENDERED_MARKER = "<!-- Rendered by dilated_vit_mae.publish.model_card"
 # the fine-tuned classifier's card (`finetune.render_classifier_card`): a run output, but not this template's
-CLASSIFIER_CARD_MARKER = "<!-- Rendered by dilated_vit_mae.finetune"
+CLASSIFIER_CARD_MARKER = "<!-- Rendered by dilated_vit_mae.train.finetune"
 
 CELEBA_LICENSE_NOTE = (
     "the training data's own terms apply to it (CelebA: non-commercial research purposes only, see *Limitations*)."
@@ -357,9 +357,9 @@ def write_card_assets(
     Returns:
         The paths written, relative to `folder`.
     """
-    from .image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
-    from .modeling_dilated_vit_mae import DilatedViTMAEForPreTraining
-    from .pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
+    from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+    from ..modeling_dilated_vit_mae import DilatedViTMAEForPreTraining
+    from ..pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
 
     folder = Path(folder)
     config = DilatedViTMAEConfig.from_pretrained(folder)

@@ -2,7 +2,7 @@
 """Masked-patch MSE: the mean squared error of an MAE reconstruction, over the pixels of the masked patches only.
 
 An `evaluate` metric module that loads offline: `evaluate.load("path/to/masked_patch_mse.py")`, or
-`dilated_vit_mae.metrics.load_metric("masked_patch_mse")`. This file must import only `datasets`, `evaluate`
+`dilated_vit_mae.evaluation.metrics.load_metric("masked_patch_mse")`. This file must import only `datasets`, `evaluate`
 and `numpy`: `evaluate.load` copies it alone into its module cache.
 """
 
@@ -52,7 +52,7 @@ Returns:
 
 Examples:
 
-    >>> from dilated_vit_mae.metrics import load_metric
+    >>> from dilated_vit_mae.evaluation.metrics import load_metric
     >>> masked_patch_mse = load_metric("masked_patch_mse", keep_in_memory=True)
     >>> results = masked_patch_mse.compute(
     ...     predictions=[[0.5, 0.5], [0.0, 0.0, 0.0, 0.0]],

@@ -5,7 +5,7 @@ Every source comes back with the same shape: splits `train` / `validation` / `te
 attributes (bool) named as in `flwrlabs/celeba`.
 
 ```python
->>> from dilated_vit_mae.data import load_celeba
+>>> from dilated_vit_mae.data.loading import load_celeba
 >>> celeba = load_celeba("data/celeba_sample")  # the raw-layout sample shipped with the repository
 >>> {split: celeba[split].num_rows for split in celeba}
 {'train': 40, 'validation': 8, 'test': 8}
@@ -57,7 +57,7 @@ CELEBA_ATTRIBUTE_NAMES: tuple[str, ...] = (
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
 
 # The sample in raw CelebA layout that ships with a source checkout (not with an installed wheel).
-CELEBA_SAMPLE_DIR: Path = Path(__file__).resolve().parent.parent / "data" / "celeba_sample"
+CELEBA_SAMPLE_DIR: Path = Path(__file__).resolve().parents[2] / "data" / "celeba_sample"
 
 # `list_eval_partition.txt`: 0 = train, 1 = valid, 2 = test
 _PARTITION_TO_SPLIT = {0: "train", 1: "validation", 2: "test"}
@@ -162,10 +162,10 @@ def load_celeba(
             Passed to `datasets.load_dataset` (Hub sources).
         check_record_dir (`str`, `os.PathLike` or `False`, *optional*):
             Where the image check records its result, keyed by the checked files' names, sizes, modification and
-            status-change times ([`~dilated_vit_mae.fingerprint.image_files_fingerprint`]): a later load of the same
+            status-change times ([`~dilated_vit_mae.data.fingerprint.image_files_fingerprint`]): a later load of the same
             unchanged files (a resumed or repeated launch, the other processes of a multi-process launch) reuses it
             instead of opening every image again; any change to any file means a full check. Defaults to
-            `image_checks/` under [`~dilated_vit_mae.fingerprint.default_cache_dir`] (never the data folder, which may
+            `image_checks/` under [`~dilated_vit_mae.data.fingerprint.default_cache_dir`] (never the data folder, which may
             be read-only or shared); `False` keeps no record.
         progress (`bool`, *optional*, defaults to `True`):
             Show a progress bar while images are checked (pass `False` on all but one process).
@@ -177,7 +177,7 @@ def load_celeba(
     Example:
 
     ```python
-    >>> from dilated_vit_mae.data import load_celeba
+    >>> from dilated_vit_mae.data.loading import load_celeba
     >>> celeba = load_celeba("data/celeba_sample")
     >>> celeba["train"].features["Smiling"]
     Value('bool')
@@ -279,7 +279,7 @@ def find_bad_images(
     Example:
 
     ```python
-    >>> from dilated_vit_mae.data import find_bad_images
+    >>> from dilated_vit_mae.data.loading import find_bad_images
     >>> find_bad_images(["data/celeba_sample/img_align_celeba/000001.jpg"])
     []
     ```

@@ -1,11 +1,11 @@
 """
 The device half of MAE's training augmentation: crop, resize, flip and normalise a batch of uint8 images on the
-accelerator, with the boxes and flips that [`~dilated_vit_mae.transforms.MAEHostTransform`] drew on the host.
+accelerator, with the boxes and flips that [`~dilated_vit_mae.data.transforms.MAEHostTransform`] drew on the host.
 
 The host then only decodes JPEGs: 5.7x less host CPU per 224 px CelebA-size image than the float32 path in
 `benchmarks/bench_data_pipeline.py` (a simplejpeg decode and ~1x more for the draws, collation and transfer), and the
 augmentation stays bit-for-bit reproducible: the random draws are the host transform's, from each example's
-generator, in the same order as [`~dilated_vit_mae.transforms.MAETrainTransform`].
+generator, in the same order as [`~dilated_vit_mae.data.transforms.MAETrainTransform`].
 
 The resampling is PIL's, written as two matrix products per image: `out = W_y @ image @ W_x^T`, where row `j` of
 `W_x` holds the filter taps of output column `j` over the crop (PIL's `precompute_coeffs`: filter support widened by
@@ -15,8 +15,8 @@ GFLOP per batch of 256 on the tensor cores (float16, ~0.3 levels of 255 from flo
 
 ```python
 >>> import PIL.Image
->>> from dilated_vit_mae.device_augment import DeviceAugmentation
->>> from dilated_vit_mae.transforms import MAEHostCollator, MAEHostTransform
+>>> from dilated_vit_mae.data.device_augment import DeviceAugmentation
+>>> from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform
 >>> host = MAEHostTransform(224, seed=0)
 >>> batch = MAEHostCollator()([host(PIL.Image.new("RGB", (178, 218))) for _ in range(4)])
 >>> DeviceAugmentation.from_transform(host)(batch).shape  # after `batch` is moved to the device
@@ -117,10 +117,10 @@ def resample_weights(
 
 class DeviceAugmentation:
     r"""
-    Finish [`~dilated_vit_mae.transforms.MAEHostCollator`] batches on their device: crop each image to its box,
+    Finish [`~dilated_vit_mae.data.transforms.MAEHostCollator`] batches on their device: crop each image to its box,
     resize it to `image_size` with PIL's filter, flip it where drawn, rescale and normalise.
 
-    The result matches [`~dilated_vit_mae.transforms.MAETrainTransform`] on the same box and flip to within PIL's own
+    The result matches [`~dilated_vit_mae.data.transforms.MAETrainTransform`] on the same box and flip to within PIL's own
     8-bit rounding (PIL rounds and clips between its two passes; this path keeps the intermediate in floating point
     and clips it): a few levels of 255 at the most, ~0.3 on average.
 
@@ -146,7 +146,7 @@ class DeviceAugmentation:
 
     ```python
     >>> import torch
-    >>> from dilated_vit_mae.device_augment import DeviceAugmentation
+    >>> from dilated_vit_mae.data.device_augment import DeviceAugmentation
     >>> batch = {"pixel_values_uint8": torch.zeros(2, 3, 218, 178, dtype=torch.uint8),
     ...          "image_sizes": torch.tensor([[218, 178]] * 2), "crop_boxes": torch.tensor([[0.0, 0.0, 218, 178]] * 2),
     ...          "flips": torch.tensor([False, True])}

@@ -1,8 +1,8 @@
 """
 What the on-disk caches and records of this package are keyed by, and how they are written, in one place: the
-up-front image check's record ([`~dilated_vit_mae.data.load_celeba`]), the decoded-image cache
-([`~dilated_vit_mae.decoded_cache.DecodedImageCache`]) and the probe's feature cache
-([`~dilated_vit_mae.probe.FeatureCache`]).
+up-front image check's record ([`~dilated_vit_mae.data.loading.load_celeba`]), the decoded-image cache
+([`~dilated_vit_mae.data.decoded_cache.DecodedImageCache`]) and the probe's feature cache
+([`~dilated_vit_mae.evaluation.probe.FeatureCache`]).
 
 A set of images is identified by what can change without its file names changing: each file's size, modification
 time and status-change time (nanoseconds). The status-change time (`ctime`) cannot be set by user tools, so a file
@@ -16,7 +16,7 @@ when complete; [`remove_abandoned_partials`] removes those of processes on this 
 was killed), and leaves the others alone (a concurrent build, or one on another host sharing the folder).
 
 ```python
->>> from dilated_vit_mae.fingerprint import image_files_fingerprint
+>>> from dilated_vit_mae.data.fingerprint import image_files_fingerprint
 >>> a = image_files_fingerprint(["data/celeba_sample/img_align_celeba/000001.jpg"])
 >>> a == image_files_fingerprint(["data/celeba_sample/img_align_celeba/000001.jpg"]), len(a)
 (True, 24)

@@ -233,7 +233,7 @@ OVERWRITE_HINT = "--overwrite_output_dir"
 
 def _is_run_output(path: Path) -> bool:
     if path.name == MODEL_CARD:
-        from .model_card import is_generated_card
+        from ..publish.model_card import is_generated_card
 
         return is_generated_card(path)
     return any(fnmatch(path.name, pattern) for pattern in RUN_OUTPUTS)

@@ -2,7 +2,7 @@
 """Mean attribute accuracy: the CelebA convention for multi-label binary attribute prediction.
 
 An `evaluate` metric module that loads offline: `evaluate.load("path/to/mean_attribute_accuracy.py")`, or
-`dilated_vit_mae.metrics.load_metric("mean_attribute_accuracy")`. This file must import only `datasets`,
+`dilated_vit_mae.evaluation.metrics.load_metric("mean_attribute_accuracy")`. This file must import only `datasets`,
 `evaluate` and `numpy`: `evaluate.load` copies it alone into its module cache.
 """
 
@@ -48,7 +48,7 @@ Args:
     references (`list` of int sequences, or an int/bool array of shape `(num_examples, num_attributes)`):
         True labels, 0 or 1, in the same attribute order. CelebA's raw -1/1 labels must be mapped to 0/1 first.
     attribute_names (`list[str]`, *optional*):
-        One unique name per attribute (e.g. `dilated_vit_mae.data.CELEBA_ATTRIBUTE_NAMES`), used as the keys
+        One unique name per attribute (e.g. `dilated_vit_mae.data.loading.CELEBA_ATTRIBUTE_NAMES`), used as the keys
         of `per_attribute_accuracy`. Defaults to the attribute indices 0, 1, ...
     majority_reference (`list[float]`, *optional*):
         The fraction of positive labels of each attribute on the training split, each in [0, 1]. When given,
@@ -62,7 +62,7 @@ Returns:
 
 Examples:
 
-    >>> from dilated_vit_mae.metrics import load_metric
+    >>> from dilated_vit_mae.evaluation.metrics import load_metric
     >>> attribute_accuracy = load_metric("mean_attribute_accuracy", keep_in_memory=True)
     >>> results = attribute_accuracy.compute(
     ...     predictions=[[1, 0], [1, 1], [0, 0], [1, 0]],

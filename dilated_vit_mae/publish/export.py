@@ -10,7 +10,7 @@ Needs the `onnx` extra (`pip install "dilated-vit-mae[onnx]"`: onnx, onnxruntime
 `torch.onnx.export(dynamo=True)` uses). Not part of the three model files (the Hub never runs this).
 
 ```python
->>> from dilated_vit_mae.export import export_encoder_onnx
+>>> from dilated_vit_mae.publish.export import export_encoder_onnx
 >>> report = export_encoder_onnx("outputs/dilated-vit-mae-sample", "encoder.onnx")  # doctest: +SKIP
 >>> report["max_abs_difference"]  # doctest: +SKIP
 {'1': 9.5e-07, '3': 1.1e-06}
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .lifecycle import stage_and_swap, tensor_bytes
+from ..train.lifecycle import stage_and_swap, tensor_bytes
 
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class EncoderFeatures(nn.Module):
         if encoder.config.mask_ratio != 0:
             raise ValueError(
                 f"The encoder masks {encoder.config.mask_ratio!r} of the patches; set `config.mask_ratio = 0.0` (as "
-                "dilated_vit_mae.probe.load_frozen_encoder does) to export whole-image features."
+                "dilated_vit_mae.evaluation.probe.load_frozen_encoder does) to export whole-image features."
             )
         if getattr(encoder, "pooled_norm", None) is not None:
             raise ValueError(
@@ -99,7 +99,7 @@ def export_encoder_onnx(
         A report: `output`, `opset`, `input` / `output` names and shapes (`"batch"` for the dynamic axis), the model's
         image size and channels, `max_abs_difference` per checked batch size, and `atol`.
     """
-    from .probe import load_frozen_encoder
+    from ..evaluation.probe import load_frozen_encoder
 
     encoder, image_processor = load_frozen_encoder(
         model_name_or_path, revision=revision, token=token, trust_remote_code=trust_remote_code

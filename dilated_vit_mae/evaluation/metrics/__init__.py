@@ -5,7 +5,7 @@ Each metric is a self-contained `evaluate` metric script in this folder (`masked
 would download from the Hub). They ship inside the installed package.
 
 ```python
->>> from dilated_vit_mae.metrics import load_metric
+>>> from dilated_vit_mae.evaluation.metrics import load_metric
 >>> psnr = load_metric("psnr", keep_in_memory=True)
 >>> round(psnr.compute(predictions=[[0.1, 0.9]], references=[[0.0, 1.0]])["psnr"], 4)  # error 0.1 everywhere
 20.0
@@ -59,7 +59,7 @@ def load_metric(name: MetricName, **kwargs: Any) -> "evaluate.EvaluationModule":
     Example:
 
     ```python
-    >>> from dilated_vit_mae.metrics import load_metric
+    >>> from dilated_vit_mae.evaluation.metrics import load_metric
     >>> masked_patch_mse = load_metric("masked_patch_mse", keep_in_memory=True)
     >>> result = masked_patch_mse.compute(predictions=[[0.5, 0.0]], references=[[0.5, 0.2]])
     >>> round(result["masked_patch_mse"], 6)  # (0 + 0.2 ** 2) / 2
@@ -69,7 +69,7 @@ def load_metric(name: MetricName, **kwargs: Any) -> "evaluate.EvaluationModule":
     """
     if name not in METRIC_NAMES:
         raise ValueError(f"Unknown metric {name!r}: choose one of {', '.join(repr(n) for n in METRIC_NAMES)}.")
-    # imported here so that `import dilated_vit_mae.metrics` works without `evaluate` installed
+    # imported here so that `import dilated_vit_mae.evaluation.metrics` works without `evaluate` installed
     import evaluate
 
     return evaluate.load(str(METRICS_DIR / f"{name}.py"), **kwargs)

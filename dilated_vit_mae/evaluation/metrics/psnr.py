@@ -2,7 +2,7 @@
 """PSNR: peak signal-to-noise ratio of reconstructed images, averaged over images.
 
 An `evaluate` metric module that loads offline: `evaluate.load("path/to/psnr.py")`, or
-`dilated_vit_mae.metrics.load_metric("psnr")`. This file must import only `datasets`, `evaluate` and `numpy`:
+`dilated_vit_mae.evaluation.metrics.load_metric("psnr")`. This file must import only `datasets`, `evaluate` and `numpy`:
 `evaluate.load` copies it alone into its module cache.
 """
 
@@ -58,7 +58,7 @@ Returns:
 
 Examples:
 
-    >>> from dilated_vit_mae.metrics import load_metric
+    >>> from dilated_vit_mae.evaluation.metrics import load_metric
     >>> psnr = load_metric("psnr", keep_in_memory=True)
     >>> results = psnr.compute(predictions=[[0.1, 0.1, 0.5, 0.9]], references=[[0.0, 0.2, 0.4, 1.0]])
     >>> round(results["psnr"], 4)  # an error of 0.1 everywhere: 10 * log10(1 / 0.01)

@@ -7,7 +7,7 @@ complete Hub repository, all written by `prepare_hub_folder`:
 - `pipeline_dilated_vit_mae.py`, named in `config.json` under `custom_pipelines`, so that
   `pipeline("mae-reconstruction", model=..., trust_remote_code=True)` works without the package;
 - `handler.py`, an Inference Endpoints custom handler that serves the folder;
-- `README.md`, the model card (`dilated_vit_mae.model_card`), with `assets/tokenizer_diagram.png` and the widget's
+- `README.md`, the model card (`dilated_vit_mae.publish.model_card`), with `assets/tokenizer_diagram.png` and the widget's
   example images and their static reconstructions in `examples/`.
 
 `push_folder_to_hub` uploads only the documented files of such a folder, each by its exact name (`published_names`:
@@ -15,7 +15,7 @@ complete Hub repository, all written by `prepare_hub_folder`:
 and says what it left out (`plan_upload`). It refuses a folder that does not load: it checks the exact files it would
 upload in a clean Python process where this package cannot be imported (remote code only), then creates the
 repository and uploads them. The results files and the card are redacted by value in the uploaded copy
-(`dilated_vit_mae.redaction`): no token, and no local path in the results.
+(`dilated_vit_mae.train.redaction`): no token, and no local path in the results.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 RECONSTRUCTION_TASK = "mae-reconstruction"
 PIPELINE_FILE = "pipeline_dilated_vit_mae.py"
@@ -174,7 +174,7 @@ def register_reconstruction_pipeline() -> None:
     from transformers import AutoModelForPreTraining
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    from .pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
+    from ..pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
 
     if RECONSTRUCTION_TASK not in PIPELINE_REGISTRY.supported_tasks:
         PIPELINE_REGISTRY.register_pipeline(
@@ -449,7 +449,7 @@ def _refuse_linked_published_files(folder: Path, plan: UploadPlan) -> None:
 
 def _redact_staged(destination: Path, secrets: Iterable[str]) -> None:
     """In the uploaded copy: results files without secrets or local paths, a card without secrets."""
-    from .redaction import publishable, redact
+    from ..train.redaction import publishable, redact
 
     for name in RESULTS_FILES:
         path = destination / name
@@ -489,7 +489,7 @@ def stage_folder(
         `FolderCheckError` for a linked published file, a results file that is not JSON, or a folder that cannot be
         completed.
     """
-    from .redaction import secret_values
+    from ..train.redaction import secret_values
 
     folder, destination = Path(folder), Path(destination)
     secrets = set(secret_values() if secrets is None else secrets)
@@ -523,7 +523,7 @@ def stage_folder(
 
 def _render_classifier_card_for(destination: Path, repo_id: str) -> None:
     """A classifier's generated card again, with its snippets naming `repo_id` (a hand-written card is kept)."""
-    from .finetune import render_classifier_card
+    from ..train.finetune import render_classifier_card
     from .model_card import is_generated_card
 
     results_path = destination / "all_results.json"
@@ -587,7 +587,7 @@ def push_folder_to_hub(
     Raises:
         `FolderCheckError` when the folder would not work once published (nothing is uploaded).
     """
-    from .redaction import secret_values
+    from ..train.redaction import secret_values
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():

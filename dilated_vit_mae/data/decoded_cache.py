@@ -1,23 +1,23 @@
 """
 A pre-decoded uint8 copy of a fixed-size image dataset, built once and memory-mapped: training then skips JPEG
-decoding, the largest host cost left on the device path ([`~dilated_vit_mae.device_augment.DeviceAugmentation`]).
+decoding, the largest host cost left on the device path ([`~dilated_vit_mae.data.device_augment.DeviceAugmentation`]).
 
 CelebA's aligned crops are all 178x218: its 162,770 training images take 18.9 GB decoded (all 202,599: 23.6 GB),
 against 1.4 GB of JPEGs. The cache is one `.npy` file of shape `(num_images, height, width, channels)` in the
 dataset's row order, and a `meta.json` naming the dataset fingerprint it was built from and the fingerprint of the image
-files themselves (names, sizes, modification and status-change times: `dilated_vit_mae.fingerprint`). A build states
+files themselves (names, sizes, modification and status-change times: `dilated_vit_mae.data.fingerprint`). A build states
 its size and the free disk before it starts, refuses when the disk cannot hold it, and refuses datasets whose images
 differ in size (it reads every header first, so a mixed-size dataset fails before anything is written). A cache whose
 images have changed since, or whose files are damaged, is removed and built again with one warning naming it; a
 failed build removes its partial copy, and a killed one's is removed by the next build.
 
-Rows are stored at full size, so [`~dilated_vit_mae.transforms.MAEHostTransform`]'s reduced-scale JPEG decoding
+Rows are stored at full size, so [`~dilated_vit_mae.data.transforms.MAEHostTransform`]'s reduced-scale JPEG decoding
 (`draft`) never applies to them: where it would (crops at least twice the output size, e.g. 64 px from CelebA) the
 cached and the file-decoded augmentations differ slightly; at 224 px they are identical.
 
 ```python
->>> from dilated_vit_mae.data import load_celeba
->>> from dilated_vit_mae.decoded_cache import DecodedImageCache
+>>> from dilated_vit_mae.data.loading import load_celeba
+>>> from dilated_vit_mae.data.decoded_cache import DecodedImageCache
 >>> train = load_celeba("data/celeba_sample")["train"]
 >>> cache = DecodedImageCache.build(train, "/tmp/decoded")  # doctest: +SKIP
 >>> cache.shape, cache[0].dtype  # doctest: +SKIP

@@ -11,8 +11,8 @@ plain picklable classes, usable in `DataLoader` workers and through [`MAEBatchTr
 
 ```python
 >>> from torch.utils.data import DataLoader
->>> from dilated_vit_mae.data import load_celeba
->>> from dilated_vit_mae.transforms import MAEBatchTransform, MAECollator, MAETrainTransform
+>>> from dilated_vit_mae.data.loading import load_celeba
+>>> from dilated_vit_mae.data.transforms import MAEBatchTransform, MAECollator, MAETrainTransform
 >>> train = load_celeba("data/celeba_sample")["train"]
 >>> train.set_transform(MAEBatchTransform(MAETrainTransform(224), label_columns=["Smiling"]))
 >>> loader = DataLoader(train, batch_size=8, shuffle=True, collate_fn=MAECollator(label_columns=["Smiling"]))
@@ -34,7 +34,7 @@ import PIL.Image
 import torch
 from torch.utils.data import get_worker_info
 
-from .image_processing_dilated_vit_mae import (
+from ..image_processing_dilated_vit_mae import (
     MAX_IMAGE_PIXELS,
     DilatedViTMAEImageProcessor,
     _check_pixel_count,
@@ -103,7 +103,7 @@ def random_resized_crop_params(
 
     ```python
     >>> import torch
-    >>> from dilated_vit_mae.transforms import random_resized_crop_params
+    >>> from dilated_vit_mae.data.transforms import random_resized_crop_params
     >>> generator = torch.Generator().manual_seed(0)
     >>> top, left, crop_height, crop_width = random_resized_crop_params(218, 178, generator=generator)
     ```
@@ -183,7 +183,7 @@ class MAETrainTransform:
 
     ```python
     >>> import PIL.Image
-    >>> from dilated_vit_mae.transforms import MAETrainTransform
+    >>> from dilated_vit_mae.data.transforms import MAETrainTransform
     >>> transform = MAETrainTransform(224, seed=0)
     >>> transform(PIL.Image.new("RGB", (178, 218))).shape
     torch.Size([3, 224, 224])
@@ -260,7 +260,7 @@ class MAETrainTransform:
         draft: bool = False,
     ) -> dict[str, Any]:
         """
-        The host half of the augmentation, for [`~dilated_vit_mae.device_augment.DeviceAugmentation`]: decode the
+        The host half of the augmentation, for [`~dilated_vit_mae.data.device_augment.DeviceAugmentation`]: decode the
         image to uint8 and draw its crop box and flip, with the same draws as `__call__` (so a generator in the same
         state gives the same box and flip), leaving crop, resize, flip and normalisation to the device.
 
@@ -292,7 +292,7 @@ class MAETrainTransform:
 
         ```python
         >>> import PIL.Image, torch
-        >>> from dilated_vit_mae.transforms import MAETrainTransform
+        >>> from dilated_vit_mae.data.transforms import MAETrainTransform
         >>> params = MAETrainTransform(224).host_params(PIL.Image.new("RGB", (178, 218)), torch.Generator().manual_seed(0))
         >>> params["image_uint8"].shape, len(params["crop_box"]), type(params["flip"])
         (torch.Size([3, 218, 178]), 4, <class 'bool'>)
@@ -474,7 +474,7 @@ class RandAugment:
 
     ```python
     >>> import PIL.Image, torch
-    >>> from dilated_vit_mae.transforms import RandAugment
+    >>> from dilated_vit_mae.data.transforms import RandAugment
     >>> augment = RandAugment("rand-m9-mstd0.5-inc1")
     >>> augment.magnitude, augment.num_layers, augment.magnitude_std, len(augment.ops)
     (9, 2, 0.5, 15)
@@ -564,7 +564,7 @@ class RandomErasing:
 
     ```python
     >>> import torch
-    >>> from dilated_vit_mae.transforms import RandomErasing
+    >>> from dilated_vit_mae.data.transforms import RandomErasing
     >>> erased = RandomErasing(probability=1.0)(torch.zeros(3, 32, 32), torch.Generator().manual_seed(0))
     >>> bool((erased != 0).any())
     True
@@ -626,7 +626,7 @@ class MAEHostTransform(MAETrainTransform):
     The host half of [`MAETrainTransform`] for training on an accelerator: `__call__(image, generator)` returns
     [`~MAETrainTransform.host_params`] (uint8 image, crop box, flip) instead of a float tensor. Batch its outputs with
     [`MAEHostCollator`] and finish them on the device with
-    [`~dilated_vit_mae.device_augment.DeviceAugmentation.from_transform`]. The host then only decodes: about a
+    [`~dilated_vit_mae.data.device_augment.DeviceAugmentation.from_transform`]. The host then only decodes: about a
     fifth of the CPU time per image of the float32 path (`benchmarks/bench_data_pipeline.py`).
 
     Args:
@@ -643,7 +643,7 @@ class MAEHostTransform(MAETrainTransform):
 
     ```python
     >>> import PIL.Image
-    >>> from dilated_vit_mae.transforms import MAEHostCollator, MAEHostTransform
+    >>> from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform
     >>> transform = MAEHostTransform(224, seed=0)
     >>> batch = MAEHostCollator()([transform(PIL.Image.new("RGB", (178, 218))) for _ in range(2)])
     >>> batch["pixel_values_uint8"].shape, batch["crop_boxes"].shape
@@ -720,7 +720,7 @@ class MAEEvalTransform:
 
     ```python
     >>> import PIL.Image
-    >>> from dilated_vit_mae.transforms import MAEEvalTransform
+    >>> from dilated_vit_mae.data.transforms import MAEEvalTransform
     >>> MAEEvalTransform(224, crop_pct=0.875)(PIL.Image.new("RGB", (178, 218))).shape
     torch.Size([3, 224, 224])
     ```
@@ -782,7 +782,7 @@ class MAEEvalTransform:
 
         ```python
         >>> from dilated_vit_mae import DilatedViTMAEImageProcessor
-        >>> from dilated_vit_mae.transforms import MAEEvalTransform
+        >>> from dilated_vit_mae.data.transforms import MAEEvalTransform
         >>> MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor(crop_pct=0.875))
         MAEEvalTransform(size=(224, 224), resize_size=224, crop_pct=0.875, num_channels=3)
         ```
@@ -868,8 +868,8 @@ class MAEBatchTransform:
     Example:
 
     ```python
-    >>> from dilated_vit_mae.data import load_celeba
-    >>> from dilated_vit_mae.transforms import MAEBatchTransform, MAEEvalTransform
+    >>> from dilated_vit_mae.data.loading import load_celeba
+    >>> from dilated_vit_mae.data.transforms import MAEBatchTransform, MAEEvalTransform
     >>> test = load_celeba("data/celeba_sample")["test"]
     >>> test.set_transform(MAEBatchTransform(MAEEvalTransform(224), label_columns=["Male"]))
     >>> sorted(test[0])
@@ -916,7 +916,7 @@ class MAECollator:
 
     ```python
     >>> import torch
-    >>> from dilated_vit_mae.transforms import MAECollator
+    >>> from dilated_vit_mae.data.transforms import MAECollator
     >>> batch = MAECollator(label_columns=["Smiling"])([{"pixel_values": torch.zeros(3, 8, 8), "Smiling": True}])
     >>> batch["labels"]
     tensor([[1.]])
@@ -965,7 +965,7 @@ class MAEHostCollator:
 
     ```python
     >>> import torch
-    >>> from dilated_vit_mae.transforms import MAEHostCollator
+    >>> from dilated_vit_mae.data.transforms import MAEHostCollator
     >>> example = {"image_uint8": torch.zeros(3, 4, 5, dtype=torch.uint8), "crop_box": (0, 0, 4, 5), "flip": True}
     >>> MAEHostCollator()([example])["flips"]
     tensor([True])

@@ -12,7 +12,7 @@ test time (a linear classifier is sensitive to feature scale, and MAE features a
 
 ```python
 >>> import torch
->>> from dilated_vit_mae.probe import predict_linear_probe, train_linear_probe
+>>> from dilated_vit_mae.evaluation.probe import predict_linear_probe, train_linear_probe
 >>> generator = torch.Generator().manual_seed(0)
 >>> labels = torch.arange(200) % 2
 >>> features = torch.randn(200, 8, generator=generator) + 4.0 * labels[:, None]  # two separable blobs
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fingerprint import partial_name, remove_abandoned_partials
+from ..data.fingerprint import partial_name, remove_abandoned_partials
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def load_frozen_encoder(
     import dilated_vit_mae  # noqa: F401  (registers our Auto classes)
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
-    from .image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+    from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
 
     hub_kwargs = dict(revision=revision, token=token, cache_dir=cache_dir, trust_remote_code=trust_remote_code)
     config = AutoConfig.from_pretrained(model_name_or_path, **hub_kwargs)
@@ -307,7 +307,7 @@ class FeatureCache:
     """
     Features on disk, one safetensors file per description (a JSON-able dict: model fingerprint, pooling, data source,
     split, transform, ...), named by its hash; the description and the fingerprint of the images the features were
-    computed from ([`~dilated_vit_mae.fingerprint.dataset_images_fingerprint`]: names, sizes, modification and
+    computed from ([`~dilated_vit_mae.data.fingerprint.dataset_images_fingerprint`]: names, sizes, modification and
     status-change times) are stored in the file's metadata and checked on load. Features of images that have changed
     since, and a damaged file, are not served: one warning names the file, which is removed (damaged) or replaced by
     the next `save` (stale). Files are written under a partial name and renamed; a failed write removes its partial
@@ -315,7 +315,7 @@ class FeatureCache:
 
     ```python
     >>> import tempfile, torch
-    >>> from dilated_vit_mae.probe import FeatureCache
+    >>> from dilated_vit_mae.evaluation.probe import FeatureCache
     >>> cache = FeatureCache(tempfile.mkdtemp())
     >>> description = {"model": "m", "pooling": "cls", "split": "test"}
     >>> cache.load(description, images="f1") is None
@@ -831,7 +831,7 @@ def resolve_label_columns(
     else the first `fallback` column present (e.g. `celeb_id`, `label`). A missing column raises `ValueError` naming
     the columns there are.
     """
-    from .data import CELEBA_ATTRIBUTE_NAMES
+    from ..data.loading import CELEBA_ATTRIBUTE_NAMES
 
     column_names = list(column_names)
     if label_column is not None:

@@ -1,0 +1,208 @@
+"""
+Reconstruction: masked-patch scores of the model beside its trivial predictors, and the
+images and grids that show them.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
+import torch
+
+from ..modeling_dilated_vit_mae import DilatedViTMAEForPreTraining, patchify, unpatchify
+
+
+
+def to_unit_range(normalised: torch.Tensor, image_mean: Sequence[float], image_std: Sequence[float]) -> torch.Tensor:
+    """`(B, C, H, W)` images normalised by the image processor -> [0, 1]."""
+    mean = torch.tensor(image_mean, device=normalised.device).reshape(1, -1, 1, 1)
+    std = torch.tensor(image_std, device=normalised.device).reshape(1, -1, 1, 1)
+    return (normalised * std + mean).clamp(0.0, 1.0)
+
+
+def reconstruction_images(
+    model: DilatedViTMAEForPreTraining,
+    pixel_values: torch.Tensor,
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+) -> dict[str, torch.Tensor]:
+    """
+    Images in [0, 1] for showing and scoring a reconstruction: `original`, `masked` (masked patches blanked),
+    `reconstruction` (every patch predicted) and `recomposited` (visible patches from the original, masked ones
+    predicted), each `(B, C, H, W)`, and `pixel_mask` (1 on masked pixels).
+
+    With `norm_pix_loss`, predictions are mapped back with the target patches' statistics
+    ([`DilatedViTMAEForPreTraining.logits_to_pixel_values`]).
+    """
+    original = to_unit_range(pixel_values.float(), image_mean, image_std)
+    prediction = model.logits_to_pixel_values(logits.float(), pixel_values.float())
+    reconstruction = to_unit_range(prediction, image_mean, image_std)
+    pixel_mask = model.mask_to_pixels(mask.float(), tuple(pixel_values.shape[2:])).expand_as(original)
+    return {
+        "original": original,
+        "masked": original * (1 - pixel_mask),
+        "reconstruction": reconstruction,
+        "recomposited": original * (1 - pixel_mask) + reconstruction * pixel_mask,
+        "pixel_mask": pixel_mask,
+    }
+
+
+PREDICTORS = ("model", "baseline_zeros", "baseline_visible_mean")
+
+
+def _normalise_patches(patches: torch.Tensor) -> torch.Tensor:
+    """norm_pix_loss's target: each patch minus its mean, over its standard deviation (MAE's eps 1e-6)."""
+    mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
+    return (patches - mean) / (var + 1.0e-6) ** 0.5
+
+
+def _visible_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`(B, L, ...)` values averaged over each image's visible patches (`mask` 0) -> `(B, 1, ...)`."""
+    weights = (1 - mask).reshape(*mask.shape, *([1] * (values.ndim - 2)))
+    return (values * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+def _patch_predictions(
+    model: DilatedViTMAEForPreTraining, patches: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """
+    Each predictor's masked patches in the loss's target space, and in the input's normalised pixel space computed
+    without any statistic of a masked patch (with `norm_pix_loss` a normalised prediction is mapped back with the
+    mean and variance of the image's *visible* patches).
+    """
+    visible_mean_patch = _visible_mean(patches, mask).expand_as(patches)
+    targets = {"model": logits, "baseline_zeros": torch.zeros_like(patches), "baseline_visible_mean": visible_mean_patch}
+    if not model.config.norm_pix_loss:
+        return targets, dict(targets)
+    targets["baseline_visible_mean"] = _normalise_patches(visible_mean_patch)
+    mean = _visible_mean(patches.mean(dim=-1, keepdim=True), mask)
+    std = (_visible_mean(patches.var(dim=-1, keepdim=True), mask) + 1.0e-6) ** 0.5
+    pixels = {name: value * std + mean for name, value in targets.items() if name != "baseline_visible_mean"}
+    return targets, {**pixels, "baseline_visible_mean": visible_mean_patch}
+
+
+def _psnr(recomposited: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [0, 1] (data range 1); a perfect image is capped at 100 dB."""
+    mse = ((recomposited - original) ** 2).flatten(1).mean(dim=1)
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
+
+
+def reconstruction_scores(
+    model: DilatedViTMAEForPreTraining,
+    pixel_values: torch.Tensor,
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+) -> dict[str, torch.Tensor]:
+    """
+    Per-image `(B,)` scores of the model and of two trivial predictors on the same masks, so that every figure has
+    a floor beside it: `baseline_zeros` (predict 0 in the loss's target space: the dataset mean colour for a pixel
+    loss, each patch's own mean with `norm_pix_loss`) and `baseline_visible_mean` (each masked patch is the mean of
+    the image's visible patches).
+
+    Keys are `{predictor}_{metric}` for the predictors in `PREDICTORS` and the metrics `loss` (the training loss:
+    MSE on masked patches in the target space), `masked_patch_mse` (MSE on masked pixels in [0, 1]) and `psnr` (of
+    the re-composited image in [0, 1]). The last two use no statistic of a masked patch. With `norm_pix_loss`,
+    `oracle_masked_patch_mse` / `oracle_psnr` (and the zeros baseline's) map normalised predictions back with each
+    masked patch's *true* mean and variance, as MAE's visualisation does: an oracle, only comparable to its baseline.
+    """
+    patch_size = model.vit.embeddings.patch_embeddings.patch_size
+    grid = model.vit.embeddings.patch_embeddings.grid_for(*pixel_values.shape[2:])
+    channels = pixel_values.shape[1]
+    pixel_values, logits, mask = pixel_values.float(), logits.float(), mask.float()
+    patches = patchify(pixel_values, patch_size)  # (B, L, p*p*C)
+    target = _normalise_patches(patches) if model.config.norm_pix_loss else patches
+    in_target_space, in_pixel_space = _patch_predictions(model, patches, logits, mask)
+    def unit_image(patch_values: torch.Tensor) -> torch.Tensor:
+        return to_unit_range(unpatchify(patch_values, patch_size, grid, channels), image_mean, image_std)
+
+    original = unit_image(patches)
+    pixel_mask = model.mask_to_pixels(mask, tuple(pixel_values.shape[2:])).expand_as(original)
+    masked_pixels = pixel_mask.flatten(1).sum(dim=1).clamp(min=1)
+    masked_patches = mask.sum(dim=1).clamp(min=1)
+
+    def pixel_scores(patch_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        recomposited = original * (1 - pixel_mask) + unit_image(patch_values) * pixel_mask
+        return ((recomposited - original) ** 2).flatten(1).sum(dim=1) / masked_pixels, _psnr(recomposited, original)
+
+    scores = {}
+    for name in PREDICTORS:
+        error = ((in_target_space[name] - target) ** 2).mean(dim=-1)  # (B, L)
+        scores[f"{name}_loss"] = (error * mask).sum(dim=1) / masked_patches
+        scores[f"{name}_masked_patch_mse"], scores[f"{name}_psnr"] = pixel_scores(in_pixel_space[name])
+    if model.config.norm_pix_loss:
+        own_mean, own_std = patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+        for name in ("model", "baseline_zeros"):
+            mse, psnr = pixel_scores(in_target_space[name] * own_std + own_mean)
+            scores[f"{name}_oracle_masked_patch_mse"], scores[f"{name}_oracle_psnr"] = mse, psnr
+    return scores
+
+
+def visible_mean_images(
+    model: DilatedViTMAEForPreTraining,
+    pixel_values: torch.Tensor,
+    mask: torch.Tensor,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+) -> torch.Tensor:
+    """The `baseline_visible_mean` predictor as `(B, C, H, W)` images in [0, 1]: masked patches filled with the mean
+    of the image's visible patches, visible ones as they are."""
+    patch_embeddings = model.vit.embeddings.patch_embeddings
+    patches = patchify(pixel_values.float(), patch_embeddings.patch_size)
+    filled = torch.where(mask.bool().unsqueeze(-1), _visible_mean(patches, mask.float()).expand_as(patches), patches)
+    images = unpatchify(filled, patch_embeddings.patch_size, patch_embeddings.grid_for(*pixel_values.shape[2:]), pixel_values.shape[1])
+    return to_unit_range(images, image_mean, image_std)
+
+
+def summary_keys(scores: dict[str, float]) -> dict[str, float]:
+    """`model_loss` -> `loss`, `model_oracle_psnr` -> `oracle_psnr`, baselines unchanged (all_results.json keys)."""
+    return {name.removeprefix("model_"): value for name, value in scores.items()}
+
+
+GRID_COLUMNS = {
+    "original": "original",
+    "masked": "masked (input)",
+    "reconstruction": "reconstruction",
+    "recomposited": "re-composited",
+    "baseline": "visible-patch mean",
+}
+
+
+def reconstruction_grid(
+    images: dict[str, torch.Tensor], max_images: int = 8, min_cell_size: int = 128, caption: str | None = None
+) -> PIL.Image.Image:
+    """
+    One row per image, a labelled column per entry of `GRID_COLUMNS` present in `images` (original | masked |
+    reconstruction | re-composited, and the trivial predictor `baseline` when given), tiles upscaled (nearest) to at
+    least `min_cell_size` pixels, and `caption` (e.g. the metrics beside the trivial predictor's) under the grid.
+    """
+    columns = [name for name in GRID_COLUMNS if name in images]
+    count = min(max_images, images["original"].shape[0])
+    height, width = images["original"].shape[2:]
+    factor = max(1, -(-min_cell_size // min(height, width)))  # ceil division
+    cell_height, cell_width = height * factor, width * factor
+    font = PIL.ImageFont.load_default(size=14)
+    if caption:  # wrapped to the grid's width (about 7 px a character at this size)
+        width_chars = max(20, cell_width * len(columns) // 7)
+        caption = "\n".join(textwrap.fill(line, width_chars) for line in caption.splitlines())
+    header, footer = 24, (22 * (caption.count("\n") + 1) + 6 if caption else 0)
+    grid = PIL.Image.new("RGB", (cell_width * len(columns), header + cell_height * count + footer), "white")
+    draw = PIL.ImageDraw.Draw(grid)
+    for column, name in enumerate(columns):
+        draw.text((column * cell_width + 4, 4), GRID_COLUMNS[name], fill=(0, 0, 0), font=font)
+        for row in range(count):
+            array = (images[name][row].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            tile = PIL.Image.fromarray(array[..., 0] if array.shape[-1] == 1 else np.ascontiguousarray(array[..., :3]))
+            tile = tile.convert("RGB").resize((cell_width, cell_height), PIL.Image.NEAREST)
+            grid.paste(tile, (column * cell_width, header + row * cell_height))
+    if caption:
+        draw.multiline_text((4, header + cell_height * count + 4), caption, fill=(0, 0, 0), font=font, spacing=8)
+    return grid

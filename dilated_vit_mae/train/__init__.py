@@ -1,0 +1,13 @@
+"""
+Training: the machinery shared by pre-training (`scripts/run_mae.py`) and fine-tuning (`scripts/run_finetune.py`),
+in the spirit of MAE's `engine_*.py` / `util/misc.py`.
+
+- `lifecycle`: the output folder's rules, run identity, resume checks, staged saves, CLI errors (exit 2);
+- `checkpoints`: step checkpoints (save, prune, load) and the optimizer's weight-decay groups;
+- `distributed`: the accelerator for every engine (DDP, FSDP2, DeepSpeed) with no silent fallback;
+- `finetune`: the fine-tuning recipe (MAE's and the small-data one), layer-wise lr decay, mixup, the loss;
+- `redaction`: secrets kept out of logs, run summaries and tracker configs.
+
+Imports run one way: `train` imports `data` and the Hub files; `evaluation`, `publish` and the scripts import
+`train`, never the reverse.
+"""
