@@ -13,9 +13,9 @@ The model is any publishable folder or Hub repository (what `scripts/run_mae.py`
 `DILATED_VIT_MAE_REVISION`, a commit hash) in its settings.
 
 Uploads follow the same image policy as the pipeline and the Inference Endpoints handler: gradio hands over the
-uploaded file untouched (no conversion of its own, which would clip 16-bit images to 255) and the model's image
-processor reads it (`load_image`: size bounds checked before decoding, 16/32-bit images scaled by their range).
-An upload larger than the handler's limit (the image processor's `MAX_IMAGE_BYTES`, 32 MiB) is refused by the server
+uploaded file untouched (no conversion of its own, which would clip 16-bit images to 255) and the model's pipeline
+reads it (its file's `load_image`: size bounds checked before decoding, 16/32-bit images scaled by their range). An
+upload larger than the handler's limit (the pipeline file's `MAX_IMAGE_BYTES`, 32 MiB) is refused by the server
 before it is stored (`launch`), and what gradio caches (uploads, shown results) is deleted once it is
 `DELETE_CACHE[1]` seconds old and all of it when the server stops (Ctrl+C or SIGTERM).
 """
@@ -55,9 +55,9 @@ def load_reconstruction_pipeline(model: str, revision: str | None = None):
 
 
 def upload_limit(reconstruction_pipeline) -> int:
-    """The largest upload in bytes: the `MAX_IMAGE_BYTES` of the model's image processor module (the folder's own
-    code), the limit its Inference Endpoints handler applies to a request's image."""
-    return int(sys.modules[type(reconstruction_pipeline.image_processor).__module__].MAX_IMAGE_BYTES)
+    """The largest upload in bytes: the `MAX_IMAGE_BYTES` of the model's pipeline module (the folder's own code), the
+    limit its Inference Endpoints handler applies to a request's image."""
+    return int(sys.modules[type(reconstruction_pipeline).__module__].MAX_IMAGE_BYTES)
 
 
 def _display(image: PIL.Image.Image) -> PIL.Image.Image:

@@ -15,7 +15,7 @@ for the whole image (no masking) as lists: `last_hidden_state` (CLS + one token 
 `mean_patch_embedding`.
 
 Every request is bounded and every bad one raises a `ValueError` naming the problem (the endpoint's 400): images are
-read by the image processor's `load_image` (at most `MAX_IMAGE_BYTES` encoded and `MAX_IMAGE_PIXELS` decoded, checked
+read by the pipeline file's `load_image` (at most `MAX_IMAGE_BYTES` encoded and `MAX_IMAGE_PIXELS` decoded, checked
 before decoding), 16-bit images are scaled rather than clipped, and an extreme aspect ratio is resampled only
 where the centre crop keeps it. The request must carry the image itself: a string is read as base64 (or a data URL)
 only, never as a path on the server or a URL, and every string that holds no image gets the same message
@@ -85,8 +85,9 @@ class EndpointHandler:
         self.pipeline = pipeline("mae-reconstruction", model=path or ".", trust_remote_code=True, device=device)
         self.model = self.pipeline.model.eval()
         self.image_processor = self.pipeline.image_processor
-        # the feature pipeline lives in the same (remote-code) file; built around the already loaded model
+        # the feature pipeline and the request parsing live in the same (remote-code) file
         pipelines = sys.modules[type(self.pipeline).__module__]
+        self.load_image = pipelines.load_image
         self.feature_pipeline = pipelines.DilatedViTMAEImageFeatureExtractionPipeline(
             model=self.model, image_processor=self.image_processor, device=self.pipeline.device
         )
@@ -95,7 +96,7 @@ class EndpointHandler:
         inputs, task, parameters = parse_request(data)
         # bounded decoding of the image the request carries (bytes, base64, data URL, PIL image): a string is never
         # opened as a path nor fetched as a URL, and any that holds no image gets the same message
-        image = self.image_processor.load_image(inputs, allow_paths=False)
+        image = self.load_image(inputs, allow_paths=False)
         if task == "features":
             return self.features(image)
         result = self.pipeline(image, **parameters)

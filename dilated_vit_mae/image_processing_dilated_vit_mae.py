@@ -20,8 +20,6 @@ instead of inheriting transformers' `PilBackend` / `TorchvisionBackend`, whose i
 and need torchvision for the unsuffixed class.
 """
 
-import base64
-import binascii
 import contextlib
 import io
 import os
@@ -43,9 +41,8 @@ GREYSCALE_DEFAULT_MEAN = (0.449,)
 GREYSCALE_DEFAULT_STD = (0.226,)
 
 # Bounds on what one image may cost, so that a hostile or accidental input cannot exhaust a server's memory (an
-# Inference Endpoint runs this code on whatever it is sent):
+# Inference Endpoint runs this code on whatever it is sent; the pipeline file bounds the encoded size of a request):
 MAX_IMAGE_PIXELS = 50_000_000  # width x height of an image to decode, checked from its header before decoding
-MAX_IMAGE_BYTES = 32 * 2**20  # size of an encoded image passed as bytes or base64
 # largest image a resize may produce; a bigger shortest-edge resize (an extreme aspect ratio: 1 x 1,000,000 px ->
 # 224 x 224,000,000) is fused with the centre crop, which then resamples only the pixels it keeps
 MAX_RESIZED_PIXELS = 2**24
@@ -151,23 +148,6 @@ def _is_url(text: str) -> bool:
     return text.startswith(("http://", "https://"))
 
 
-# what a server answers any request string or bytes that hold no image: the same words whatever they were, so that a
-# client learns nothing about the server's files by naming one (`load_image(..., allow_paths=False)`)
-NOT_AN_IMAGE_MESSAGE = (
-    "The image must be sent in the request: base64-encoded image data (PNG, JPEG, ...), a 'data:image/...;base64,' "
-    "URL, or the image's bytes; this input is none of these (paths and URLs are never read)."
-)
-
-
-# the formats a request's image may be in (`load_image(..., allow_paths=False)`): PIL's plain raster decoders, not
-# those that hand the data to another program (EPS runs Ghostscript) or read other files
-REQUEST_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
-
-
-class _NotImageData(ValueError):
-    """Input that holds no image at all: not base64, or bytes that no image format recognises."""
-
-
 @contextlib.contextmanager
 def _read_errors_as_value_errors(name: str):
     """Turn whatever a malformed file makes a PIL plugin raise (OSError, SyntaxError, struct.error, ...) into a
@@ -177,8 +157,7 @@ def _read_errors_as_value_errors(name: str):
     except MemoryError:
         raise
     except Exception as err:
-        error_type = _NotImageData if isinstance(err, PIL.UnidentifiedImageError) else ValueError
-        raise error_type(f"Could not read {name}: {err}. Is it a valid image (PNG, JPEG, ...)?") from err
+        raise ValueError(f"Could not read {name}: {err}. Is it a valid image (PNG, JPEG, ...)?") from err
 
 
 def _check_pixel_count(image: PIL.Image.Image, name: str, max_pixels: int) -> None:
@@ -220,29 +199,6 @@ def _open_image_file(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS
         )
     with open(path_str, "rb") as file:
         return _open_image(file, f"the image file {path_str!r}", max_pixels)
-
-
-def _bytes_from_base64(text: str, max_bytes: int) -> bytes:
-    """The bytes of a base64 string or of a `data:<type>;base64,<data>` URL, refused before decoding when too long."""
-    if text.startswith("data:"):
-        header, comma, text = text.partition(",")
-        if not comma or not header.endswith(";base64"):
-            raise ValueError(
-                f"Got a data URL starting {_short_repr(header, 40)} without ';base64,' before its data: send "
-                "'data:image/png;base64,<base64 data>'."
-            )
-    if len(text) > 4 * -(-max_bytes // 3):
-        raise ValueError(
-            f"The base64 image is {len(text):,} characters (~{len(text) * 3 / 4 / 2**20:.1f} MiB decoded), more than "
-            f"the limit of {max_bytes / 2**20:g} MiB; send a smaller image."
-        )
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise _NotImageData(
-            f"Got the string {_short_repr(text, 40)}, which is neither a path to an existing image file nor "
-            f"base64-encoded image data ({err}). URLs are not downloaded."
-        ) from err
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -607,6 +563,12 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
 
     model_input_names = ["pixel_values"]
     valid_kwargs = DilatedViTMAEImageProcessorKwargs
+    # the stored settings `preprocess` reads: assigning one drops their validated form, rebuilt (and so validated,
+    # across fields too) at the next call; every other call reuses it
+    _SETTINGS = (
+        "do_resize", "size", "resample", "do_center_crop", "crop_size", "crop_pct", "do_rescale", "rescale_factor",
+        "do_normalize", "image_mean", "image_std", "do_convert_rgb", "num_channels",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -646,6 +608,16 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
         self.image_mean = _channel_stats(image_mean, self.num_channels, "image_mean")
         self.image_std = self._check_std(_channel_stats(image_std, self.num_channels, "image_std"))
         self.do_convert_rgb = bool(do_convert_rgb)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._SETTINGS:
+            self.__dict__.pop("_validated_settings", None)
+        super().__setattr__(name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("_validated_settings", None)  # derived from the fields, not one of them
+        return output
 
     @staticmethod
     def _default_stats(num_channels: int) -> tuple[Sequence[float], Sequence[float]]:
@@ -726,72 +698,6 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             raise TypeError(f"Got None instead of an image. Accepted: {_ACCEPTED_INPUTS}.")
         raise TypeError(f"Unsupported image type {type(image).__name__}. Accepted: {_ACCEPTED_INPUTS}.")
 
-    @staticmethod
-    def load_image(
-        image: "PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike | bytes",
-        max_pixels: int = MAX_IMAGE_PIXELS,
-        max_bytes: int = MAX_IMAGE_BYTES,
-        allow_paths: bool = True,
-    ) -> "PIL.Image.Image | np.ndarray | torch.Tensor":
-        r"""
-        Read one image from what a pipeline or a server receives, within bounds, without touching the network. What
-        the pipelines, the Inference Endpoints handler and the demo use, so that they all accept and refuse the same
-        inputs.
-
-        Args:
-            image:
-                A `PIL.Image.Image` (refused when larger than `max_pixels`), a numpy array or torch tensor (returned
-                as they are), a path to an image file, raw encoded bytes, or a base64 string (optionally a
-                `data:image/...;base64,` URL). URLs are refused: this code does not download.
-            max_pixels (`int`, *optional*, defaults to `MAX_IMAGE_PIXELS`):
-                Largest width x height to decode, checked from the file header before decoding.
-            max_bytes (`int`, *optional*, defaults to `MAX_IMAGE_BYTES`):
-                Largest encoded image (bytes, or base64 once decoded), checked before decoding.
-            allow_paths (`bool`, *optional*, defaults to `True`):
-                Whether a string (or `os.PathLike`) may name a file to open: what a Python caller passes in its own
-                process. A server passes `False` for what a request carries: strings are then only ever base64 or
-                data URLs, only `REQUEST_IMAGE_FORMATS` are decoded, and every string or bytes input holding no image
-                (in those formats) gets the one `NOT_AN_IMAGE_MESSAGE`, whatever files the server has.
-
-        Returns:
-            A decoded `PIL.Image.Image` in its own mode (the processor converts it), or the array/tensor given.
-
-        Raises:
-            `ValueError` naming the problem, whatever it is, so that a server can answer it as a bad request.
-        """
-        if isinstance(image, (np.ndarray, torch.Tensor)):
-            return image
-        if isinstance(image, PIL.Image.Image):
-            # an opened file is decoded lazily: this still comes before its pixels are read
-            _check_pixel_count(image, "The image", max_pixels)
-            return image
-        if isinstance(image, os.PathLike) and not allow_paths:
-            raise ValueError(NOT_AN_IMAGE_MESSAGE)
-        if allow_paths and (
-            isinstance(image, os.PathLike)
-            or (isinstance(image, str) and (_is_url(image) or (len(image) < 4096 and os.path.isfile(image))))
-        ):
-            return _open_image_file(image, max_pixels)
-        try:
-            if isinstance(image, str):
-                image = _bytes_from_base64(image, max_bytes)
-            if isinstance(image, (bytes, bytearray, memoryview)):
-                if len(image) > max_bytes:
-                    raise ValueError(
-                        f"The image is {len(image) / 2**20:.1f} MiB, more than the limit of "
-                        f"{max_bytes / 2**20:g} MiB; send a smaller image."
-                    )
-                formats = None if allow_paths else REQUEST_IMAGE_FORMATS
-                return _open_image(io.BytesIO(image), "the image data", max_pixels, formats)
-        except _NotImageData:
-            if allow_paths:
-                raise
-            raise ValueError(NOT_AN_IMAGE_MESSAGE) from None
-        raise ValueError(
-            f"Unsupported image type {type(image).__name__}: pass a PIL image, a path, encoded bytes, a base64 "
-            "string or an array."
-        )
-
     def _num_channels_for_call(
         self, num_channels: int | None, image_mean: float | list[float] | None, image_std: float | list[float] | None
     ) -> int:
@@ -808,11 +714,17 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
 
     def _preprocess_settings(self, **arguments: Any) -> dict[str, Any]:
         """
-        `preprocess`'s keyword arguments (absent or `None`: the processor's value), validated once, as the keyword
-        arguments of `_preprocess_image`; what `dilated_vit_mae.data.transforms.MAEEvalTransform` keeps to process one
-        image at a time.
+        `preprocess`'s keyword arguments (absent or `None`: the processor's value), validated, as the keyword
+        arguments of `_preprocess_image`. Without any, the processor's own settings, validated once and kept until
+        one of them is assigned.
         """
+        if all(value is None for value in arguments.values()):
+            if "_validated_settings" not in self.__dict__:
+                self.__dict__["_validated_settings"] = self._validate_settings({})
+            return self.__dict__["_validated_settings"]
+        return self._validate_settings(arguments)
 
+    def _validate_settings(self, arguments: dict[str, Any]) -> dict[str, Any]:
         def value(name: str) -> Any:
             return getattr(self, name) if arguments.get(name) is None else arguments[name]
 

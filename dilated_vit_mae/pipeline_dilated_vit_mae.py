@@ -17,14 +17,19 @@ transformers' built-in pipeline of the same name). It therefore imports only tor
 the package installed, build them directly:
 `DilatedViTMAEReconstructionPipeline(model=model, image_processor=processor)`.
 
-Images are read by the image processor's `load_image`: PIL images, paths, encoded bytes, base64 strings and arrays,
-within its size bounds; URLs are refused (this code does not download), as the image processor refuses them. A path is
-opened because a Python caller passes its own files; a server passes what a request carries through
-`load_image(inputs, allow_paths=False)` first (as `handler.py` does), never a request's string to the pipeline.
+Images are read by this file's `load_image`: PIL images, paths, encoded bytes, base64 strings and arrays, within its
+size bounds; URLs are refused (this code does not download), as the image processor refuses them. A path is opened
+because a Python caller passes its own files; a server passes what a request carries through
+`load_image(inputs, allow_paths=False)` first (as `handler.py` does), never a request's string to the pipeline; the
+demo (`app.py`) bounds its uploads by this file's `MAX_IMAGE_BYTES`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import os
 import random
 from typing import Any
 
@@ -32,6 +37,130 @@ import numpy as np
 import PIL.Image
 import torch
 from transformers import ImageFeatureExtractionPipeline, Pipeline
+
+from .image_processing_dilated_vit_mae import (
+    MAX_IMAGE_PIXELS,
+    _check_pixel_count,
+    _is_url,
+    _open_image,
+    _open_image_file,
+    _short_repr,
+)
+
+
+# largest encoded image (bytes, or base64 once decoded) a pipeline or server accepts, checked before decoding
+MAX_IMAGE_BYTES = 32 * 2**20
+
+# what a server answers any request string or bytes that hold no image: the same words whatever they were, so that a
+# client learns nothing about the server's files by naming one (`load_image(..., allow_paths=False)`)
+NOT_AN_IMAGE_MESSAGE = (
+    "The image must be sent in the request: base64-encoded image data (PNG, JPEG, ...), a 'data:image/...;base64,' "
+    "URL, or the image's bytes; this input is none of these (paths and URLs are never read)."
+)
+
+# the formats a request's image may be in (`load_image(..., allow_paths=False)`): PIL's plain raster decoders, not
+# those that hand the data to another program (EPS runs Ghostscript) or read other files
+REQUEST_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+class _NotImageData(ValueError):
+    """Input that holds no image at all: not base64, or bytes that no image format recognises."""
+
+
+def _bytes_from_base64(text: str, max_bytes: int) -> bytes:
+    """The bytes of a base64 string or of a `data:<type>;base64,<data>` URL, refused before decoding when too long."""
+    if text.startswith("data:"):
+        header, comma, text = text.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise ValueError(
+                f"Got a data URL starting {_short_repr(header, 40)} without ';base64,' before its data: send "
+                "'data:image/png;base64,<base64 data>'."
+            )
+    if len(text) > 4 * -(-max_bytes // 3):
+        raise ValueError(
+            f"The base64 image is {len(text):,} characters (~{len(text) * 3 / 4 / 2**20:.1f} MiB decoded), more than "
+            f"the limit of {max_bytes / 2**20:g} MiB; send a smaller image."
+        )
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise _NotImageData(
+            f"Got the string {_short_repr(text, 40)}, which is neither a path to an existing image file nor "
+            f"base64-encoded image data ({err}). URLs are not downloaded."
+        ) from err
+
+
+def _decode_image_data(data: bytes, max_bytes: int, max_pixels: int, formats: tuple[str, ...] | None):
+    if len(data) > max_bytes:
+        raise ValueError(
+            f"The image is {len(data) / 2**20:.1f} MiB, more than the limit of {max_bytes / 2**20:g} MiB; send a "
+            "smaller image."
+        )
+    try:
+        return _open_image(io.BytesIO(data), "the image data", max_pixels, formats)
+    except ValueError as err:
+        if isinstance(err.__cause__, PIL.UnidentifiedImageError):  # bytes that no (allowed) image format recognises
+            raise _NotImageData(str(err)) from err.__cause__
+        raise
+
+
+def load_image(
+    image: "PIL.Image.Image | np.ndarray | torch.Tensor | str | os.PathLike | bytes",
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    allow_paths: bool = True,
+) -> "PIL.Image.Image | np.ndarray | torch.Tensor":
+    r"""
+    Read one image from what a pipeline or a server receives, within bounds, without touching the network. What the
+    pipelines, the Inference Endpoints handler and the demo use, so that they all accept and refuse the same inputs.
+
+    Args:
+        image:
+            A `PIL.Image.Image` (refused when larger than `max_pixels`), a numpy array or torch tensor (returned as
+            they are), a path to an image file, raw encoded bytes, or a base64 string (optionally a
+            `data:image/...;base64,` URL). URLs are refused: this code does not download.
+        max_pixels (`int`, *optional*, defaults to `MAX_IMAGE_PIXELS`):
+            Largest width x height to decode, checked from the file header before decoding.
+        max_bytes (`int`, *optional*, defaults to `MAX_IMAGE_BYTES`):
+            Largest encoded image (bytes, or base64 once decoded), checked before decoding.
+        allow_paths (`bool`, *optional*, defaults to `True`):
+            Whether a string (or `os.PathLike`) may name a file to open: what a Python caller passes in its own
+            process. A server passes `False` for what a request carries: strings are then only ever base64 or data
+            URLs, only `REQUEST_IMAGE_FORMATS` are decoded, and every string or bytes input holding no image (in those
+            formats) gets the one `NOT_AN_IMAGE_MESSAGE`, whatever files the server has.
+
+    Returns:
+        A decoded `PIL.Image.Image` in its own mode (the image processor converts it), or the array/tensor given.
+
+    Raises:
+        `ValueError` naming the problem, whatever it is, so that a server can answer it as a bad request.
+    """
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        return image
+    if isinstance(image, PIL.Image.Image):
+        # an opened file is decoded lazily: this still comes before its pixels are read
+        _check_pixel_count(image, "The image", max_pixels)
+        return image
+    if isinstance(image, os.PathLike) and not allow_paths:
+        raise ValueError(NOT_AN_IMAGE_MESSAGE)
+    if allow_paths and (
+        isinstance(image, os.PathLike)
+        or (isinstance(image, str) and (_is_url(image) or (len(image) < 4096 and os.path.isfile(image))))
+    ):
+        return _open_image_file(image, max_pixels)
+    try:
+        if isinstance(image, str):
+            image = _bytes_from_base64(image, max_bytes)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return _decode_image_data(image, max_bytes, max_pixels, None if allow_paths else REQUEST_IMAGE_FORMATS)
+    except _NotImageData:
+        if allow_paths:
+            raise
+        raise ValueError(NOT_AN_IMAGE_MESSAGE) from None
+    raise ValueError(
+        f"Unsupported image type {type(image).__name__}: pass a PIL image, a path, encoded bytes, a base64 string or "
+        "an array."
+    )
 
 
 # seeds of `torch.Generator.manual_seed`: 0 .. 2**64 - 1
@@ -114,7 +243,7 @@ class DilatedViTMAEReconstructionPipeline(Pipeline):
         return super().__call__(images, **kwargs)
 
     def preprocess(self, image, mask_ratio: float | None = None, seed: int | None = None) -> dict[str, Any]:
-        image = self.image_processor.load_image(image)
+        image = load_image(image)
         mask_ratio = float(self.model.config.mask_ratio) if mask_ratio is None else mask_ratio
         # a drawn seed is returned with the result, so that any output can be reproduced
         seed = random.randrange(2**31) if seed is None else seed
@@ -219,7 +348,7 @@ class DilatedViTMAEImageFeatureExtractionPipeline(ImageFeatureExtractionPipeline
         return dict(image_processor_kwargs or {}), {}, postprocess_params
 
     def preprocess(self, image, **image_processor_kwargs) -> dict[str, torch.Tensor]:
-        image = self.image_processor.load_image(image)
+        image = load_image(image)
         pixel_values = self.image_processor(image, return_tensors="pt", **image_processor_kwargs)["pixel_values"]
         return {"pixel_values": pixel_values if self.dtype is None else pixel_values.to(self.dtype)}
 
@@ -234,4 +363,4 @@ class DilatedViTMAEImageFeatureExtractionPipeline(ImageFeatureExtractionPipeline
         return features if return_tensors else features.tolist()
 
 
-__all__ = ["DilatedViTMAEImageFeatureExtractionPipeline", "DilatedViTMAEReconstructionPipeline"]
+__all__ = ["DilatedViTMAEImageFeatureExtractionPipeline", "DilatedViTMAEReconstructionPipeline", "load_image"]

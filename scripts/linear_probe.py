@@ -9,7 +9,7 @@
 
 The encoder (ours, or any transformers ViTMAE checkpoint, loaded with `AutoModel`) is frozen and sees the whole image
 (`mask_ratio=0`); one feature per image (`--pooling cls|mean`) is extracted for the train and evaluation splits with the
-model's own image processor (`MAEEvalTransform.from_image_processor`), sharded over the processes and gathered with
+model's own image processor (`dilated_vit_mae.data.transforms.eval_view`), sharded over the processes and gathered with
 `gather_for_metrics`, and cached on disk (keyed by the checkpoint's weights, pooling, data, split and transform, and
 checked against the image files' sizes and times: features of changed images are recomputed), so a second probe of the
 same model (other labels, other probe settings) skips the encoder. A linear classifier (MAE's:
@@ -42,6 +42,7 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ from dilated_vit_mae.evaluation.probe import (  # noqa: E402
     train_linear_probe,
 )
 from dilated_vit_mae.data.seeding import IndexedTransform, collate_indexed  # noqa: E402
-from dilated_vit_mae.data.transforms import MAEEvalTransform  # noqa: E402
+from dilated_vit_mae.data.transforms import eval_view  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -193,7 +194,7 @@ def split_features(
     accelerator: Accelerator,
     model: torch.nn.Module,
     dataset: datasets.Dataset,
-    transform: MAEEvalTransform,
+    transform: Callable[[Any], torch.Tensor],
     description: dict[str, Any],
     cache: FeatureCache | None,
 ) -> tuple[torch.Tensor | None, bool]:
@@ -291,7 +292,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         args.pooling = "mean" if getattr(model, "pooled_norm", None) is not None else "cls"
         logger.info(f"--pooling {args.pooling}")
     model.to(accelerator.device)  # inference only: no `prepare` (no gradients to synchronise)
-    transform = MAEEvalTransform.from_image_processor(image_processor)
+    transform = eval_view(image_processor)
 
     # ---- data --------------------------------------------------------------------------------------------------------
     source = args.dataset_name or args.celeba_dir or args.train_dir

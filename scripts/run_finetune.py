@@ -98,7 +98,7 @@ from dilated_vit_mae.evaluation.probe import probe_scores, raw_pixel_baseline  #
 from dilated_vit_mae.train.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
 from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed, stable_seed  # noqa: E402
 from dilated_vit_mae.train.checkpoints import CheckpointManager  # noqa: E402
-from dilated_vit_mae.data.transforms import MAEEvalTransform, MAETrainTransform, RandAugment  # noqa: E402
+from dilated_vit_mae.data.transforms import MAETrainTransform, RandAugment, eval_view  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -586,7 +586,7 @@ def prepare_data(args, accelerator, config, image_processor, labels: LabelSpec, 
         ),
         args.seed, args.image_column_name,
     )  # fmt: skip
-    eval_transform = IndexedTransform(MAEEvalTransform.from_image_processor(image_processor), args.image_column_name)
+    eval_transform = IndexedTransform(eval_view(image_processor), args.image_column_name)
     loader_kwargs = dict(collate_fn=collate_indexed, num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
     loaders = {
         "train": DataLoader(
@@ -613,7 +613,7 @@ def raw_pixel_baselines(args, accelerator, image_processor, labels: LabelSpec, s
     others = {split: dataset for split, dataset in splits.items() if split != "train"}
     scores = raw_pixel_baseline(
         splits["train"], encoded["train"], others, {split: encoded[split] for split in others},
-        transform=MAEEvalTransform.from_image_processor(image_processor), image_column=args.image_column_name,
+        transform=eval_view(image_processor), image_column=args.image_column_name,
         task=labels.task, num_outputs=labels.num_labels,
     )  # fmt: skip
     return {"skipped": scores} if isinstance(scores, str) else scores

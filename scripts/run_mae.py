@@ -83,7 +83,7 @@ from dilated_vit_mae.evaluation.reconstruction import (  # noqa: E402
     visible_mean_images,
 )
 from dilated_vit_mae.train.checkpoints import CheckpointManager, param_groups_weight_decay  # noqa: E402
-from dilated_vit_mae.data.transforms import MAEEvalTransform, MAEHostCollator, MAEHostTransform, MAETrainTransform  # noqa: E402
+from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, MAETrainTransform, eval_view  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -416,7 +416,7 @@ def build_dataloaders(args, accelerator, config, image_processor, splits):
     train_dataset, train_augmentation, device_augmentation, train_collate = train_dataset_and_augmentation(
         args, accelerator, config, image_processor, splits
     )
-    eval_transform = IndexedTransform(MAEEvalTransform.from_image_processor(image_processor), args.image_column_name)
+    eval_transform = IndexedTransform(eval_view(image_processor), args.image_column_name)
     if args.streaming:  # an IterableDataset has no set_transform: map lazily, keeping only what the batch needs
         train_dataset = train_dataset.map(train_augmentation, batched=True, batch_size=16, remove_columns=train_dataset.column_names)
         splits["validation"] = splits["validation"].map(

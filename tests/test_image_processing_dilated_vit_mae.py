@@ -670,50 +670,34 @@ def test_fused_resize_and_crop_matches_resize_then_crop(chelsea, monkeypatch, cr
     assert np.abs(fused - exact).max() <= 1 / 255 + 1e-6
 
 
-def _png(image: PIL.Image.Image) -> bytes:
-    import io
 
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+def test_stored_settings_are_validated_once_and_again_after_an_assignment(chelsea, tmp_path, monkeypatch):
+    processor = DilatedViTMAEImageProcessor(size={"shortest_edge": 40}, crop_size=32)
+    first = _pixels(processor, chelsea)
+    checked = []
+    original = module._to_size_dict
+    monkeypatch.setattr(module, "_to_size_dict", lambda *args, **kw: checked.append(args) or original(*args, **kw))
+    for _ in range(3):
+        np.testing.assert_array_equal(_pixels(processor, chelsea), first)
+    assert checked == []  # the stored settings were validated when they entered, not at every call
+    processor(chelsea, crop_size=16)
+    assert len(checked) == 2  # per-call arguments enter at the call: validated there
 
+    # an assigned setting is validated (with the others) at the next call, then kept
+    processor.crop_size = {"height": 16, "width": 16}
+    assert _pixels(processor, chelsea).shape == (1, 3, 16, 16)
+    processor.num_channels = 1
+    with pytest.raises(ValueError, match=r"`image_mean` must have one value per channel \(num_channels=1\)"):
+        processor(chelsea)
+    processor.image_mean, processor.image_std = [0.5], [0.25]
+    assert _pixels(processor, chelsea).shape == (1, 1, 16, 16)
+    processor.size = {"shortest_edge": 0}
+    with pytest.raises(ValueError, match=r"`size\['shortest_edge'\]` must be a positive int"):
+        processor(chelsea)
 
-def test_load_image_reads_bytes_base64_and_paths_within_bounds(chelsea, tmp_path):
-    import base64
-
-    data = _png(chelsea)
-    text = base64.b64encode(data).decode()
-    (tmp_path / "chelsea.png").write_bytes(data)
-    load = DilatedViTMAEImageProcessor.load_image
-    path = tmp_path / "chelsea.png"
-    for source in (data, text, "data:image/png;base64," + text, str(path), path):
-        assert np.array_equal(np.asarray(load(source)), np.asarray(chelsea))
-    array = np.zeros((4, 4, 3), np.uint8)
-    assert load(array) is array and load(chelsea) is chelsea
-
-
-@pytest.mark.parametrize(
-    "source, kwargs, match",
-    [
-        ("https://example.com/face.jpg", {}, "does not download"),
-        ("data:image/png;base64", {}, "without ';base64,' before its data"),
-        ("data:image/png,abc", {}, "without ';base64,'"),
-        ("not base64!", {}, "neither a path to an existing image file nor base64"),
-        ("QUJD" * 1000, {"max_bytes": 100}, r"4,000 characters .* more than the limit"),
-        (b"x" * 200, {"max_bytes": 100}, "more than the limit"),
-        (b"plain text", {}, "Could not read the image data"),
-        (None, {}, "Unsupported image type NoneType"),
-        ("png-truncated", {}, "Could not read the image data: image file is truncated"),
-        ("png-large", {"max_pixels": 1000}, r"The image data is 451 x 300 = 135,300 pixels, more than the limit"),
-        ("pil-large", {"max_pixels": 1000}, r"The image is 451 x 300"),
-    ],
-)
-def test_load_image_refuses_bad_inputs_with_value_errors(source, kwargs, match, chelsea):
-    if source == "png-truncated":
-        source = _png(chelsea)[:5000]
-    elif source == "png-large":
-        source = _png(chelsea)
-    elif source == "pil-large":
-        source = chelsea
-    with pytest.raises(ValueError, match=match):
-        DilatedViTMAEImageProcessor.load_image(source, **kwargs)
+    # the kept form is not a setting: it is neither saved nor compared
+    processor.size = {"shortest_edge": 40}
+    processor(chelsea)
+    processor.save_pretrained(tmp_path)
+    assert "_validated_settings" not in json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert DilatedViTMAEImageProcessor.from_pretrained(tmp_path).to_dict() == processor.to_dict()

@@ -731,7 +731,8 @@ def test_raw_pixel_baseline_runs_where_it_is_cheap_and_says_why_not_elsewhere():
     from datasets import Dataset, Features, Image
 
     from dilated_vit_mae.evaluation.probe import raw_pixel_baseline
-    from dilated_vit_mae.data.transforms import MAEEvalTransform
+    from dilated_vit_mae.data.transforms import eval_view
+    from dilated_vit_mae.image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
 
     rng = np.random.default_rng(0)
     images, labels = [], []
@@ -743,7 +744,7 @@ def test_raw_pixel_baseline_runs_where_it_is_cheap_and_says_why_not_elsewhere():
     dataset = Dataset.from_dict({"image": [PIL.Image.fromarray(pixels) for pixels in images]},
                                 features=Features({"image": Image()}))  # fmt: skip
     labels = torch.tensor(labels)
-    transform = MAEEvalTransform(16)
+    transform = eval_view(DilatedViTMAEImageProcessor(size={"shortest_edge": 16}, crop_size=16))
     scores = raw_pixel_baseline(dataset.select(range(30)), labels[:30], {"validation": dataset.select(range(30, 40))},
                                 {"validation": labels[30:]}, transform=transform, task="single_label")  # fmt: skip
     assert scores == {"validation": 1.0}

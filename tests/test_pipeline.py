@@ -23,6 +23,7 @@ from dilated_vit_mae.publish.hub import (
 from dilated_vit_mae.pipeline_dilated_vit_mae import (
     DilatedViTMAEImageFeatureExtractionPipeline,
     DilatedViTMAEReconstructionPipeline,
+    load_image,
 )
 
 
@@ -302,7 +303,8 @@ def test_pipeline_file_is_self_contained_hub_code():
             assert node.level == 0 or node.module.endswith("_dilated_vit_mae"), node.module  # siblings only
             if node.level == 0:
                 imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "random", "typing", "numpy", "PIL", "torch", "transformers"}, imported
+    stdlib = {"__future__", "base64", "binascii", "io", "os", "random", "typing"}
+    assert imported <= stdlib | {"numpy", "PIL", "torch", "transformers"}, imported
 
 
 REMOTE_SCRIPT = textwrap.dedent(
@@ -372,3 +374,60 @@ def test_published_folder_serves_both_pipelines_with_remote_code_only(tiny_confi
     result = run_without_package([tmp_path / "remote.py", folder, tmp_path / "expected.npz"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
+
+
+# ---- load_image: what a pipeline or a server receives ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chelsea() -> PIL.Image.Image:
+    return PIL.Image.fromarray(skimage.data.chelsea())  # 451 x 300 RGB
+
+
+def _png(image: PIL.Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_load_image_reads_bytes_base64_and_paths_within_bounds(chelsea, tmp_path):
+    import base64
+
+    data = _png(chelsea)
+    text = base64.b64encode(data).decode()
+    (tmp_path / "chelsea.png").write_bytes(data)
+    load = load_image
+    path = tmp_path / "chelsea.png"
+    for source in (data, text, "data:image/png;base64," + text, str(path), path):
+        assert np.array_equal(np.asarray(load(source)), np.asarray(chelsea))
+    array = np.zeros((4, 4, 3), np.uint8)
+    assert load(array) is array and load(chelsea) is chelsea
+
+
+@pytest.mark.parametrize(
+    "source, kwargs, match",
+    [
+        ("https://example.com/face.jpg", {}, "does not download"),
+        ("data:image/png;base64", {}, "without ';base64,' before its data"),
+        ("data:image/png,abc", {}, "without ';base64,'"),
+        ("not base64!", {}, "neither a path to an existing image file nor base64"),
+        ("QUJD" * 1000, {"max_bytes": 100}, r"4,000 characters .* more than the limit"),
+        (b"x" * 200, {"max_bytes": 100}, "more than the limit"),
+        (b"plain text", {}, "Could not read the image data"),
+        (None, {}, "Unsupported image type NoneType"),
+        ("png-truncated", {}, "Could not read the image data: image file is truncated"),
+        ("png-large", {"max_pixels": 1000}, r"The image data is 451 x 300 = 135,300 pixels, more than the limit"),
+        ("pil-large", {"max_pixels": 1000}, r"The image is 451 x 300"),
+    ],
+)
+def test_load_image_refuses_bad_inputs_with_value_errors(source, kwargs, match, chelsea):
+    if source == "png-truncated":
+        source = _png(chelsea)[:5000]
+    elif source == "png-large":
+        source = _png(chelsea)
+    elif source == "pil-large":
+        source = chelsea
+    with pytest.raises(ValueError, match=match):
+        load_image(source, **kwargs)

@@ -1,6 +1,7 @@
 """Tests for `dilated_vit_mae.data.transforms` (torchvision-free MAE augmentation)."""
 
 import io
+import json
 import math
 import pickle
 from pathlib import Path
@@ -9,22 +10,22 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba
+from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR
+from dilated_vit_mae.data.seeding import IndexedTransform
 from dilated_vit_mae.data.transforms import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
-    MAEBatchTransform,
-    MAECollator,
-    MAEEvalTransform,
     MAEHostCollator,
     MAEHostTransform,
     MAETrainTransform,
+    as_our_image_processor,
     decode_uint8,
-    collate_fn,
+    eval_view,
     random_resized_crop_params,
 )
+from dilated_vit_mae.image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).reshape(3, 1, 1)
@@ -39,24 +40,29 @@ def face_like_image(width: int = 178, height: int = 218, seed: int = 0) -> PIL.I
     return PIL.Image.fromarray(pixels.astype(np.uint8))
 
 
+def square_view(size: int, **kwargs) -> object:
+    """The evaluation view that resizes the shortest edge to `size` and keeps the central `size` x `size`."""
+    return eval_view(DilatedViTMAEImageProcessor(size={"shortest_edge": size}, crop_size=size, **kwargs))
+
+
 def test_output_shapes_and_dtype():
     image = face_like_image()
     for transform, shape in [
         (MAETrainTransform(224), (3, 224, 224)),
         (MAETrainTransform((32, 48)), (3, 32, 48)),
         (MAETrainTransform(32, image_mean=[0.5], image_std=[0.5], num_channels=1), (1, 32, 32)),
-        (MAEEvalTransform(224), (3, 224, 224)),
-        (MAEEvalTransform((64, 48)), (3, 64, 48)),
-        (MAEEvalTransform(32, image_mean=[0.5], image_std=[0.5], num_channels=1), (1, 32, 32)),
+        (eval_view(DilatedViTMAEImageProcessor()), (3, 224, 224)),
+        (eval_view(DilatedViTMAEImageProcessor(size={"shortest_edge": 64}, crop_size=(64, 48))), (3, 64, 48)),
+        (square_view(32, image_mean=[0.5], image_std=[0.5], num_channels=1), (1, 32, 32)),
     ]:
         pixel_values = transform(image)
         assert pixel_values.shape == shape and pixel_values.dtype == torch.float32
         assert pixel_values.is_contiguous()
 
 
-def test_eval_transform_is_deterministic_and_matches_hand_computation():
+def test_eval_view_is_deterministic_and_matches_hand_computation():
     image = face_like_image()
-    transform = MAEEvalTransform(224)
+    transform = eval_view(DilatedViTMAEImageProcessor())
     pixel_values = transform(image)
     assert torch.equal(pixel_values, transform(image))
 
@@ -67,7 +73,7 @@ def test_eval_transform_is_deterministic_and_matches_hand_computation():
     torch.testing.assert_close(pixel_values, torch.from_numpy(expected).permute(2, 0, 1).float(), atol=1e-5, rtol=0)
 
 
-def test_eval_transform_matches_transformers_pil_image_processor():
+def test_eval_view_matches_transformers_pil_image_processor():
     # CLIP's PIL processor does shortest-edge resize (bicubic) + centre crop + rescale + normalise, like ours
     transformers = pytest.importorskip("transformers")
     processor = transformers.CLIPImageProcessorPil(
@@ -75,8 +81,8 @@ def test_eval_transform_matches_transformers_pil_image_processor():
     )
     for image in (face_like_image(), face_like_image(301, 225, seed=1)):
         expected = processor(image, return_tensors="pt")["pixel_values"][0]
-        torch.testing.assert_close(MAEEvalTransform(224)(image), expected, atol=1e-5, rtol=0)
-        torch.testing.assert_close(MAEEvalTransform.from_image_processor(processor)(image), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(eval_view(DilatedViTMAEImageProcessor())(image), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(eval_view(processor)(image), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -92,24 +98,20 @@ def test_eval_transform_matches_transformers_pil_image_processor():
         {"size": {"height": 40, "width": 32}, "do_center_crop": False, "crop_pct": 0.875},  # no crop: no effect
     ],
 )
-def test_eval_transform_matches_the_project_image_processor(processor_kwargs):
-    from dilated_vit_mae.image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
-
+def test_eval_view_is_the_project_image_processor(processor_kwargs):
     processor = DilatedViTMAEImageProcessor(**processor_kwargs)
-    transform = MAEEvalTransform.from_image_processor(processor)
+    transform = eval_view(processor)
     for image in (face_like_image(), face_like_image(301, 225, seed=1)):
         expected = processor(image, return_tensors="pt")["pixel_values"][0]
-        torch.testing.assert_close(transform(image), expected, atol=1e-5, rtol=0)
+        assert torch.equal(transform(image), expected)
 
 
 def test_every_evaluation_path_takes_the_crop_fraction_of_the_models_processor():
     # run_mae.py's validation, run_finetune.py's evaluation and linear_probe.py's features all build their view with
-    # `MAEEvalTransform.from_image_processor(<the model's processor>)`: the shipped 224 px config's is MAE's 256 -> 224
-    from dilated_vit_mae.image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
-
+    # `eval_view(<the model's processor>)`: the shipped 224 px config's is MAE's 256 -> 224
     processor = DilatedViTMAEImageProcessor.from_pretrained(REPO_ROOT / "configs" / "dilated-vit-mae-base")
-    transform = MAEEvalTransform.from_image_processor(processor)
-    assert (transform.crop_pct, transform.resize_size, transform.size) == (0.875, 224, (224, 224))
+    transform = eval_view(processor)
+    assert transform.image_processor is processor and processor.crop_pct == 0.875
     image = face_like_image()
     # 178x218 -> 256x313 (shortest edge 224 / 0.875), centre crop 224 from row (313 - 224) // 2 = 44, column 16
     resized = np.asarray(image.resize((256, 313), PIL.Image.Resampling.BICUBIC), dtype=np.float64) / 255.0
@@ -118,11 +120,46 @@ def test_every_evaluation_path_takes_the_crop_fraction_of_the_models_processor()
     torch.testing.assert_close(transform(image), expected, atol=1e-5, rtol=0)
     assert torch.equal(transform(image), processor(image, return_tensors="pt")["pixel_values"][0])
     # a processor without the field (a folder saved before it existed, or transformers' CLIP) keeps its own view
-    assert MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor()).crop_pct is None
-    assert "crop_pct=0.875" in repr(transform)
+    assert eval_view(DilatedViTMAEImageProcessor()).image_processor.crop_pct is None
+    clip = pytest.importorskip("transformers").CLIPImageProcessorPil()
+    assert as_our_image_processor(clip).crop_pct is None
 
 
-def test_eval_transform_is_bounded_on_an_extreme_aspect_ratio(tmp_path):
+def shipped_view_by_hand(path: str, shortest_edge: int, crop: int, crop_pct: float | None) -> torch.Tensor:
+    """The evaluation view as `MAEEvalTransform` (the separate class `eval_view` replaced) computed it, written out:
+    bicubic resize of the shortest edge to `shortest_edge / crop_pct` (long edge truncated), centre crop (offsets
+    rounded down), then in float32 and in this order: `* (1/255)`, `- mean`, `/ std`."""
+    image = PIL.Image.open(path).convert("RGB")
+    target = int(shortest_edge / crop_pct) if crop_pct else shortest_edge
+    width, height = image.size
+    new_size = (target, int(target * height / width)) if width <= height else (int(target * width / height), target)
+    top, left = (new_size[1] - crop) // 2, (new_size[0] - crop) // 2
+    resized = np.asarray(image.resize(new_size, PIL.Image.Resampling.BICUBIC))[top : top + crop, left : left + crop]
+    pixels = np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)
+    pixels *= np.float32(1 / 255)
+    pixels -= np.asarray(IMAGENET_DEFAULT_MEAN, dtype=np.float32)[:, None, None]
+    pixels /= np.asarray(IMAGENET_DEFAULT_STD, dtype=np.float32)[:, None, None]
+    return torch.from_numpy(pixels)
+
+
+@pytest.mark.parametrize(
+    "config, crop_pct",
+    [("dilated-vit-mae-base", 0.875), ("dilated-vit-mae-tiny-64", 0.875), ("dilated-vit-mae-tiny-64", None)],
+)
+def test_eval_view_of_the_shipped_configs_is_bit_identical_to_the_view_it_replaced(config, crop_pct):
+    settings = json.loads((REPO_ROOT / "configs" / config / "preprocessor_config.json").read_text())
+    if crop_pct is None:
+        del settings["crop_pct"]  # a folder saved before the field existed: crop fraction 1
+    processor = DilatedViTMAEImageProcessor.from_dict(settings)
+    view = eval_view(processor)
+    paths = sorted((CELEBA_SAMPLE_DIR / "img_align_celeba").glob("*.jpg"))
+    assert len(paths) == 56
+    size = settings["size"]["shortest_edge"]
+    for path in paths:
+        assert torch.equal(view(str(path)), shipped_view_by_hand(str(path), size, size, crop_pct)), path.name
+
+
+def test_eval_view_is_bounded_on_an_extreme_aspect_ratio(tmp_path):
     # a 1 x 1,000,000 PNG (4 KB, 1 MP: passes any image check) asked ~12 GB of a shortest-edge resize to 224 px (224 x
     # 224,000,000) before the crop; run in a process whose address space allows only ~1.5 GB more than its imports
     import subprocess
@@ -135,8 +172,8 @@ def test_eval_transform_is_bounded_on_an_extreme_aspect_ratio(tmp_path):
     script = f"""
 import resource, numpy as np, PIL.Image, torch
 from dilated_vit_mae.image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
-from dilated_vit_mae.data.transforms import MAEEvalTransform
-transform = MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor(do_normalize=False))
+from dilated_vit_mae.data.transforms import eval_view
+transform = eval_view(DilatedViTMAEImageProcessor(do_normalize=False))
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + 1536 * 2**20, resource.RLIM_INFINITY))
 path = {str(tmp_path / "column.png")!r}
@@ -150,15 +187,15 @@ for image in (path, {{"bytes": open(path, "rb").read(), "path": path}}, PIL.Imag
     assert result.stdout.split("\n")[:3] == ["[10.0, 250.0, 30.0]"] * 3
 
 
-def test_eval_transform_refuses_an_encoded_image_over_the_pixel_limit_naming_it(monkeypatch):
+def test_eval_view_refuses_an_encoded_image_over_the_pixel_limit_naming_it(monkeypatch):
     import dilated_vit_mae.data.transforms as transforms
 
     monkeypatch.setattr(transforms, "MAX_IMAGE_PIXELS", 20 * 30 - 1)  # the processor's 50 MP limit, scaled down
     encoded = {"bytes": png_bytes(face_like_image(20, 30)), "path": "data/huge.png"}
     with pytest.raises(ValueError, match=r"^Image data/huge.png is 20 x 30 = 600 pixels, more than the limit of 599"):
-        MAEEvalTransform(16)(encoded)
+        square_view(16)(encoded)
     monkeypatch.setattr(transforms, "MAX_IMAGE_PIXELS", 20 * 30)
-    assert MAEEvalTransform(16)(encoded).shape == (3, 16, 16)
+    assert square_view(16)(encoded).shape == (3, 16, 16)
 
 
 def png_bytes(image: PIL.Image.Image) -> bytes:
@@ -192,7 +229,8 @@ def test_transform_pickles_with_generator_state():
     transform(image)
     copy = pickle.loads(pickle.dumps(transform))
     assert torch.equal(copy(image), transform(image))
-    assert isinstance(pickle.loads(pickle.dumps(MAEEvalTransform(32))), MAEEvalTransform)
+    view = square_view(32)
+    assert torch.equal(pickle.loads(pickle.dumps(view))(image), view(image))
 
 
 def test_crop_params_within_bounds():
@@ -258,7 +296,7 @@ def test_dataloader_with_two_workers(seed):
 
     def run() -> torch.Tensor:
         loader = DataLoader(
-            dataset, batch_size=4, num_workers=2, collate_fn=collate_fn, generator=torch.Generator().manual_seed(0)
+            dataset, batch_size=4, num_workers=2, collate_fn=default_collate, generator=torch.Generator().manual_seed(0)
         )
         return torch.cat([batch["pixel_values"] for batch in loader])
 
@@ -269,40 +307,27 @@ def test_dataloader_with_two_workers(seed):
     assert torch.equal(first, run())  # a seeded DataLoader is reproducible
 
 
-def test_batch_transform_and_collator_with_datasets_and_workers():
-    train = load_celeba(CELEBA_SAMPLE_DIR)["train"]
-    labels = ["Smiling", "Male"]
-    train.set_transform(MAEBatchTransform(MAETrainTransform(32), label_columns=labels))
-    loader = DataLoader(train, batch_size=8, num_workers=2, collate_fn=MAECollator(label_columns=labels))
-    batches = list(loader)
-    assert len(batches) == 5
-    batch = batches[0]
-    assert batch["pixel_values"].shape == (8, 3, 32, 32)
-    assert batch["labels"].shape == (8, 2) and batch["labels"].dtype == torch.float32
-    expected = [[float(train.with_format(None)[i][c]) for c in labels] for i in range(8)]
-    assert batch["labels"].tolist() == expected
-
-
-def test_batch_transform_reads_undecoded_images_and_names_bad_ones():
+def test_eval_view_reads_undecoded_images_and_names_bad_ones():
     import datasets
 
     good = io.BytesIO()
     face_like_image().save(good, format="JPEG")
     dataset = datasets.Dataset.from_dict(
-        {"image": [{"bytes": good.getvalue(), "path": "good.jpg"}, {"bytes": b"\xff\xd8junk", "path": "bad.jpg"}]},
-        features=datasets.Features({"image": datasets.Image(decode=False)}),
+        {
+            "image": [{"bytes": good.getvalue(), "path": "good.jpg"}, {"bytes": b"\xff\xd8junk", "path": "bad.jpg"}],
+            "sample_index": [0, 1],
+        },
+        features=datasets.Features({"image": datasets.Image(decode=False), "sample_index": datasets.Value("int64")}),
     )
-    dataset.set_transform(MAEBatchTransform(MAEEvalTransform(32)))
+    dataset.set_transform(IndexedTransform(square_view(32)))
     assert dataset[0]["pixel_values"].shape == (3, 32, 32)
     with pytest.raises(ValueError, match=r"Cannot decode image bad\.jpg"):
         dataset[1]
-    with pytest.raises(KeyError, match=r"no column\(s\) \['img'\]"):
-        MAEBatchTransform(MAEEvalTransform(32), image_column="img")({"image": []})
 
 
 def test_grey_rgba_and_palette_inputs():
     grey = PIL.Image.fromarray(np.tile(np.arange(64, dtype=np.uint8)[None, :], (64, 1)), mode="L")
-    rgb_from_grey = MAEEvalTransform(32)(grey) * STD + MEAN  # back to [0, 1]
+    rgb_from_grey = square_view(32)(grey) * STD + MEAN  # back to [0, 1]
     torch.testing.assert_close(rgb_from_grey[0], rgb_from_grey[1], atol=1e-5, rtol=0)
     torch.testing.assert_close(rgb_from_grey[1], rgb_from_grey[2], atol=1e-5, rtol=0)
 
@@ -311,37 +336,35 @@ def test_grey_rgba_and_palette_inputs():
 
     rgba = np.zeros((64, 64, 4), dtype=np.uint8)
     rgba[..., 0] = 200  # hidden red under fully transparent pixels
-    pixel_values = MAEEvalTransform(32)(PIL.Image.fromarray(rgba, mode="RGBA")) * STD + MEAN
+    pixel_values = square_view(32)(PIL.Image.fromarray(rgba, mode="RGBA")) * STD + MEAN
     torch.testing.assert_close(pixel_values, torch.ones(3, 32, 32), atol=1e-5, rtol=0)  # composited over white
 
     palette = face_like_image(64, 64).convert("P")
     assert MAETrainTransform(32, seed=0)(palette).shape == (3, 32, 32)
-    assert MAEEvalTransform(32)(np.asarray(face_like_image(40, 40))).shape == (3, 32, 32)  # numpy input
+    assert square_view(32)(np.asarray(face_like_image(40, 40))).shape == (3, 32, 32)  # numpy input
 
 
 def test_invalid_inputs_and_arguments_raise():
     with pytest.raises(TypeError, match="Expected a PIL.Image.Image.*got list"):
-        MAEEvalTransform(32)([1, 2, 3])
+        square_view(32)([1, 2, 3])
     with pytest.raises(ValueError, match="numpy image must be uint8.*float64"):
-        MAEEvalTransform(32)(np.zeros((8, 8, 3)))
+        square_view(32)(np.zeros((8, 8, 3)))
     with pytest.raises(ValueError, match="Cannot decode image corrupt.jpg"):
         MAETrainTransform(32)({"bytes": b"not a jpeg", "path": "corrupt.jpg"})
     with pytest.raises(FileNotFoundError):
         MAETrainTransform(32)("/nonexistent/000001.jpg")
     with pytest.raises(ValueError, match="`num_channels` must be 1 .* or 3 .*, got 2"):
         MAETrainTransform(32, num_channels=2)
-    with pytest.raises(ValueError, match=r"one value per channel \(1\)"):
-        MAEEvalTransform(32, num_channels=1)
+    with pytest.raises(ValueError, match=r"one value per channel \(num_channels=1\)"):
+        square_view(32, num_channels=1, image_mean=IMAGENET_DEFAULT_MEAN)
+    with pytest.raises(ValueError, match=r"^An evaluation view needs one output size for every image"):
+        eval_view(DilatedViTMAEImageProcessor(do_center_crop=False))
     with pytest.raises(ValueError, match="`size` must be a positive int"):
         MAETrainTransform(0)
     with pytest.raises(ValueError, match=r"`scale` must be .*got \(0\.9, 0\.2\)"):
         MAETrainTransform(32, scale=(0.9, 0.2))
-    with pytest.raises(ValueError, match=r"`resize_size` must be an int \(shortest edge\) or a \(height, width\) pair"):
-        MAEEvalTransform(224, resize_size=(224,))
     with pytest.raises(ValueError, match="`rescale_factor` must be a positive number"):
         MAETrainTransform(32, rescale_factor=0)
-    with pytest.raises(ValueError, match="Cannot collate an empty list"):
-        collate_fn([])
 
 
 def test_crop_scale_reaches_output_as_zoom():

@@ -4,21 +4,24 @@ MAE data augmentation without torchvision.
 `MAETrainTransform` is the pre-training augmentation of facebookresearch/mae (`main_pretrain.py`):
 `RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=bicubic)`, `RandomHorizontalFlip()`, `ToTensor()`,
 `Normalize(mean, std)`, written with PIL and torch only. Its random draws are torchvision's, in torchvision's order,
-so the same torch seed picks the same crops and flips. `MAEEvalTransform` is the image processor's deterministic
-evaluation view (its own code: resize by the crop fraction, centre crop, bounded), one image at a time. Both are
-plain picklable classes, usable in `DataLoader` workers and through [`MAEBatchTransform`] with
-`datasets.Dataset.set_transform`; [`MAECollator`] stacks the results.
+so the same torch seed picks the same crops and flips. `MAEHostTransform` / `MAEHostCollator` are the device path's
+host half (decode and draw on the host, crop and normalise batched on the device: `data/device_augment.py`).
+[`eval_view`] is the deterministic evaluation view: the model's image processor itself, one image at a time. All are
+plain picklable callables, usable in `DataLoader` workers. The scripts apply them through `data/seeding.py`:
+`SeededAugmentation` (training) or `IndexedTransform` (evaluation) with `datasets.Dataset.set_transform`, batched by
+`collate_indexed` (or `MAEHostCollator` on the device path).
 
 ```python
 >>> from torch.utils.data import DataLoader
 >>> from dilated_vit_mae.data.loading import load_celeba
->>> from dilated_vit_mae.data.transforms import MAEBatchTransform, MAECollator, MAETrainTransform
->>> train = load_celeba("data/celeba_sample")["train"]
->>> train.set_transform(MAEBatchTransform(MAETrainTransform(224), label_columns=["Smiling"]))
->>> loader = DataLoader(train, batch_size=8, shuffle=True, collate_fn=MAECollator(label_columns=["Smiling"]))
->>> batch = next(iter(loader))
->>> batch["pixel_values"].shape, batch["labels"].shape
-(torch.Size([8, 3, 224, 224]), torch.Size([8, 1]))
+>>> from dilated_vit_mae.data.seeding import SeededAugmentation, collate_indexed
+>>> from dilated_vit_mae.data.transforms import MAETrainTransform
+>>> train = load_celeba("data/celeba_sample")["train"].select_columns(["image"])
+>>> train = train.add_column("sample_index", list(range(len(train))))
+>>> train.set_transform(SeededAugmentation(MAETrainTransform(224), seed=0))
+>>> loader = DataLoader(train, batch_size=8, shuffle=True, collate_fn=collate_indexed)
+>>> next(iter(loader))["pixel_values"].shape
+torch.Size([8, 3, 224, 224])
 ```
 """
 
@@ -38,7 +41,6 @@ from ..image_processing_dilated_vit_mae import (
     MAX_IMAGE_PIXELS,
     DilatedViTMAEImageProcessor,
     _check_pixel_count,
-    _preprocess_image,
 )
 
 try:  # optional: libjpeg-turbo through a thin binding, ~1.5x faster than PIL's decode of a CelebA JPEG
@@ -49,16 +51,14 @@ except ImportError:
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
-    "MAEBatchTransform",
-    "MAECollator",
-    "MAEEvalTransform",
     "MAEHostCollator",
     "MAEHostTransform",
     "MAETrainTransform",
     "RandAugment",
     "RandomErasing",
-    "collate_fn",
+    "as_our_image_processor",
     "decode_uint8",
+    "eval_view",
     "random_resized_crop_params",
     "read_image_size",
 ]
@@ -136,7 +136,7 @@ def random_resized_crop_params(
 class MAETrainTransform:
     r"""
     MAE pre-training augmentation: random resized crop (bicubic), random horizontal flip, rescale to [0, 1],
-    normalise. Takes a PIL image (or see [`MAEEvalTransform`] for the other accepted inputs) and returns a
+    normalise. Takes a PIL image (or see [`eval_view`] for the other accepted inputs) and returns a
     `torch.FloatTensor` of shape `(num_channels, height, width)`.
 
     The crop is resized straight from the source box with `PIL.Image.resize(..., box=...)`, one resampling pass
@@ -676,273 +676,94 @@ def read_image_size(image: ImageInput, num_channels: int = 3) -> tuple[int, int]
     return _open_for_decode(image, _check_num_channels(num_channels), "auto")[0]
 
 
-class MAEEvalTransform:
+def as_our_image_processor(image_processor: Any) -> DilatedViTMAEImageProcessor:
+    """
+    A [`DilatedViTMAEImageProcessor`] doing what `image_processor` does: ours is returned as it is; a transformers
+    processor with the same attributes (a PIL one such as `facebook/vit-mae-*`'s `ViTImageProcessorPil`, or CLIP's) is
+    read into ours: `size` (`shortest_edge`, or `height`/`width`), `do_center_crop` / `crop_size` (and `crop_pct` when
+    it crops), `resample`, `do_rescale` / `rescale_factor`, `do_normalize` / `image_mean` / `image_std`, so that the
+    evaluation view and a fine-tuned folder's processor are ours (and its code) whatever the checkpoint came from.
+
+    Example:
+
+    ```python
+    >>> from transformers import ViTImageProcessorPil
+    >>> from dilated_vit_mae.data.transforms import as_our_image_processor
+    >>> as_our_image_processor(ViTImageProcessorPil()).size
+    {'height': 224, 'width': 224}
+    ```
+    """
+    if isinstance(image_processor, DilatedViTMAEImageProcessor):
+        return image_processor
+    size = _as_dict(getattr(image_processor, "size", None))
+    if size.get("shortest_edge"):
+        size = {"shortest_edge": size["shortest_edge"]}
+    elif size.get("height") and size.get("width"):
+        size = {"height": size["height"], "width": size["width"]}
+    else:
+        raise ValueError(f"The image processor's `size` needs `shortest_edge` or `height`/`width`, got {size!r}.")
+    crop_size = _as_dict(getattr(image_processor, "crop_size", None))
+    do_center_crop = bool(getattr(image_processor, "do_center_crop", bool(crop_size)))
+    if not do_center_crop and "height" in size:
+        crop_size = size  # what `crop_size` states: the output size (the training crop's, in run_finetune.py)
+    mean = list(getattr(image_processor, "image_mean", None) or IMAGENET_DEFAULT_MEAN)
+    std = list(getattr(image_processor, "image_std", None) or IMAGENET_DEFAULT_STD)
+    resample = getattr(image_processor, "resample", None)
+    return DilatedViTMAEImageProcessor(
+        do_resize=getattr(image_processor, "do_resize", True),
+        size=size,
+        resample=PIL.Image.Resampling.BICUBIC if resample is None else int(resample),
+        do_center_crop=do_center_crop,
+        crop_size=crop_size or None,
+        crop_pct=getattr(image_processor, "crop_pct", None) if do_center_crop else None,
+        do_rescale=getattr(image_processor, "do_rescale", True),
+        rescale_factor=getattr(image_processor, "rescale_factor", 1 / 255),
+        do_normalize=getattr(image_processor, "do_normalize", True),
+        image_mean=mean,
+        image_std=std,
+        num_channels=getattr(image_processor, "num_channels", None) or len(mean),
+    )
+
+
+def eval_view(image_processor: Any) -> Callable[[ImageInput], torch.Tensor]:
     r"""
-    The evaluation view, one image at a time: [`DilatedViTMAEImageProcessor`]'s own processing (the code of its
-    `preprocess`, with its settings validated once), returning a tensor. Resize the shortest edge to `resize_size`
-    divided by `crop_pct` (the longer edge's new length is truncated, as in transformers'
-    `get_resize_output_image_size`), centre-crop to `size` (offsets rounded down, as in transformers' `center_crop`; a
-    crop larger than the resized image is padded with black, as there), rescale, normalise.
-    [`~MAEEvalTransform.from_image_processor`] takes a processor's settings, its crop fraction included: what
-    `run_mae.py`'s validation, `run_finetune.py`'s evaluation and `linear_probe.py`'s features use.
-
-    Bounded like the processor (and so like the Inference Endpoints handler): an encoded image (path or bytes) larger
-    than `MAX_IMAGE_PIXELS` is refused from its header, naming it, before it is decoded; a resize that would make
-    more than `MAX_RESIZED_PIXELS` (an extreme aspect ratio: 1 x 1,000,000 px would become 224 x 224,000,000) resamples
-    only the part the centre crop keeps.
-
-    Accepted inputs: a `PIL.Image.Image`; a uint8 `np.ndarray` of shape `(height, width)` or `(height, width,
-    channels)`; a file path; or a `{"bytes": ..., "path": ...}` dict as stored by `datasets.Image(decode=False)`. Other
-    types raise `TypeError`; an unreadable file raises `ValueError` naming it.
-
-    Args:
-        size (`int` or `tuple[int, int]`, *optional*, defaults to 224):
-            Output (crop) size; an int gives a square, a tuple is `(height, width)`.
-        image_mean (`Sequence[float]`, *optional*, defaults to `IMAGENET_DEFAULT_MEAN`):
-            Per-channel mean subtracted after rescaling.
-        image_std (`Sequence[float]`, *optional*, defaults to `IMAGENET_DEFAULT_STD`):
-            Per-channel standard deviation.
-        num_channels (`int`, *optional*, defaults to 3):
-            3 for RGB, 1 for greyscale.
-        resize_size (`int` or `tuple[int, int]`, *optional*):
-            An int is the length of the shortest edge after resizing (the processor's `{"shortest_edge": s}`); a
-            `(height, width)` pair resizes to exactly that size (`{"height": h, "width": w}`). Defaults to
-            `max(size)` as shortest edge. Either way divided by `crop_pct` when it is set.
-        resample (`int`, *optional*, defaults to `PIL.Image.Resampling.BICUBIC`):
-            PIL resampling filter.
-        rescale_factor (`float`, *optional*, defaults to `1/255`):
-            Factor applied to the 0..255 pixel values before normalising.
-        crop_pct (`float`, *optional*):
-            The processor's crop fraction: `MAEEvalTransform(224, crop_pct=0.875)` resizes the shortest edge to 256
-            and keeps the central 224 x 224, MAE's and DINO's evaluation view. `None` resizes to `resize_size` itself.
+    The evaluation view of an image processor ([`as_our_image_processor`]), one image at a time: what `run_mae.py`'s
+    validation, `run_finetune.py`'s evaluation and `linear_probe.py`'s features use. The processor does the work
+    (resize by its crop fraction, centre crop, rescale, normalise, bounded); this only opens the image as the training
+    transforms do, so that a `{"bytes": ..., "path": ...}` dict (`datasets.Image(decode=False)`) works and an
+    unreadable or oversized file (more than `MAX_IMAGE_PIXELS`, refused from its header) is named, and returns the
+    `(num_channels, height, width)` float32 tensor. Picklable, for `DataLoader` workers.
 
     Example:
 
     ```python
     >>> import PIL.Image
-    >>> from dilated_vit_mae.data.transforms import MAEEvalTransform
-    >>> MAEEvalTransform(224, crop_pct=0.875)(PIL.Image.new("RGB", (178, 218))).shape
+    >>> from dilated_vit_mae import DilatedViTMAEImageProcessor
+    >>> from dilated_vit_mae.data.transforms import eval_view
+    >>> eval_view(DilatedViTMAEImageProcessor(crop_pct=0.875))(PIL.Image.new("RGB", (178, 218))).shape
     torch.Size([3, 224, 224])
     ```
     """
-
-    def __init__(
-        self,
-        size: int | tuple[int, int] = 224,
-        image_mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        image_std: Sequence[float] = IMAGENET_DEFAULT_STD,
-        num_channels: int = 3,
-        resize_size: int | tuple[int, int] | None = None,
-        resample: int = PIL.Image.Resampling.BICUBIC,
-        rescale_factor: float = 1 / 255,
-        crop_pct: float | None = None,
-    ) -> None:
-        self.size = _check_size(size)
-        self.num_channels = _check_num_channels(num_channels)
-        self.image_mean, self.image_std = _check_mean_std(image_mean, image_std, num_channels)
-        if resize_size is None:
-            resize_size = max(self.size)
-        if isinstance(resize_size, int) and not isinstance(resize_size, bool):
-            if resize_size <= 0:
-                raise ValueError(f"`resize_size` must be positive, got {resize_size!r}.")
-        else:
-            try:
-                resize_size = _check_size(resize_size)
-            except ValueError:
-                raise ValueError(
-                    f"`resize_size` must be an int (shortest edge) or a (height, width) pair, got {resize_size!r}."
-                ) from None
-        self.resize_size = resize_size
-        self.resample = resample
-        self.rescale_factor = _check_rescale_factor(rescale_factor)
-        height, width = self.size
-        self.image_processor = DilatedViTMAEImageProcessor(
-            size={"shortest_edge": resize_size} if isinstance(resize_size, int) else resize_size,
-            crop_size={"height": height, "width": width},
-            crop_pct=crop_pct,
-            resample=resample,
-            rescale_factor=self.rescale_factor,
-            image_mean=self.image_mean.reshape(-1).tolist(),
-            image_std=self.image_std.reshape(-1).tolist(),
-            num_channels=self.num_channels,
+    image_processor = as_our_image_processor(image_processor)
+    exact_resize = image_processor.do_resize and "height" in image_processor.size
+    if not (image_processor.do_center_crop or exact_resize):
+        raise ValueError(
+            "An evaluation view needs one output size for every image (its batches are stacked), got an image "
+            "processor that neither centre-crops nor resizes to a fixed size. Set do_center_crop=True or "
+            "size={'height': h, 'width': w}."
         )
-        self.crop_pct = self.image_processor.crop_pct
-        # validated once: each call only processes
-        self._settings = self.image_processor._preprocess_settings()
+    return _ImageProcessorView(image_processor)
 
-    @classmethod
-    def from_image_processor(cls, image_processor: Any, **kwargs) -> "MAEEvalTransform":
-        """
-        Build the transform from an image processor (`DilatedViTMAEImageProcessor` or a transformers processor with
-        the same attributes): `size` (`shortest_edge`, or `height`/`width`), `crop_size`, `do_center_crop`,
-        `crop_pct` (when it crops; absent: none), `resample`, `do_rescale` / `rescale_factor`, `do_normalize` /
-        `image_mean` / `image_std`. `kwargs` override the resulting constructor arguments.
 
-        Example:
+class _ImageProcessorView:
+    """[`eval_view`]'s callable (a class so that it pickles, and so that `vars()` describes the view)."""
 
-        ```python
-        >>> from dilated_vit_mae import DilatedViTMAEImageProcessor
-        >>> from dilated_vit_mae.data.transforms import MAEEvalTransform
-        >>> MAEEvalTransform.from_image_processor(DilatedViTMAEImageProcessor(crop_pct=0.875))
-        MAEEvalTransform(size=(224, 224), resize_size=224, crop_pct=0.875, num_channels=3)
-        ```
-        """
-        if not getattr(image_processor, "do_resize", True):
-            raise ValueError(
-                "MAEEvalTransform always resizes, got an image processor with do_resize=False. Set do_resize=True."
-            )
-        size = _as_dict(getattr(image_processor, "size", None))
-        if size.get("shortest_edge"):
-            resize_size = size["shortest_edge"]
-        elif size.get("height") and size.get("width"):
-            resize_size = (size["height"], size["width"])
-        else:
-            raise ValueError(f"The image processor's `size` needs `shortest_edge` or `height`/`width`, got {size!r}.")
-        crop_size = _as_dict(getattr(image_processor, "crop_size", None))
-        crop_pct = None
-        if getattr(image_processor, "do_center_crop", bool(crop_size)):
-            output_size = (crop_size["height"], crop_size["width"])
-            crop_pct = getattr(image_processor, "crop_pct", None)
-        elif isinstance(resize_size, tuple):
-            output_size = resize_size  # the centre crop of an exact resize to the same size is the identity
-        else:
-            raise ValueError(
-                "MAEEvalTransform gives a fixed output size, got an image processor that resizes the shortest edge "
-                "without a centre crop. Set do_center_crop=True or size={'height': h, 'width': w}."
-            )
-        mean = list(getattr(image_processor, "image_mean", None) or IMAGENET_DEFAULT_MEAN)
-        std = list(getattr(image_processor, "image_std", None) or IMAGENET_DEFAULT_STD)
-        num_channels = getattr(image_processor, "num_channels", None) or len(mean)
-        if not getattr(image_processor, "do_normalize", True):
-            mean, std = [0.0] * num_channels, [1.0] * num_channels
-        values = {
-            "size": output_size,
-            "image_mean": mean,
-            "image_std": std,
-            "num_channels": num_channels,
-            "resize_size": resize_size,
-            "resample": int(getattr(image_processor, "resample", None) or PIL.Image.Resampling.BICUBIC),
-            "rescale_factor": getattr(image_processor, "rescale_factor", 1 / 255)
-            if getattr(image_processor, "do_rescale", True)
-            else 1.0,
-            "crop_pct": crop_pct,
-        }
-        values.update(kwargs)
-        return cls(**values)
+    def __init__(self, image_processor: DilatedViTMAEImageProcessor) -> None:
+        self.image_processor = image_processor
 
     def __call__(self, image: ImageInput) -> torch.Tensor:
-        """
-        Args:
-            image (`PIL.Image.Image`, `np.ndarray`, path or `{"bytes", "path"}` dict):
-                The image to transform.
-
-        Returns:
-            `torch.FloatTensor` of shape `(num_channels, height, width)`.
-        """
-        image = _prepare_image(image, self.num_channels, max_pixels=MAX_IMAGE_PIXELS)
-        return torch.from_numpy(_preprocess_image(image, **self._settings))
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(size={self.size}, resize_size={self.resize_size}, crop_pct={self.crop_pct}, "
-            f"num_channels={self.num_channels})"
-        )
-
-
-class MAEBatchTransform:
-    """
-    Turn a per-image transform into a batch function for `datasets.Dataset.set_transform` / `with_transform`.
-
-    Input: a batch dict whose `image_column` holds images (PIL images, or `{"bytes", "path"}` dicts when the column is
-    cast to `datasets.Image(decode=False)`, which lets the transform name an unreadable file instead of failing inside
-    `datasets`' decoding). Output: `{"pixel_values": [tensor, ...]}` plus the `label_columns`, passed through.
-
-    Args:
-        transform (`MAETrainTransform`, `MAEEvalTransform` or any picklable callable):
-            Applied to each image.
-        image_column (`str`, *optional*, defaults to `"image"`):
-            Column holding the images.
-        label_columns (`Sequence[str]`, *optional*):
-            Columns passed through unchanged (e.g. CelebA attributes).
-
-    Example:
-
-    ```python
-    >>> from dilated_vit_mae.data.loading import load_celeba
-    >>> from dilated_vit_mae.data.transforms import MAEBatchTransform, MAEEvalTransform
-    >>> test = load_celeba("data/celeba_sample")["test"]
-    >>> test.set_transform(MAEBatchTransform(MAEEvalTransform(224), label_columns=["Male"]))
-    >>> sorted(test[0])
-    ['Male', 'pixel_values']
-    ```
-    """
-
-    def __init__(self, transform: Any, image_column: str = "image", label_columns: Sequence[str] | None = None):
-        if not callable(transform):
-            raise TypeError(f"`transform` must be callable, got {type(transform).__name__}.")
-        if isinstance(label_columns, str):
-            raise ValueError(f"`label_columns` must be a sequence of column names, got the string {label_columns!r}.")
-        self.transform = transform
-        self.image_column = image_column
-        self.label_columns = tuple(label_columns or ())
-
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        missing = [c for c in (self.image_column, *self.label_columns) if c not in batch]
-        if missing:
-            raise KeyError(
-                f"Batch has no column(s) {missing}; it has {sorted(batch)}. Pass the right `image_column` / "
-                "`label_columns`, or include them in `set_transform(..., columns=...)`."
-            )
-        output = {"pixel_values": [self.transform(image) for image in batch[self.image_column]]}
-        output.update({column: batch[column] for column in self.label_columns})
-        return output
-
-
-class MAECollator:
-    """
-    `collate_fn` for a `DataLoader` over examples with `pixel_values` tensors: stacks them into `(batch_size,
-    num_channels, height, width)` and, if `label_columns` are given, stacks those columns into `labels` of shape
-    `(batch_size, len(label_columns))` (bools become 0/1), the multi-label target of an attribute classifier.
-
-    Args:
-        label_columns (`Sequence[str]`, *optional*):
-            Example keys to stack into `labels`, in this order.
-        labels_key (`str`, *optional*, defaults to `"labels"`):
-            Output key of the stacked labels.
-        labels_dtype (`torch.dtype`, *optional*, defaults to `torch.float32`):
-            Dtype of the labels.
-
-    Example:
-
-    ```python
-    >>> import torch
-    >>> from dilated_vit_mae.data.transforms import MAECollator
-    >>> batch = MAECollator(label_columns=["Smiling"])([{"pixel_values": torch.zeros(3, 8, 8), "Smiling": True}])
-    >>> batch["labels"]
-    tensor([[1.]])
-    ```
-    """
-
-    def __init__(
-        self,
-        label_columns: Sequence[str] | None = None,
-        labels_key: str = "labels",
-        labels_dtype: torch.dtype = torch.float32,
-    ) -> None:
-        if isinstance(label_columns, str):
-            raise ValueError(f"`label_columns` must be a sequence of column names, got the string {label_columns!r}.")
-        self.label_columns = tuple(label_columns or ())
-        self.labels_key = labels_key
-        self.labels_dtype = labels_dtype
-
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if not examples:
-            raise ValueError("Cannot collate an empty list of examples.")
-        batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples])}
-        if self.label_columns:
-            labels = [[float(example[column]) for column in self.label_columns] for example in examples]
-            batch[self.labels_key] = torch.tensor(labels, dtype=self.labels_dtype)
-        return batch
+        image = _prepare_image(image, self.image_processor.num_channels, max_pixels=MAX_IMAGE_PIXELS)
+        return torch.from_numpy(self.image_processor(image)["pixel_values"][0])
 
 
 class MAEHostCollator:
@@ -1001,11 +822,6 @@ class MAEHostCollator:
         if self.index_key in examples[0]:
             output[self.index_key] = torch.tensor([int(example[self.index_key]) for example in examples])
         return output
-
-
-def collate_fn(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack `pixel_values` only; see [`MAECollator`] for labels."""
-    return MAECollator()(examples)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from torch import nn
 from ..publish.model_card import CLASSIFIER_CARD_MARKER, LICENSE
 from ..evaluation.probe import OnMissingLabel, class_ids, drop_missing_labels, label_matrix, resolve_label_columns
 from ..data.seeding import stable_seed
+from ..data.transforms import as_our_image_processor  # noqa: F401  (part of this module's API: run_finetune.py)
 
 
 __all__ = [
@@ -443,32 +444,6 @@ def _source_model_type(model_name_or_path: str | os.PathLike[str], kwargs: dict)
     hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "cache_dir") if key in kwargs}
     config_dict, _ = PreTrainedConfig.get_config_dict(str(model_name_or_path), **hub_kwargs)
     return config_dict.get("model_type")
-
-
-def as_our_image_processor(image_processor):
-    """
-    A [`DilatedViTMAEImageProcessor`] doing what `image_processor` does (ours, or a transformers PIL processor such as
-    `facebook/vit-mae-*`'s `ViTImageProcessorPil`): resize, centre crop, rescale, normalise, as
-    [`~dilated_vit_mae.data.transforms.MAEEvalTransform.from_image_processor`] reads them; so that a fine-tuned folder
-    carries our processor (and its code) whatever it was warm-started from.
-    """
-    from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
-    from ..data.transforms import MAEEvalTransform
-
-    if isinstance(image_processor, DilatedViTMAEImageProcessor):
-        return image_processor
-    transform = MAEEvalTransform.from_image_processor(image_processor)
-    resize = transform.resize_size
-    height, width = transform.size
-    return DilatedViTMAEImageProcessor(
-        size={"shortest_edge": resize} if isinstance(resize, int) else {"height": resize[0], "width": resize[1]},
-        crop_size={"height": height, "width": width},
-        resample=transform.resample,
-        rescale_factor=transform.rescale_factor,
-        image_mean=transform.image_mean.reshape(-1).tolist(),
-        image_std=transform.image_std.reshape(-1).tolist(),
-        num_channels=transform.num_channels,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
