@@ -231,8 +231,8 @@ def test_reconstruction_images(tiny_config, norm_pix_loss):
     torch.testing.assert_close(images["recomposited"][~visible], images["reconstruction"][~visible])
     assert (images["masked"][~visible] == 0).all()
     grid = reconstruction_grid(images, caption="masked-patch MSE 0.01")
-    # labelled columns of tiles upscaled to at least 128 px (32 px x 4), a header and a caption line
-    assert grid.size == (4 * 128, 24 + 2 * 128 + 28) and grid.mode == "RGB"
+    # labelled columns of tiles upscaled to at least 128 px (32 px x 4), 4 px apart, a header and a caption line
+    assert grid.size == (4 * 128 + 3 * 4, 24 + 2 * 128 + 4 + 28) and grid.mode == "RGB"
     header = np.asarray(grid)[:24]
     assert (header < 128).any(), "the column labels are drawn"
 

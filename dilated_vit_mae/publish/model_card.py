@@ -35,6 +35,7 @@ import PIL.ImageFont
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_dilated_vit_mae import DilatedViTMAEConfig
+from ..evaluation.reconstruction import labelled_grid
 from ..modeling_dilated_vit_mae import centred_padding, to_2tuple
 from ..train.redaction import publishable, redact, secret_values
 
@@ -290,16 +291,6 @@ def draw_tokenizer_diagram(config: DilatedViTMAEConfig) -> PIL.Image.Image:
     return image
 
 
-def _upscale(image: PIL.Image.Image, min_side: int = 192) -> PIL.Image.Image:
-    """Nearest-neighbour upscaling by an integer factor, so that small model inputs stay crisp on a web page."""
-    factor = max(1, int(np.ceil(min_side / min(image.size))))
-    return image.resize((image.width * factor, image.height * factor), PIL.Image.NEAREST)
-
-
-STRIP_LABELS = {"original": "original", "masked": "masked (input)", "reconstruction": "reconstruction",
-                "recomposited": "re-composited"}  # fmt: skip
-
-
 def _strip_caption(result: dict[str, Any]) -> str:
     """The masked pixels' MSE of the re-composited image beside a trivial predictor (the visible pixels' mean colour)."""
     original = np.asarray(result["original"].convert("RGB"), dtype=np.float64) / 255
@@ -320,18 +311,7 @@ def reconstruction_strip(
 ) -> PIL.Image.Image:
     """The images of one `mae-reconstruction` result side by side (upscaled, labelled), with a caption that puts its
     masked-pixel error beside a trivial predictor's."""
-    images = [_upscale(result[name].convert("RGB")) for name in columns]
-    gap, header, footer = 4, 22, 24
-    width = sum(i.width for i in images) + gap * (len(images) - 1)
-    strip = PIL.Image.new("RGB", (width, header + images[0].height + footer), "white")
-    draw, font = PIL.ImageDraw.Draw(strip), _font(13)
-    x = 0
-    for name, image in zip(columns, images):
-        draw.text((x + 3, 4), STRIP_LABELS.get(name, name), fill=_COLOURS["text"], font=font)
-        strip.paste(image, (x, header))
-        x += image.width + gap
-    draw.text((3, header + images[0].height + 5), _strip_caption(result), fill=_COLOURS["text"], font=font)
-    return strip
+    return labelled_grid([result], columns, min_cell_size=192, caption=_strip_caption(result))
 
 
 def write_card_assets(
