@@ -15,6 +15,7 @@ import PIL.ImageFont
 import torch
 
 from ..modeling_dilated_vit_mae import DilatedViTMAEForPreTraining, patchify, unpatchify
+from .metrics.pixel_errors import mean_squared_error, psnr_from_mse
 
 
 
@@ -88,12 +89,6 @@ def _patch_predictions(
     return targets, {**pixels, "baseline_visible_mean": visible_mean_patch}
 
 
-def _psnr(recomposited: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [0, 1] (data range 1); a perfect image is capped at 100 dB."""
-    mse = ((recomposited - original) ** 2).flatten(1).mean(dim=1)
-    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
-
-
 def reconstruction_scores(
     model: DilatedViTMAEForPreTraining,
     pixel_values: torch.Tensor,
@@ -125,13 +120,14 @@ def reconstruction_scores(
         return to_unit_range(unpatchify(patch_values, patch_size, grid, channels), image_mean, image_std)
 
     original = unit_image(patches)
-    pixel_mask = model.mask_to_pixels(mask, tuple(pixel_values.shape[2:])).expand_as(original)
-    masked_pixels = pixel_mask.flatten(1).sum(dim=1).clamp(min=1)
+    pixel_mask = model.mask_to_pixels(mask, tuple(pixel_values.shape[2:]))  # (B, 1, H, W)
     masked_patches = mask.sum(dim=1).clamp(min=1)
 
     def pixel_scores(patch_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the definitions of the `masked_patch_mse` and `psnr` metric modules (data range 1)
         recomposited = original * (1 - pixel_mask) + unit_image(patch_values) * pixel_mask
-        return ((recomposited - original) ** 2).flatten(1).sum(dim=1) / masked_pixels, _psnr(recomposited, original)
+        mse = mean_squared_error(recomposited, original, pixel_mask)
+        return mse, psnr_from_mse(mean_squared_error(recomposited, original))
 
     scores = {}
     for name in PREDICTORS:
