@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.fingerprint import partial_name, remove_abandoned_partials
+from ..data.fingerprint import remove_abandoned_partials, written_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -374,13 +374,9 @@ class FeatureCache:
 
         path = self.path(description)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = partial_name(path)
         metadata = {"description": json.dumps(description, sort_keys=True, default=str), "images": images or ""}
-        try:
+        with written_atomically(path) as partial:
             safetensors.torch.save_file({"features": features.contiguous().cpu()}, str(partial), metadata=metadata)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
         return path
 
 
