@@ -174,6 +174,14 @@ GRID_GAP = 4  # white pixels between tiles, so that a masked tile stands apart f
 GRID_HEADER = 24  # the column labels' band
 
 
+def label_font(size: int) -> PIL.ImageFont.ImageFont:
+    """Pillow's default font at `size` pixels (the one bitmap size of Pillow < 10.1)."""
+    try:
+        return PIL.ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        return PIL.ImageFont.load_default()
+
+
 def labelled_grid(
     rows: Sequence[Mapping[str, PIL.Image.Image]],
     columns: Sequence[str] | None = None,
@@ -193,7 +201,7 @@ def labelled_grid(
     cell_width, cell_height = first.width * factor, first.height * factor
     width = (cell_width + GRID_GAP) * len(names) - GRID_GAP
     body = (cell_height + GRID_GAP) * len(rows) - GRID_GAP
-    font = PIL.ImageFont.load_default(size=14)
+    font = label_font(14)
     if caption:  # wrapped to the grid's width (about 7 px a character at this size)
         caption = "\n".join(textwrap.fill(line, max(20, width // 7)) for line in caption.splitlines())
     footer = 22 * (caption.count("\n") + 1) + 6 if caption else 0

@@ -31,11 +31,10 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
-import PIL.ImageFont
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_dilated_vit_mae import DilatedViTMAEConfig
-from ..evaluation.reconstruction import labelled_grid
+from ..evaluation.reconstruction import label_font, labelled_grid
 from ..modeling_dilated_vit_mae import centred_padding, to_2tuple
 from ..train.redaction import publishable, redact, secret_values
 
@@ -194,13 +193,6 @@ _COLOURS = {"dense": (31, 119, 180), "grid": (205, 205, 205), "patch": (120, 120
 _RATE_COLOURS = [(255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
 
-def _font(size: int) -> PIL.ImageFont.ImageFont:
-    try:
-        return PIL.ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one bitmap size
-        return PIL.ImageFont.load_default()
-
-
 def draw_tokenizer_diagram(config: DilatedViTMAEConfig) -> PIL.Image.Image:
     """
     A schematic of the tokenizer of `config`, drawn to scale in pixels: a neighbourhood of patches, the dense kernel
@@ -257,7 +249,7 @@ def draw_tokenizer_diagram(config: DilatedViTMAEConfig) -> PIL.Image.Image:
         )
     draw.rectangle(box(centre_row, centre_column, patch_height, patch_width), outline=_COLOURS["dense"], width=3)
 
-    font, small = _font(16), _font(13)
+    font, small = label_font(16), label_font(13)
     x, y = 2 * margin + size_px[1] * cell, margin
     draw.text((x, y), "One token of the centre patch =", fill=_COLOURS["text"], font=font)
     y += 28
