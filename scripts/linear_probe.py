@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
-from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
+from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba  # noqa: E402
 from dilated_vit_mae.data.fingerprint import dataset_images_fingerprint  # noqa: E402
 from dilated_vit_mae.train.lifecycle import check_model_folder, positive_float, positive_int, run_cli  # noqa: E402
 from dilated_vit_mae.evaluation.probe import (  # noqa: E402
@@ -88,7 +88,7 @@ from dilated_vit_mae.data.transforms import eval_view  # noqa: E402
 
 logger = get_logger(__name__)
 
-DEFAULT_CELEBA_DIR = REPO_ROOT / "data" / "celeba_sample"
+DEFAULT_CELEBA_DIR = CELEBA_SAMPLE_DIR
 RESULTS_FILE = "linear_probe_results.json"
 KNN_RESULTS_FILE = "knn_results.json"
 

@@ -207,14 +207,14 @@ def make_full_size_standin(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", type=Path, default=REPO_ROOT / "data" / "celeba_sample")
+    parser.add_argument("--output_dir", type=Path, default=CELEBA_SAMPLE_DIR)
     parser.add_argument("--full_size", action="store_true", help="Build the hard-linked full-size stand-in instead.")
     parser.add_argument(
         "--num_images", type=int, default=sum(CELEBA_SPLIT_COUNTS.values()),
         help="With --full_size: how many files (default CelebA's 202,599; fewer are split in CelebA's proportions).",
     )  # fmt: skip
     args = parser.parse_args()
-    if args.full_size and args.output_dir == REPO_ROOT / "data" / "celeba_sample":
+    if args.full_size and args.output_dir == CELEBA_SAMPLE_DIR:
         parser.error("--full_size needs an --output_dir (not the shipped sample's folder), e.g. /tmp/celeba-full.")
     return args
 

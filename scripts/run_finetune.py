@@ -61,7 +61,7 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEForImageClassification,
     DilatedViTMAEImageProcessor,
 )
-from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
+from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba  # noqa: E402
 from dilated_vit_mae.train.distributed import build_accelerator, load_full_state_dict, save_pretrained  # noqa: E402
 from dilated_vit_mae.train.finetune import (  # noqa: E402
     MAE_FINETUNE_RECIPE,
@@ -103,7 +103,7 @@ from dilated_vit_mae.data.transforms import MAETrainTransform, RandAugment, eval
 
 logger = get_logger(__name__)
 
-DEFAULT_CELEBA_DIR = REPO_ROOT / "data" / "celeba_sample"
+DEFAULT_CELEBA_DIR = CELEBA_SAMPLE_DIR
 BEST_DIR = "best"  # under OUTPUT_DIR/checkpoints: the best model so far (CheckpointManager keeps only step_N folders)
 DROP_PATH_STREAM = 102  # the tag of the model's own random draws (drop path, dropout), reseeded every batch
 

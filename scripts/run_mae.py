@@ -49,7 +49,7 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEForPreTraining,
     DilatedViTMAEImageProcessor,
 )
-from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
+from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba  # noqa: E402
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.data.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
 from dilated_vit_mae.train.distributed import build_accelerator, parameters_are_finite, save_pretrained  # noqa: E402
@@ -89,7 +89,7 @@ from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, M
 logger = get_logger(__name__)
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "dilated-vit-mae-tiny-64"
-DEFAULT_CELEBA_DIR = REPO_ROOT / "data" / "celeba_sample"
+DEFAULT_CELEBA_DIR = CELEBA_SAMPLE_DIR
 SAMPLE_RECIPE = DEFAULT_CONFIG / "sample_recipe.json"
 # MAE's recipe, the defaults for real data; the sample recipe overrides what it names when training on the sample
 RECIPE_DEFAULTS = {

@@ -23,9 +23,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 import PIL.Image  # noqa: E402
-import PIL.ImageDraw  # noqa: E402
 
 from dilated_vit_mae import DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor  # noqa: E402
+from dilated_vit_mae.evaluation.reconstruction import labelled_grid  # noqa: E402
 from dilated_vit_mae.pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline  # noqa: E402
 
 
@@ -73,23 +73,6 @@ def find_images(sources: Sequence[str | Path], max_images: int | None = None) ->
     return images[:max_images] if max_images is not None else images
 
 
-def reconstruction_grid(results: Sequence[dict], min_cell_size: int = 128, labels: bool = True) -> PIL.Image.Image:
-    """One row per `mae-reconstruction` result: original | masked | reconstruction | re-composited, with a header."""
-    first = results[0]["original"]
-    factor = max(1, -(-min_cell_size // min(first.size)))  # ceil division
-    cell_width, cell_height = first.width * factor, first.height * factor
-    header = 20 if labels else 0
-    grid = PIL.Image.new("RGB", (cell_width * len(COLUMNS), header + cell_height * len(results)), "white")
-    draw = PIL.ImageDraw.Draw(grid)
-    for column, name in enumerate(COLUMNS):
-        if labels:
-            draw.text((column * cell_width + 4, 4), name, fill=(0, 0, 0))
-        for row, result in enumerate(results):
-            cell = result[name].convert("RGB").resize((cell_width, cell_height), PIL.Image.NEAREST)
-            grid.paste(cell, (column * cell_width, header + row * cell_height))
-    return grid
-
-
 def main(args: argparse.Namespace) -> Path:
     paths = find_images(args.images, args.max_images)
     model = DilatedViTMAEForPreTraining.from_pretrained(args.model, revision=args.revision).eval()
@@ -102,7 +85,7 @@ def main(args: argparse.Namespace) -> Path:
             results.append(reconstruct(image, mask_ratio=args.mask_ratio, seed=args.seed))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    reconstruction_grid(results, args.min_cell_size).save(output, format="PNG")
+    labelled_grid(results, COLUMNS, args.min_cell_size).save(output, format="PNG")
     logger.info(
         f"wrote {output}: {len(results)} images, mask ratio {results[0]['mask_ratio']}, seed {args.seed} "
         f"(columns: {', '.join(COLUMNS)})"

@@ -114,6 +114,40 @@ def test_kaggle_layout_nested_folder_and_csv(tmp_path):
     assert [celeba["test"][0][a] for a in CELEBA_ATTRIBUTE_NAMES] == (values[first] == 1).tolist()
 
 
+@pytest.mark.parametrize(
+    "name, line_index, line, match",
+    [
+        ("list_eval_partition.txt", 3, "000003.jpg 0", r"list_eval_partition\.txt' line 4: '000003\.jpg' is listed twice"),
+        ("identity_CelebA.txt", 6, "000006.jpg 12", r"identity_CelebA\.txt' line 7: '000006\.jpg' is listed twice"),
+        ("list_attr_celeba.txt", 3, "000001.jpg" + " 1" * 40,
+         r"list_attr_celeba\.txt' line 4: '000001\.jpg' is listed twice"),
+        ("list_eval_partition.txt", 5, "000006.jpg 3",
+         r"list_eval_partition\.txt' line 6: expected '<image file> <0\|1\|2>' .*got \['3'\]\. Re-download"),
+        ("identity_CelebA.txt", 1, "000002.jpg 7.5",
+         r"identity_CelebA\.txt' line 2: expected '<image file> <integer identity>', got \['7\.5'\]"),
+    ],
+)  # fmt: skip
+def test_every_annotation_file_names_its_bad_line(raw_celeba, name, line_index, line, match):
+    root, _ = raw_celeba
+    replace_line(root / name, line_index, line)
+    with pytest.raises(ValueError, match=match):
+        load_celeba(root)
+
+
+def test_bad_lines_of_the_kaggle_csv_files_and_an_empty_partition_are_named(tmp_path):
+    truth = write_raw_celeba(tmp_path, identities=False)
+    (tmp_path / "list_attr_celeba.txt").unlink()
+    names = truth["names"]
+    rows = "".join(f"{n}," + ",".join(["1"] * 40) + "\n" for n in names)
+    (tmp_path / "list_attr_celeba.csv").write_text("image_id," + ",".join(CELEBA_ATTRIBUTE_NAMES) + "\n" + rows)
+    replace_line(tmp_path / "list_attr_celeba.csv", 3, names[2] + "," + ",".join(["1"] * 39) + ",yes")
+    with pytest.raises(ValueError, match=r"list_attr_celeba\.csv' line 4: attribute values must be 1 or -1, got \['yes'\]"):
+        load_celeba(tmp_path)
+    (tmp_path / "list_eval_partition.txt").write_text("\n")
+    with pytest.raises(ValueError, match=r"list_eval_partition\.txt' lists no images"):
+        load_celeba(tmp_path)
+
+
 def test_official_download_layout_with_subfolders(tmp_path):
     write_raw_celeba(tmp_path, image_dir=tmp_path / "Img" / "img_align_celeba")
     (tmp_path / "Eval").mkdir()

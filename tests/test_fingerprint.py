@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import datasets
+import pytest
 
 from dilated_vit_mae.data.fingerprint import (
     dataset_images_fingerprint,
@@ -14,6 +15,7 @@ from dilated_vit_mae.data.fingerprint import (
     partial_name,
     remove_abandoned_partials,
     write_json_atomically,
+    written_atomically,
 )
 
 
@@ -72,3 +74,40 @@ def test_json_is_written_whole_and_a_killed_writers_partial_is_removed(tmp_path)
     write_json_atomically(tmp_path / "record.json", {"a": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["record.json"]
     assert json.loads((tmp_path / "record.json").read_text()) == {"a": 1}
+
+
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
+    final = tmp_path / "features.bin"
+    final.write_bytes(b"old")
+    with pytest.raises(OSError, match="disk full"):
+        with written_atomically(final) as partial:
+            partial.write_bytes(b"ne")  # a write that fails half-way
+            raise OSError("disk full")
+    assert final.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["features.bin"]
+    with written_atomically(final) as partial:
+        assert partial == partial_name(final) and final.read_bytes() == b"old"  # readers see the old file meanwhile
+        partial.write_bytes(b"new")
+    assert final.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["features.bin"]
+
+
+def test_a_folder_is_moved_into_place_when_complete_and_removed_when_not(tmp_path):
+    final = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        with written_atomically(final) as partial:
+            (partial / "sub").mkdir(parents=True)
+            (partial / "sub" / "images.npy").write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with written_atomically(final) as partial:
+        partial.mkdir()
+        (partial / "meta.json").write_text("{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"] and (final / "meta.json").read_text() == "{}"
+
+
+def test_a_named_partial_and_a_leftover_of_the_same_name(tmp_path):
+    # run.json is written under `.tmp-run.json`, the name the output folder policy removes when a run starts
+    partial = tmp_path / ".tmp-run.json"
+    partial.write_text('{"half')  # an earlier failure of this writer
+    write_json_atomically(tmp_path / "run.json", {"run_id": "a"}, partial=partial)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+    assert json.loads((tmp_path / "run.json").read_text()) == {"run_id": "a"}

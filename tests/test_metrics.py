@@ -47,18 +47,30 @@ def test_unknown_metric_lists_the_valid_names():
         load_metric("mse")
 
 
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """The top-level libraries a file imports, and the sibling modules it imports relatively (`from .x import y`)."""
+    libraries, siblings = set(), set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            libraries |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            libraries.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 1 and "." not in node.module, f"{path.name}: only sibling modules can be copied"
+            siblings.add(node.module)
+    return libraries, siblings
+
+
 @pytest.mark.parametrize("name", METRIC_NAMES)
 def test_metric_scripts_import_only_what_evaluate_can_copy(name):
-    # `evaluate.load` copies the script alone into its module cache: no package or relative imports
-    tree = ast.parse((METRICS_DIR / f"{name}.py").read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"relative import in {name}.py"
-            imported.add(node.module.split(".")[0])
-    assert imported <= {"datasets", "evaluate", "numpy"} | set(sys.stdlib_module_names)
+    # `evaluate.load` copies the script and the siblings it imports relatively (one level, not their imports) into
+    # its module cache: no package imports, and a sibling imports only libraries
+    libraries, siblings = _imports(METRICS_DIR / f"{name}.py")
+    for sibling in siblings:
+        sibling_libraries, sibling_siblings = _imports(METRICS_DIR / f"{sibling}.py")
+        assert not sibling_siblings, f"{sibling}.py imports siblings, which evaluate.load would not copy"
+        libraries |= sibling_libraries
+    assert libraries <= {"datasets", "evaluate", "numpy", "torch"} | set(sys.stdlib_module_names)
 
 
 def test_metric_scripts_ship_with_the_package():
@@ -270,3 +282,33 @@ def test_mean_attribute_accuracy_errors(predictions, references, kwargs, match):
     metric = load_metric("mean_attribute_accuracy", keep_in_memory=True)
     with pytest.raises(ValueError, match=match):
         metric.compute(predictions=predictions, references=references, **kwargs)
+
+
+# --- the published figures ----------------------------------------------------------------------------------
+
+
+def test_reconstruction_scores_are_what_the_metric_modules_compute(tiny_config):
+    # run_mae's evaluation (all_results.json, the model card) and the `evaluate` modules share one definition of
+    # each figure: the same images give the same numbers
+    torch = pytest.importorskip("torch", reason="the model")
+    from dilated_vit_mae import DilatedViTMAEForPreTraining
+    from dilated_vit_mae.evaluation.reconstruction import reconstruction_scores, to_unit_range, visible_mean_images
+
+    model = DilatedViTMAEForPreTraining(tiny_config).eval()
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    pixel_values = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        outputs = model(pixel_values, noise=torch.rand(3, 64))
+    scores = reconstruction_scores(model, pixel_values, outputs.logits, outputs.mask, mean, std)
+    # the visible-patch mean predictor's re-composited image, as the scores see it
+    recomposited = visible_mean_images(model, pixel_values, outputs.mask, mean, std)
+    original = to_unit_range(pixel_values, mean, std)
+    masked = model.mask_to_pixels(outputs.mask).expand_as(original).bool()
+    masked_patch_mse, psnr = load_metric("masked_patch_mse", keep_in_memory=True), load_metric("psnr", keep_in_memory=True)
+    for index in range(3):
+        expected = masked_patch_mse.compute(
+            predictions=[recomposited[index][masked[index]]], references=[original[index][masked[index]]]
+        )["masked_patch_mse"]
+        assert scores["baseline_visible_mean_masked_patch_mse"][index].item() == pytest.approx(expected, rel=1e-5)
+    expected = psnr.compute(predictions=recomposited.flatten(1), references=original.flatten(1))["psnr"]
+    assert scores["baseline_visible_mean_psnr"].mean().item() == pytest.approx(expected, rel=1e-5)

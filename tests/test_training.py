@@ -231,10 +231,26 @@ def test_reconstruction_images(tiny_config, norm_pix_loss):
     torch.testing.assert_close(images["recomposited"][~visible], images["reconstruction"][~visible])
     assert (images["masked"][~visible] == 0).all()
     grid = reconstruction_grid(images, caption="masked-patch MSE 0.01")
-    # labelled columns of tiles upscaled to at least 128 px (32 px x 4), a header and a caption line
-    assert grid.size == (4 * 128, 24 + 2 * 128 + 28) and grid.mode == "RGB"
+    # labelled columns of tiles upscaled to at least 128 px (32 px x 4), 4 px apart, a header and a caption line
+    assert grid.size == (4 * 128 + 3 * 4, 24 + 2 * 128 + 4 + 28) and grid.mode == "RGB"
     header = np.asarray(grid)[:24]
     assert (header < 128).any(), "the column labels are drawn"
+
+
+def test_the_grid_renders_with_the_one_bitmap_font_of_an_old_pillow(monkeypatch):
+    import PIL.ImageFont
+
+    load_default = PIL.ImageFont.load_default
+
+    def old_pillow(size=None):  # Pillow < 10.1: no `size`
+        if size is not None:
+            raise TypeError("load_default() got an unexpected keyword argument 'size'")
+        return load_default()
+
+    monkeypatch.setattr(PIL.ImageFont, "load_default", old_pillow)
+    images = {"original": torch.rand(1, 3, 32, 32), "masked": torch.zeros(1, 3, 32, 32)}
+    grid = reconstruction_grid(images, caption="masked-patch MSE 0.01")
+    assert grid.size == (2 * 128 + 4, 24 + 128 + 28) and (np.asarray(grid)[:24] < 128).any()
 
 
 def _coordinate_image(size: int = 96) -> PIL.Image.Image:

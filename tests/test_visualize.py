@@ -45,8 +45,9 @@ def test_grid_has_one_row_per_image_and_the_four_columns(model_folder, image_dir
     visualize.main(visualize.parse_args(argv))
     grid = PIL.Image.open(output)
     assert grid.format == "PNG"
-    cell = 128  # 32 px upscaled x4 to --min_cell_size
-    assert grid.size == (4 * cell, 20 + 3 * cell)
+    cell, gap, header = 128, 4, 24  # 32 px upscaled x4 to --min_cell_size, 4 px apart, under the labels
+    assert grid.size == (4 * cell + 3 * gap, header + 3 * cell + 2 * gap)
+    assert (np.asarray(grid.convert("L"))[:header] < 128).any(), "the column labels are drawn"
     # the cells are the pipeline's outputs, in file-name order
     reconstruct = DilatedViTMAEReconstructionPipeline(
         model=DilatedViTMAEForPreTraining.from_pretrained(model_folder).eval(),
@@ -55,7 +56,8 @@ def test_grid_has_one_row_per_image_and_the_four_columns(model_folder, image_dir
     expected = reconstruct(PIL.Image.open(image_dir / "b_chelsea.jpg"), seed=2)
     pixels = np.asarray(grid.convert("RGB"))
     for column, name in enumerate(("original", "masked", "reconstruction", "recomposited")):
-        cell_pixels = pixels[20 + cell : 20 + 2 * cell, column * cell : (column + 1) * cell]
+        top, left = header + cell + gap, column * (cell + gap)
+        cell_pixels = pixels[top : top + cell, left : left + cell]
         assert np.array_equal(cell_pixels[::4, ::4], np.asarray(expected[name])), name
 
 
@@ -66,7 +68,7 @@ def test_files_max_images_and_reproducibility(model_folder, image_dir, tmp_path)
         argv = ["--model", str(model_folder), "--images", str(image_dir / "c_camera.png"), str(image_dir),
                 "--output", str(tmp_path / name), "--max_images", "2", "--mask_ratio", "0.5", "--seed", "1"]  # fmt: skip
         outputs.append(visualize.main(visualize.parse_args(argv)))
-    assert PIL.Image.open(outputs[0]).size == (4 * 128, 20 + 2 * 128)
+    assert PIL.Image.open(outputs[0]).size == (4 * 128 + 3 * 4, 24 + 2 * 128 + 4)
     assert outputs[0].read_bytes() == outputs[1].read_bytes()
 
 

@@ -40,7 +40,7 @@ import datasets
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from .fingerprint import dataset_images_fingerprint, partial_name, remove_abandoned_partials
+from .fingerprint import dataset_images_fingerprint, remove_abandoned_partials, written_atomically
 from .transforms import decode_uint8, read_image_size
 
 logger = logging.getLogger(__name__)
@@ -129,9 +129,8 @@ class DecodedImageCache:
         shape = (len(dataset), height, width, num_channels)
         _check_disk(Path(cache_dir), directory, shape, reserve_bytes)
 
-        partial = partial_name(directory)
-        try:
-            shutil.rmtree(partial, ignore_errors=True)
+        # a failed or interrupted build leaves nothing behind (a killed one: removed by the next build)
+        with written_atomically(directory) as partial:
             partial.mkdir(parents=True)
             np.lib.format.open_memmap(partial / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=shape).flush()
             writer = _Chunks(encoded, image_column, num_channels, task="decode", output=partial / IMAGES_FILE)
@@ -144,9 +143,6 @@ class DecodedImageCache:
                     "layout": "NHWC", "file": IMAGES_FILE, "image_column": image_column,
                     "row_order": "the dataset's"}  # fmt: skip
             (partial / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-            os.replace(partial, directory)
-        finally:  # a failed or interrupted build leaves nothing behind (a killed one: removed by the next build)
-            shutil.rmtree(partial, ignore_errors=True)
         return cls(directory)
 
     @property

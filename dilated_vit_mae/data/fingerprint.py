@@ -12,8 +12,9 @@ wrote (a Hub download) by those files' own stat and the dataset's fingerprint (`
 Moving or copying a folder therefore invalidates what was keyed on it: the safe direction.
 
 Partial files and folders are written under [`partial_name`] (host and process id in the name) and renamed into place
-when complete; [`remove_abandoned_partials`] removes those of processes on this host that no longer run (a build that
-was killed), and leaves the others alone (a concurrent build, or one on another host sharing the folder).
+when complete ([`written_atomically`], the package's one "write, then rename" helper); [`remove_abandoned_partials`]
+removes those of processes on this host that no longer run (a build that was killed), and leaves the others alone (a
+concurrent build, or one on another host sharing the folder).
 
 ```python
 >>> from dilated_vit_mae.data.fingerprint import image_files_fingerprint
@@ -26,11 +27,13 @@ was killed), and leaves the others alone (a concurrent build, or one on another 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ __all__ = [
     "partial_name",
     "remove_abandoned_partials",
     "write_json_atomically",
+    "written_atomically",
 ]
 
 _DIGEST_SIZE = 24  # hex characters kept
@@ -130,8 +134,6 @@ def remove_abandoned_partials(directory: str | os.PathLike[str]) -> list[Path]:
     Remove the [`partial_name`] files and folders in `directory` whose writer ran on this host and has exited (a
     killed build); returns what was removed. Those of live processes and of other hosts are left alone.
     """
-    import shutil
-
     directory, host, removed = Path(directory), socket.gethostname(), []
     if not directory.is_dir():
         return removed
@@ -141,12 +143,16 @@ def remove_abandoned_partials(directory: str | os.PathLike[str]) -> list[Path]:
         owner, _, pid = entry.name.rpartition("-")
         if not pid.isdigit() or not owner.endswith(f"-{host}") or _is_running(int(pid)):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        _remove(entry)
         removed.append(entry)
     return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _is_running(pid: int) -> bool:
@@ -161,17 +167,38 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def write_json_atomically(path: str | os.PathLike[str], value: Any) -> None:
+@contextlib.contextmanager
+def written_atomically(final: str | os.PathLike[str], partial: str | os.PathLike[str] | None = None) -> Iterator[Path]:
     """
-    Write JSON under a partial name and rename it into place: readers see the old file or the new one, whole. Partial
+    Write `final`, a file or a folder, under `partial` (default [`partial_name`]): yields that name, and renames it
+    into place when the block completes, so that readers see the old `final` or the new one, whole (a folder replaces
+    only a missing or empty one). On an error, what the block wrote is removed; so is a leftover of the same name
+    first (this process's own earlier failure).
+
+    ```python
+    >>> with written_atomically(path) as partial:  # doctest: +SKIP
+    ...     safetensors.torch.save_file(tensors, str(partial))
+    ```
+    """
+    final = Path(final)
+    partial = partial_name(final) if partial is None else Path(partial)
+    _remove(partial)
+    try:
+        yield partial
+        os.replace(partial, final)
+    finally:
+        _remove(partial)
+
+
+def write_json_atomically(
+    path: str | os.PathLike[str], value: Any, partial: str | os.PathLike[str] | None = None
+) -> None:
+    """
+    Write `value` as JSON through [`written_atomically`] (under `partial` when given), creating the folder; partial
     files that killed writers left in the same folder are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_abandoned_partials(path.parent)
-    partial = partial_name(path)
-    try:
-        partial.write_text(json.dumps(value, indent=1) + "\n")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with written_atomically(path, partial) as partial:
+        partial.write_text(json.dumps(value, indent=2) + "\n")

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import datasets
 import numpy as np
@@ -496,24 +496,39 @@ def _rows_for(file_names: Sequence[str], table_names: Sequence[str], path: Path)
     return rows
 
 
-# Each annotation file is parsed twice at most: first by pandas' C parser (1 s for list_attr_celeba.txt instead of
-# 10 s line by line); when that finds anything off, the line-by-line parser runs to name the offending line.
+class _AnnotationTable(NamedTuple):
+    """The layout of a CelebA annotation file: per line an image file name, then `num_values` integers."""
+
+    header_rows: int  # lines before the rows in the .txt (a Kaggle .csv has one header line instead)
+    num_values: int
+    allowed: tuple[int, ...] | None  # the values a row may hold; None: any integer
+    line: str  # what a line holds, for the error messages
+    bad_values: str  # what a bad value breaks, for the error messages
+
+
+_PARTITION = _AnnotationTable(
+    0, 1, (0, 1, 2), "'<image file> <0|1|2>' (0 train, 1 valid, 2 test)",
+    "expected '<image file> <0|1|2>' (0 train, 1 valid, 2 test)",
+)  # fmt: skip
+_IDENTITIES = _AnnotationTable(
+    0, 1, None, "'<image file> <integer identity>'", "expected '<image file> <integer identity>'"
+)
+_ATTRIBUTES = _AnnotationTable(
+    2, len(CELEBA_ATTRIBUTE_NAMES), (-1, 1), f"an image file and {len(CELEBA_ATTRIBUTE_NAMES)} values",
+    "attribute values must be 1 or -1",
+)  # fmt: skip
 
 
 def _read_partition(path: Path) -> tuple[list[str], np.ndarray]:
     """`000001.jpg 0` per line (0/1/2 = train/valid/test). Returns file names in file order and their codes."""
-    fast = _fast_table(path, skip_rows=0, num_values=1)
-    if fast is not None and np.isin(fast[1], (0, 1, 2)).all():
-        return fast[0], fast[1][:, 0]
-    return _parse_partition(path)
+    file_names, values = _read_table(path, _PARTITION)
+    return file_names, values[:, 0]
 
 
 def _read_identities(path: Path) -> tuple[list[str], np.ndarray]:
     """`identity_CelebA.txt`: `000001.jpg 2880` per line."""
-    fast = _fast_table(path, skip_rows=0, num_values=1)
-    if fast is not None:
-        return fast[0], fast[1][:, 0]
-    return _parse_identities(path)
+    names, values = _read_table(path, _IDENTITIES)
+    return names, values[:, 0]
 
 
 def _read_attributes(path: Path) -> tuple[list[str], np.ndarray]:
@@ -523,10 +538,59 @@ def _read_attributes(path: Path) -> tuple[list[str], np.ndarray]:
     Returns the file names and a `(num_images, 40)` bool array.
     """
     declared = _check_attribute_header(path)
-    fast = _fast_table(path, skip_rows=1 if _is_csv(path) else 2, num_values=len(CELEBA_ATTRIBUTE_NAMES))
-    if fast is not None and np.isin(fast[1], (-1, 1)).all() and declared in (None, len(fast[0])):
-        return fast[0], fast[1] == 1
-    return _parse_attributes(path, declared)
+    names, values = _read_table(path, _ATTRIBUTES)
+    if declared is not None and declared != len(names):
+        raise ValueError(
+            f"{str(path)!r}: line 1 declares {declared} images but the file has {len(names)} rows. The file is "
+            "truncated or was edited; re-download it."
+        )
+    return names, values == 1
+
+
+def _read_table(path: Path, table: _AnnotationTable) -> tuple[list[str], np.ndarray]:
+    """
+    The image file names of an annotation file, in file order, and their `(num_rows, num_values)` int64 values.
+
+    Parsed by pandas' C parser (1 s for list_attr_celeba.txt instead of 10 s line by line); when that finds anything
+    off, line by line, to raise naming the file, the line and what is wrong with it (or to read what the C parser
+    could not, e.g. a quoted .csv field).
+    """
+    skip_rows = 1 if _is_csv(path) else table.header_rows
+    fast = _fast_table(path, skip_rows=skip_rows, num_values=table.num_values)
+    if fast is not None and fast[0] and (table.allowed is None or np.isin(fast[1], table.allowed).all()):
+        return fast
+    names, rows, seen = [], [], set()
+    for line_number, fields in _records(path, skip_rows):
+        where = f"{str(path)!r} line {line_number}"
+        if len(fields) != table.num_values + 1:
+            raise ValueError(
+                f"{where}: expected {table.line}, got {len(fields) - 1} values in {' '.join(fields)[:80]!r}. "
+                f"Re-download {path.name}."
+            )
+        values = [_as_int(field) for field in fields[1:]]
+        bad = {
+            field.strip()
+            for field, value in zip(fields[1:], values)
+            if value is None or (table.allowed is not None and value not in table.allowed)
+        }
+        if bad:
+            raise ValueError(f"{where}: {table.bad_values}, got {sorted(bad)!r}. Re-download {path.name}.")
+        name = fields[0].strip()
+        if name in seen:
+            raise ValueError(f"{where}: {name!r} is listed twice.")
+        seen.add(name)
+        names.append(name)
+        rows.append(values)
+    if not names:
+        raise ValueError(f"{str(path)!r} lists no images.")
+    return names, np.array(rows, dtype=np.int64).reshape(len(rows), table.num_values)
+
+
+def _as_int(field: str) -> int | None:
+    try:
+        return int(field)
+    except ValueError:
+        return None
 
 
 def _fast_table(path: Path, *, skip_rows: int, num_values: int) -> tuple[list[str], np.ndarray] | None:
@@ -588,75 +652,6 @@ def _check_attribute_header(path: Path) -> int | None:
             f"{len(names)} names (missing {missing}, unexpected {unexpected})."
         )
     return declared
-
-
-def _parse_partition(path: Path) -> tuple[list[str], np.ndarray]:
-    file_names, codes, seen = [], [], set()
-    for line_number, fields in _records(path, skip_rows=1 if _is_csv(path) else 0):
-        if len(fields) != 2 or fields[1].strip() not in ("0", "1", "2"):
-            raise ValueError(
-                f"{str(path)!r} line {line_number}: expected '<image file> <0|1|2>' (0 train, 1 valid, 2 test), got "
-                f"{' '.join(fields)!r}. Re-download list_eval_partition.txt."
-            )
-        name = fields[0].strip()
-        if name in seen:
-            raise ValueError(f"{str(path)!r} line {line_number}: {name!r} is listed twice.")
-        seen.add(name)
-        file_names.append(name)
-        codes.append(int(fields[1]))
-    if not file_names:
-        raise ValueError(f"{str(path)!r} lists no images.")
-    return file_names, np.array(codes, dtype=np.int64)
-
-
-def _parse_identities(path: Path) -> tuple[list[str], np.ndarray]:
-    names, identities, seen = [], [], set()
-    for line_number, fields in _records(path, skip_rows=1 if _is_csv(path) else 0):
-        try:
-            if len(fields) != 2:
-                raise ValueError
-            identity = int(fields[1])
-        except ValueError:
-            raise ValueError(
-                f"{str(path)!r} line {line_number}: expected '<image file> <integer identity>', got "
-                f"{' '.join(fields)!r}."
-            ) from None
-        name = fields[0].strip()
-        if name in seen:
-            raise ValueError(f"{str(path)!r} line {line_number}: {name!r} is listed twice.")
-        seen.add(name)
-        names.append(name)
-        identities.append(identity)
-    return names, np.array(identities, dtype=np.int64)
-
-
-def _parse_attributes(path: Path, declared: int | None) -> tuple[list[str], np.ndarray]:
-    records = _records(path, skip_rows=1 if _is_csv(path) else 2)
-    names, rows, seen = [], [], set()
-    for line_number, fields in records:
-        if len(fields) != 41:
-            raise ValueError(
-                f"{str(path)!r} line {line_number}: expected an image file and 40 values, got {len(fields) - 1} "
-                f"values in {' '.join(fields)[:80]!r}."
-            )
-        values = [field.strip() for field in fields[1:]]
-        if any(value not in ("1", "-1") for value in values):
-            raise ValueError(
-                f"{str(path)!r} line {line_number}: attribute values must be 1 or -1, got "
-                f"{sorted(set(values) - {'1', '-1'})!r}."
-            )
-        name = fields[0].strip()
-        if name in seen:
-            raise ValueError(f"{str(path)!r} line {line_number}: {name!r} is listed twice.")
-        seen.add(name)
-        names.append(name)
-        rows.append([value == "1" for value in values])
-    if declared is not None and declared != len(records):
-        raise ValueError(
-            f"{str(path)!r}: line 1 declares {declared} images but the file has {len(records)} rows. The file is "
-            "truncated or was edited; re-download it."
-        )
-    return names, np.array(rows, dtype=bool).reshape(len(rows), len(CELEBA_ATTRIBUTE_NAMES))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.fingerprint import partial_name, remove_abandoned_partials
+from ..data.fingerprint import remove_abandoned_partials, written_atomically
+from ..modeling_dilated_vit_mae import to_2tuple
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def load_frozen_encoder(
     try:
         image_processor = AutoImageProcessor.from_pretrained(model_name_or_path, **hub_kwargs)
     except (OSError, ValueError) as error:
-        height, width = _pair(config.image_size)
+        height, width = to_2tuple(config.image_size)
         logger.warning(
             f"No image processor found for {model_name_or_path} ({error}); using a DilatedViTMAEImageProcessor that "
             f"resizes to {height}x{width} with ImageNet mean/std. Save the right processor next to the model."
@@ -164,12 +165,8 @@ def _is_global_pool_classifier(config) -> bool:
     )
 
 
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
 def num_patches_of(model: nn.Module, pixel_values: torch.Tensor) -> int:
-    patch_height, patch_width = _pair(model.config.patch_size)
+    patch_height, patch_width = to_2tuple(model.config.patch_size)
     return (pixel_values.shape[-2] // patch_height) * (pixel_values.shape[-1] // patch_width)
 
 
@@ -374,13 +371,9 @@ class FeatureCache:
 
         path = self.path(description)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = partial_name(path)
         metadata = {"description": json.dumps(description, sort_keys=True, default=str), "images": images or ""}
-        try:
+        with written_atomically(path) as partial:
             safetensors.torch.save_file({"features": features.contiguous().cpu()}, str(partial), metadata=metadata)
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
         return path
 
 

@@ -6,7 +6,7 @@ images and grids that show them.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import PIL.Image
@@ -15,6 +15,7 @@ import PIL.ImageFont
 import torch
 
 from ..modeling_dilated_vit_mae import DilatedViTMAEForPreTraining, patchify, unpatchify
+from .metrics.pixel_errors import mean_squared_error, psnr_from_mse
 
 
 
@@ -88,12 +89,6 @@ def _patch_predictions(
     return targets, {**pixels, "baseline_visible_mean": visible_mean_patch}
 
 
-def _psnr(recomposited: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [0, 1] (data range 1); a perfect image is capped at 100 dB."""
-    mse = ((recomposited - original) ** 2).flatten(1).mean(dim=1)
-    return 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
-
-
 def reconstruction_scores(
     model: DilatedViTMAEForPreTraining,
     pixel_values: torch.Tensor,
@@ -125,13 +120,14 @@ def reconstruction_scores(
         return to_unit_range(unpatchify(patch_values, patch_size, grid, channels), image_mean, image_std)
 
     original = unit_image(patches)
-    pixel_mask = model.mask_to_pixels(mask, tuple(pixel_values.shape[2:])).expand_as(original)
-    masked_pixels = pixel_mask.flatten(1).sum(dim=1).clamp(min=1)
+    pixel_mask = model.mask_to_pixels(mask, tuple(pixel_values.shape[2:]))  # (B, 1, H, W)
     masked_patches = mask.sum(dim=1).clamp(min=1)
 
     def pixel_scores(patch_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the definitions of the `masked_patch_mse` and `psnr` metric modules (data range 1)
         recomposited = original * (1 - pixel_mask) + unit_image(patch_values) * pixel_mask
-        return ((recomposited - original) ** 2).flatten(1).sum(dim=1) / masked_pixels, _psnr(recomposited, original)
+        mse = mean_squared_error(recomposited, original, pixel_mask)
+        return mse, psnr_from_mse(mean_squared_error(recomposited, original))
 
     scores = {}
     for name in PREDICTORS:
@@ -174,35 +170,69 @@ GRID_COLUMNS = {
     "recomposited": "re-composited",
     "baseline": "visible-patch mean",
 }
+GRID_GAP = 4  # white pixels between tiles, so that a masked tile stands apart from its neighbours
+GRID_HEADER = 24  # the column labels' band
+
+
+def label_font(size: int) -> PIL.ImageFont.ImageFont:
+    """Pillow's default font at `size` pixels (the one bitmap size of Pillow < 10.1)."""
+    try:
+        return PIL.ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        return PIL.ImageFont.load_default()
+
+
+def labelled_grid(
+    rows: Sequence[Mapping[str, PIL.Image.Image]],
+    columns: Sequence[str] | None = None,
+    min_cell_size: int = 128,
+    caption: str | None = None,
+) -> PIL.Image.Image:
+    """
+    The one renderer of reconstruction pictures (run_mae's evaluation grid, `scripts/visualize.py`, the model card's
+    example strips): one row per mapping of `rows`, one column per name of `columns` (default: every entry of
+    `GRID_COLUMNS` that the rows hold), labelled from `GRID_COLUMNS` (else the name itself), tiles upscaled (nearest,
+    by an integer factor) until their shorter side is at least `min_cell_size` pixels, and `caption` under the grid,
+    wrapped to its width. Every image is drawn at the size of the first row's first one.
+    """
+    names = [name for name in GRID_COLUMNS if name in rows[0]] if columns is None else list(columns)
+    first = rows[0][names[0]]
+    factor = max(1, -(-min_cell_size // min(first.size)))  # ceil division
+    cell_width, cell_height = first.width * factor, first.height * factor
+    width = (cell_width + GRID_GAP) * len(names) - GRID_GAP
+    body = (cell_height + GRID_GAP) * len(rows) - GRID_GAP
+    font = label_font(14)
+    if caption:  # wrapped to the grid's width (about 7 px a character at this size)
+        caption = "\n".join(textwrap.fill(line, max(20, width // 7)) for line in caption.splitlines())
+    footer = 22 * (caption.count("\n") + 1) + 6 if caption else 0
+    grid = PIL.Image.new("RGB", (width, GRID_HEADER + body + footer), "white")
+    draw = PIL.ImageDraw.Draw(grid)
+    for column, name in enumerate(names):
+        x = column * (cell_width + GRID_GAP)
+        draw.text((x + 4, 4), GRID_COLUMNS.get(name, name), fill=(0, 0, 0), font=font)
+        for row, images in enumerate(rows):
+            tile = images[name].convert("RGB").resize((cell_width, cell_height), PIL.Image.NEAREST)
+            grid.paste(tile, (x, GRID_HEADER + row * (cell_height + GRID_GAP)))
+    if caption:
+        draw.multiline_text((4, GRID_HEADER + body + 4), caption, fill=(0, 0, 0), font=font, spacing=8)
+    return grid
+
+
+def _to_pil(image: torch.Tensor) -> PIL.Image.Image:
+    """A `(C, H, W)` image in [0, 1] -> an RGB (or, with one channel, greyscale) PIL image."""
+    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return PIL.Image.fromarray(array[..., 0] if array.shape[-1] == 1 else np.ascontiguousarray(array[..., :3]))
 
 
 def reconstruction_grid(
     images: dict[str, torch.Tensor], max_images: int = 8, min_cell_size: int = 128, caption: str | None = None
 ) -> PIL.Image.Image:
     """
-    One row per image, a labelled column per entry of `GRID_COLUMNS` present in `images` (original | masked |
-    reconstruction | re-composited, and the trivial predictor `baseline` when given), tiles upscaled (nearest) to at
-    least `min_cell_size` pixels, and `caption` (e.g. the metrics beside the trivial predictor's) under the grid.
+    [`labelled_grid`] of a batch: `images` maps names of `GRID_COLUMNS` to `(B, C, H, W)` images in [0, 1] (as
+    [`reconstruction_images`] returns them, with the trivial predictor's as `baseline`); one row per image, at most
+    `max_images`, and `caption` (e.g. the metrics beside the trivial predictor's) under the grid.
     """
-    columns = [name for name in GRID_COLUMNS if name in images]
     count = min(max_images, images["original"].shape[0])
-    height, width = images["original"].shape[2:]
-    factor = max(1, -(-min_cell_size // min(height, width)))  # ceil division
-    cell_height, cell_width = height * factor, width * factor
-    font = PIL.ImageFont.load_default(size=14)
-    if caption:  # wrapped to the grid's width (about 7 px a character at this size)
-        width_chars = max(20, cell_width * len(columns) // 7)
-        caption = "\n".join(textwrap.fill(line, width_chars) for line in caption.splitlines())
-    header, footer = 24, (22 * (caption.count("\n") + 1) + 6 if caption else 0)
-    grid = PIL.Image.new("RGB", (cell_width * len(columns), header + cell_height * count + footer), "white")
-    draw = PIL.ImageDraw.Draw(grid)
-    for column, name in enumerate(columns):
-        draw.text((column * cell_width + 4, 4), GRID_COLUMNS[name], fill=(0, 0, 0), font=font)
-        for row in range(count):
-            array = (images[name][row].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-            tile = PIL.Image.fromarray(array[..., 0] if array.shape[-1] == 1 else np.ascontiguousarray(array[..., :3]))
-            tile = tile.convert("RGB").resize((cell_width, cell_height), PIL.Image.NEAREST)
-            grid.paste(tile, (column * cell_width, header + row * cell_height))
-    if caption:
-        draw.multiline_text((4, header + cell_height * count + 4), caption, fill=(0, 0, 0), font=font, spacing=8)
-    return grid
+    columns = [name for name in GRID_COLUMNS if name in images]
+    rows = [{name: _to_pil(images[name][row]) for name in columns} for row in range(count)]
+    return labelled_grid(rows, columns, min_cell_size, caption)

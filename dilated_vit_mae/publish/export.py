@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modeling_dilated_vit_mae import to_2tuple
 from ..train.lifecycle import stage_and_swap, tensor_bytes
 
 
@@ -63,10 +64,7 @@ class EncoderFeatures(nn.Module):
                 "folder it was fine-tuned from, or the classifier with a classification exporter."
             )
         self.encoder = encoder
-        patch_size = encoder.config.patch_size
-        image_size = encoder.config.image_size
-        patch = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-        image = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        patch, image = to_2tuple(encoder.config.patch_size), to_2tuple(encoder.config.image_size)
         self.image_size = image
         self.num_patches = (image[0] // patch[0]) * (image[1] // patch[1])
 

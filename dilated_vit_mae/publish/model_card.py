@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
-import PIL.ImageFont
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_dilated_vit_mae import DilatedViTMAEConfig
+from ..evaluation.reconstruction import label_font, labelled_grid
 from ..modeling_dilated_vit_mae import centred_padding, to_2tuple
 from ..train.redaction import publishable, redact, secret_values
 
@@ -193,13 +193,6 @@ _COLOURS = {"dense": (31, 119, 180), "grid": (205, 205, 205), "patch": (120, 120
 _RATE_COLOURS = [(255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
 
 
-def _font(size: int) -> PIL.ImageFont.ImageFont:
-    try:
-        return PIL.ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one bitmap size
-        return PIL.ImageFont.load_default()
-
-
 def draw_tokenizer_diagram(config: DilatedViTMAEConfig) -> PIL.Image.Image:
     """
     A schematic of the tokenizer of `config`, drawn to scale in pixels: a neighbourhood of patches, the dense kernel
@@ -256,7 +249,7 @@ def draw_tokenizer_diagram(config: DilatedViTMAEConfig) -> PIL.Image.Image:
         )
     draw.rectangle(box(centre_row, centre_column, patch_height, patch_width), outline=_COLOURS["dense"], width=3)
 
-    font, small = _font(16), _font(13)
+    font, small = label_font(16), label_font(13)
     x, y = 2 * margin + size_px[1] * cell, margin
     draw.text((x, y), "One token of the centre patch =", fill=_COLOURS["text"], font=font)
     y += 28
@@ -290,16 +283,6 @@ def draw_tokenizer_diagram(config: DilatedViTMAEConfig) -> PIL.Image.Image:
     return image
 
 
-def _upscale(image: PIL.Image.Image, min_side: int = 192) -> PIL.Image.Image:
-    """Nearest-neighbour upscaling by an integer factor, so that small model inputs stay crisp on a web page."""
-    factor = max(1, int(np.ceil(min_side / min(image.size))))
-    return image.resize((image.width * factor, image.height * factor), PIL.Image.NEAREST)
-
-
-STRIP_LABELS = {"original": "original", "masked": "masked (input)", "reconstruction": "reconstruction",
-                "recomposited": "re-composited"}  # fmt: skip
-
-
 def _strip_caption(result: dict[str, Any]) -> str:
     """The masked pixels' MSE of the re-composited image beside a trivial predictor (the visible pixels' mean colour)."""
     original = np.asarray(result["original"].convert("RGB"), dtype=np.float64) / 255
@@ -320,18 +303,7 @@ def reconstruction_strip(
 ) -> PIL.Image.Image:
     """The images of one `mae-reconstruction` result side by side (upscaled, labelled), with a caption that puts its
     masked-pixel error beside a trivial predictor's."""
-    images = [_upscale(result[name].convert("RGB")) for name in columns]
-    gap, header, footer = 4, 22, 24
-    width = sum(i.width for i in images) + gap * (len(images) - 1)
-    strip = PIL.Image.new("RGB", (width, header + images[0].height + footer), "white")
-    draw, font = PIL.ImageDraw.Draw(strip), _font(13)
-    x = 0
-    for name, image in zip(columns, images):
-        draw.text((x + 3, 4), STRIP_LABELS.get(name, name), fill=_COLOURS["text"], font=font)
-        strip.paste(image, (x, header))
-        x += image.width + gap
-    draw.text((3, header + images[0].height + 5), _strip_caption(result), fill=_COLOURS["text"], font=font)
-    return strip
+    return labelled_grid([result], columns, min_cell_size=192, caption=_strip_caption(result))
 
 
 def write_card_assets(

@@ -44,6 +44,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from ..data.fingerprint import write_json_atomically
 from .redaction import redact, redact_logs, redact_message, secret_values
 
 
@@ -399,12 +400,6 @@ def _format_changes(changed: Mapping[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in sorted(changed.items()))
 
 
-def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
-    temporary = path.with_name(f"{TEMPORARY_PREFIX}{path.name}")
-    temporary.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
-
-
 @dataclass
 class RunIdentity:
     """
@@ -445,7 +440,8 @@ class RunIdentity:
 
     def save(self, output_dir: str | os.PathLike) -> Path:
         path = Path(output_dir) / RUN_FILE
-        _write_json_atomically(path, asdict(self))
+        # under `.tmp-run.json`: what a killed write leaves, the next run in the folder removes
+        write_json_atomically(path, asdict(self), partial=path.with_name(f"{TEMPORARY_PREFIX}{path.name}"))
         return path
 
     def changed_args(self, run_args: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

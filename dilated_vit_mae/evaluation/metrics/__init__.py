@@ -1,8 +1,10 @@
 """Evaluation metrics as `evaluate` modules that load offline.
 
-Each metric is a self-contained `evaluate` metric script in this folder (`masked_patch_mse.py`, `psnr.py`,
+Each metric is an `evaluate` metric script in this folder (`masked_patch_mse.py`, `psnr.py`,
 `mean_attribute_accuracy.py`), loaded by file path, so no network access is needed (`evaluate.load("mse")`
-would download from the Hub). They ship inside the installed package.
+would download from the Hub). They ship inside the installed package. `masked_patch_mse` and `psnr` compute through
+`pixel_errors.py`, the definitions that `evaluation.reconstruction.reconstruction_scores` (run_mae's evaluation, the
+model card's figures) uses too.
 
 ```python
 >>> from dilated_vit_mae.evaluation.metrics import load_metric
@@ -13,7 +15,8 @@ would download from the Hub). They ship inside the installed package.
 ```
 
 In a distributed evaluation loop, gather with `accelerator.gather_for_metrics((predictions, references))` and
-call `metric.add_batch(...)` / `metric.compute()` on the main process only (as `scripts/run_mae.py` does).
+call `metric.add_batch(...)` / `metric.compute()` on the main process only. (`scripts/run_mae.py` instead gathers
+per-image scores from `reconstruction_scores`, which stores no pixels.)
 `add_batch` takes lists, numpy arrays or tensors of shape `(batch_size, num_values)`.
 
 Memory: `masked_patch_mse` and `psnr` keep every value they are given (float32, in Arrow) until `compute()`, i.e.

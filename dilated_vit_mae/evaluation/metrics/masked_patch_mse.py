@@ -2,13 +2,17 @@
 """Masked-patch MSE: the mean squared error of an MAE reconstruction, over the pixels of the masked patches only.
 
 An `evaluate` metric module that loads offline: `evaluate.load("path/to/masked_patch_mse.py")`, or
-`dilated_vit_mae.evaluation.metrics.load_metric("masked_patch_mse")`. This file must import only `datasets`, `evaluate`
-and `numpy`: `evaluate.load` copies it alone into its module cache.
+`dilated_vit_mae.evaluation.metrics.load_metric("masked_patch_mse")`. This file must import only `datasets`, `evaluate`,
+`numpy`, `torch` and its sibling `pixel_errors.py` (the definition `reconstruction_scores` uses too): `evaluate.load`
+copies the two alone into its module cache.
 """
 
 import datasets
 import evaluate
 import numpy as np
+import torch
+
+from .pixel_errors import mean_squared_error
 
 
 _CITATION = """\
@@ -131,9 +135,10 @@ class MaskedPatchMse(evaluate.Metric):
                     f"{int((~np.isfinite(reference)).sum())} in the reference; the masked-patch MSE is undefined "
                     f"for them (check the model for divergence or the inputs for missing pixels)."
                 )
-            difference = prediction - reference
-            sum_squared_error += float(np.dot(difference, difference))
-            num_values += difference.size
+            if prediction.size:  # every value weighs the same: each example's MSE weighs its number of values
+                mse = mean_squared_error(torch.from_numpy(prediction)[None], torch.from_numpy(reference)[None])
+                sum_squared_error += float(mse) * prediction.size
+                num_values += prediction.size
         if num_values == 0:
             raise ValueError(
                 f"There is nothing to average: got {len(predictions)} examples with 0 values in total; pass "

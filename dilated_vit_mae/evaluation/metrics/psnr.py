@@ -2,8 +2,9 @@
 """PSNR: peak signal-to-noise ratio of reconstructed images, averaged over images.
 
 An `evaluate` metric module that loads offline: `evaluate.load("path/to/psnr.py")`, or
-`dilated_vit_mae.evaluation.metrics.load_metric("psnr")`. This file must import only `datasets`, `evaluate` and `numpy`:
-`evaluate.load` copies it alone into its module cache.
+`dilated_vit_mae.evaluation.metrics.load_metric("psnr")`. This file must import only `datasets`, `evaluate`, `numpy`,
+`torch` and its sibling `pixel_errors.py` (the definition `reconstruction_scores` uses too): `evaluate.load` copies the
+two alone into its module cache.
 """
 
 import math
@@ -12,11 +13,9 @@ import numbers
 import datasets
 import evaluate
 import numpy as np
+import torch
 
-
-# An identical pair has MSE 0 and infinite PSNR; every image's PSNR is capped here so that one perfect image
-# cannot turn the mean into inf (the convention of e.g. scikit-image would return inf).
-MAX_PSNR = 100.0
+from .pixel_errors import MAX_PSNR, mean_squared_error, psnr_from_mse
 
 _CITATION = """\
 @article{huynhthu2008scope,
@@ -129,7 +128,7 @@ class Psnr(evaluate.Metric):
         if len(predictions) == 0:
             raise ValueError("Got 0 images: pass at least one prediction and reference to compute a mean PSNR.")
 
-        image_psnrs = []
+        image_mses = []
         for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
             # None (a missing value) becomes NaN here and is caught below
             prediction = np.asarray(prediction, dtype=np.float64)
@@ -148,8 +147,5 @@ class Psnr(evaluate.Metric):
                     f"{int((~np.isfinite(reference)).sum())} in the reference; PSNR is undefined for them "
                     f"(check the model for divergence or the inputs for missing pixels)."
                 )
-            difference = prediction - reference
-            mse = float(np.dot(difference, difference)) / difference.size
-            image_psnr = 10.0 * math.log10(data_range**2 / mse) if mse > 0 else MAX_PSNR
-            image_psnrs.append(min(image_psnr, MAX_PSNR))
-        return {"psnr": float(np.mean(image_psnrs))}
+            image_mses.append(mean_squared_error(torch.from_numpy(prediction)[None], torch.from_numpy(reference)[None]))
+        return {"psnr": float(psnr_from_mse(torch.cat(image_mses), float(data_range)).mean())}
