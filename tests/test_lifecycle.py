@@ -20,6 +20,7 @@ from dilated_vit_mae.train import lifecycle
 from dilated_vit_mae.train.lifecycle import (
     DiskWriteError,
     OutputDirError,
+    RENDERED_MARKER,
     RunClock,
     RunIdentity,
     UserError,
@@ -45,7 +46,6 @@ from dilated_vit_mae.train.lifecycle import (
     run_cli,
     stage_and_swap,
 )
-from dilated_vit_mae.publish.model_card import RENDERED_MARKER
 
 
 LIFECYCLE_PATH = Path(lifecycle.__file__)
