@@ -30,6 +30,7 @@ from dilated_vit_mae.train.lifecycle import (
     checkpoint_bytes,
     checkpointing_steps,
     exit_when_parent_dies,
+    final_folder,
     fraction,
     guarded_checkpoint_write,
     is_launcher_command,
@@ -245,6 +246,12 @@ def write_final_files(folder: Path) -> None:
     write(folder / "model.safetensors", "new weights")
     write(folder / "examples" / "astronaut.jpg", "new example")
     write(folder / "all_results.json", json.dumps({"global_step": 120}))
+
+
+def test_the_staging_folder_stands_for_the_folder_it_is_swapped_into(tmp_path):
+    seen = []
+    stage_and_swap(tmp_path / "out", lambda staging: seen.append(final_folder(staging)) or write(staging / "x"))
+    assert seen == [tmp_path / "out"] and final_folder(tmp_path / "out") == tmp_path / "out"
 
 
 def test_stage_and_swap_replaces_the_files_with_the_marker_out_first_and_in_last(tmp_path, monkeypatch):

@@ -3,6 +3,8 @@ huggingface_hub, filled in from the run, parsed back."""
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -11,6 +13,7 @@ from huggingface_hub import ModelCard
 
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
 from dilated_vit_mae.publish.hub import prepare_hub_folder
+from dilated_vit_mae.train.lifecycle import stage_and_swap
 from dilated_vit_mae.publish.model_card import (
     CARD_TAGS,
     TEMPLATE_PATH,
@@ -366,6 +369,22 @@ def test_the_probe_stands_beside_the_raw_pixel_baseline_it_measured(run_folder):
         {"mean_attribute_accuracy": 0.8734, "majority_baseline": 0.656, "raw_pixel_baseline": None}
     ))  # fmt: skip
     assert "raw pixels" not in render_model_card(run_folder).text
+
+
+def test_a_card_rendered_in_the_staging_folder_names_the_folder_it_is_swapped_into(run_folder, monkeypatch):
+    # the user's scenario: run_mae.py writes its final files, the card included, into stage_and_swap's staging folder
+    # (OUTPUT_DIR/.tmp-final-*); the card's snippets named that folder, so the run rendered the card again in place
+    monkeypatch.chdir(run_folder.parent)
+
+    def write(staging):
+        for name in ("config.json", "preprocessor_config.json", "model.safetensors", "all_results.json"):
+            shutil.copy2(Path(run_folder.name) / name, staging / name)
+        render_model_card(staging)
+
+    stage_and_swap(Path(run_folder.name), write)
+    card = ModelCard.load(run_folder / "README.md")
+    assert card.data.model_name == run_folder.name and ".tmp-" not in str(card)
+    assert f'AutoModel.from_pretrained("{run_folder.name}")' in card.text
 
 
 # ----------------------------------------------------------------------------------------------------------------------

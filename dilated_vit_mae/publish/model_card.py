@@ -40,7 +40,7 @@ from ..configuration_dilated_vit_mae import DilatedViTMAEConfig
 from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
 from ..modeling_dilated_vit_mae import DilatedViTMAEForPreTraining, centred_padding, to_2tuple
 from ..pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
-from ..train.lifecycle import CLASSIFIER_CARD_MARKER, RENDERED_MARKER
+from ..train.lifecycle import CLASSIFIER_CARD_MARKER, RENDERED_MARKER, final_folder
 from ..train.redaction import publishable, redact, secret_values
 
 
@@ -800,7 +800,8 @@ def render_model_card(
     config = DilatedViTMAEConfig.from_pretrained(folder)
     results = _read_json(folder / "all_results.json", secrets)
     probe = _read_json(folder / "linear_probe_results.json", secrets)
-    model_name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
+    # a card rendered in `stage_and_swap`'s staging folder names the output folder it is swapped into
+    model_name = repo_id.split("/")[-1] if repo_id else final_folder(folder).resolve().name
     dataset = _dataset_facts(results)
     versions = dict((results or {}).get("versions") or {})
     versions.setdefault("transformers", config.transformers_version or "5")
@@ -828,7 +829,7 @@ def render_model_card(
         template_path,
         secrets,
         model_name=model_name,
-        model_id=repo_id or _local_model_id(folder),
+        model_id=repo_id or _local_model_id(final_folder(folder)),
         revision=revision or "main",
         revision_is_commit=revision is not None and len(revision) == 40,
         code_url=code_url,

@@ -651,6 +651,13 @@ def _fsync(path: Path) -> None:
 
 
 
+def final_folder(path: str | os.PathLike) -> Path:
+    """The folder `path` will be: the output folder that `stage_and_swap` moves a staging folder's files into, else
+    `path` itself. What is written in the staging folder names this one (e.g. the model card's snippets)."""
+    path = Path(path)
+    return path.parent if path.name.startswith(STAGING_PREFIX) else path
+
+
 def stage_and_swap(
     output_dir: str | os.PathLike,
     write: Callable[[Path], None],
