@@ -696,7 +696,8 @@ def stage_and_swap(
     output_dir.mkdir(parents=True, exist_ok=True)
     for stale in output_dir.glob(f"{STAGING_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
+    # spelt as `output_dir` is (mkdtemp makes it absolute from Python 3.12): what `write` names from it is the user's
+    staging = output_dir / Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir)).name
     try:
         with guarded_checkpoint_write(
             staging, expected_bytes=expected_bytes, what=what, shown_as=output_dir, advice=advice
