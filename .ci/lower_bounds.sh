@@ -22,5 +22,5 @@ python3 -m venv "$scratch/venv"
 "$scratch/venv/bin/pip" install -q -e '.[train]' "${pins[@]}"
 "$scratch/venv/bin/python" .ci/lower_bounds_check.py --expect "${pins[@]}"
 "$scratch/venv/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" \
-    tests/test_data.py tests/test_metrics.py tests/test_accelerate_configs.py \
+    tests/test_loading.py tests/test_metrics.py tests/test_accelerate_configs.py \
     tests/test_transforms.py::test_simplejpeg_decodes_the_pixels_pil_decodes

@@ -51,6 +51,7 @@ from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba  # noqa:
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.data.device_augment import DeviceAugmentation  # noqa: E402
 from dilated_vit_mae.data.seeding import SeededAugmentation, collate_indexed  # noqa: E402
+from dilated_vit_mae.data import transforms  # noqa: E402
 from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, MAETrainTransform, decode_uint8  # noqa: E402
 
 DEFAULT_MODEL_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dilated-vit-mae-tiny-64"
@@ -380,8 +381,6 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def _has_simplejpeg() -> bool:
-    from dilated_vit_mae.data import transforms
-
     return transforms.simplejpeg is not None
 
 

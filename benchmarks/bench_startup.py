@@ -38,6 +38,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
+from dilated_vit_mae.data import loading  # noqa: E402
+
 DEFAULT_MODEL_CONFIG = REPO_ROOT / "configs" / "dilated-vit-mae-tiny-64"
 CELEBA_IMAGES = 202_599
 
@@ -72,8 +74,6 @@ def load_script(name: str):
 
 def child(spec: dict) -> None:
     """Run `run_mae.main` with hooks that time it, write what they saw to `spec["result"]`, and exit at once."""
-    import dilated_vit_mae.data.loading as data
-
     run_mae = load_script("run_mae")
     seen = {"images_checked": 0}
 
@@ -81,13 +81,13 @@ def child(spec: dict) -> None:
         Path(spec["result"]).write_text(json.dumps(seen))
         os._exit(0)  # the measurement is taken: no save, no final evaluation
 
-    find_bad_images = data.find_bad_images
+    find_bad_images = loading.find_bad_images
 
     def counted_find_bad_images(items, **kwargs):
         seen["images_checked"] += len(items)
         return find_bad_images(items, **kwargs)
 
-    data.find_bad_images = counted_find_bad_images
+    loading.find_bad_images = counted_find_bad_images
     load_celeba = run_mae.load_celeba
 
     def timed_load_celeba(*args, **kwargs):

@@ -69,19 +69,17 @@ from dilated_vit_mae.evaluation.probe import (  # noqa: E402
     PROBE_LEARNING_RATE,
     PROBE_WARMUP_EPOCHS,
     FeatureCache,
-    class_ids,
-    drop_missing_labels,
     extract_features,
     knn_predict,
-    label_matrix,
     load_frozen_encoder,
     model_fingerprint,
     predict_linear_probe,
     probe_scores,
     raw_pixel_baseline,
-    resolve_label_columns,
     train_linear_probe,
 )
+from dilated_vit_mae.data.labels import class_ids, drop_missing_labels, label_matrix, resolve_label_columns  # noqa: E402
+from dilated_vit_mae.train.redaction import publishable, secret_values  # noqa: E402
 from dilated_vit_mae.data.seeding import IndexedTransform, collate_indexed  # noqa: E402
 from dilated_vit_mae.data.transforms import eval_view  # noqa: E402
 
@@ -395,8 +393,6 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # uploaded with the model: token values (however the flag was spelt) and local paths stay out of it
-    from dilated_vit_mae.train.redaction import publishable, secret_values
-
     (output_dir / results_file).write_text(json.dumps(publishable(results, secret_values(args)), indent=2))
     raw_text = f"{results['raw_pixel_baseline']:.4f}" if results["raw_pixel_baseline"] is not None else "not computed"
     logger.info(

@@ -75,8 +75,8 @@ from dilated_vit_mae.train.finetune import (  # noqa: E402
     load_classifier,
     param_groups_lrd,
     labelled_splits,
-    render_classifier_card,
 )
+from dilated_vit_mae.publish.model_card import render_classifier_card  # noqa: E402
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     RunIdentity,
     check_output_dir,

@@ -1,5 +1,5 @@
 """Tests of `dilated_vit_mae/train/finetune.py`: MAE's layer-wise lr decay, mixup / cutmix against timm's formulas, the
-losses, label resolution, warm starts from our and transformers' ViTMAE checkpoints, the card."""
+losses, label resolution, warm starts from our and transformers' ViTMAE checkpoints."""
 
 import logging
 
@@ -21,7 +21,6 @@ from dilated_vit_mae.train.finetune import (
     layer_id_for_vit,
     load_classifier,
     param_groups_lrd,
-    render_classifier_card,
     resolve_labels,
     smooth_one_hot,
 )
@@ -278,56 +277,6 @@ def test_a_transformers_processor_becomes_ours_with_the_same_output():
     expected = theirs(image, return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(ours(image, return_tensors="pt")["pixel_values"], expected, atol=1e-5, rtol=0)
     assert as_our_image_processor(ours) is ours
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Card
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def card_results(**overrides) -> dict:
-    results = {
-        "metric_name": "accuracy", "eval_split": "validation", "eval_accuracy": 0.875, "eval_majority_baseline": 0.5,
-        "test_split": "test", "test_accuracy": 0.8, "test_majority_baseline": 0.4, "best_epoch": 2,
-        "eval_history": [{}, {}, {}], "labels": {"task": "single_label", "num_labels": 2, "columns": ["label"]},
-        "dataset": {"name": "pets", "hub_id": None, "description": None}, "init": "facebook/vit-mae-base",
-        "init_is_hub_id": True,
-        "global_step": 30, "epochs": 3, "effective_batch_size": 8, "seed": 0, "adam_betas": [0.9, 0.999],
-        "weight_decay": 0.05, "learning_rate": 1e-3, "warmup_steps": 2, "layer_decay": 0.75, "drop_path_rate": 0.1,
-        "classifier_pooling": "mean", "label_smoothing": 0.1, "mixup": 0.8, "cutmix": 1.0,
-        "eval_raw_pixel_baseline": 0.9, "test_raw_pixel_baseline": 0.7, "raw_pixel_baseline": {"skipped": None},
-        "recipe": "mae", "rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "crop_scale_min": 0.08,
-    }  # fmt: skip
-    return {**results, **overrides}
-
-
-def test_card_states_the_results_and_metadata():
-    card = render_classifier_card(card_results(), repo_id="me/pets-classifier")
-    assert card.data.pipeline_tag == "image-classification" and card.data.base_model == "facebook/vit-mae-base"
-    assert card.data.eval_results[0].metric_value == 0.875 and card.data.eval_results[0].dataset_split == "validation"
-    assert "| test (the selected model) | accuracy | 0.8000 |" in card.text
-    assert 'from_pretrained("me/pets-classifier", trust_remote_code=True)' in card.text
-    # a local initialisation is named by its folder, and is not a base_model
-    local = render_classifier_card(card_results(init="outputs/my-run", init_is_hub_id=False))
-    assert local.data.base_model is None and "starting from outputs/my-run" in local.text
-
-
-
-
-def test_the_card_puts_every_figure_beside_its_trivial_baselines():
-    card = render_classifier_card(card_results()).text
-    assert "| validation | majority-class floor | 0.5000 |" in card
-    assert "| validation | logistic regression on raw pixels | 0.9000 |" in card
-    assert "| test | majority-class floor | 0.4000 |" in card
-    assert "| test | logistic regression on raw pixels | 0.7000 |" in card
-    assert "MAE's fine-tuning recipe" in card and "rand-m9-mstd0.5-inc1, random erasing 0.25" in card
-    # where the raw-pixel model was too big to fit, the card says why instead of leaving the row out
-    skipped = card_results(eval_raw_pixel_baseline=None, test_raw_pixel_baseline=None,
-                           raw_pixel_baseline={"skipped": "not computed: 182637 images x 150528 values exceed 50,000,000"},
-                           recipe="small_data")  # fmt: skip
-    text = render_classifier_card(skipped).text
-    assert "| validation | logistic regression on raw pixels | not computed: 182637 images" in text
-    assert "the small-data recipe (fewer than 10,000 training images)" in text
 
 
 # ----------------------------------------------------------------------------------------------------------------------

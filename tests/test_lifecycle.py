@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from dilated_vit_mae.train import lifecycle
 from dilated_vit_mae.train.lifecycle import (
     DiskWriteError,
     OutputDirError,
+    RENDERED_MARKER,
     RunClock,
     RunIdentity,
     UserError,
@@ -29,6 +31,7 @@ from dilated_vit_mae.train.lifecycle import (
     checkpoint_bytes,
     checkpointing_steps,
     exit_when_parent_dies,
+    final_folder,
     fraction,
     guarded_checkpoint_write,
     is_launcher_command,
@@ -45,7 +48,6 @@ from dilated_vit_mae.train.lifecycle import (
     run_cli,
     stage_and_swap,
 )
-from dilated_vit_mae.publish.model_card import RENDERED_MARKER
 
 
 LIFECYCLE_PATH = Path(lifecycle.__file__)
@@ -245,6 +247,23 @@ def write_final_files(folder: Path) -> None:
     write(folder / "model.safetensors", "new weights")
     write(folder / "examples" / "astronaut.jpg", "new example")
     write(folder / "all_results.json", json.dumps({"global_step": 120}))
+
+
+def test_the_staging_folder_stands_for_the_folder_it_is_swapped_into(tmp_path):
+    seen = []
+    stage_and_swap(tmp_path / "out", lambda staging: seen.append(final_folder(staging)) or write(staging / "x"))
+    assert seen == [tmp_path / "out"] and final_folder(tmp_path / "out") == tmp_path / "out"
+
+
+def test_the_staging_folder_is_spelt_as_the_output_folder(tmp_path, monkeypatch):
+    # from Python 3.12 mkdtemp returns an absolute path whatever `dir` is: a card written in the staging folder must
+    # still name the output folder as the user spelt it
+    mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kwargs: os.path.abspath(mkdtemp(**kwargs)))
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    stage_and_swap(Path("out"), lambda staging: seen.append(staging) or write(staging / "x"))
+    assert not seen[0].is_absolute() and final_folder(seen[0]) == Path("out")
 
 
 def test_stage_and_swap_replaces_the_files_with_the_marker_out_first_and_in_last(tmp_path, monkeypatch):

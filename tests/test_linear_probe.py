@@ -27,16 +27,13 @@ from dilated_vit_mae import (
 from dilated_vit_mae.evaluation.probe import (
     FeatureCache,
     LinearProbe,
-    class_ids,
     encode_images,
     extract_features,
     knn_predict,
-    label_matrix,
     load_frozen_encoder,
     model_fingerprint,
     predict_linear_probe,
     probe_scores,
-    resolve_label_columns,
     train_linear_probe,
 )
 
@@ -143,11 +140,6 @@ def test_probe_scores_equal_hand_computation():
     assert single == {"accuracy": 0.5, "majority_baseline": 0.25}  # the unseen reference (-1) is an error
 
 
-def test_class_ids_maps_unseen_values_to_minus_one():
-    train_ids, eval_ids, classes = class_ids(["b", "a", "b"], ["a", "c"])
-    assert classes == ["a", "b"] and train_ids.tolist() == [1, 0, 1] and eval_ids.tolist() == [0, -1]
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Weighted k-NN
 # ----------------------------------------------------------------------------------------------------------------------
@@ -214,25 +206,6 @@ def test_knn_validates():
         knn_predict(features, labels, torch.randn(2, 5), task="single_label")
     with pytest.raises(ValueError, match="one label row per training feature"):
         knn_predict(features, labels[:3], features, task="single_label")
-
-
-def test_label_columns_default_to_attributes_then_fallback():
-    assert resolve_label_columns(["image", "Smiling", "Male", "celeb_id"]) == ["Male", "Smiling"]  # CelebA's order
-    assert resolve_label_columns(["image", "celeb_id", "label"], fallback=("celeb_id", "label")) == ["celeb_id"]
-    assert resolve_label_columns(["image", "x"], label_column="x") == ["x"]
-    with pytest.raises(ValueError, match="no CelebA attribute columns"):
-        resolve_label_columns(["image", "label"])
-    with pytest.raises(ValueError, match="not in the dataset"):
-        resolve_label_columns(["image"], label_columns=["Smiling"])
-
-
-def test_label_matrix_maps_celeba_minus_one_and_refuses_other_values():
-    import datasets
-
-    dataset = datasets.Dataset.from_dict({"a": [-1, 1, 1], "b": [1, -1, 1]})
-    assert label_matrix(dataset, ["a", "b"]).tolist() == [[0, 1], [1, 0], [1, 1]]
-    with pytest.raises(ValueError, match="must be binary"):
-        label_matrix(datasets.Dataset.from_dict({"a": [0, 2]}), ["a"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------

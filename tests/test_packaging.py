@@ -1,4 +1,4 @@
-"""Packaging: a non-editable install carries what the package reads at run time (the model card template and example
+"""Packaging: a non-editable install carries what the package reads at run time (the model card templates and example
 images), and CI's lower-bound venv (.ci/lower_bounds.sh) pins exactly the lower bounds that setup.cfg declares."""
 
 import configparser
@@ -31,9 +31,12 @@ def test_wheel_ships_the_card_template_and_the_example_images(tmp_path):
         names = set(archive.namelist())
         # the template is a link in the source tree: the wheel must hold the file itself
         assert archive.read("dilated_vit_mae/publish/model_card.md") == (REPO_ROOT / "model_card.md").read_bytes()
+        classifier_card = REPO_ROOT / "dilated_vit_mae" / "publish" / "classifier_card.md"
+        assert archive.read("dilated_vit_mae/publish/classifier_card.md") == classifier_card.read_bytes()
     examples = sorted(p.name for p in (REPO_ROOT / "dilated_vit_mae" / "assets" / "examples").iterdir())
     assert examples and all(f"dilated_vit_mae/assets/examples/{name}" in names for name in examples)
-    for module in ("modeling_dilated_vit_mae", "pipeline_dilated_vit_mae", "handler", "model_card", "hub", "probe"):
+    for module in ("modeling_dilated_vit_mae", "pipeline_dilated_vit_mae", "handler", "publish/model_card", "publish/hub",
+                   "evaluation/probe", "data/labels"):  # fmt: skip
         assert f"dilated_vit_mae/{module}.py" in names
     assert any(name.startswith("dilated_vit_mae/evaluation/metrics/") for name in names)
 

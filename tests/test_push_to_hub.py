@@ -10,8 +10,13 @@ import pytest
 from huggingface_hub import ModelCard
 
 from conftest import load_file
-from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
-from dilated_vit_mae.publish import hub
+from dilated_vit_mae import (
+    DilatedViTMAEConfig,
+    DilatedViTMAEForImageClassification,
+    DilatedViTMAEForPreTraining,
+    DilatedViTMAEImageProcessor,
+)
+from dilated_vit_mae.publish import hub, model_card
 from dilated_vit_mae.publish.hub import FolderCheckError, check_folder, files_to_upload, prepare_hub_folder, push_folder_to_hub
 
 
@@ -229,6 +234,62 @@ def test_script_pushes_with_its_options(run_folder):
     kwargs = api.upload_folder.call_args.kwargs
     assert kwargs["revision"] == "exp" and kwargs["commit_message"] == "v0"
     assert api.upload_file.call_args.kwargs["revision"] == "exp"
+
+
+def counting_renders(monkeypatch) -> list[tuple[str, str, str | None]]:
+    """Every card rendered from now on (`model_card._render`, the one path of both templates), as (template, model
+    id, revision)."""
+    renders, render = [], model_card._render
+
+    def counted(card_data, template_path, secrets, **facts):
+        renders.append((Path(template_path).name, facts.get("model_id"), facts.get("revision")))
+        return render(card_data, template_path, secrets, **facts)
+
+    monkeypatch.setattr(model_card, "_render", counted)
+    return renders
+
+
+def test_a_push_renders_the_card_once(run_folder, monkeypatch):
+    # the user's scenario: `run_mae.py --hub_model_id me/dilated-vit-mae` rendered the folder's card for the repository,
+    # then `push_to_hub.py` publishes it. The push rendered it twice (for the repository in the staging copy, where it
+    # already was, then pinned to the upload commit): now once, pinned, from the files uploaded
+    prepare_hub_folder(run_folder, repo_id="me/dilated-vit-mae", examples=False)
+    renders = counting_renders(monkeypatch)
+    push_to_hub = load_script("push_to_hub")
+    api, seen = recording_api()
+    with mock.patch.object(hub, "check_folder", return_value=FAKE_REPORT):
+        assert push_to_hub.main(push_to_hub.parse_args([str(run_folder), "--repo_id", "me/dilated-vit-mae"]), api=api) == 0
+    assert renders == [("model_card.md", "me/dilated-vit-mae", SHA)]
+    assert 'from_pretrained("me/dilated-vit-mae"' in seen["card"] and 'REVISION = "main"' in seen["card"]
+    assert f'REVISION = "{SHA}"' in seen["pinned_card"] and 'from_pretrained("me/dilated-vit-mae"' in seen["pinned_card"]
+    # pushed to another repository, the upload commit's card is first rendered for that one
+    renders.clear()
+    api, seen = recording_api()
+    with mock.patch.object(hub, "check_folder", return_value=FAKE_REPORT):
+        assert push_to_hub.main(push_to_hub.parse_args([str(run_folder), "--repo_id", "me/other"]), api=api) == 0
+    assert renders == [("model_card.md", "me/other", "main"), ("model_card.md", "me/other", SHA)]
+    assert 'from_pretrained("me/other"' in seen["card"] and 'REVISION = "main"' in seen["card"]
+    # a dry run renders the card it would upload, once
+    renders.clear()
+    with mock.patch.object(push_to_hub, "check_folder", return_value=FAKE_REPORT):
+        assert push_to_hub.main(push_to_hub.parse_args([str(run_folder), "--repo_id", "me/other", "--dry_run"])) == 0
+    assert renders == [("model_card.md", "me/other", "main")]
+
+
+def test_a_classifier_push_renders_its_card_once(tiny_config_kwargs, tmp_path, monkeypatch):
+    from test_model_card import card_results
+
+    folder = tmp_path / "classifier"
+    DilatedViTMAEForImageClassification(DilatedViTMAEConfig(**tiny_config_kwargs, num_labels=2)).save_pretrained(folder)
+    DilatedViTMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    (folder / "all_results.json").write_text(json.dumps(card_results()))
+    model_card.render_classifier_card(card_results()).save(folder / "README.md")
+    renders = counting_renders(monkeypatch)
+    api, seen = recording_api()
+    push_folder_to_hub(folder, "me/classifier", api=api, check=False)
+    assert renders == [("classifier_card.md", "me/classifier", None)]  # classifier cards are not pinned
+    assert 'from_pretrained("me/classifier", trust_remote_code=True)' in seen["card"]
+    api.upload_file.assert_not_called()
 
 
 def test_script_refuses_a_broken_folder_without_calling_the_hub(run_folder):

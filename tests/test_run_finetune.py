@@ -176,7 +176,8 @@ def test_celeba_attributes_from_our_pretraining_folder(script, pretrained_dir, t
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: image-classification" in card and f"{results['eval_mean_attribute_accuracy']:.4f}" in card
     # a run output (removed by --overwrite_output_dir), but not the pre-training template's (never re-rendered with it)
-    from dilated_vit_mae.publish.model_card import is_generated_card, is_rendered_card
+    from dilated_vit_mae.publish.model_card import is_rendered_card
+    from dilated_vit_mae.train.lifecycle import is_generated_card
 
     assert is_generated_card(output_dir / "README.md") and not is_rendered_card(output_dir / "README.md")
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..modeling_dilated_vit_mae import to_2tuple
+from ..evaluation.probe import load_frozen_encoder
 from ..train.lifecycle import stage_and_swap, tensor_bytes
 
 
@@ -97,8 +98,6 @@ def export_encoder_onnx(
         A report: `output`, `opset`, `input` / `output` names and shapes (`"batch"` for the dynamic axis), the model's
         image size and channels, `max_abs_difference` per checked batch size, and `atol`.
     """
-    from ..evaluation.probe import load_frozen_encoder
-
     encoder, image_processor = load_frozen_encoder(
         model_name_or_path, revision=revision, token=token, trust_remote_code=trust_remote_code
     )

@@ -34,6 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
+from ..train.lifecycle import is_generated_card
+from ..train.redaction import publishable, redact, secret_values
+from .model_card import TEMPLATE_PATH, is_rendered_card, render_classifier_card, render_model_card, write_card_assets
+
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +179,6 @@ def register_reconstruction_pipeline() -> None:
     from transformers import AutoModelForPreTraining
     from transformers.pipelines import PIPELINE_REGISTRY
 
-    from ..pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
-
     if RECONSTRUCTION_TASK not in PIPELINE_REGISTRY.supported_tasks:
         PIPELINE_REGISTRY.register_pipeline(
             RECONSTRUCTION_TASK, DilatedViTMAEReconstructionPipeline, pt_model=AutoModelForPreTraining, type="image"
@@ -239,8 +242,6 @@ def prepare_hub_folder(
     Returns:
         The files written, relative to `folder`.
     """
-    from .model_card import render_model_card, write_card_assets
-
     written = add_inference_code(folder)
     written += write_card_assets(
         folder, model=model, image_processor=image_processor, example_images=None if examples else []
@@ -449,8 +450,6 @@ def _refuse_linked_published_files(folder: Path, plan: UploadPlan) -> None:
 
 def _redact_staged(destination: Path, secrets: Iterable[str]) -> None:
     """In the uploaded copy: results files without secrets or local paths, a card without secrets."""
-    from ..train.redaction import publishable, redact
-
     for name in RESULTS_FILES:
         path = destination / name
         if path.is_file():
@@ -470,6 +469,7 @@ def stage_folder(
     repo_id: str | None = None,
     prepare: bool = True,
     secrets: Iterable[str] | None = None,
+    refresh_card: bool = True,
 ) -> list[str]:
     """
     Lay out in `destination` exactly what would be uploaded from `folder`, which itself is never modified:
@@ -479,8 +479,10 @@ def stage_folder(
       everything else copied; the results files and the card redacted by value (`secrets`, by default
       `redaction.secret_values()`: the environment's and the cached login's token), the results without local paths;
     - with `prepare`, a folder that is not publishable yet (no pipeline, handler or card) is completed in
-      `destination` (`prepare_hub_folder`); a card rendered from the template is rendered again for `repo_id`. A
-      fine-tuned classifier (`is_classifier_folder`) is published as it is, with its own card.
+      `destination` (`prepare_hub_folder`); a card rendered from the template is rendered again for `repo_id` (with
+      `refresh_card=False`, only where it was rendered for another repository or a local folder: `push_folder_to_hub`
+      renders it after the upload anyway, pinned). A fine-tuned classifier (`is_classifier_folder`) is published as
+      it is, with its own card (rendered again for `repo_id`).
 
     Returns:
         The files to upload, relative to `destination`.
@@ -489,8 +491,6 @@ def stage_folder(
         `FolderCheckError` for a linked published file, a results file that is not JSON, or a folder that cannot be
         completed.
     """
-    from ..train.redaction import secret_values
-
     folder, destination = Path(folder), Path(destination)
     secrets = set(secret_values() if secrets is None else secrets)
     plan = plan_upload(folder)
@@ -507,15 +507,14 @@ def stage_folder(
         shutil.copy2(folder / name, target)
     _redact_staged(destination, secrets)
     if prepare and (destination / "config.json").is_file() and not is_classifier_folder(destination):
-        from .model_card import TEMPLATE_PATH, is_rendered_card, render_model_card
-
         if not all((destination / name).is_file() for name in PUBLISHING_FILES):
             try:
                 prepare_hub_folder(destination, repo_id=repo_id, secrets=secrets)
             except Exception as error:  # e.g. no image processor: the folder cannot work as a repository
                 raise FolderCheckError(f"{folder} could not be made publishable: {error}") from error
         elif repo_id is not None and TEMPLATE_PATH.is_file() and is_rendered_card(destination / "README.md"):
-            render_model_card(destination, repo_id=repo_id, secrets=secrets)
+            if refresh_card or not is_rendered_card(destination / "README.md", repo_id):
+                render_model_card(destination, repo_id=repo_id, secrets=secrets)
     elif prepare and repo_id is not None and is_classifier_folder(destination):
         _render_classifier_card_for(destination, repo_id)
     return files_to_upload(destination)
@@ -523,9 +522,6 @@ def stage_folder(
 
 def _render_classifier_card_for(destination: Path, repo_id: str) -> None:
     """A classifier's generated card again, with its snippets naming `repo_id` (a hand-written card is kept)."""
-    from ..train.finetune import render_classifier_card
-    from .model_card import is_generated_card
-
     results_path = destination / "all_results.json"
     if is_generated_card(destination / "README.md") and results_path.is_file():  # results already redacted here
         render_classifier_card(json.loads(results_path.read_text()), repo_id=repo_id).save(destination / "README.md")
@@ -533,8 +529,6 @@ def _render_classifier_card_for(destination: Path, repo_id: str) -> None:
 
 def _pin_card_revision(api, staging: Path, repo_id: str, revision: str | None, sha: str, secrets: set[str]) -> None:
     """Commit the card again with its snippets pinned to the upload commit `sha` (only a card from the template)."""
-    from .model_card import TEMPLATE_PATH, is_rendered_card, render_model_card
-
     if TEMPLATE_PATH.is_file() and is_rendered_card(staging / "README.md"):
         render_model_card(staging, repo_id=repo_id, revision=sha, secrets=secrets)
         api.upload_file(
@@ -578,6 +572,9 @@ def push_folder_to_hub(
             (before any call to the Hub).
         pin_revision (`bool`, *optional*, defaults to `True`): after the upload, commit the model card again with its
             snippets pinned to the upload commit (`revision="<sha>"`), so that readers run the code they can review.
+            The card is then rendered once per push, there, from the files uploaded: the upload commit carries the
+            folder's card as it is when it was rendered for `repo_id` (e.g. by `run_mae.py --hub_model_id`), else one
+            rendered for `repo_id` in the staging copy.
         prepare (`bool`, *optional*, defaults to `True`): complete a folder that is not publishable yet (pipeline,
             handler, card) in the staging copy, and render its card for `repo_id` (`stage_folder`).
 
@@ -587,8 +584,6 @@ def push_folder_to_hub(
     Raises:
         `FolderCheckError` when the folder would not work once published (nothing is uploaded).
     """
-    from ..train.redaction import secret_values
-
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json: it is not a saved model folder.")
@@ -598,7 +593,9 @@ def push_folder_to_hub(
         logger.info(f"left out of the upload of {folder}:\n  " + "\n  ".join(describe_left_out(left_out)))
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-hub-staging-", dir=folder.resolve().parent))
     try:
-        files = stage_folder(folder, staging, repo_id=repo_id, prepare=prepare, secrets=secrets)
+        files = stage_folder(
+            folder, staging, repo_id=repo_id, prepare=prepare, secrets=secrets, refresh_card=not pin_revision
+        )
         if check:
             report = check_folder(staging)
             logger.info(f"{folder} loads without the package: {report}")

@@ -1,6 +1,8 @@
 """
-The model card of a publishable folder: `render_model_card(folder)` fills in the repository's `model_card.md` from what
-the folder holds, and `write_card_assets(folder)` draws the images the card shows.
+The model cards of publishable folders, each a Jinja template rendered by one code path (`_render`, with
+huggingface_hub's `ModelCard.from_template`, then redaction): `render_model_card(folder)` fills in the repository's
+`model_card.md` from what a pre-training folder holds, and `write_card_assets(folder)` draws the images the card shows;
+`render_classifier_card(results)` fills in `classifier_card.md` from a fine-tuned classifier's `all_results.json`.
 
 What the card reads from the folder (all written by `scripts/run_mae.py`):
 
@@ -35,12 +37,17 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_dilated_vit_mae import DilatedViTMAEConfig
 from ..evaluation.reconstruction import label_font, labelled_grid
-from ..modeling_dilated_vit_mae import centred_padding, to_2tuple
+from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+from ..modeling_dilated_vit_mae import DilatedViTMAEForPreTraining, centred_padding, to_2tuple
+from ..pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
+from ..train.lifecycle import CLASSIFIER_CARD_MARKER, RENDERED_MARKER, final_folder
 from ..train.redaction import publishable, redact, secret_values
 
 
 # the template is the repository's `model_card.md`; the package holds it (a link in the source tree, a copy in wheels)
 TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card.md"
+# the fine-tuned classifier's card (`render_classifier_card`), rendered the same way
+CLASSIFIER_TEMPLATE_PATH = Path(__file__).resolve().parent / "classifier_card.md"
 EXAMPLE_IMAGES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 CARD_TAGS = ["mae", "vit", "self-supervised", "dilated-tokenization", "custom_code"]
 PIPELINE_TAG = "image-feature-extraction"
@@ -52,10 +59,6 @@ EXAMPLES_MASK_RATIO = 0.75
 EXAMPLES_SEED = 0
 # command-line flags whose value must never reach a card
 SECRET_FLAGS = ("--token", "--hub_token")
-# the first line of a card rendered from the template: only such cards are re-rendered when a folder is pushed
-RENDERED_MARKER = "<!-- Rendered by dilated_vit_mae.publish.model_card"
-# the fine-tuned classifier's card (`finetune.render_classifier_card`): a run output, but not this template's
-CLASSIFIER_CARD_MARKER = "<!-- Rendered by dilated_vit_mae.train.finetune"
 
 CELEBA_LICENSE_NOTE = (
     "the training data's own terms apply to it (CelebA: non-commercial research purposes only, see *Limitations*)."
@@ -329,10 +332,6 @@ def write_card_assets(
     Returns:
         The paths written, relative to `folder`.
     """
-    from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
-    from ..modeling_dilated_vit_mae import DilatedViTMAEForPreTraining
-    from ..pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
-
     folder = Path(folder)
     config = DilatedViTMAEConfig.from_pretrained(folder)
     written = []
@@ -398,16 +397,17 @@ def redact_command(command: str | Sequence[str]) -> str:
     return shlex.join(redacted)
 
 
-def is_rendered_card(path: str | os.PathLike) -> bool:
-    """Whether the card at `path` was rendered from the template (and so may be re-rendered without losing edits)."""
+def is_rendered_card(path: str | os.PathLike, repo_id: str | None = None) -> bool:
+    """
+    Whether the card at `path` was rendered from the template (and so may be re-rendered without losing edits); with
+    `repo_id`, whether it was rendered for that repository (its first line says what its snippets load).
+    """
     path = Path(path)
-    return path.is_file() and RENDERED_MARKER in path.read_text(encoding="utf-8")
-
-
-def is_generated_card(path: str | os.PathLike) -> bool:
-    """Whether the card at `path` was written by a run (the template's or the classifier's), not by hand."""
-    path = Path(path)
-    return path.is_file() and any(m in path.read_text(encoding="utf-8") for m in (RENDERED_MARKER, CLASSIFIER_CARD_MARKER))
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if repo_id is None:
+        return RENDERED_MARKER in text
+    rendered_for = re.search(rf"{re.escape(RENDERED_MARKER)}[^\n]*? for (\S+);", text)
+    return rendered_for is not None and rendered_for.group(1) == repo_id
 
 
 def _read_json(path: Path, secrets: Iterable[str]) -> dict[str, Any] | None:
@@ -772,7 +772,8 @@ def render_model_card(
     config = DilatedViTMAEConfig.from_pretrained(folder)
     results = _read_json(folder / "all_results.json", secrets)
     probe = _read_json(folder / "linear_probe_results.json", secrets)
-    model_name = repo_id.split("/")[-1] if repo_id else folder.resolve().name
+    # a card rendered in `stage_and_swap`'s staging folder names the output folder it is swapped into
+    model_name = repo_id.split("/")[-1] if repo_id else final_folder(folder).resolve().name
     dataset = _dataset_facts(results)
     versions = dict((results or {}).get("versions") or {})
     versions.setdefault("transformers", config.transformers_version or "5")
@@ -795,11 +796,12 @@ def render_model_card(
         eval_results=eval_results or None,
         widget=widget or None,
     )
-    card = ModelCard.from_template(
+    card = _render(
         card_data,
-        template_path=str(template_path),
+        template_path,
+        secrets,
         model_name=model_name,
-        model_id=repo_id or _local_model_id(folder),
+        model_id=repo_id or _local_model_id(final_folder(folder)),
         revision=revision or "main",
         revision_is_commit=revision is not None and len(revision) == 40,
         code_url=code_url,
@@ -818,24 +820,139 @@ def render_model_card(
         examples_mask_ratio=examples_meta.get("mask_ratio", EXAMPLES_MASK_RATIO),
         examples_seed=examples_meta.get("seed", EXAMPLES_SEED),
     )
-    text = redact(str(card), secrets)  # whatever the template rendered, from wherever it came
-    card = ModelCard(text) if text != str(card) else card
     output_path = Path(output_path) if output_path is not None else folder / "README.md"
     card.save(output_path)
     return card
 
 
+def _render(card_data: ModelCardData, template_path: Path, secrets: set[str], **facts: Any) -> ModelCard:
+    """
+    Every card's one rendering: `template_path` (Jinja) filled in with `card_data` (its YAML header, `{{ card_data }}`)
+    and `facts` by `huggingface_hub.ModelCard.from_template`, then every value of `secrets` redacted from the text,
+    whatever the template rendered and from wherever it came.
+    """
+    card = ModelCard.from_template(card_data, template_path=str(template_path), **facts)
+    text = redact(str(card), secrets)
+    return ModelCard(text) if text != str(card) else card
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The card of a fine-tuned classifier (`scripts/run_finetune.py`)
+# ----------------------------------------------------------------------------------------------------------------------
+
+CLASSIFIER_TAGS = ["image-classification", "mae", "vit", "dilated-tokenization", "custom_code"]
+RECIPE_NAMES = {"mae": "MAE's fine-tuning recipe", "small_data": "the small-data recipe (fewer than 10,000 training images)"}
+
+
+def render_classifier_card(
+    results: dict[str, Any], repo_id: str | None = None, secrets: Iterable[str] = ()
+) -> ModelCard:
+    """
+    A short `huggingface_hub.ModelCard` for a fine-tuned classifier folder, from its `all_results.json` (`results`),
+    rendered from `classifier_card.md` as `render_model_card` renders `model_card.md`: metadata
+    (`pipeline_tag: image-classification`, `base_model` when `init_is_hub_id`, `model-index` with the selected
+    accuracy), what was trained on what, the figures measured beside their trivial baselines and how to load it.
+    Local paths appear as folder names only; `results` must already be redacted
+    (`dilated_vit_mae.train.redaction.publishable`). `secrets`, the environment's and the cached login's tokens are
+    redacted from the text. The caller saves it (`card.save(path)`).
+    """
+    metric, dataset = results["metric_name"], results["dataset"]
+    init = results.get("init") if results.get("init_is_hub_id") else None
+    card_data = ModelCardData(
+        library_name="transformers",
+        license=LICENSE,
+        pipeline_tag="image-classification",
+        tags=list(CLASSIFIER_TAGS),
+        base_model=init,
+        datasets=[dataset["hub_id"]] if dataset.get("hub_id") else None,
+        metrics=["accuracy"],
+        model_name=repo_id or "dilated-vit-mae-classifier",
+        eval_results=[
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=dataset.get("hub_id") or re.sub(r"[^\w.-]+", "-", dataset["name"]),
+                dataset_name=dataset["name"],
+                dataset_split=results["eval_split"],
+                metric_type="accuracy",
+                metric_name=metric.replace("_", " "),
+                metric_value=round(results[f"eval_{metric}"], 4),
+            )
+        ],
+    )
+    return _render(
+        card_data, CLASSIFIER_TEMPLATE_PATH, secret_values() | set(secrets), marker=CLASSIFIER_CARD_MARKER,
+        **_classifier_facts(results, repo_id),
+    )  # fmt: skip
+
+
+def _classifier_baseline_rows(results: dict[str, Any], prefix: str, split: str) -> list[dict[str, str]]:
+    """The trivial baselines of a split, as result rows: the majority class and the raw-pixel linear model."""
+    rows = []
+    if results.get(f"{prefix}_majority_baseline") is not None:
+        rows.append({"split": split, "metric": "majority-class floor",
+                     "value": f"{results[f'{prefix}_majority_baseline']:.4f}"})  # fmt: skip
+    raw = results.get(f"{prefix}_raw_pixel_baseline")
+    skipped = (results.get("raw_pixel_baseline") or {}).get("skipped")
+    if raw is not None:
+        rows.append({"split": split, "metric": "logistic regression on raw pixels", "value": f"{raw:.4f}"})
+    elif skipped:
+        rows.append({"split": split, "metric": "logistic regression on raw pixels", "value": skipped})
+    return rows
+
+
+def _classifier_facts(results: dict[str, Any], repo_id: str | None) -> dict[str, Any]:
+    """What `classifier_card.md` shows, from `all_results.json`."""
+    metric, labels, dataset = results["metric_name"], results["labels"], results["dataset"]
+    split = results["eval_split"]
+    rows = [{"split": f"{split} (best of {len(results['eval_history'])} epochs: {results['best_epoch']})",
+             "metric": metric, "value": f"{results[f'eval_{metric}']:.4f}"}]  # fmt: skip
+    rows += _classifier_baseline_rows(results, "eval", split)
+    if results.get(f"test_{metric}") is not None:
+        rows.append({"split": f"{results['test_split']} (the selected model)", "metric": metric,
+                     "value": f"{results[f'test_{metric}']:.4f}"})  # fmt: skip
+        rows += _classifier_baseline_rows(results, "test", results["test_split"])
+    multi_label = labels["task"] == "multi_label"
+    columns = labels["columns"]
+    training = {key: results[key] for key in (
+        "global_step", "epochs", "effective_batch_size", "seed", "weight_decay", "warmup_steps", "layer_decay",
+        "drop_path_rate", "classifier_pooling", "mixup", "cutmix",
+    )}  # fmt: skip
+    training.update(
+        adam_betas=tuple(results["adam_betas"]),
+        learning_rate=f"{results['learning_rate']:.3g}",
+        label_smoothing="none (multi-label)" if multi_label else results["label_smoothing"],
+    )
+    return {
+        "task": "multi-label (one sigmoid per attribute)" if multi_label else "single-label (softmax)",
+        "multi_label": multi_label,
+        "num_labels": labels["num_labels"],
+        "label_names": ", ".join(columns[:3]) + (", ..." if len(columns) > 3 else ""),
+        "about": f"{dataset['name']}" + (f", {dataset['description']}" if dataset.get("description") else ""),
+        "init": results.get("init") or "a random initialisation (no pre-training)",
+        "rows": rows,
+        "training": training,
+        "recipe": {
+            "name": RECIPE_NAMES.get(results.get("recipe"), "recipe not recorded"),
+            "crop_scale_min": results.get("crop_scale_min"),
+            "rand_augment": results.get("rand_augment") or "no RandAugment",
+            "random_erasing": results.get("random_erasing"),
+        },
+        "model_id": repo_id or "path/to/this/folder",
+    }
+
+
 __all__ = [
     "CARD_TAGS",
+    "CLASSIFIER_TEMPLATE_PATH",
     "EVAL_METRICS",
     "EVAL_PREDICTORS",
     "TEMPLATE_PATH",
     "dilated_leakage",
     "draw_tokenizer_diagram",
-    "is_generated_card",
     "is_rendered_card",
     "reconstruction_strip",
     "redact_command",
+    "render_classifier_card",
     "render_model_card",
     "write_card_assets",
 ]

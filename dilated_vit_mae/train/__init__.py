@@ -2,7 +2,8 @@
 Training: the machinery shared by pre-training (`scripts/run_mae.py`) and fine-tuning (`scripts/run_finetune.py`),
 in the spirit of MAE's `engine_*.py` / `util/misc.py`.
 
-- `lifecycle`: the output folder's rules, run identity, resume checks, staged saves, CLI errors (exit 2);
+- `lifecycle`: the output folder's rules (which files a run wrote, its generated model card included), run
+  identity, resume checks, staged saves, CLI errors (exit 2);
 - `checkpoints`: step checkpoints (save, prune, load) and the optimizer's weight-decay groups;
 - `distributed`: the accelerator for every engine (DDP, FSDP2, DeepSpeed) with no silent fallback;
 - `finetune`: the fine-tuning recipe (MAE's and the small-data one), layer-wise lr decay, mixup, the loss;

@@ -8,8 +8,9 @@
 - mixup / cutmix: [`MixupCutmix`] (timm 0.3.2's `Mixup`, batch mode), seeded per batch so a resumed run redraws the same;
 - the loss: [`classification_loss`] (label smoothing or soft targets for single-label, BCE for multi-label);
 - warm start: [`load_classifier`] from our pre-training folders or transformers ViTMAE checkpoints (`facebook/vit-mae-*`),
-  refusing a checkpoint that would leave encoder weights random;
-- the publishable folder's card: [`render_classifier_card`].
+  refusing a checkpoint that would leave encoder weights random.
+
+The publishable folder's card is `dilated_vit_mae.publish.model_card.render_classifier_card`.
 
 Not part of the three model files (the Hub never runs this).
 
@@ -39,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..publish.model_card import CLASSIFIER_CARD_MARKER, LICENSE
-from ..evaluation.probe import OnMissingLabel, class_ids, drop_missing_labels, label_matrix, resolve_label_columns
+from ..data.labels import OnMissingLabel, class_ids, drop_missing_labels, label_matrix, resolve_label_columns
 from ..data.seeding import stable_seed
 from ..data.transforms import as_our_image_processor  # noqa: F401  (part of this module's API: run_finetune.py)
+from ..modeling_dilated_vit_mae import DilatedViTMAEForImageClassification
 
 
 __all__ = [
@@ -58,7 +59,6 @@ __all__ = [
     "layer_id_for_vit",
     "load_classifier",
     "param_groups_lrd",
-    "render_classifier_card",
     "resolve_labels",
 ]
 
@@ -419,8 +419,6 @@ def load_classifier(model_name_or_path: str | os.PathLike[str], config, **kwargs
     Raises `ValueError` when a weight other than the new head (and, from a ViTMAE checkpoint, the new dilated
     branches) is missing or has another shape: it would silently be left random.
     """
-    from ..modeling_dilated_vit_mae import DilatedViTMAEForImageClassification
-
     model, info = DilatedViTMAEForImageClassification.from_pretrained(
         model_name_or_path, config=config, output_loading_info=True, **kwargs
     )
@@ -446,117 +444,3 @@ def _source_model_type(model_name_or_path: str | os.PathLike[str], kwargs: dict)
     return config_dict.get("model_type")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Model card of a fine-tuned classifier
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def render_classifier_card(results: dict[str, Any], repo_id: str | None = None):
-    """
-    A short `huggingface_hub.ModelCard` for a fine-tuned classifier folder, from its `all_results.json` (`results`):
-    metadata (`pipeline_tag: image-classification`, `base_model` when `init_is_hub_id`, `model-index`
-    with the selected accuracy), what was trained on what, the figures measured and how to load it. Local paths appear
-    as folder names only; `results` must already be redacted (`dilated_vit_mae.train.redaction.publishable`).
-    """
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    metric, dataset = results["metric_name"], results["dataset"]
-    init = results.get("init") if results.get("init_is_hub_id") else None
-    data = ModelCardData(
-        library_name="transformers",
-        license=LICENSE,
-        pipeline_tag="image-classification",
-        tags=["image-classification", "mae", "vit", "dilated-tokenization", "custom_code"],
-        base_model=init,
-        datasets=[dataset["hub_id"]] if dataset.get("hub_id") else None,
-        metrics=["accuracy"],
-        model_name=repo_id or "dilated-vit-mae-classifier",
-        eval_results=[
-            EvalResult(
-                task_type="image-classification",
-                dataset_type=dataset.get("hub_id") or re.sub(r"[^\w.-]+", "-", dataset["name"]),
-                dataset_name=dataset["name"],
-                dataset_split=results["eval_split"],
-                metric_type="accuracy",
-                metric_name=metric.replace("_", " "),
-                metric_value=round(results[f"eval_{metric}"], 4),
-            )
-        ],
-    )
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_card_body(results, repo_id)}")
-
-
-def _baseline_rows(results: dict[str, Any], prefix: str, split: str) -> list[str]:
-    """The trivial baselines of a split, as card table rows: the majority class and the raw-pixel linear model."""
-    rows = []
-    if results.get(f"{prefix}_majority_baseline") is not None:
-        rows.append(f"| {split} | majority-class floor | {results[f'{prefix}_majority_baseline']:.4f} |")
-    raw = results.get(f"{prefix}_raw_pixel_baseline")
-    skipped = (results.get("raw_pixel_baseline") or {}).get("skipped")
-    if raw is not None:
-        rows.append(f"| {split} | logistic regression on raw pixels | {raw:.4f} |")
-    elif skipped:
-        rows.append(f"| {split} | logistic regression on raw pixels | {skipped} |")
-    return rows
-
-
-def _recipe_line(results: dict[str, Any]) -> str:
-    names = {"mae": "MAE's fine-tuning recipe", "small_data": "the small-data recipe (fewer than 10,000 training images)"}
-    augment = results.get("rand_augment") or "no RandAugment"
-    scale = results.get("crop_scale_min")
-    return (
-        f"{names.get(results.get('recipe'), 'recipe not recorded')}: RandomResizedCrop (scale from {scale}) + flip, "
-        f"{augment}, random erasing {results.get('random_erasing')}, the last partial batch of each epoch dropped"
-    )
-
-
-def _card_body(results: dict[str, Any], repo_id: str | None) -> str:
-    metric, labels, dataset = results["metric_name"], results["labels"], results["dataset"]
-    init = results.get("init") or "a random initialisation (no pre-training)"
-    split = results["eval_split"]
-    rows = [f"| {split} (best of {len(results['eval_history'])} epochs: {results['best_epoch']}) | {metric} | "
-            f"{results[f'eval_{metric}']:.4f} |"]  # fmt: skip
-    rows += _baseline_rows(results, "eval", split)
-    if results.get(f"test_{metric}") is not None:
-        rows.append(f"| {results['test_split']} (the selected model) | {metric} | {results[f'test_{metric}']:.4f} |")
-        rows += _baseline_rows(results, "test", results["test_split"])
-    multi = labels["task"] == "multi_label"
-    task = "multi-label (one sigmoid per attribute)" if multi else "single-label (softmax)"
-    about = f"{dataset['name']}" + (f", {dataset['description']}" if dataset.get("description") else "")
-    smoothing = "none (multi-label)" if multi else results["label_smoothing"]
-    model_id = repo_id or "path/to/this/folder"
-    return f"""{CLASSIFIER_CARD_MARKER}.render_classifier_card from all_results.json. -->
-
-# DilatedViTMAE image classifier
-
-A DilatedViTMAE encoder (a ViTMAE whose patch tokens are gathered densely and with dilated convolutions) fine-tuned
-with MAE's recipe (`scripts/run_finetune.py` of the dilated-vit-mae project) for {task} classification of
-{labels['num_labels']} labels ({', '.join(labels['columns'][:3])}{', ...' if len(labels['columns']) > 3 else ''}) on
-{about}, starting from {init}.
-
-## Results
-
-| split | metric | value |
-|---|---|---|
-{chr(10).join(rows)}
-
-## Training
-
-- {results['global_step']} optimizer steps ({results['epochs']} epochs), effective batch {results['effective_batch_size']}, seed {results['seed']}
-- AdamW, betas {tuple(results['adam_betas'])}, weight decay {results['weight_decay']}, peak learning rate {results['learning_rate']:.3g},
-  {results['warmup_steps']} warmup steps, cosine decay, layer-wise learning-rate decay {results['layer_decay']}
-- drop path {results['drop_path_rate']}, {results['classifier_pooling']} pooling, label smoothing {smoothing},
-  mixup {results['mixup']}, cutmix {results['cutmix']}
-- {_recipe_line(results)}
-
-## Use
-
-```python
-from transformers import AutoImageProcessor, AutoModelForImageClassification
-
-processor = AutoImageProcessor.from_pretrained("{model_id}", trust_remote_code=True)
-model = AutoModelForImageClassification.from_pretrained("{model_id}", trust_remote_code=True)
-```
-
-`model.config.id2label` names the outputs{'; apply a sigmoid to each (multi-label)' if multi else ''}.
-"""

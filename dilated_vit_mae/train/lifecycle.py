@@ -224,7 +224,12 @@ RUN_OUTPUTS = (
     "configuration_dilated_vit_mae.py", "modeling_dilated_vit_mae.py", "image_processing_dilated_vit_mae.py",
     "pipeline_dilated_vit_mae.py", "handler.py",
 )  # fmt: skip
-MODEL_CARD = "README.md"  # a run output only when rendered by `model_card` (a README.md of your own is kept)
+MODEL_CARD = "README.md"  # a run output only when a run generated it (a README.md of your own is kept)
+# the first line of the cards a run generates (`dilated_vit_mae.publish.model_card`): the template's, which a push
+# renders again, and the fine-tuned classifier's (its text names the function that wrote it before the cards moved
+# into publish/: unchanged, so that the cards of earlier runs are still known as theirs)
+RENDERED_MARKER = "<!-- Rendered by dilated_vit_mae.publish.model_card"
+CLASSIFIER_CARD_MARKER = "<!-- Rendered by dilated_vit_mae.train.finetune"
 TEMPORARY_PREFIX = ".tmp-"  # interrupted saves and overwrites; removed whenever a run starts in the folder
 STAGING_PREFIX = f"{TEMPORARY_PREFIX}final-"  # `stage_and_swap`'s new files
 REPLACED_PREFIX = f"{TEMPORARY_PREFIX}replaced-"  # the files it replaces, until the swap is done (then kept if found)
@@ -232,10 +237,14 @@ RESUME_HINT = "--resume_from_checkpoint latest"
 OVERWRITE_HINT = "--overwrite_output_dir"
 
 
+def is_generated_card(path: str | os.PathLike) -> bool:
+    """Whether the card at `path` was written by a run (the template's or the classifier's), not by hand."""
+    path = Path(path)
+    return path.is_file() and any(m in path.read_text(encoding="utf-8") for m in (RENDERED_MARKER, CLASSIFIER_CARD_MARKER))
+
+
 def _is_run_output(path: Path) -> bool:
     if path.name == MODEL_CARD:
-        from ..publish.model_card import is_generated_card
-
         return is_generated_card(path)
     return any(fnmatch(path.name, pattern) for pattern in RUN_OUTPUTS)
 
@@ -638,6 +647,13 @@ def _fsync(path: Path) -> None:
 
 
 
+def final_folder(path: str | os.PathLike) -> Path:
+    """The folder `path` will be: the output folder that `stage_and_swap` moves a staging folder's files into, else
+    `path` itself. What is written in the staging folder names this one (e.g. the model card's snippets)."""
+    path = Path(path)
+    return path.parent if path.name.startswith(STAGING_PREFIX) else path
+
+
 def stage_and_swap(
     output_dir: str | os.PathLike,
     write: Callable[[Path], None],
@@ -676,7 +692,8 @@ def stage_and_swap(
     output_dir.mkdir(parents=True, exist_ok=True)
     for stale in output_dir.glob(f"{STAGING_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
+    # spelt as `output_dir` is (mkdtemp makes it absolute from Python 3.12): what `write` names from it is the user's
+    staging = output_dir / Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir)).name
     try:
         with guarded_checkpoint_write(
             staging, expected_bytes=expected_bytes, what=what, shown_as=output_dir, advice=advice
