@@ -82,12 +82,9 @@ from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     check_output_dir,
     check_model_folder,
     checkpoint_bytes,
-    checkpointing_steps,
     fraction,
     non_negative_float,
-    non_negative_int,
     positive_float,
-    positive_int,
     prepare_run_folder,
     probability,
     quiet_library_logs,
@@ -98,35 +95,47 @@ from dilated_vit_mae.evaluation.probe import probe_scores, raw_pixel_baseline  #
 from dilated_vit_mae.train.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
 from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed, stable_seed  # noqa: E402
 from dilated_vit_mae.train.checkpoints import CheckpointManager  # noqa: E402
+from dilated_vit_mae.train.core import (  # noqa: E402
+    check_shared_arguments,
+    data_source,
+    image_processor_for_config,
+    image_size_of,
+    on_shipped_sample,
+    training_parser,
+)
 from dilated_vit_mae.data.transforms import MAEEvalTransform, MAETrainTransform, RandAugment  # noqa: E402
 
 
 logger = get_logger(__name__)
 
-DEFAULT_CELEBA_DIR = REPO_ROOT / "data" / "celeba_sample"
 BEST_DIR = "best"  # under OUTPUT_DIR/checkpoints: the best model so far (CheckpointManager keeps only step_N folders)
 DROP_PATH_STREAM = 102  # the tag of the model's own random draws (drop path, dropout), reseeded every batch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", help="Hub dataset id, e.g. flwrlabs/celeba.")
-    data.add_argument("--dataset_config_name", help="Hub dataset configuration.")
-    data.add_argument("--celeba_dir", help=f"A raw CelebA download (default without a source: {DEFAULT_CELEBA_DIR}).")
-    data.add_argument("--train_dir", help="An image folder (one subfolder per class, or a metadata.csv with labels).")
+    parser, groups = training_parser(
+        __doc__,
+        titles={"optim": "optimisation (MAE's fine-tuning recipe; the small-data recipe below 10,000 images)"},
+        defaults={
+            "dataloader_num_workers": 0, "adam_beta2": 0.999, "num_train_epochs": 100, "per_device_train_batch_size": 32,
+            "per_device_eval_batch_size": 64, "output_dir": "outputs/dilated-vit-mae-classifier",
+            "checkpointing_steps": "epoch", "checkpoints_total_limit": 2, "logging_steps": 10,
+        },
+        helps={
+            "train_dir": "An image folder (one subfolder per class, or a metadata.csv with labels).",
+            "config_name": "Config to train from scratch (without --model_name_or_path).",
+            "config_overrides": 'e.g. "hidden_dropout_prob=0.1" (config.update_from_string).',
+            "base_learning_rate": "lr = blr x batch / 256 (MAE: 5e-4).",
+            "learning_rate": "Absolute peak lr (small-data recipe: 2e-3).",
+            "weight_decay": "AdamW weight decay (MAE: 0.05).",
+            "num_warmup_steps": "Overrides --warmup_epochs.",
+            "hub_model_id": "The repository id the model card names; publish with scripts/push_to_hub.py.",
+        },
+    )  # fmt: skip
+    data, model, optim = groups["data"], groups["model"], groups["optim"]
     data.add_argument("--validation_dir", help="The evaluation image folder for --train_dir (default: carved from it).")
-    data.add_argument("--image_column_name", default="image")
     data.add_argument("--eval_split", default="validation", help="Split evaluated every epoch (best model selection).")
     data.add_argument("--test_split", default="test", help='Split the selected model is scored on at the end ("" for none).')
-    data.add_argument("--max_train_samples", type=positive_int)
-    data.add_argument("--max_eval_samples", type=positive_int)
-    data.add_argument("--on_bad_image", choices=["raise", "skip"], default="raise")
-    data.add_argument("--preprocessing_num_workers", type=positive_int, help="Threads for the up-front image check.")
-    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
-    data.add_argument("--cache_dir")
     labels = data.add_mutually_exclusive_group()
     labels.add_argument("--label_column", help="One label column (single-label); default: celeb_id, then label.")
     labels.add_argument("--label_columns", nargs="+", help="Multi-label columns; default: every CelebA attribute present.")
@@ -135,31 +144,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Examples with no value in a label column: refuse them by name, or leave them out (counted in a warning).",
     )  # fmt: skip
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", help="A run_mae.py output folder, or a facebook/vit-mae-* checkpoint.")
-    model.add_argument("--config_name", help="Config to train from scratch (without --model_name_or_path).")
-    model.add_argument("--image_processor_name", help="Image processor folder or Hub id (default: the model's).")
-    model.add_argument("--config_overrides", help='e.g. "hidden_dropout_prob=0.1" (config.update_from_string).')
-    model.add_argument("--dilation_rates", type=positive_int, nargs="*", help="Dilated branches; none for ViTMAE.")
-    model.add_argument("--dilated_context", choices=["full", "visible"])
     model.add_argument("--classifier_pooling", choices=["mean", "cls"], default="mean", help="MAE: mean + fc_norm.")
     model.add_argument("--drop_path_rate", type=fraction, help="Stochastic depth (MAE ViT-B: 0.1).")
-    model.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
-    model.add_argument("--gradient_checkpointing", action="store_true")
-    model.add_argument("--revision", default="main")
-    model.add_argument("--token", help="Hub token for private models/datasets.")
 
-    optim = parser.add_argument_group("optimisation (MAE's fine-tuning recipe; the small-data recipe below 10,000 images)")
     optim.add_argument(
         "--recipe", choices=["auto", "mae", "small_data"], default="auto",
         help="Defaults of the flags below: MAE's, or the small-data recipe's (auto: below 10,000 training images).",
     )  # fmt: skip
-    optim.add_argument("--base_learning_rate", type=positive_float, help="lr = blr x batch / 256 (MAE: 5e-4).")
-    optim.add_argument("--learning_rate", type=positive_float, help="Absolute peak lr (small-data recipe: 2e-3).")
     optim.add_argument("--layer_decay", type=positive_float, help="Layer-wise lr decay (1: none; MAE: 0.75).")
-    optim.add_argument("--weight_decay", type=non_negative_float, help="AdamW weight decay (MAE: 0.05).")
-    optim.add_argument("--adam_beta1", type=probability, default=0.9)
-    optim.add_argument("--adam_beta2", type=probability, default=0.999)
     optim.add_argument("--label_smoothing", type=probability, help="Single-label only (MAE: 0.1).")
     optim.add_argument("--mixup", type=non_negative_float, help="Mixup Beta alpha (MAE: 0.8; small-data: 0, off).")
     optim.add_argument("--cutmix", type=non_negative_float, help="Cutmix Beta alpha (MAE: 1.0; small-data: 0, off).")
@@ -171,38 +163,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     optim.add_argument("--random_erasing", type=probability, help="Random erasing probability (MAE: 0.25; 0: off).")
     optim.add_argument("--warmup_epochs", type=non_negative_float, help="Linear warmup (MAE: 5).")
-    optim.add_argument("--num_warmup_steps", type=non_negative_int, help="Overrides --warmup_epochs.")
-    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    optim.add_argument("--max_grad_norm", type=positive_float, help="Clip gradients (MAE fine-tuning: none).")
-    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"])
-    optim.add_argument("--num_train_epochs", type=positive_int, default=100)
-    optim.add_argument("--max_train_steps", type=positive_int, help="Optimizer steps; overrides --num_train_epochs.")
-    optim.add_argument("--per_device_train_batch_size", type=positive_int, default=32)
-    optim.add_argument("--per_device_eval_batch_size", type=positive_int, default=64)
-    optim.add_argument("--seed", type=int, default=0)
-
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default="outputs/dilated-vit-mae-classifier")
-    run.add_argument("--overwrite_output_dir", action="store_true")
-    run.add_argument(
-        "--checkpointing_steps", type=checkpointing_steps, default="epoch", help='"epoch", a number of steps, or "no".'
-    )
-    run.add_argument("--checkpoints_total_limit", type=positive_int, default=2)
-    run.add_argument("--resume_from_checkpoint", help='A checkpoint folder or "latest".')
-    run.add_argument("--logging_steps", type=positive_int, default=10)
-    run.add_argument("--with_tracking", action="store_true")
-    run.add_argument("--report_to", default="tensorboard")
-    run.add_argument("--hub_model_id", help="The repository id the model card names; publish with scripts/push_to_hub.py.")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded (secrets redacted) in all_results.json
 
-    sources = [s for s in (args.dataset_name, args.celeba_dir, args.train_dir) if s]
-    if len(sources) > 1:
-        parser.error("Give one data source: --dataset_name, --celeba_dir or --train_dir.")
+    check_shared_arguments(parser, args)
     if args.validation_dir and not args.train_dir:
         parser.error("--validation_dir goes with --train_dir (the other sources have their own validation split).")
-    if not sources:
-        args.celeba_dir = str(DEFAULT_CELEBA_DIR)
     if not args.model_name_or_path and not args.config_name:
         parser.error("Give --model_name_or_path (a pre-training checkpoint) or --config_name (to train from scratch).")
     if any(rate < 2 for rate in args.dilation_rates or ()):
@@ -248,7 +214,7 @@ def load_splits(args: argparse.Namespace) -> datasets.DatasetDict:
         evaluation = load_celeba(args.validation_dir, validation_fraction=0.0, test_fraction=0.0, **kwargs)["train"]
         splits = {"train": train, args.eval_split: evaluation}
     else:
-        splits = dict(load_celeba(args.dataset_name or args.celeba_dir or args.train_dir, **kwargs))
+        splits = dict(load_celeba(data_source(args), **kwargs))
     for split in ("train", args.eval_split):
         if split not in splits or len(splits[split]) == 0:
             raise ValueError(f"The data has no (or an empty) {split!r} split; it has {sorted(splits)}. Pass --eval_split.")
@@ -319,12 +285,9 @@ def load_image_processor(args: argparse.Namespace, config: DilatedViTMAEConfig) 
         processor = AutoImageProcessor.from_pretrained(name, token=args.token, revision=args.revision, cache_dir=args.cache_dir)
         return as_our_image_processor(processor)
     except (OSError, ValueError) as error:
-        height, width = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
+        height, width = image_size_of(config)
         logger.warning(f"No usable image processor in {name} ({error}); resizing to {height}x{width}, ImageNet mean/std.")
-        return DilatedViTMAEImageProcessor(
-            size={"shortest_edge": min(height, width)}, crop_size={"height": height, "width": width},
-            num_channels=config.num_channels,
-        )  # fmt: skip
+        return image_processor_for_config(config)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -450,9 +413,9 @@ def load_best(accelerator, model, checkpoints_dir: Path) -> None:
 
 
 def dataset_facts(args: argparse.Namespace, splits: datasets.DatasetDict) -> dict[str, Any]:
-    source = args.dataset_name or args.celeba_dir or args.train_dir
+    source = data_source(args)
     local = Path(source).expanduser()
-    if args.celeba_dir and local.resolve() == DEFAULT_CELEBA_DIR.resolve():
+    if on_shipped_sample(args):
         name, description = "celeba_sample", "the project's 56-image stand-in in CelebA's layout (not CelebA)"
     else:
         name, description = args.dataset_name or local.name, None

@@ -65,7 +65,6 @@ from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     fraction,
     non_negative_int,
     parent_is_launcher,
-    positive_float,
     positive_int,
     prepare_run_folder,
     quiet_library_logs,
@@ -83,13 +82,20 @@ from dilated_vit_mae.evaluation.reconstruction import (  # noqa: E402
     visible_mean_images,
 )
 from dilated_vit_mae.train.checkpoints import CheckpointManager, param_groups_weight_decay  # noqa: E402
+from dilated_vit_mae.train.core import (  # noqa: E402
+    check_shared_arguments,
+    data_source,
+    image_processor_for_config,
+    image_size_of,
+    on_shipped_sample,
+    training_parser,
+)
 from dilated_vit_mae.data.transforms import MAEEvalTransform, MAEHostCollator, MAEHostTransform, MAETrainTransform  # noqa: E402
 
 
 logger = get_logger(__name__)
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "dilated-vit-mae-tiny-64"
-DEFAULT_CELEBA_DIR = REPO_ROOT / "data" / "celeba_sample"
 SAMPLE_RECIPE = DEFAULT_CONFIG / "sample_recipe.json"
 # MAE's recipe, the defaults for real data; the sample recipe overrides what it names when training on the sample
 RECIPE_DEFAULTS = {
@@ -121,28 +127,35 @@ NO_MASK_MESSAGE = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", help="Hub dataset id, e.g. flwrlabs/celeba or nielsr/CelebA-faces.")
-    data.add_argument("--dataset_config_name", help="Hub dataset configuration.")
-    data.add_argument("--celeba_dir", help=f"A raw CelebA download (default when no source is given: {DEFAULT_CELEBA_DIR}).")
-    data.add_argument("--train_dir", help="Any local image folder (imagefolder layout, optional metadata.csv).")
-    data.add_argument("--image_column_name", default="image")
-    data.add_argument("--streaming", action="store_true", help="Stream the dataset (needs --max_train_steps).")
-    data.add_argument("--max_train_samples", type=positive_int)
-    data.add_argument("--max_eval_samples", type=positive_int)
-    data.add_argument("--on_bad_image", choices=["raise", "skip"], default="raise")
-    data.add_argument("--preprocessing_num_workers", type=positive_int, help="Threads for the up-front image check.")
-    data.add_argument(
-        "--dataloader_num_workers", type=non_negative_int,
-        help="DataLoader worker processes (persistent). Default: on GPUs, the CPUs per process less one (at most 8); "
-        "on CPU, 0 for training (the loader runs about 20x faster than CPU training, and workers would take the "
-        "training's cores) and the GPU number for evaluation (2 workers evaluated 5.8x faster than none).",
+    parser, groups = training_parser(
+        __doc__,
+        titles={"optim": "optimisation (MAE recipe; the sample recipe on the shipped sample)"},
+        defaults={
+            "weight_decay": 0.05, "adam_beta2": 0.95, "per_device_eval_batch_size": 8,
+            "output_dir": "outputs/dilated-vit-mae-sample", "checkpoints_total_limit": 3,
+        },
+        helps={
+            "dataset_name": "Hub dataset id, e.g. flwrlabs/celeba or nielsr/CelebA-faces.",
+            "model_name_or_path": "Our checkpoint, or a facebook/vit-mae-* one to warm-start from.",
+            "config_name": f"Config folder or Hub id (default without --model_name_or_path: {DEFAULT_CONFIG}).",
+            "image_processor_name": "Image processor folder or Hub id (default: one matching the config).",
+            "dataloader_num_workers": (
+                "DataLoader worker processes (persistent). Default: on GPUs, the CPUs per process less one (at most 8); "
+                "on CPU, 0 for training (the loader runs about 20x faster than CPU training, and workers would take "
+                "the training's cores) and the GPU number for evaluation (2 workers evaluated 5.8x faster than none)."
+            ),
+            "base_learning_rate": "lr = blr x effective batch / 256 (MAE: 1.5e-4).",
+            "num_warmup_steps": "Overrides --warmup_ratio.",
+            "num_train_epochs": "Default 20.",
+            "per_device_train_batch_size": "Default 8 (the sample recipe: 16).",
+            "checkpointing_steps": 'A number of steps (default 2000), "epoch" or "no"; the last step is always saved unless "no".',
+            "logging_steps": "Log (and check the loss is finite) every N steps (default 10).",
+            "hub_model_id": "The Hub repository to push to, which the model card names.",
+        },
     )  # fmt: skip
+    data, model, optim, run = groups["data"], groups["model"], groups["optim"], groups["run"]
+    data.add_argument("--streaming", action="store_true", help="Stream the dataset (needs --max_train_steps).")
     data.add_argument("--dataloader_prefetch_factor", type=positive_int, default=4, help="Batches each worker prepares ahead.")
-    data.add_argument("--cache_dir")
     data.add_argument(
         "--augment_on", choices=["auto", "host", "device"], default="auto",
         help="Where crop, resize, flip and normalise run: on the host in the workers, or batched on the device (workers "
@@ -154,65 +167,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "only; it states its size and the free disk first; CelebA's train split is 18.9 GB).",
     )  # fmt: skip
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", help="Our checkpoint, or a facebook/vit-mae-* one to warm-start from.")
-    model.add_argument("--config_name", help=f"Config folder or Hub id (default without --model_name_or_path: {DEFAULT_CONFIG}).")
-    model.add_argument("--image_processor_name", help="Image processor folder or Hub id (default: one matching the config).")
-    model.add_argument("--config_overrides", help='e.g. "hidden_size=192,num_hidden_layers=6" (config.update_from_string).')
-    model.add_argument("--dilation_rates", type=positive_int, nargs="*", help="Dilation rates of the extra branches; none for ViTMAE.")
-    model.add_argument("--dilated_context", choices=["full", "visible"])
     model.add_argument("--dilated_fusion", choices=["sum", "concat"])
     model.add_argument("--masking_mode", choices=["drop", "mask_token"])
     model.add_argument("--mask_ratio", type=fraction)
     model.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction, default=None)
-    model.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
-    model.add_argument("--gradient_checkpointing", action="store_true")
     model.add_argument("--torch_compile", action="store_true", help="torch.compile the model (GPU runs).")
-    model.add_argument("--revision", default="main")
-    model.add_argument("--token", help="Hub token for private models/datasets.")
 
-    optim = parser.add_argument_group("optimisation (MAE recipe; the sample recipe on the shipped sample)")
-    optim.add_argument("--base_learning_rate", type=positive_float, help="lr = blr x effective batch / 256 (MAE: 1.5e-4).")
-    optim.add_argument("--learning_rate", type=positive_float, help="Absolute lr; overrides --base_learning_rate.")
-    optim.add_argument("--weight_decay", type=float, default=0.05)
-    optim.add_argument("--adam_beta1", type=fraction, default=0.9)
-    optim.add_argument("--adam_beta2", type=fraction, default=0.95)
     optim.add_argument("--warmup_ratio", type=fraction, default=0.05, help="Warmup fraction (MAE: 40 of 800 epochs).")
-    optim.add_argument("--num_warmup_steps", type=non_negative_int, help="Overrides --warmup_ratio.")
-    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    optim.add_argument("--max_grad_norm", type=positive_float, default=None, help="Clip gradients (MAE pre-training: none).")
-    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    optim.add_argument("--num_train_epochs", type=positive_int, help="Default 20.")
-    optim.add_argument("--max_train_steps", type=positive_int, help="Optimizer steps; overrides --num_train_epochs.")
-    optim.add_argument("--per_device_train_batch_size", type=positive_int, help="Default 8 (the sample recipe: 16).")
-    optim.add_argument("--per_device_eval_batch_size", type=positive_int, default=8)
-    optim.add_argument("--seed", type=int, default=0)
 
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default="outputs/dilated-vit-mae-sample")
-    run.add_argument("--overwrite_output_dir", action="store_true", help="Remove everything an earlier run wrote there first.")
-    run.add_argument("--checkpointing_steps", type=checkpointing_steps, help='A number of steps (default 2000), "epoch" or "no"; the last step is always saved unless "no".')
-    run.add_argument("--checkpoints_total_limit", type=positive_int, default=3)
-    run.add_argument("--resume_from_checkpoint", help='A checkpoint folder or "latest".')
     run.add_argument("--eval_steps", type=non_negative_int, help="Evaluate every N steps (default 2000; 0: only at the end).")
     run.add_argument("--no_eval", action="store_true", help="No evaluation at all (e.g. a source without a validation split).")
     run.add_argument("--num_grid_images", type=positive_int, default=8)
-    run.add_argument("--logging_steps", type=positive_int, help="Log (and check the loss is finite) every N steps (default 10).")
-    run.add_argument("--with_tracking", action="store_true")
-    run.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all", ... (accelerate).')
     run.add_argument("--push_to_hub", action="store_true")
-    run.add_argument("--hub_model_id")
     run.add_argument("--hub_token")
     run.add_argument("--hub_private_repo", action="store_true")
     run.add_argument("--hub_revision", help="Branch to push to (created if missing); default main.")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded (tokens redacted) in all_results.json
 
-    sources = [s for s in (args.dataset_name, args.celeba_dir, args.train_dir) if s]
-    if len(sources) > 1:
-        parser.error("Give one data source: --dataset_name, --celeba_dir or --train_dir.")
-    if not sources:
-        args.celeba_dir = str(DEFAULT_CELEBA_DIR)
+    check_shared_arguments(parser, args)
     apply_recipe(args)
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a stream has no length to count epochs).")
@@ -220,8 +193,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--push_to_hub needs --hub_model_id (e.g. your-name/dilated-vit-mae-celeba).")
     if args.decoded_cache_dir and args.augment_on == "host":
         parser.error("--decoded_cache_dir feeds the device path only: drop it, or use --augment_on device (on a GPU, auto).")
-    if args.resume_from_checkpoint and args.overwrite_output_dir:
-        parser.error("--resume_from_checkpoint continues the run in --output_dir; --overwrite_output_dir removes it: give one.")
     if args.mask_ratio == 0:
         parser.error(NO_MASK_MESSAGE.format(source="--mask_ratio 0"))
     return args
@@ -229,8 +200,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def uses_sample_recipe(args: argparse.Namespace) -> bool:
     """The shipped sample with the default model: the run the README's first command makes."""
-    on_sample = args.celeba_dir is not None and Path(args.celeba_dir).resolve() == DEFAULT_CELEBA_DIR.resolve()
-    return on_sample and not args.config_name and not args.model_name_or_path
+    return on_shipped_sample(args) and not args.config_name and not args.model_name_or_path
 
 
 def apply_recipe(args: argparse.Namespace) -> None:
@@ -270,14 +240,9 @@ def build_config(args: argparse.Namespace) -> DilatedViTMAEConfig:
     return config
 
 
-def _image_size(config: DilatedViTMAEConfig) -> tuple[int, int]:
-    size = config.image_size
-    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-
-
 def _processor_mismatch(processor: DilatedViTMAEImageProcessor, config: DilatedViTMAEConfig) -> str | None:
     crop = processor.crop_size
-    height, width = _image_size(config)
+    height, width = image_size_of(config)
     if (crop["height"], crop["width"]) != (height, width):
         return f"crops images to {crop['height']}x{crop['width']} but the model's image_size is {height}x{width}"
     if processor.num_channels != config.num_channels:
@@ -306,20 +271,9 @@ def build_image_processor(args: argparse.Namespace, config: DilatedViTMAEConfig)
         )
     if processor is not None and not mismatch:
         return processor
-    height, width = _image_size(config)
-    kwargs = {}
-    if processor is not None:
-        if processor.num_channels == config.num_channels:
-            kwargs.update(image_mean=processor.image_mean, image_std=processor.image_std)
-        kwargs.update(resample=processor.resample, crop_pct=processor.crop_pct)
     if processor is not None:
         logger.info(f"image processor of {name}: {mismatch}; using one sized for the model instead")
-    return DilatedViTMAEImageProcessor(
-        size={"shortest_edge": min(height, width)},
-        crop_size={"height": height, "width": width},
-        num_channels=config.num_channels,
-        **kwargs,
-    )
+    return image_processor_for_config(config, like=processor)
 
 
 def build_model(args: argparse.Namespace, config: DilatedViTMAEConfig) -> DilatedViTMAEForPreTraining:
@@ -346,7 +300,7 @@ def _with_index(dataset, streaming: bool):
 def load_datasets(args: argparse.Namespace, progress: bool = True) -> dict:
     """The splits; the image check (a bar when `progress`) is recorded, so the processes after the first and a
     repeated launch on unchanged files skip it (`load_celeba`'s `check_record_dir`)."""
-    source = args.dataset_name or args.celeba_dir or args.train_dir
+    source = data_source(args)
     splits = load_celeba(
         source,
         config_name=args.dataset_config_name,
@@ -864,14 +818,14 @@ def save_outputs(run: Run) -> None:
 
 def _dataset_description(args: argparse.Namespace) -> tuple[str, bool, str]:
     """(name, is_celeba, description) of the training data, with no local path in it."""
-    source = args.dataset_name or args.celeba_dir or args.train_dir
+    source = data_source(args)
     if args.dataset_name:
         name = args.dataset_name
         description = f"[{name}](https://huggingface.co/datasets/{name})" + (
             f" (configuration `{args.dataset_config_name}`)." if args.dataset_config_name else "."
         )
         return name, "celeba" in name.lower(), description
-    if args.celeba_dir and Path(args.celeba_dir).resolve() == DEFAULT_CELEBA_DIR.resolve():
+    if on_shipped_sample(args):
         description = (
             "the 56-image stand-in in CelebA's layout shipped in the project's `data/celeba_sample/`: crops of three "
             "public-domain / CC0 photographs (two people and a cat), **not CelebA**, so these weights and figures "
