@@ -33,8 +33,6 @@ without this package, with `id2label`, a model card (README.md) and `all_results
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import math
 import sys
 import time
@@ -46,9 +44,7 @@ import datasets
 import safetensors.torch
 import torch
 import transformers
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, get_cosine_schedule_with_warmup
@@ -62,7 +58,7 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEImageProcessor,
 )
 from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
-from dilated_vit_mae.train.distributed import build_accelerator, load_full_state_dict, save_pretrained  # noqa: E402
+from dilated_vit_mae.train.distributed import load_full_state_dict, save_pretrained  # noqa: E402
 from dilated_vit_mae.train.finetune import (  # noqa: E402
     MAE_FINETUNE_RECIPE,
     LabelSpec,
@@ -78,29 +74,27 @@ from dilated_vit_mae.train.finetune import (  # noqa: E402
     render_classifier_card,
 )
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
-    RunIdentity,
-    check_output_dir,
     check_model_folder,
     checkpoint_bytes,
     fraction,
     non_negative_float,
     positive_float,
-    prepare_run_folder,
     probability,
-    quiet_library_logs,
     run_cli,
     stage_and_swap,
 )
 from dilated_vit_mae.evaluation.probe import probe_scores, raw_pixel_baseline  # noqa: E402
-from dilated_vit_mae.train.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
+from dilated_vit_mae.train.redaction import publishable, secret_values, write_publishable_json  # noqa: E402
 from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed, stable_seed  # noqa: E402
-from dilated_vit_mae.train.checkpoints import CheckpointManager  # noqa: E402
 from dilated_vit_mae.train.core import (  # noqa: E402
     check_shared_arguments,
     data_source,
     image_processor_for_config,
     image_size_of,
+    NOT_RUN_DEFINING,
+    RunContext,
     on_shipped_sample,
+    start_run,
     training_parser,
 )
 from dilated_vit_mae.data.transforms import MAEEvalTransform, MAETrainTransform, RandAugment  # noqa: E402
@@ -519,25 +513,6 @@ def save_folder(args, accelerator, model, image_processor, summary: dict, state_
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def setup_accelerator(args: argparse.Namespace) -> Accelerator:
-    output_dir = Path(args.output_dir)
-    # the engine the launch asked for, or a one-line refusal (exit 2): no silent fallback to DDP, no independent copies
-    accelerator = build_accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to if args.with_tracking else None,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
-        # seeded, epoch-aware shuffling (set_epoch), saved with the state: resume continues the same order
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    quiet_library_logs()  # accelerate's line per checkpoint file
-    verbosity = "warning" if accelerator.is_local_main_process else "error"
-    getattr(datasets.utils.logging, f"set_verbosity_{verbosity}")()
-    getattr(transformers.utils.logging, f"set_verbosity_{verbosity}")()
-    return accelerator
-
-
 def prepare_data(args, accelerator, config, image_processor, labels: LabelSpec, splits) -> dict[str, Any]:
     """Dataloaders of every split and each split's label tensor (indexed by `sample_index`)."""
     crop = image_processor.crop_size
@@ -590,34 +565,18 @@ def baseline_text(scores: dict, baselines: dict, split: str) -> str:
     )
 
 
-def resume(args, accelerator, checkpoints: CheckpointManager, effective_batch_size: int, identity: RunIdentity) -> dict[str, Any]:
+def resume(run: RunContext, effective_batch_size: int) -> dict[str, Any]:
     """The trainer state to start from: a fresh one, or the checkpoint's (after `load_state`)."""
     state = {
         "global_step": 0, "epoch": 0, "batches_done_in_epoch": 0, "best_metric": -math.inf, "best_scores": {},
-        "best_epoch": None, "best_step": None, "history": [], "run_id": identity.run_id,
+        "best_epoch": None, "best_step": None, "history": [], "run_id": run.identity.run_id,
     }  # fmt: skip
-    if not args.resume_from_checkpoint:
+    if not run.args.resume_from_checkpoint:
         return state
-    checkpoint = checkpoints.resolve(args.resume_from_checkpoint)
-    # refuses a checkpoint of another run before loading it, and names a damaged file with the checkpoints to use instead
-    saved = checkpoints.load(accelerator, checkpoint, identity)
-    state.update(saved, run_id=identity.run_id)
-    if state["num_processes"] != accelerator.num_processes or state["effective_batch_size"] != effective_batch_size:
-        logger.warning(
-            f"Resuming a run saved with {state['num_processes']} processes and effective batch "
-            f"{state['effective_batch_size']} on {accelerator.num_processes} / {effective_batch_size}: the run "
-            "continues, but it will not reproduce the uninterrupted one."
-        )
+    checkpoint, saved = run.resume(effective_batch_size)
+    state.update(saved, run_id=run.identity.run_id)
     logger.info(f"resumed from {checkpoint} at step {state['global_step']} (epoch {state['epoch']})")
     return state
-
-
-# what does not define the run (recorded in run.json, compared on resume)
-NOT_RUN_DEFINING = {
-    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "argv", "token", "push_to_hub", "hub_model_id",
-    "with_tracking", "report_to", "logging_steps", "checkpointing_steps", "checkpoints_total_limit",
-    "preprocessing_num_workers", "dataloader_num_workers",
-}  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -625,12 +584,9 @@ def main(args: argparse.Namespace) -> Path:
     # a checkpoint, a data folder or another model given as the model is named before the run folder is written
     model_flag = "--model_name_or_path" if args.model_name_or_path else "--config_name"
     check_model_folder(args.model_name_or_path or args.config_name, flag=model_flag)
-    # every process refuses a folder holding an earlier run before anything is written (same rules as run_mae.py)
-    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
-    accelerator = setup_accelerator(args)
-    checkpoints = CheckpointManager(Path(args.output_dir) / "checkpoints", args.checkpoints_total_limit)
-    identity = prepare_run_folder(args, accelerator, NOT_RUN_DEFINING)
-    set_seed(args.seed)
+    # refuses a folder holding an earlier run before anything is written; the accelerator, run.json, the seed
+    run = start_run(args, NOT_RUN_DEFINING)
+    accelerator = run.accelerator
 
     # ---- data, labels, model -----------------------------------------------------------------------------------------
     with accelerator.main_process_first():
@@ -651,16 +607,15 @@ def main(args: argparse.Namespace) -> Path:
         model, plan["optimizer"], plan["lr_scheduler"], *data["loaders"].values()
     )
     data["loaders"] = dict(zip(data["loaders"], loaders))
-    if args.with_tracking:
-        accelerator.init_trackers("dilated_vit_mae_finetune", tracker_config(args))  # secrets redacted
-    state = resume(args, accelerator, checkpoints, plan["effective_batch_size"], identity)
+    run.init_trackers("dilated_vit_mae_finetune")
+    state = resume(run, plan["effective_batch_size"])
 
     # ---- loop, evaluate every epoch, keep the best -------------------------------------------------------------------
-    state["train_runtime_seconds"] = train(args, accelerator, model, plan, data, labels, checkpoints, state)
+    state["train_runtime_seconds"] = train(run, model, plan, data, labels, state)
 
     # ---- the selected model, its test score, the folder --------------------------------------------------------------
     accelerator.wait_for_everyone()
-    load_best(accelerator, model, checkpoints.checkpoints_dir)
+    load_best(accelerator, model, run.checkpoints.checkpoints_dir)
     final = {}
     if args.test_split in data["loaders"]:
         final = evaluate(accelerator, model, data["loaders"][args.test_split], data["labels"][args.test_split],
@@ -680,8 +635,9 @@ def main(args: argparse.Namespace) -> Path:
     return Path(args.output_dir)
 
 
-def train(args, accelerator, model, plan, data, labels: LabelSpec, checkpoints: CheckpointManager, state: dict) -> float:
+def train(run: RunContext, model, plan, data, labels: LabelSpec, state: dict) -> float:
     """The training loop, from `state` (updated in place); returns the seconds it ran."""
+    args, accelerator, checkpoints = run.args, run.accelerator, run.checkpoints
     train_loader, train_labels = data["loaders"]["train"], data["labels"]["train"]
     max_train_steps, num_epochs = plan["max_train_steps"], plan["num_epochs"]
     mixup = MixupCutmix(
@@ -725,7 +681,7 @@ def train(args, accelerator, model, plan, data, labels: LabelSpec, checkpoints: 
                 )
             if state["global_step"] % args.logging_steps == 0 or state["global_step"] == max_train_steps:
                 lr = plan["lr_scheduler"].get_last_lr()[-1]  # the head's (the last group)
-                log(args, accelerator, {"train_loss": step_loss, "lr": lr, "epoch": epoch}, state["global_step"])
+                run.log({"train_loss": step_loss, "lr": lr, "epoch": epoch}, state["global_step"])
             progress.set_postfix(loss=f"{step_loss:.4f}")
             at_epoch_end = accelerator.gradient_state.end_of_dataloader
             periodic = isinstance(args.checkpointing_steps, int) and state["global_step"] % args.checkpointing_steps == 0
@@ -735,24 +691,15 @@ def train(args, accelerator, model, plan, data, labels: LabelSpec, checkpoints: 
                 break
 
         # ---- evaluate, keep the best, then checkpoint the epoch (with the best so far in its state) ------------------
-        end_epoch_evaluation(args, accelerator, model, data, labels, checkpoints, state, epoch)
+        end_epoch_evaluation(run, model, data, labels, state, epoch)
         if args.checkpointing_steps != "no":
             save_checkpoint(epoch + 1, 0) if at_epoch_end else save_checkpoint(epoch, batches_done)
     progress.close()
     return time.perf_counter() - start
 
 
-def log(args, accelerator, values: dict, step: int) -> None:
-    """To the trackers (`--with_tracking`) and OUTPUT_DIR/train_log.jsonl (numbers only: publishable as it is)."""
-    if args.with_tracking:
-        accelerator.log(values, step=step)
-    if accelerator.is_main_process:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        with (Path(args.output_dir) / "train_log.jsonl").open("a") as file:
-            file.write(json.dumps({"step": step, **values}) + "\n")
-
-
-def end_epoch_evaluation(args, accelerator, model, data, labels: LabelSpec, checkpoints, state: dict, epoch: int) -> None:
+def end_epoch_evaluation(run: RunContext, model, data, labels: LabelSpec, state: dict, epoch: int) -> None:
+    args, accelerator = run.args, run.accelerator
     split = args.eval_split
     scores = evaluate(accelerator, model, data["loaders"][split], data["labels"][split], data["labels"]["train"], labels)
     metric = metric_name(labels)
@@ -765,10 +712,10 @@ def end_epoch_evaluation(args, accelerator, model, data, labels: LabelSpec, chec
         f"epoch {epoch}: eval {metric} {shared[0]:.4f} ({baseline_text(scores, data['baselines'], split)}), "
         f"loss {shared[1]:.4f}"
     )
-    log(args, accelerator, {f"eval_{metric}": shared[0], "eval_loss": shared[1], "epoch": epoch}, state["global_step"])
+    run.log({f"eval_{metric}": shared[0], "eval_loss": shared[1], "epoch": epoch}, state["global_step"])
     if shared[0] > state["best_metric"]:
         state.update(best_metric=shared[0], best_epoch=epoch, best_step=state["global_step"], best_scores=scores)
-        save_best(accelerator, model, checkpoints.checkpoints_dir)
+        save_best(accelerator, model, run.checkpoints.checkpoints_dir)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ the defaults are MAE's recipe.
 import argparse
 import dataclasses
 import json
-import logging
 import math
 import os
 import signal
@@ -36,7 +35,6 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -52,27 +50,22 @@ from dilated_vit_mae import (  # noqa: E402
 from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.data.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
-from dilated_vit_mae.train.distributed import build_accelerator, parameters_are_finite, save_pretrained  # noqa: E402
+from dilated_vit_mae.train.distributed import parameters_are_finite, save_pretrained  # noqa: E402
 from dilated_vit_mae.publish.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     RunClock,
     RunIdentity,
-    check_output_dir,
     check_model_folder,
     checkpoint_bytes,
     checkpointing_steps,
-    exit_when_parent_dies,
     fraction,
     non_negative_int,
-    parent_is_launcher,
     positive_int,
-    prepare_run_folder,
-    quiet_library_logs,
     run_cli,
     stage_and_swap,
 )
 from dilated_vit_mae.publish.model_card import redact_command, render_model_card  # noqa: E402
-from dilated_vit_mae.train.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
+from dilated_vit_mae.train.redaction import write_publishable_json  # noqa: E402
 from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed, masking_noise  # noqa: E402
 from dilated_vit_mae.evaluation.reconstruction import (  # noqa: E402
     reconstruction_grid,
@@ -87,7 +80,10 @@ from dilated_vit_mae.train.core import (  # noqa: E402
     data_source,
     image_processor_for_config,
     image_size_of,
+    NOT_RUN_DEFINING as SHARED_NOT_RUN_DEFINING,
+    RunContext,
     on_shipped_sample,
+    start_run,
     training_parser,
 )
 from dilated_vit_mae.data.transforms import MAEEvalTransform, MAEHostCollator, MAEHostTransform, MAETrainTransform  # noqa: E402
@@ -110,12 +106,9 @@ RECIPE_DEFAULTS = {
     "logging_steps": 10,
 }
 # arguments that may change between a run and its resumption (where, how long, how it reports): not in its fingerprint
-NOT_RUN_DEFINING = {
-    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "argv", "token", "hub_token", "push_to_hub",
-    "hub_model_id", "hub_private_repo", "hub_revision", "with_tracking", "report_to", "logging_steps", "eval_steps",
-    "no_eval", "num_grid_images", "checkpointing_steps", "checkpoints_total_limit", "max_train_steps",
-    "num_train_epochs", "preprocessing_num_workers", "dataloader_num_workers", "dataloader_prefetch_factor",
-    "cache_dir", "learning_rate", "base_learning_rate",
+NOT_RUN_DEFINING = SHARED_NOT_RUN_DEFINING | {
+    "hub_token", "hub_private_repo", "hub_revision", "eval_steps", "no_eval", "num_grid_images", "max_train_steps",
+    "num_train_epochs", "dataloader_prefetch_factor", "cache_dir", "learning_rate", "base_learning_rate",
 }  # fmt: skip
 
 
@@ -509,21 +502,13 @@ def apply_learning_rate(run: Run, saved: TrainerState, learning_rate: float) -> 
     )
 
 
-def resume(run: Run, learning_rate: float) -> None:
-    checkpoint = run.checkpoints.resolve(run.args.resume_from_checkpoint)
-    # refuses a checkpoint of another run before loading it, and names a damaged file with the checkpoints to use instead
-    saved_dict = run.checkpoints.load(run.accelerator, checkpoint, run.identity)
+def resume(run: Run, context: RunContext, learning_rate: float) -> None:
+    checkpoint, saved_dict = context.resume(run.state.effective_batch_size)
     fields = {f.name for f in dataclasses.fields(TrainerState)}
     saved = TrainerState(**{k: v for k, v in saved_dict.items() if k in fields})
     state = run.state
     state.global_step, state.epoch, state.batches_done_in_epoch = saved.global_step, saved.epoch, saved.batches_done_in_epoch
     state.train_runtime_seconds = saved.train_runtime_seconds
-    if saved.num_processes != state.num_processes or saved.effective_batch_size != state.effective_batch_size:
-        logger.warning(
-            f"Resuming a run saved with {saved.num_processes} processes and effective batch {saved.effective_batch_size} "
-            f"on {state.num_processes} / {state.effective_batch_size}: the run continues, but it will not reproduce "
-            "the uninterrupted one."
-        )
     apply_learning_rate(run, saved, learning_rate)
     logger.info(f"resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch}, batch {state.batches_done_in_epoch})")
 
@@ -904,29 +889,6 @@ def run_summary(run: Run) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def setup_accelerator(args: argparse.Namespace) -> Accelerator:
-    output_dir = Path(args.output_dir)
-    # the engine the launch asked for, or a one-line refusal (exit 2): no silent fallback to DDP, no independent copies
-    accelerator = build_accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to if args.with_tracking else None,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
-        # seeded, epoch-aware shuffling (set_epoch), saved with the state: resume continues the same order;
-        # batches go to the device from pinned memory without blocking the host
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    quiet_library_logs()  # accelerate's line per checkpoint file
-    logger.info(accelerator.state, main_process_only=False)
-    verbosity = "warning" if accelerator.is_local_main_process else "error"
-    getattr(datasets.utils.logging, f"set_verbosity_{verbosity}")()
-    getattr(transformers.utils.logging, f"set_verbosity_{verbosity}")()
-    if accelerator.device.type == "cuda" and accelerator.mixed_precision == "no":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # TF32 for fp32 runs
-    return accelerator
-
-
 def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: CheckpointManager) -> tuple[Run, float]:
     """Model, data, optimizer and schedule, prepared; the lr this launch's flags give."""
     config = build_config(args)
@@ -961,41 +923,24 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: C
 
 
 def main(args: argparse.Namespace) -> Path:
-    if parent_is_launcher():
-        exit_when_parent_dies()  # a launcher killed on its own (it forwards nothing) still gets this process to save
     if args.model_name_or_path:  # a classifier, a checkpoint or a data folder is named before the run folder is written
         check_model_folder(args.model_name_or_path, for_pretraining=True)
-    # every process, before any writes (the Accelerator's rendezvous orders it before the main process's changes)
-    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
-    accelerator = setup_accelerator(args)
-    output_dir = Path(args.output_dir)
-    checkpoints = CheckpointManager(output_dir / "checkpoints", args.checkpoints_total_limit)
-    identity = prepare_run_folder(args, accelerator, NOT_RUN_DEFINING)
-    set_seed(args.seed)
+    # refuses a folder holding an earlier run before anything is written; the accelerator, run.json, the seed
+    context = start_run(args, NOT_RUN_DEFINING)
+    accelerator, checkpoints, identity, output_dir = context.accelerator, context.checkpoints, context.identity, context.output_dir
     run, learning_rate = build_run(args, accelerator, checkpoints)
     run.identity = identity
     run.state.run_id, run.state.run_fingerprint = identity.run_id, identity.fingerprint
-    run.secrets = secret_values(args)
-    if args.with_tracking:
-        accelerator.init_trackers("dilated_vit_mae", tracker_config(args))  # secrets redacted
+    run.secrets = context.secrets
+    context.init_trackers("dilated_vit_mae")
     if args.resume_from_checkpoint:
-        resume(run, learning_rate)
+        resume(run, context, learning_rate)
 
     def request_stop(signum, frame):  # preemption: save a checkpoint at the next synchronised step and exit 0
         run.stop_requested = True
 
     signal.signal(signal.SIGTERM, request_stop)
-    log_path = output_dir / "train_log.jsonl"
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-
-    def log(values: dict, step: int) -> None:
-        if args.with_tracking:
-            accelerator.log(values, step=step)
-        if accelerator.is_main_process:
-            with log_path.open("a") as file:
-                file.write(json.dumps(publishable({"step": step, **values}, run.secrets)) + "\n")
-
+    log = context.log
     run.clock = RunClock(run.state.train_runtime_seconds)  # this launch's loop time, added to the resumed runtime
     train(run, log)
     run.state.train_runtime_seconds = run.clock.total()

@@ -58,9 +58,9 @@ logger = get_logger(__name__)
 
 # what no run defines (where it writes, how it reports): left out of run.json's fingerprint by both scripts
 NOT_RUN_DEFINING = frozenset({
-    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "argv", "token", "hub_model_id", "with_tracking",
-    "report_to", "logging_steps", "checkpointing_steps", "checkpoints_total_limit", "preprocessing_num_workers",
-    "dataloader_num_workers",
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "argv", "token", "hub_model_id", "push_to_hub",
+    "with_tracking", "report_to", "logging_steps", "checkpointing_steps", "checkpoints_total_limit",
+    "preprocessing_num_workers", "dataloader_num_workers",
 })  # fmt: skip
 
 
