@@ -93,8 +93,11 @@ from dilated_vit_mae.train.core import (  # noqa: E402
     image_size_of,
     NOT_RUN_DEFINING,
     RunContext,
+    StepMeter,
+    check_finite,
     on_shipped_sample,
     start_run,
+    timed_batches,
     training_parser,
 )
 from dilated_vit_mae.data.transforms import MAEEvalTransform, MAETrainTransform, RandAugment  # noqa: E402
@@ -636,66 +639,78 @@ def main(args: argparse.Namespace) -> Path:
 
 
 def train(run: RunContext, model, plan, data, labels: LabelSpec, state: dict) -> float:
-    """The training loop, from `state` (updated in place); returns the seconds it ran."""
-    args, accelerator, checkpoints = run.args, run.accelerator, run.checkpoints
-    train_loader, train_labels = data["loaders"]["train"], data["labels"]["train"]
-    max_train_steps, num_epochs = plan["max_train_steps"], plan["num_epochs"]
+    """The training loop, from `state` (updated in place); returns the seconds it ran. The loss stays on the device
+    (`StepMeter`) and is read only at logging, checkpoint and epoch-end steps."""
+    args, accelerator = run.args, run.accelerator
+    train_loader = data["loaders"]["train"]
+    train_targets = data["labels"]["train"].to(accelerator.device)  # indexed on the device: no copy back per batch
     mixup = MixupCutmix(
         args.mixup, args.cutmix, num_classes=labels.num_labels, task=labels.task, prob=args.mixup_prob,
         switch_prob=args.mixup_switch_prob, label_smoothing=args.label_smoothing,
     )  # fmt: skip
-    progress = tqdm(total=max_train_steps, initial=state["global_step"], disable=not accelerator.is_local_main_process)
+    progress = tqdm(total=plan["max_train_steps"], initial=state["global_step"], disable=not accelerator.is_local_main_process)
+    meter = StepMeter(accelerator.device)
     start, start_epoch = time.perf_counter(), state["epoch"]
-
-    def save_checkpoint(epoch: int, batches_done: int) -> None:
-        trainer_state = {
-            **{key: state[key] for key in ("global_step", "best_metric", "best_scores", "best_epoch", "best_step", "history")},
-            "run_id": state["run_id"],  # OUTPUT_DIR/run.json's: a resume refuses a checkpoint of another run
-            "epoch": epoch, "batches_done_in_epoch": batches_done, "num_processes": accelerator.num_processes,
-            "effective_batch_size": plan["effective_batch_size"], "max_train_steps": max_train_steps,
-        }  # fmt: skip
-        checkpoints.save(accelerator, state["global_step"], trainer_state)
-
-    for epoch in range(start_epoch, num_epochs):
-        if state["global_step"] >= max_train_steps:
+    for epoch in range(start_epoch, plan["num_epochs"]):
+        if state["global_step"] >= plan["max_train_steps"]:
             break
         model.train()
         data["augmentation"].epoch = epoch
         train_loader.set_epoch(epoch)
         skip = state["batches_done_in_epoch"] if epoch == start_epoch else 0
         batches_done, at_epoch_end = skip, False
-        for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
-            targets = train_labels[batch["sample_index"].cpu()].to(accelerator.device)
+        for batch in timed_batches(accelerator.skip_first_batches(train_loader, skip) if skip else train_loader, meter):
             draw = (args.seed, epoch, batches_done, accelerator.process_index)
-            loss = train_step(args, accelerator, model, batch, targets, plan, mixup, labels, draw)
+            loss = train_step(args, accelerator, model, batch, train_targets[batch["sample_index"]], plan, mixup, labels, draw)
+            meter.add(loss, state["global_step"] + 1, batch["pixel_values"].shape[0] * accelerator.num_processes)
             batches_done += 1
             if not accelerator.sync_gradients:
                 continue
             state["global_step"] += 1
             progress.update(1)
-            step_loss = accelerator.reduce(loss.float(), reduction="mean").item()
-            if not math.isfinite(step_loss):
-                raise RuntimeError(
-                    f"Loss is {step_loss} at step {state['global_step']}; lower the learning rate, then resume from "
-                    f"{checkpoints.latest() or 'the start (no checkpoint yet)'} with --resume_from_checkpoint."
-                )
-            if state["global_step"] % args.logging_steps == 0 or state["global_step"] == max_train_steps:
-                lr = plan["lr_scheduler"].get_last_lr()[-1]  # the head's (the last group)
-                run.log({"train_loss": step_loss, "lr": lr, "epoch": epoch}, state["global_step"])
-            progress.set_postfix(loss=f"{step_loss:.4f}")
             at_epoch_end = accelerator.gradient_state.end_of_dataloader
-            periodic = isinstance(args.checkpointing_steps, int) and state["global_step"] % args.checkpointing_steps == 0
-            if periodic and not at_epoch_end:  # epoch ends are saved after the evaluation, below
-                save_checkpoint(epoch, batches_done)
-            if state["global_step"] >= max_train_steps:
+            if after_step(run, meter, plan, state, epoch, batches_done, at_epoch_end, progress):
                 break
 
         # ---- evaluate, keep the best, then checkpoint the epoch (with the best so far in its state) ------------------
         end_epoch_evaluation(run, model, data, labels, state, epoch)
         if args.checkpointing_steps != "no":
-            save_checkpoint(epoch + 1, 0) if at_epoch_end else save_checkpoint(epoch, batches_done)
+            save_checkpoint(run, plan, state, *((epoch + 1, 0) if at_epoch_end else (epoch, batches_done)))
     progress.close()
     return time.perf_counter() - start
+
+
+def after_step(run: RunContext, meter: StepMeter, plan, state: dict, epoch: int, batches_done: int, at_epoch_end: bool,
+               progress) -> bool:  # fmt: skip
+    """The finiteness check, logging and periodic checkpoints at the end of a step (the host reads the device only
+    here, and only at those steps); True at the last step."""
+    args, step = run.args, state["global_step"]
+    last = step >= plan["max_train_steps"]
+    logging_step = step % args.logging_steps == 0 or last
+    periodic = isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0
+    if not (logging_step or periodic or at_epoch_end):  # epoch ends: checked before the evaluation and its checkpoint
+        return False
+    synced = meter.synchronise(run.accelerator)
+    check_finite(synced, run.checkpoints)
+    if logging_step:
+        lr = plan["lr_scheduler"].get_last_lr()[-1]  # the head's (the last group)
+        run.log({"train_loss": synced["last_loss"], "lr": lr, "epoch": epoch, **meter.reset_interval()}, step)
+        progress.set_postfix(loss=f"{synced['last_loss']:.4f}")
+    if periodic and not at_epoch_end:  # epoch ends are saved after the evaluation
+        save_checkpoint(run, plan, state, epoch, batches_done)
+    return last
+
+
+def save_checkpoint(run: RunContext, plan, state: dict, epoch: int, batches_done: int) -> None:
+    """`checkpoints/step_N` with the trainer state (where in which epoch, the best so far, the evaluation history)."""
+    keys = ("global_step", "best_metric", "best_scores", "best_epoch", "best_step", "history")
+    trainer_state = {
+        **{key: state[key] for key in keys},
+        "run_id": state["run_id"],  # OUTPUT_DIR/run.json's: a resume refuses a checkpoint of another run
+        "epoch": epoch, "batches_done_in_epoch": batches_done, "num_processes": run.accelerator.num_processes,
+        "effective_batch_size": plan["effective_batch_size"], "max_train_steps": plan["max_train_steps"],
+    }  # fmt: skip
+    run.checkpoints.save(run.accelerator, state["global_step"], trainer_state)
 
 
 def end_epoch_evaluation(run: RunContext, model, data, labels: LabelSpec, state: dict, epoch: int) -> None:

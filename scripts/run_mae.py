@@ -25,7 +25,6 @@ import math
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import accelerate
@@ -82,8 +81,11 @@ from dilated_vit_mae.train.core import (  # noqa: E402
     image_size_of,
     NOT_RUN_DEFINING as SHARED_NOT_RUN_DEFINING,
     RunContext,
+    StepMeter,
+    check_finite,
     on_shipped_sample,
     start_run,
+    timed_batches,
     training_parser,
 )
 from dilated_vit_mae.data.transforms import MAEEvalTransform, MAEHostCollator, MAEHostTransform, MAETrainTransform  # noqa: E402
@@ -530,67 +532,6 @@ def save_checkpoint(run: Run) -> Path:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class StepMeter:
-    """
-    Loss and finiteness accumulated on the device over every micro-batch, read only at synchronisation points
-    (logging, checkpoint and evaluation steps), so that the host never waits for the device in between.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.loss_sum = torch.zeros((), device=device)
-        self.micro_batches = 0
-        self.first_bad_step = torch.full((), -1.0, device=device)  # the first step with a non-finite micro-batch loss
-        self.first_bad_loss = torch.zeros((), device=device)
-        self.images, self.data_wait, self.tick = 0, 0.0, time.perf_counter()
-
-    def add(self, loss: torch.Tensor, step: int, images: int) -> None:
-        loss = loss.detach().float()
-        bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
-        self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
-        self.first_bad_loss = torch.where(bad, loss, self.first_bad_loss)
-        self.loss_sum += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
-        self.micro_batches += 1
-        self.images += images
-
-    def synchronise(self, accelerator: Accelerator, stop_requested: bool) -> dict:
-        """One collective: the mean loss over every micro-batch since the last log, the first bad step, a stop."""
-        local = torch.stack([
-            self.loss_sum, torch.tensor(float(self.micro_batches), device=self.device),
-            torch.where(self.first_bad_step < 0, torch.full_like(self.first_bad_step, math.inf), self.first_bad_step),
-            self.first_bad_loss, torch.tensor(float(stop_requested), device=self.device),
-        ]).reshape(1, -1)  # fmt: skip
-        rows = accelerator.gather(local).cpu()
-        first_bad = rows[:, 2].min().item()
-        bad_row = rows[:, 2].argmin().item()
-        return {
-            "loss": rows[:, 0].sum().item() / max(rows[:, 1].sum().item(), 1),
-            "first_bad_step": None if math.isinf(first_bad) else int(first_bad),
-            "first_bad_loss": rows[bad_row, 3].item(),
-            "stop": rows[:, 4].max().item() > 0,
-        }
-
-    def reset_interval(self) -> dict:
-        elapsed = max(time.perf_counter() - self.tick, 1e-9)
-        interval = {"images_per_second": self.images / elapsed, "data_wait_fraction": min(1.0, self.data_wait / elapsed)}
-        self.loss_sum.zero_()
-        self.micro_batches, self.images, self.data_wait, self.tick = 0, 0, 0.0, time.perf_counter()
-        return interval
-
-
-def timed_batches(dataloader, meter: StepMeter):
-    """Iterate `dataloader`, adding the time spent waiting for each batch to `meter.data_wait`."""
-    iterator = iter(dataloader)
-    while True:
-        start = time.perf_counter()
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        meter.data_wait += time.perf_counter() - start
-        yield batch
-
-
 def train_micro_batch(run: Run, batch: dict, epoch: int, meter: StepMeter) -> None:
     args, accelerator, model = run.args, run.accelerator, run.model
     # the training masks are their own stream: independent of the augmentation drawn for the same example
@@ -627,13 +568,7 @@ def after_step(run: Run, meter: StepMeter, epoch: int, at_epoch_end: bool, log) 
     if not (logging_step or checkpoint or evaluation or single_stop):
         return False
     synced = meter.synchronise(run.accelerator, run.stop_requested)
-    if synced["first_bad_step"] is not None:
-        raise RuntimeError(
-            f"Loss is {synced['first_bad_loss']} at step {synced['first_bad_step']}; stopping. The last good "
-            f"checkpoint is {run.checkpoints.latest() or 'none (no checkpoint was written yet)'}: lower the learning "
-            "rate, check the data or use --mixed_precision bf16 instead of fp16, then resume with "
-            "--resume_from_checkpoint."
-        )
+    check_finite(synced, run.checkpoints)
     if logging_step:
         lr = run.lr_scheduler.get_last_lr()[0]
         log({"train_loss": synced["loss"], "lr": lr, "epoch": epoch, **meter.reset_interval()}, step)
