@@ -43,7 +43,6 @@ import accelerate
 import datasets
 import safetensors.torch
 import torch
-import transformers
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -95,6 +94,7 @@ from dilated_vit_mae.train.core import (  # noqa: E402
     RunContext,
     StepMeter,
     check_finite,
+    summary_common,
     on_shipped_sample,
     start_run,
     timed_batches,
@@ -451,18 +451,12 @@ def run_summary(
         "eval_history": state["history"],
         **({"test_split": args.test_split, **{f"test_{k}": v for k, v in final.items()}} if final else {}),
         "labels": {"task": labels.task, "num_labels": labels.num_labels, "columns": labels.columns},
-        "global_step": state["global_step"],
-        "epochs": plan["num_epochs"],
-        "num_processes": accelerator.num_processes,
-        "effective_batch_size": plan["effective_batch_size"],
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "learning_rate": plan["learning_rate"],
-        "base_learning_rate": None if args.learning_rate else args.base_learning_rate,
+        **summary_common(
+            args, accelerator, global_step=state["global_step"], epochs=plan["num_epochs"],
+            effective_batch_size=plan["effective_batch_size"], learning_rate=plan["learning_rate"],
+            warmup_steps=plan["num_warmup_steps"], train_runtime_seconds=state["train_runtime_seconds"],
+        ),  # fmt: skip
         "layer_decay": args.layer_decay,
-        "weight_decay": args.weight_decay,
-        "adam_betas": [args.adam_beta1, args.adam_beta2],
-        "warmup_steps": plan["num_warmup_steps"],
         "drop_path_rate": args.drop_path_rate,
         "classifier_pooling": args.classifier_pooling,
         "label_smoothing": args.label_smoothing if labels.task == "single_label" else None,
@@ -473,18 +467,9 @@ def run_summary(
         "random_erasing": args.random_erasing,
         "crop_scale_min": args.crop_scale_min,
         "drop_last": True,
-        "seed": args.seed,
-        "init": args.model_name_or_path,
         "init_is_hub_id": bool(args.model_name_or_path) and not Path(args.model_name_or_path).expanduser().exists(),
         "command": " ".join(["accelerate", "launch", script, *args.argv]),
         "dataset": dataset_facts(args, splits),
-        "hardware": {
-            "device_type": accelerator.device.type,
-            "num_processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "train_runtime_seconds": state["train_runtime_seconds"],
-        },
-        "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
     }
 
 

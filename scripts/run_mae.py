@@ -27,11 +27,9 @@ import signal
 import sys
 from pathlib import Path
 
-import accelerate
 import datasets
 import numpy as np
 import torch
-import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
@@ -83,6 +81,7 @@ from dilated_vit_mae.train.core import (  # noqa: E402
     RunContext,
     StepMeter,
     check_finite,
+    summary_common,
     on_shipped_sample,
     start_run,
     timed_batches,
@@ -768,24 +767,16 @@ def run_summary(run: Run) -> dict:
         except TypeError:  # a stream has no length
             return None
 
-    device = accelerator.device
     script = sys.argv[0] if sys.argv and Path(sys.argv[0]).name == "run_mae.py" else "scripts/run_mae.py"
     return {
-        "global_step": state.global_step,
-        "epochs": run.num_epochs,
-        "num_processes": accelerator.num_processes,
-        "effective_batch_size": state.effective_batch_size,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        **summary_common(
+            args, accelerator, global_step=state.global_step, epochs=run.num_epochs,
+            effective_batch_size=state.effective_batch_size, warmup_steps=run.num_warmup_steps,
+            learning_rate=state.learning_rate_history[-1][1] if state.learning_rate_history else state.learning_rate,
+            train_runtime_seconds=state.train_runtime_seconds,
+        ),  # fmt: skip
         "recipe": args.recipe,
-        "learning_rate": state.learning_rate_history[-1][1] if state.learning_rate_history else state.learning_rate,
         "learning_rate_history": state.learning_rate_history,
-        "base_learning_rate": None if args.learning_rate else args.base_learning_rate,
-        "adam_betas": [args.adam_beta1, args.adam_beta2],
-        "weight_decay": args.weight_decay,
-        "warmup_steps": run.num_warmup_steps,
-        "seed": args.seed,
-        "init": args.model_name_or_path,
         # the launcher's own flags are not visible to the script: hardware below says how it ran
         "command": redact_command(["accelerate", "launch", script, *args.argv]),
         "dataset": {
@@ -799,16 +790,6 @@ def run_summary(run: Run) -> dict:
             "eval_split": "validation",
             "eval_samples": num_examples("validation"),
         },
-        "hardware": {
-            "device_type": device.type,
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "num_processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "distributed_type": getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)),
-            # the training loop, summed over every resumed part of the run
-            "train_runtime_seconds": state.train_runtime_seconds,
-        },
-        "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
         "eval_samples": num_examples("validation") if run.eval_results else None,
         "eval_mask_seed": args.seed,  # of the "eval_mask" stream (dilated_vit_mae.data.seeding.masking_noise)
         "augmentation": {
