@@ -654,19 +654,19 @@ def train(run: RunContext, model, plan, data, labels: LabelSpec, state: dict) ->
             state["global_step"] += 1
             progress.update(1)
             at_epoch_end = accelerator.gradient_state.end_of_dataloader
-            if after_step(run, meter, plan, state, epoch, batches_done, at_epoch_end, progress):
+            if after_step(run, model, meter, plan, state, epoch, batches_done, at_epoch_end, progress):
                 break
 
         # ---- evaluate, keep the best, then checkpoint the epoch (with the best so far in its state) ------------------
         end_epoch_evaluation(run, model, data, labels, state, epoch)
         if args.checkpointing_steps != "no":
-            save_checkpoint(run, plan, state, *((epoch + 1, 0) if at_epoch_end else (epoch, batches_done)))
+            save_checkpoint(run, model, plan, state, *((epoch + 1, 0) if at_epoch_end else (epoch, batches_done)))
     progress.close()
     return time.perf_counter() - start
 
 
-def after_step(run: RunContext, meter: StepMeter, plan, state: dict, epoch: int, batches_done: int, at_epoch_end: bool,
-               progress) -> bool:  # fmt: skip
+def after_step(run: RunContext, model, meter: StepMeter, plan, state: dict, epoch: int, batches_done: int,
+               at_epoch_end: bool, progress) -> bool:  # fmt: skip
     """The finiteness check, logging and periodic checkpoints at the end of a step (the host reads the device only
     here, and only at those steps); True at the last step."""
     args, step = run.args, state["global_step"]
@@ -682,11 +682,11 @@ def after_step(run: RunContext, meter: StepMeter, plan, state: dict, epoch: int,
         run.log({"train_loss": synced["last_loss"], "lr": lr, "epoch": epoch, **meter.reset_interval()}, step)
         progress.set_postfix(loss=f"{synced['last_loss']:.4f}")
     if periodic and not at_epoch_end:  # epoch ends are saved after the evaluation
-        save_checkpoint(run, plan, state, epoch, batches_done)
+        save_checkpoint(run, model, plan, state, epoch, batches_done)
     return last
 
 
-def save_checkpoint(run: RunContext, plan, state: dict, epoch: int, batches_done: int) -> None:
+def save_checkpoint(run: RunContext, model, plan, state: dict, epoch: int, batches_done: int) -> None:
     """`checkpoints/step_N` with the trainer state (where in which epoch, the best so far, the evaluation history)."""
     keys = ("global_step", "best_metric", "best_scores", "best_epoch", "best_step", "history")
     trainer_state = {
@@ -695,7 +695,7 @@ def save_checkpoint(run: RunContext, plan, state: dict, epoch: int, batches_done
         "epoch": epoch, "batches_done_in_epoch": batches_done, "num_processes": run.accelerator.num_processes,
         "effective_batch_size": plan["effective_batch_size"], "max_train_steps": plan["max_train_steps"],
     }  # fmt: skip
-    run.checkpoints.save(run.accelerator, state["global_step"], trainer_state)
+    run.save_checkpoint(model, plan["optimizer"], state["global_step"], trainer_state)
 
 
 def end_epoch_evaluation(run: RunContext, model, data, labels: LabelSpec, state: dict, epoch: int) -> None:

@@ -47,7 +47,7 @@ from dilated_vit_mae import (  # noqa: E402
 from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.data.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
-from dilated_vit_mae.train.distributed import parameters_are_finite, save_pretrained  # noqa: E402
+from dilated_vit_mae.train.distributed import save_pretrained  # noqa: E402
 from dilated_vit_mae.publish.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     RunClock,
@@ -440,6 +440,7 @@ class Run:
     num_warmup_steps: int
     secrets: set = dataclasses.field(default_factory=set)  # token values to redact from everything written
     identity: RunIdentity | None = None
+    context: RunContext | None = None  # the run folder's: checkpoints, log, resume
     clock: RunClock = dataclasses.field(default_factory=RunClock)
     stop_requested: bool = False  # set by SIGTERM
     preempted: bool = False
@@ -516,14 +517,8 @@ def resume(run: Run, context: RunContext, learning_rate: float) -> None:
 
 def save_checkpoint(run: Run) -> Path:
     """A checkpoint of the current step, refused if any parameter is not finite (it would be resumed from)."""
-    if not parameters_are_finite(run.accelerator, run.model):  # each rank its own shard (FSDP2: DTensors)
-        raise RuntimeError(
-            f"Parameters are not finite at step {run.state.global_step}; no checkpoint written. The last good "
-            f"checkpoint is {run.checkpoints.latest() or 'none'}: lower the learning rate and resume from it."
-        )
     run.state.train_runtime_seconds = run.clock.total()
-    expected_bytes = checkpoint_bytes(run.unwrapped, run.optimizer)
-    return run.checkpoints.save(run.accelerator, run.state.global_step, dataclasses.asdict(run.state), expected_bytes)
+    return run.context.save_checkpoint(run.model, run.optimizer, run.state.global_step, dataclasses.asdict(run.state))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -845,7 +840,7 @@ def main(args: argparse.Namespace) -> Path:
     context = start_run(args, NOT_RUN_DEFINING)
     accelerator, checkpoints, identity, output_dir = context.accelerator, context.checkpoints, context.identity, context.output_dir
     run, learning_rate = build_run(args, accelerator, checkpoints)
-    run.identity = identity
+    run.identity, run.context = identity, context
     run.state.run_id, run.state.run_fingerprint = identity.run_id, identity.fingerprint
     run.secrets = context.secrets
     context.init_trackers("dilated_vit_mae")

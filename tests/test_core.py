@@ -173,3 +173,17 @@ def test_a_second_run_into_the_same_folder_is_refused_before_anything_is_written
     (tmp_path / "run" / "all_results.json").write_text("{}")
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
         core.start_run(parse(["--output_dir", str(tmp_path / "run")]), core.NOT_RUN_DEFINING)
+
+
+def test_a_checkpoint_is_refused_when_a_parameter_is_not_finite(tmp_path, reset_accelerate):
+    run = core.start_run(parse(["--output_dir", str(tmp_path / "run"), "--checkpoints_total_limit", "1"]), core.NOT_RUN_DEFINING)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, optimizer = run.accelerator.prepare(model, optimizer)
+    first = run.save_checkpoint(model, optimizer, 1, {"global_step": 1, "run_id": run.identity.run_id})
+    assert first.name == "step_1" and json.loads((first / "trainer_state.json").read_text())["global_step"] == 1
+    with torch.no_grad():
+        model.weight[0, 0] = math.nan
+    with pytest.raises(RuntimeError, match=r"Parameters are not finite at step 2; no checkpoint written.*step_1"):
+        run.save_checkpoint(model, optimizer, 2, {"global_step": 2, "run_id": run.identity.run_id})
+    assert [path.name for path in run.checkpoints.checkpoints()] == ["step_1"]

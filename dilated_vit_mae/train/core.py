@@ -31,10 +31,11 @@ from ..configuration_dilated_vit_mae import DilatedViTMAEConfig
 from ..data.loading import CELEBA_SAMPLE_DIR
 from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
 from .checkpoints import CheckpointManager
-from .distributed import build_accelerator
+from .distributed import build_accelerator, parameters_are_finite
 from .lifecycle import (
     RunIdentity,
     check_output_dir,
+    checkpoint_bytes,
     checkpointing_steps,
     exit_when_parent_dies,
     fraction,
@@ -265,6 +266,17 @@ class RunContext:
                 "but it will not reproduce the uninterrupted one."
             )
         return checkpoint, saved
+
+    def save_checkpoint(self, model, optimizer, step: int, trainer_state: dict[str, Any]) -> Path:
+        """`checkpoints/step_{step}` (every process), refused if any parameter is not finite (it would be resumed
+        from); a full disk is a `DiskWriteError` that says how much the checkpoint needs."""
+        if not parameters_are_finite(self.accelerator, model):  # each rank its own shard (FSDP2: DTensors)
+            raise RuntimeError(
+                f"Parameters are not finite at step {step}; no checkpoint written. The last good checkpoint is "
+                f"{self.checkpoints.latest() or 'none'}: lower the learning rate and resume from it."
+            )
+        expected_bytes = checkpoint_bytes(self.accelerator.unwrap_model(model), optimizer)
+        return self.checkpoints.save(self.accelerator, step, trainer_state, expected_bytes)
 
 
 def start_run(args: argparse.Namespace, not_run_defining: set[str] | frozenset[str]) -> RunContext:
