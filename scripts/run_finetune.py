@@ -33,8 +33,6 @@ without this package, with `id2label`, a model card (README.md) and `all_results
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import math
 import sys
 import time
@@ -45,10 +43,7 @@ import accelerate
 import datasets
 import safetensors.torch
 import torch
-import transformers
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, get_cosine_schedule_with_warmup
@@ -61,8 +56,8 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEForImageClassification,
     DilatedViTMAEImageProcessor,
 )
-from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba  # noqa: E402
-from dilated_vit_mae.train.distributed import build_accelerator, load_full_state_dict, save_pretrained  # noqa: E402
+from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
+from dilated_vit_mae.train.distributed import load_full_state_dict, save_pretrained  # noqa: E402
 from dilated_vit_mae.train.finetune import (  # noqa: E402
     MAE_FINETUNE_RECIPE,
     LabelSpec,
@@ -78,55 +73,66 @@ from dilated_vit_mae.train.finetune import (  # noqa: E402
 )
 from dilated_vit_mae.publish.model_card import render_classifier_card  # noqa: E402
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
-    RunIdentity,
-    check_output_dir,
     check_model_folder,
     checkpoint_bytes,
-    checkpointing_steps,
     fraction,
     non_negative_float,
-    non_negative_int,
     positive_float,
-    positive_int,
-    prepare_run_folder,
     probability,
-    quiet_library_logs,
     run_cli,
     stage_and_swap,
 )
 from dilated_vit_mae.evaluation.probe import probe_scores, raw_pixel_baseline  # noqa: E402
-from dilated_vit_mae.train.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
+from dilated_vit_mae.train.redaction import publishable, secret_values, write_publishable_json  # noqa: E402
 from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed, stable_seed  # noqa: E402
-from dilated_vit_mae.train.checkpoints import CheckpointManager  # noqa: E402
+from dilated_vit_mae.train.core import (  # noqa: E402
+    check_shared_arguments,
+    data_source,
+    image_processor_for_config,
+    image_size_of,
+    NOT_RUN_DEFINING,
+    RunContext,
+    StepMeter,
+    check_finite,
+    summary_common,
+    on_shipped_sample,
+    start_run,
+    timed_batches,
+    training_parser,
+)
 from dilated_vit_mae.data.transforms import MAETrainTransform, RandAugment, eval_view  # noqa: E402
 
 
 logger = get_logger(__name__)
 
-DEFAULT_CELEBA_DIR = CELEBA_SAMPLE_DIR
 BEST_DIR = "best"  # under OUTPUT_DIR/checkpoints: the best model so far (CheckpointManager keeps only step_N folders)
 DROP_PATH_STREAM = 102  # the tag of the model's own random draws (drop path, dropout), reseeded every batch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", help="Hub dataset id, e.g. flwrlabs/celeba.")
-    data.add_argument("--dataset_config_name", help="Hub dataset configuration.")
-    data.add_argument("--celeba_dir", help=f"A raw CelebA download (default without a source: {DEFAULT_CELEBA_DIR}).")
-    data.add_argument("--train_dir", help="An image folder (one subfolder per class, or a metadata.csv with labels).")
+    parser, groups = training_parser(
+        __doc__,
+        titles={"optim": "optimisation (MAE's fine-tuning recipe; the small-data recipe below 10,000 images)"},
+        defaults={
+            "dataloader_num_workers": 0, "adam_beta2": 0.999, "num_train_epochs": 100, "per_device_train_batch_size": 32,
+            "per_device_eval_batch_size": 64, "output_dir": "outputs/dilated-vit-mae-classifier",
+            "checkpointing_steps": "epoch", "checkpoints_total_limit": 2, "logging_steps": 10,
+        },
+        helps={
+            "train_dir": "An image folder (one subfolder per class, or a metadata.csv with labels).",
+            "config_name": "Config to train from scratch (without --model_name_or_path).",
+            "config_overrides": 'e.g. "hidden_dropout_prob=0.1" (config.update_from_string).',
+            "base_learning_rate": "lr = blr x batch / 256 (MAE: 5e-4).",
+            "learning_rate": "Absolute peak lr (small-data recipe: 2e-3).",
+            "weight_decay": "AdamW weight decay (MAE: 0.05).",
+            "num_warmup_steps": "Overrides --warmup_epochs.",
+            "hub_model_id": "The repository id the model card names; publish with scripts/push_to_hub.py.",
+        },
+    )  # fmt: skip
+    data, model, optim = groups["data"], groups["model"], groups["optim"]
     data.add_argument("--validation_dir", help="The evaluation image folder for --train_dir (default: carved from it).")
-    data.add_argument("--image_column_name", default="image")
     data.add_argument("--eval_split", default="validation", help="Split evaluated every epoch (best model selection).")
     data.add_argument("--test_split", default="test", help='Split the selected model is scored on at the end ("" for none).')
-    data.add_argument("--max_train_samples", type=positive_int)
-    data.add_argument("--max_eval_samples", type=positive_int)
-    data.add_argument("--on_bad_image", choices=["raise", "skip"], default="raise")
-    data.add_argument("--preprocessing_num_workers", type=positive_int, help="Threads for the up-front image check.")
-    data.add_argument("--dataloader_num_workers", type=non_negative_int, default=0)
-    data.add_argument("--cache_dir")
     labels = data.add_mutually_exclusive_group()
     labels.add_argument("--label_column", help="One label column (single-label); default: celeb_id, then label.")
     labels.add_argument("--label_columns", nargs="+", help="Multi-label columns; default: every CelebA attribute present.")
@@ -135,31 +141,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Examples with no value in a label column: refuse them by name, or leave them out (counted in a warning).",
     )  # fmt: skip
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", help="A run_mae.py output folder, or a facebook/vit-mae-* checkpoint.")
-    model.add_argument("--config_name", help="Config to train from scratch (without --model_name_or_path).")
-    model.add_argument("--image_processor_name", help="Image processor folder or Hub id (default: the model's).")
-    model.add_argument("--config_overrides", help='e.g. "hidden_dropout_prob=0.1" (config.update_from_string).')
-    model.add_argument("--dilation_rates", type=positive_int, nargs="*", help="Dilated branches; none for ViTMAE.")
-    model.add_argument("--dilated_context", choices=["full", "visible"])
     model.add_argument("--classifier_pooling", choices=["mean", "cls"], default="mean", help="MAE: mean + fc_norm.")
     model.add_argument("--drop_path_rate", type=fraction, help="Stochastic depth (MAE ViT-B: 0.1).")
-    model.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
-    model.add_argument("--gradient_checkpointing", action="store_true")
-    model.add_argument("--revision", default="main")
-    model.add_argument("--token", help="Hub token for private models/datasets.")
 
-    optim = parser.add_argument_group("optimisation (MAE's fine-tuning recipe; the small-data recipe below 10,000 images)")
     optim.add_argument(
         "--recipe", choices=["auto", "mae", "small_data"], default="auto",
         help="Defaults of the flags below: MAE's, or the small-data recipe's (auto: below 10,000 training images).",
     )  # fmt: skip
-    optim.add_argument("--base_learning_rate", type=positive_float, help="lr = blr x batch / 256 (MAE: 5e-4).")
-    optim.add_argument("--learning_rate", type=positive_float, help="Absolute peak lr (small-data recipe: 2e-3).")
     optim.add_argument("--layer_decay", type=positive_float, help="Layer-wise lr decay (1: none; MAE: 0.75).")
-    optim.add_argument("--weight_decay", type=non_negative_float, help="AdamW weight decay (MAE: 0.05).")
-    optim.add_argument("--adam_beta1", type=probability, default=0.9)
-    optim.add_argument("--adam_beta2", type=probability, default=0.999)
     optim.add_argument("--label_smoothing", type=probability, help="Single-label only (MAE: 0.1).")
     optim.add_argument("--mixup", type=non_negative_float, help="Mixup Beta alpha (MAE: 0.8; small-data: 0, off).")
     optim.add_argument("--cutmix", type=non_negative_float, help="Cutmix Beta alpha (MAE: 1.0; small-data: 0, off).")
@@ -171,38 +160,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     optim.add_argument("--random_erasing", type=probability, help="Random erasing probability (MAE: 0.25; 0: off).")
     optim.add_argument("--warmup_epochs", type=non_negative_float, help="Linear warmup (MAE: 5).")
-    optim.add_argument("--num_warmup_steps", type=non_negative_int, help="Overrides --warmup_epochs.")
-    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    optim.add_argument("--max_grad_norm", type=positive_float, help="Clip gradients (MAE fine-tuning: none).")
-    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"])
-    optim.add_argument("--num_train_epochs", type=positive_int, default=100)
-    optim.add_argument("--max_train_steps", type=positive_int, help="Optimizer steps; overrides --num_train_epochs.")
-    optim.add_argument("--per_device_train_batch_size", type=positive_int, default=32)
-    optim.add_argument("--per_device_eval_batch_size", type=positive_int, default=64)
-    optim.add_argument("--seed", type=int, default=0)
-
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default="outputs/dilated-vit-mae-classifier")
-    run.add_argument("--overwrite_output_dir", action="store_true")
-    run.add_argument(
-        "--checkpointing_steps", type=checkpointing_steps, default="epoch", help='"epoch", a number of steps, or "no".'
-    )
-    run.add_argument("--checkpoints_total_limit", type=positive_int, default=2)
-    run.add_argument("--resume_from_checkpoint", help='A checkpoint folder or "latest".')
-    run.add_argument("--logging_steps", type=positive_int, default=10)
-    run.add_argument("--with_tracking", action="store_true")
-    run.add_argument("--report_to", default="tensorboard")
-    run.add_argument("--hub_model_id", help="The repository id the model card names; publish with scripts/push_to_hub.py.")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded (secrets redacted) in all_results.json
 
-    sources = [s for s in (args.dataset_name, args.celeba_dir, args.train_dir) if s]
-    if len(sources) > 1:
-        parser.error("Give one data source: --dataset_name, --celeba_dir or --train_dir.")
+    check_shared_arguments(parser, args)
     if args.validation_dir and not args.train_dir:
         parser.error("--validation_dir goes with --train_dir (the other sources have their own validation split).")
-    if not sources:
-        args.celeba_dir = str(DEFAULT_CELEBA_DIR)
     if not args.model_name_or_path and not args.config_name:
         parser.error("Give --model_name_or_path (a pre-training checkpoint) or --config_name (to train from scratch).")
     if any(rate < 2 for rate in args.dilation_rates or ()):
@@ -248,7 +211,7 @@ def load_splits(args: argparse.Namespace) -> datasets.DatasetDict:
         evaluation = load_celeba(args.validation_dir, validation_fraction=0.0, test_fraction=0.0, **kwargs)["train"]
         splits = {"train": train, args.eval_split: evaluation}
     else:
-        splits = dict(load_celeba(args.dataset_name or args.celeba_dir or args.train_dir, **kwargs))
+        splits = dict(load_celeba(data_source(args), **kwargs))
     for split in ("train", args.eval_split):
         if split not in splits or len(splits[split]) == 0:
             raise ValueError(f"The data has no (or an empty) {split!r} split; it has {sorted(splits)}. Pass --eval_split.")
@@ -319,12 +282,9 @@ def load_image_processor(args: argparse.Namespace, config: DilatedViTMAEConfig) 
         processor = AutoImageProcessor.from_pretrained(name, token=args.token, revision=args.revision, cache_dir=args.cache_dir)
         return as_our_image_processor(processor)
     except (OSError, ValueError) as error:
-        height, width = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
+        height, width = image_size_of(config)
         logger.warning(f"No usable image processor in {name} ({error}); resizing to {height}x{width}, ImageNet mean/std.")
-        return DilatedViTMAEImageProcessor(
-            size={"shortest_edge": min(height, width)}, crop_size={"height": height, "width": width},
-            num_channels=config.num_channels,
-        )  # fmt: skip
+        return image_processor_for_config(config)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -450,9 +410,9 @@ def load_best(accelerator, model, checkpoints_dir: Path) -> None:
 
 
 def dataset_facts(args: argparse.Namespace, splits: datasets.DatasetDict) -> dict[str, Any]:
-    source = args.dataset_name or args.celeba_dir or args.train_dir
+    source = data_source(args)
     local = Path(source).expanduser()
-    if args.celeba_dir and local.resolve() == DEFAULT_CELEBA_DIR.resolve():
+    if on_shipped_sample(args):
         name, description = "celeba_sample", "the project's 56-image stand-in in CelebA's layout (not CelebA)"
     else:
         name, description = args.dataset_name or local.name, None
@@ -491,18 +451,12 @@ def run_summary(
         "eval_history": state["history"],
         **({"test_split": args.test_split, **{f"test_{k}": v for k, v in final.items()}} if final else {}),
         "labels": {"task": labels.task, "num_labels": labels.num_labels, "columns": labels.columns},
-        "global_step": state["global_step"],
-        "epochs": plan["num_epochs"],
-        "num_processes": accelerator.num_processes,
-        "effective_batch_size": plan["effective_batch_size"],
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "learning_rate": plan["learning_rate"],
-        "base_learning_rate": None if args.learning_rate else args.base_learning_rate,
+        **summary_common(
+            args, accelerator, global_step=state["global_step"], epochs=plan["num_epochs"],
+            effective_batch_size=plan["effective_batch_size"], learning_rate=plan["learning_rate"],
+            warmup_steps=plan["num_warmup_steps"], train_runtime_seconds=state["train_runtime_seconds"],
+        ),  # fmt: skip
         "layer_decay": args.layer_decay,
-        "weight_decay": args.weight_decay,
-        "adam_betas": [args.adam_beta1, args.adam_beta2],
-        "warmup_steps": plan["num_warmup_steps"],
         "drop_path_rate": args.drop_path_rate,
         "classifier_pooling": args.classifier_pooling,
         "label_smoothing": args.label_smoothing if labels.task == "single_label" else None,
@@ -513,18 +467,9 @@ def run_summary(
         "random_erasing": args.random_erasing,
         "crop_scale_min": args.crop_scale_min,
         "drop_last": True,
-        "seed": args.seed,
-        "init": args.model_name_or_path,
         "init_is_hub_id": bool(args.model_name_or_path) and not Path(args.model_name_or_path).expanduser().exists(),
         "command": " ".join(["accelerate", "launch", script, *args.argv]),
         "dataset": dataset_facts(args, splits),
-        "hardware": {
-            "device_type": accelerator.device.type,
-            "num_processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "train_runtime_seconds": state["train_runtime_seconds"],
-        },
-        "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
     }
 
 
@@ -554,25 +499,6 @@ def save_folder(args, accelerator, model, image_processor, summary: dict, state_
 # ----------------------------------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def setup_accelerator(args: argparse.Namespace) -> Accelerator:
-    output_dir = Path(args.output_dir)
-    # the engine the launch asked for, or a one-line refusal (exit 2): no silent fallback to DDP, no independent copies
-    accelerator = build_accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to if args.with_tracking else None,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
-        # seeded, epoch-aware shuffling (set_epoch), saved with the state: resume continues the same order
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    quiet_library_logs()  # accelerate's line per checkpoint file
-    verbosity = "warning" if accelerator.is_local_main_process else "error"
-    getattr(datasets.utils.logging, f"set_verbosity_{verbosity}")()
-    getattr(transformers.utils.logging, f"set_verbosity_{verbosity}")()
-    return accelerator
 
 
 def prepare_data(args, accelerator, config, image_processor, labels: LabelSpec, splits) -> dict[str, Any]:
@@ -627,34 +553,18 @@ def baseline_text(scores: dict, baselines: dict, split: str) -> str:
     )
 
 
-def resume(args, accelerator, checkpoints: CheckpointManager, effective_batch_size: int, identity: RunIdentity) -> dict[str, Any]:
+def resume(run: RunContext, effective_batch_size: int) -> dict[str, Any]:
     """The trainer state to start from: a fresh one, or the checkpoint's (after `load_state`)."""
     state = {
         "global_step": 0, "epoch": 0, "batches_done_in_epoch": 0, "best_metric": -math.inf, "best_scores": {},
-        "best_epoch": None, "best_step": None, "history": [], "run_id": identity.run_id,
+        "best_epoch": None, "best_step": None, "history": [], "run_id": run.identity.run_id,
     }  # fmt: skip
-    if not args.resume_from_checkpoint:
+    if not run.args.resume_from_checkpoint:
         return state
-    checkpoint = checkpoints.resolve(args.resume_from_checkpoint)
-    # refuses a checkpoint of another run before loading it, and names a damaged file with the checkpoints to use instead
-    saved = checkpoints.load(accelerator, checkpoint, identity)
-    state.update(saved, run_id=identity.run_id)
-    if state["num_processes"] != accelerator.num_processes or state["effective_batch_size"] != effective_batch_size:
-        logger.warning(
-            f"Resuming a run saved with {state['num_processes']} processes and effective batch "
-            f"{state['effective_batch_size']} on {accelerator.num_processes} / {effective_batch_size}: the run "
-            "continues, but it will not reproduce the uninterrupted one."
-        )
+    checkpoint, saved = run.resume(effective_batch_size)
+    state.update(saved, run_id=run.identity.run_id)
     logger.info(f"resumed from {checkpoint} at step {state['global_step']} (epoch {state['epoch']})")
     return state
-
-
-# what does not define the run (recorded in run.json, compared on resume)
-NOT_RUN_DEFINING = {
-    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "argv", "token", "push_to_hub", "hub_model_id",
-    "with_tracking", "report_to", "logging_steps", "checkpointing_steps", "checkpoints_total_limit",
-    "preprocessing_num_workers", "dataloader_num_workers",
-}  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -662,12 +572,9 @@ def main(args: argparse.Namespace) -> Path:
     # a checkpoint, a data folder or another model given as the model is named before the run folder is written
     model_flag = "--model_name_or_path" if args.model_name_or_path else "--config_name"
     check_model_folder(args.model_name_or_path or args.config_name, flag=model_flag)
-    # every process refuses a folder holding an earlier run before anything is written (same rules as run_mae.py)
-    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
-    accelerator = setup_accelerator(args)
-    checkpoints = CheckpointManager(Path(args.output_dir) / "checkpoints", args.checkpoints_total_limit)
-    identity = prepare_run_folder(args, accelerator, NOT_RUN_DEFINING)
-    set_seed(args.seed)
+    # refuses a folder holding an earlier run before anything is written; the accelerator, run.json, the seed
+    run = start_run(args, NOT_RUN_DEFINING)
+    accelerator = run.accelerator
 
     # ---- data, labels, model -----------------------------------------------------------------------------------------
     with accelerator.main_process_first():
@@ -688,16 +595,15 @@ def main(args: argparse.Namespace) -> Path:
         model, plan["optimizer"], plan["lr_scheduler"], *data["loaders"].values()
     )
     data["loaders"] = dict(zip(data["loaders"], loaders))
-    if args.with_tracking:
-        accelerator.init_trackers("dilated_vit_mae_finetune", tracker_config(args))  # secrets redacted
-    state = resume(args, accelerator, checkpoints, plan["effective_batch_size"], identity)
+    run.init_trackers("dilated_vit_mae_finetune")
+    state = resume(run, plan["effective_batch_size"])
 
     # ---- loop, evaluate every epoch, keep the best -------------------------------------------------------------------
-    state["train_runtime_seconds"] = train(args, accelerator, model, plan, data, labels, checkpoints, state)
+    state["train_runtime_seconds"] = train(run, model, plan, data, labels, state)
 
     # ---- the selected model, its test score, the folder --------------------------------------------------------------
     accelerator.wait_for_everyone()
-    load_best(accelerator, model, checkpoints.checkpoints_dir)
+    load_best(accelerator, model, run.checkpoints.checkpoints_dir)
     final = {}
     if args.test_split in data["loaders"]:
         final = evaluate(accelerator, model, data["loaders"][args.test_split], data["labels"][args.test_split],
@@ -717,79 +623,83 @@ def main(args: argparse.Namespace) -> Path:
     return Path(args.output_dir)
 
 
-def train(args, accelerator, model, plan, data, labels: LabelSpec, checkpoints: CheckpointManager, state: dict) -> float:
-    """The training loop, from `state` (updated in place); returns the seconds it ran."""
-    train_loader, train_labels = data["loaders"]["train"], data["labels"]["train"]
-    max_train_steps, num_epochs = plan["max_train_steps"], plan["num_epochs"]
+def train(run: RunContext, model, plan, data, labels: LabelSpec, state: dict) -> float:
+    """The training loop, from `state` (updated in place); returns the seconds it ran. The loss stays on the device
+    (`StepMeter`) and is read only at logging, checkpoint and epoch-end steps."""
+    args, accelerator = run.args, run.accelerator
+    train_loader = data["loaders"]["train"]
+    train_targets = data["labels"]["train"].to(accelerator.device)  # indexed on the device: no copy back per batch
     mixup = MixupCutmix(
         args.mixup, args.cutmix, num_classes=labels.num_labels, task=labels.task, prob=args.mixup_prob,
         switch_prob=args.mixup_switch_prob, label_smoothing=args.label_smoothing,
     )  # fmt: skip
-    progress = tqdm(total=max_train_steps, initial=state["global_step"], disable=not accelerator.is_local_main_process)
+    progress = tqdm(total=plan["max_train_steps"], initial=state["global_step"], disable=not accelerator.is_local_main_process)
+    meter = StepMeter(accelerator.device)
     start, start_epoch = time.perf_counter(), state["epoch"]
-
-    def save_checkpoint(epoch: int, batches_done: int) -> None:
-        trainer_state = {
-            **{key: state[key] for key in ("global_step", "best_metric", "best_scores", "best_epoch", "best_step", "history")},
-            "run_id": state["run_id"],  # OUTPUT_DIR/run.json's: a resume refuses a checkpoint of another run
-            "epoch": epoch, "batches_done_in_epoch": batches_done, "num_processes": accelerator.num_processes,
-            "effective_batch_size": plan["effective_batch_size"], "max_train_steps": max_train_steps,
-        }  # fmt: skip
-        checkpoints.save(accelerator, state["global_step"], trainer_state)
-
-    for epoch in range(start_epoch, num_epochs):
-        if state["global_step"] >= max_train_steps:
+    for epoch in range(start_epoch, plan["num_epochs"]):
+        if state["global_step"] >= plan["max_train_steps"]:
             break
         model.train()
         data["augmentation"].epoch = epoch
         train_loader.set_epoch(epoch)
         skip = state["batches_done_in_epoch"] if epoch == start_epoch else 0
         batches_done, at_epoch_end = skip, False
-        for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
-            targets = train_labels[batch["sample_index"].cpu()].to(accelerator.device)
+        for batch in timed_batches(accelerator.skip_first_batches(train_loader, skip) if skip else train_loader, meter):
             draw = (args.seed, epoch, batches_done, accelerator.process_index)
-            loss = train_step(args, accelerator, model, batch, targets, plan, mixup, labels, draw)
+            loss = train_step(args, accelerator, model, batch, train_targets[batch["sample_index"]], plan, mixup, labels, draw)
+            meter.add(loss, state["global_step"] + 1, batch["pixel_values"].shape[0] * accelerator.num_processes)
             batches_done += 1
             if not accelerator.sync_gradients:
                 continue
             state["global_step"] += 1
             progress.update(1)
-            step_loss = accelerator.reduce(loss.float(), reduction="mean").item()
-            if not math.isfinite(step_loss):
-                raise RuntimeError(
-                    f"Loss is {step_loss} at step {state['global_step']}; lower the learning rate, then resume from "
-                    f"{checkpoints.latest() or 'the start (no checkpoint yet)'} with --resume_from_checkpoint."
-                )
-            if state["global_step"] % args.logging_steps == 0 or state["global_step"] == max_train_steps:
-                lr = plan["lr_scheduler"].get_last_lr()[-1]  # the head's (the last group)
-                log(args, accelerator, {"train_loss": step_loss, "lr": lr, "epoch": epoch}, state["global_step"])
-            progress.set_postfix(loss=f"{step_loss:.4f}")
             at_epoch_end = accelerator.gradient_state.end_of_dataloader
-            periodic = isinstance(args.checkpointing_steps, int) and state["global_step"] % args.checkpointing_steps == 0
-            if periodic and not at_epoch_end:  # epoch ends are saved after the evaluation, below
-                save_checkpoint(epoch, batches_done)
-            if state["global_step"] >= max_train_steps:
+            if after_step(run, model, meter, plan, state, epoch, batches_done, at_epoch_end, progress):
                 break
 
         # ---- evaluate, keep the best, then checkpoint the epoch (with the best so far in its state) ------------------
-        end_epoch_evaluation(args, accelerator, model, data, labels, checkpoints, state, epoch)
+        end_epoch_evaluation(run, model, data, labels, state, epoch)
         if args.checkpointing_steps != "no":
-            save_checkpoint(epoch + 1, 0) if at_epoch_end else save_checkpoint(epoch, batches_done)
+            save_checkpoint(run, model, plan, state, *((epoch + 1, 0) if at_epoch_end else (epoch, batches_done)))
     progress.close()
     return time.perf_counter() - start
 
 
-def log(args, accelerator, values: dict, step: int) -> None:
-    """To the trackers (`--with_tracking`) and OUTPUT_DIR/train_log.jsonl (numbers only: publishable as it is)."""
-    if args.with_tracking:
-        accelerator.log(values, step=step)
-    if accelerator.is_main_process:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        with (Path(args.output_dir) / "train_log.jsonl").open("a") as file:
-            file.write(json.dumps({"step": step, **values}) + "\n")
+def after_step(run: RunContext, model, meter: StepMeter, plan, state: dict, epoch: int, batches_done: int,
+               at_epoch_end: bool, progress) -> bool:  # fmt: skip
+    """The finiteness check, logging and periodic checkpoints at the end of a step (the host reads the device only
+    here, and only at those steps); True at the last step."""
+    args, step = run.args, state["global_step"]
+    last = step >= plan["max_train_steps"]
+    logging_step = step % args.logging_steps == 0 or last
+    periodic = isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0
+    if not (logging_step or periodic or at_epoch_end):  # epoch ends: checked before the evaluation and its checkpoint
+        return False
+    synced = meter.synchronise(run.accelerator)
+    check_finite(synced, run.checkpoints)
+    if logging_step:
+        lr = plan["lr_scheduler"].get_last_lr()[-1]  # the head's (the last group)
+        run.log({"train_loss": synced["last_loss"], "lr": lr, "epoch": epoch, **meter.reset_interval()}, step)
+        progress.set_postfix(loss=f"{synced['last_loss']:.4f}")
+    if periodic and not at_epoch_end:  # epoch ends are saved after the evaluation
+        save_checkpoint(run, model, plan, state, epoch, batches_done)
+    return last
 
 
-def end_epoch_evaluation(args, accelerator, model, data, labels: LabelSpec, checkpoints, state: dict, epoch: int) -> None:
+def save_checkpoint(run: RunContext, model, plan, state: dict, epoch: int, batches_done: int) -> None:
+    """`checkpoints/step_N` with the trainer state (where in which epoch, the best so far, the evaluation history)."""
+    keys = ("global_step", "best_metric", "best_scores", "best_epoch", "best_step", "history")
+    trainer_state = {
+        **{key: state[key] for key in keys},
+        "run_id": state["run_id"],  # OUTPUT_DIR/run.json's: a resume refuses a checkpoint of another run
+        "epoch": epoch, "batches_done_in_epoch": batches_done, "num_processes": run.accelerator.num_processes,
+        "effective_batch_size": plan["effective_batch_size"], "max_train_steps": plan["max_train_steps"],
+    }  # fmt: skip
+    run.save_checkpoint(model, plan["optimizer"], state["global_step"], trainer_state)
+
+
+def end_epoch_evaluation(run: RunContext, model, data, labels: LabelSpec, state: dict, epoch: int) -> None:
+    args, accelerator = run.args, run.accelerator
     split = args.eval_split
     scores = evaluate(accelerator, model, data["loaders"][split], data["labels"][split], data["labels"]["train"], labels)
     metric = metric_name(labels)
@@ -802,10 +712,10 @@ def end_epoch_evaluation(args, accelerator, model, data, labels: LabelSpec, chec
         f"epoch {epoch}: eval {metric} {shared[0]:.4f} ({baseline_text(scores, data['baselines'], split)}), "
         f"loss {shared[1]:.4f}"
     )
-    log(args, accelerator, {f"eval_{metric}": shared[0], "eval_loss": shared[1], "epoch": epoch}, state["global_step"])
+    run.log({f"eval_{metric}": shared[0], "eval_loss": shared[1], "epoch": epoch}, state["global_step"])
     if shared[0] > state["best_metric"]:
         state.update(best_metric=shared[0], best_epoch=epoch, best_step=state["global_step"], best_scores=scores)
-        save_best(accelerator, model, checkpoints.checkpoints_dir)
+        save_best(accelerator, model, run.checkpoints.checkpoints_dir)
 
 
 if __name__ == "__main__":

@@ -21,22 +21,17 @@ the defaults are MAE's recipe.
 import argparse
 import dataclasses
 import json
-import logging
 import math
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
-import accelerate
 import datasets
 import numpy as np
 import torch
-import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -49,31 +44,25 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEForPreTraining,
     DilatedViTMAEImageProcessor,
 )
-from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba  # noqa: E402
+from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.data.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
-from dilated_vit_mae.train.distributed import build_accelerator, parameters_are_finite, save_pretrained  # noqa: E402
+from dilated_vit_mae.train.distributed import save_pretrained  # noqa: E402
 from dilated_vit_mae.publish.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     RunClock,
     RunIdentity,
-    check_output_dir,
     check_model_folder,
     checkpoint_bytes,
     checkpointing_steps,
-    exit_when_parent_dies,
     fraction,
     non_negative_int,
-    parent_is_launcher,
-    positive_float,
     positive_int,
-    prepare_run_folder,
-    quiet_library_logs,
     run_cli,
     stage_and_swap,
 )
-from dilated_vit_mae.publish.model_card import redact_command, render_model_card  # noqa: E402
-from dilated_vit_mae.train.redaction import publishable, secret_values, tracker_config, write_publishable_json  # noqa: E402
+from dilated_vit_mae.publish.model_card import redact_command  # noqa: E402
+from dilated_vit_mae.train.redaction import write_publishable_json  # noqa: E402
 from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed, masking_noise  # noqa: E402
 from dilated_vit_mae.evaluation.reconstruction import (  # noqa: E402
     reconstruction_grid,
@@ -83,13 +72,27 @@ from dilated_vit_mae.evaluation.reconstruction import (  # noqa: E402
     visible_mean_images,
 )
 from dilated_vit_mae.train.checkpoints import CheckpointManager, param_groups_weight_decay  # noqa: E402
+from dilated_vit_mae.train.core import (  # noqa: E402
+    check_shared_arguments,
+    data_source,
+    image_processor_for_config,
+    image_size_of,
+    NOT_RUN_DEFINING as SHARED_NOT_RUN_DEFINING,
+    RunContext,
+    StepMeter,
+    check_finite,
+    summary_common,
+    on_shipped_sample,
+    start_run,
+    timed_batches,
+    training_parser,
+)
 from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, MAETrainTransform, eval_view  # noqa: E402
 
 
 logger = get_logger(__name__)
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "dilated-vit-mae-tiny-64"
-DEFAULT_CELEBA_DIR = CELEBA_SAMPLE_DIR
 SAMPLE_RECIPE = DEFAULT_CONFIG / "sample_recipe.json"
 # MAE's recipe, the defaults for real data; the sample recipe overrides what it names when training on the sample
 RECIPE_DEFAULTS = {
@@ -104,12 +107,9 @@ RECIPE_DEFAULTS = {
     "logging_steps": 10,
 }
 # arguments that may change between a run and its resumption (where, how long, how it reports): not in its fingerprint
-NOT_RUN_DEFINING = {
-    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "argv", "token", "hub_token", "push_to_hub",
-    "hub_model_id", "hub_private_repo", "hub_revision", "with_tracking", "report_to", "logging_steps", "eval_steps",
-    "no_eval", "num_grid_images", "checkpointing_steps", "checkpoints_total_limit", "max_train_steps",
-    "num_train_epochs", "preprocessing_num_workers", "dataloader_num_workers", "dataloader_prefetch_factor",
-    "cache_dir", "learning_rate", "base_learning_rate",
+NOT_RUN_DEFINING = SHARED_NOT_RUN_DEFINING | {
+    "hub_token", "hub_private_repo", "hub_revision", "eval_steps", "no_eval", "num_grid_images", "max_train_steps",
+    "num_train_epochs", "dataloader_prefetch_factor", "cache_dir", "learning_rate", "base_learning_rate",
 }  # fmt: skip
 
 
@@ -121,28 +121,35 @@ NO_MASK_MESSAGE = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", help="Hub dataset id, e.g. flwrlabs/celeba or nielsr/CelebA-faces.")
-    data.add_argument("--dataset_config_name", help="Hub dataset configuration.")
-    data.add_argument("--celeba_dir", help=f"A raw CelebA download (default when no source is given: {DEFAULT_CELEBA_DIR}).")
-    data.add_argument("--train_dir", help="Any local image folder (imagefolder layout, optional metadata.csv).")
-    data.add_argument("--image_column_name", default="image")
-    data.add_argument("--streaming", action="store_true", help="Stream the dataset (needs --max_train_steps).")
-    data.add_argument("--max_train_samples", type=positive_int)
-    data.add_argument("--max_eval_samples", type=positive_int)
-    data.add_argument("--on_bad_image", choices=["raise", "skip"], default="raise")
-    data.add_argument("--preprocessing_num_workers", type=positive_int, help="Threads for the up-front image check.")
-    data.add_argument(
-        "--dataloader_num_workers", type=non_negative_int,
-        help="DataLoader worker processes (persistent). Default: on GPUs, the CPUs per process less one (at most 8); "
-        "on CPU, 0 for training (the loader runs about 20x faster than CPU training, and workers would take the "
-        "training's cores) and the GPU number for evaluation (2 workers evaluated 5.8x faster than none).",
+    parser, groups = training_parser(
+        __doc__,
+        titles={"optim": "optimisation (MAE recipe; the sample recipe on the shipped sample)"},
+        defaults={
+            "weight_decay": 0.05, "adam_beta2": 0.95, "per_device_eval_batch_size": 8,
+            "output_dir": "outputs/dilated-vit-mae-sample", "checkpoints_total_limit": 3,
+        },
+        helps={
+            "dataset_name": "Hub dataset id, e.g. flwrlabs/celeba or nielsr/CelebA-faces.",
+            "model_name_or_path": "Our checkpoint, or a facebook/vit-mae-* one to warm-start from.",
+            "config_name": f"Config folder or Hub id (default without --model_name_or_path: {DEFAULT_CONFIG}).",
+            "image_processor_name": "Image processor folder or Hub id (default: one matching the config).",
+            "dataloader_num_workers": (
+                "DataLoader worker processes (persistent). Default: on GPUs, the CPUs per process less one (at most 8); "
+                "on CPU, 0 for training (the loader runs about 20x faster than CPU training, and workers would take "
+                "the training's cores) and the GPU number for evaluation (2 workers evaluated 5.8x faster than none)."
+            ),
+            "base_learning_rate": "lr = blr x effective batch / 256 (MAE: 1.5e-4).",
+            "num_warmup_steps": "Overrides --warmup_ratio.",
+            "num_train_epochs": "Default 20.",
+            "per_device_train_batch_size": "Default 8 (the sample recipe: 16).",
+            "checkpointing_steps": 'A number of steps (default 2000), "epoch" or "no"; the last step is always saved unless "no".',
+            "logging_steps": "Log (and check the loss is finite) every N steps (default 10).",
+            "hub_model_id": "The Hub repository to push to, which the model card names.",
+        },
     )  # fmt: skip
+    data, model, optim, run = groups["data"], groups["model"], groups["optim"], groups["run"]
+    data.add_argument("--streaming", action="store_true", help="Stream the dataset (needs --max_train_steps).")
     data.add_argument("--dataloader_prefetch_factor", type=positive_int, default=4, help="Batches each worker prepares ahead.")
-    data.add_argument("--cache_dir")
     data.add_argument(
         "--augment_on", choices=["auto", "host", "device"], default="auto",
         help="Where crop, resize, flip and normalise run: on the host in the workers, or batched on the device (workers "
@@ -154,65 +161,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "only; it states its size and the free disk first; CelebA's train split is 18.9 GB).",
     )  # fmt: skip
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model_name_or_path", help="Our checkpoint, or a facebook/vit-mae-* one to warm-start from.")
-    model.add_argument("--config_name", help=f"Config folder or Hub id (default without --model_name_or_path: {DEFAULT_CONFIG}).")
-    model.add_argument("--image_processor_name", help="Image processor folder or Hub id (default: one matching the config).")
-    model.add_argument("--config_overrides", help='e.g. "hidden_size=192,num_hidden_layers=6" (config.update_from_string).')
-    model.add_argument("--dilation_rates", type=positive_int, nargs="*", help="Dilation rates of the extra branches; none for ViTMAE.")
-    model.add_argument("--dilated_context", choices=["full", "visible"])
     model.add_argument("--dilated_fusion", choices=["sum", "concat"])
     model.add_argument("--masking_mode", choices=["drop", "mask_token"])
     model.add_argument("--mask_ratio", type=fraction)
     model.add_argument("--norm_pix_loss", action=argparse.BooleanOptionalAction, default=None)
-    model.add_argument("--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
-    model.add_argument("--gradient_checkpointing", action="store_true")
     model.add_argument("--torch_compile", action="store_true", help="torch.compile the model (GPU runs).")
-    model.add_argument("--revision", default="main")
-    model.add_argument("--token", help="Hub token for private models/datasets.")
 
-    optim = parser.add_argument_group("optimisation (MAE recipe; the sample recipe on the shipped sample)")
-    optim.add_argument("--base_learning_rate", type=positive_float, help="lr = blr x effective batch / 256 (MAE: 1.5e-4).")
-    optim.add_argument("--learning_rate", type=positive_float, help="Absolute lr; overrides --base_learning_rate.")
-    optim.add_argument("--weight_decay", type=float, default=0.05)
-    optim.add_argument("--adam_beta1", type=fraction, default=0.9)
-    optim.add_argument("--adam_beta2", type=fraction, default=0.95)
     optim.add_argument("--warmup_ratio", type=fraction, default=0.05, help="Warmup fraction (MAE: 40 of 800 epochs).")
-    optim.add_argument("--num_warmup_steps", type=non_negative_int, help="Overrides --warmup_ratio.")
-    optim.add_argument("--gradient_accumulation_steps", type=positive_int, default=1)
-    optim.add_argument("--max_grad_norm", type=positive_float, default=None, help="Clip gradients (MAE pre-training: none).")
-    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    optim.add_argument("--num_train_epochs", type=positive_int, help="Default 20.")
-    optim.add_argument("--max_train_steps", type=positive_int, help="Optimizer steps; overrides --num_train_epochs.")
-    optim.add_argument("--per_device_train_batch_size", type=positive_int, help="Default 8 (the sample recipe: 16).")
-    optim.add_argument("--per_device_eval_batch_size", type=positive_int, default=8)
-    optim.add_argument("--seed", type=int, default=0)
 
-    run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default="outputs/dilated-vit-mae-sample")
-    run.add_argument("--overwrite_output_dir", action="store_true", help="Remove everything an earlier run wrote there first.")
-    run.add_argument("--checkpointing_steps", type=checkpointing_steps, help='A number of steps (default 2000), "epoch" or "no"; the last step is always saved unless "no".')
-    run.add_argument("--checkpoints_total_limit", type=positive_int, default=3)
-    run.add_argument("--resume_from_checkpoint", help='A checkpoint folder or "latest".')
     run.add_argument("--eval_steps", type=non_negative_int, help="Evaluate every N steps (default 2000; 0: only at the end).")
     run.add_argument("--no_eval", action="store_true", help="No evaluation at all (e.g. a source without a validation split).")
     run.add_argument("--num_grid_images", type=positive_int, default=8)
-    run.add_argument("--logging_steps", type=positive_int, help="Log (and check the loss is finite) every N steps (default 10).")
-    run.add_argument("--with_tracking", action="store_true")
-    run.add_argument("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all", ... (accelerate).')
     run.add_argument("--push_to_hub", action="store_true")
-    run.add_argument("--hub_model_id")
     run.add_argument("--hub_token")
     run.add_argument("--hub_private_repo", action="store_true")
     run.add_argument("--hub_revision", help="Branch to push to (created if missing); default main.")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded (tokens redacted) in all_results.json
 
-    sources = [s for s in (args.dataset_name, args.celeba_dir, args.train_dir) if s]
-    if len(sources) > 1:
-        parser.error("Give one data source: --dataset_name, --celeba_dir or --train_dir.")
-    if not sources:
-        args.celeba_dir = str(DEFAULT_CELEBA_DIR)
+    check_shared_arguments(parser, args)
     apply_recipe(args)
     if args.streaming and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps (a stream has no length to count epochs).")
@@ -220,8 +187,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--push_to_hub needs --hub_model_id (e.g. your-name/dilated-vit-mae-celeba).")
     if args.decoded_cache_dir and args.augment_on == "host":
         parser.error("--decoded_cache_dir feeds the device path only: drop it, or use --augment_on device (on a GPU, auto).")
-    if args.resume_from_checkpoint and args.overwrite_output_dir:
-        parser.error("--resume_from_checkpoint continues the run in --output_dir; --overwrite_output_dir removes it: give one.")
     if args.mask_ratio == 0:
         parser.error(NO_MASK_MESSAGE.format(source="--mask_ratio 0"))
     return args
@@ -229,8 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def uses_sample_recipe(args: argparse.Namespace) -> bool:
     """The shipped sample with the default model: the run the README's first command makes."""
-    on_sample = args.celeba_dir is not None and Path(args.celeba_dir).resolve() == DEFAULT_CELEBA_DIR.resolve()
-    return on_sample and not args.config_name and not args.model_name_or_path
+    return on_shipped_sample(args) and not args.config_name and not args.model_name_or_path
 
 
 def apply_recipe(args: argparse.Namespace) -> None:
@@ -270,14 +234,9 @@ def build_config(args: argparse.Namespace) -> DilatedViTMAEConfig:
     return config
 
 
-def _image_size(config: DilatedViTMAEConfig) -> tuple[int, int]:
-    size = config.image_size
-    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-
-
 def _processor_mismatch(processor: DilatedViTMAEImageProcessor, config: DilatedViTMAEConfig) -> str | None:
     crop = processor.crop_size
-    height, width = _image_size(config)
+    height, width = image_size_of(config)
     if (crop["height"], crop["width"]) != (height, width):
         return f"crops images to {crop['height']}x{crop['width']} but the model's image_size is {height}x{width}"
     if processor.num_channels != config.num_channels:
@@ -306,20 +265,9 @@ def build_image_processor(args: argparse.Namespace, config: DilatedViTMAEConfig)
         )
     if processor is not None and not mismatch:
         return processor
-    height, width = _image_size(config)
-    kwargs = {}
-    if processor is not None:
-        if processor.num_channels == config.num_channels:
-            kwargs.update(image_mean=processor.image_mean, image_std=processor.image_std)
-        kwargs.update(resample=processor.resample, crop_pct=processor.crop_pct)
     if processor is not None:
         logger.info(f"image processor of {name}: {mismatch}; using one sized for the model instead")
-    return DilatedViTMAEImageProcessor(
-        size={"shortest_edge": min(height, width)},
-        crop_size={"height": height, "width": width},
-        num_channels=config.num_channels,
-        **kwargs,
-    )
+    return image_processor_for_config(config, like=processor)
 
 
 def build_model(args: argparse.Namespace, config: DilatedViTMAEConfig) -> DilatedViTMAEForPreTraining:
@@ -346,7 +294,7 @@ def _with_index(dataset, streaming: bool):
 def load_datasets(args: argparse.Namespace, progress: bool = True) -> dict:
     """The splits; the image check (a bar when `progress`) is recorded, so the processes after the first and a
     repeated launch on unchanged files skip it (`load_celeba`'s `check_record_dir`)."""
-    source = args.dataset_name or args.celeba_dir or args.train_dir
+    source = data_source(args)
     splits = load_celeba(
         source,
         config_name=args.dataset_config_name,
@@ -492,6 +440,7 @@ class Run:
     num_warmup_steps: int
     secrets: set = dataclasses.field(default_factory=set)  # token values to redact from everything written
     identity: RunIdentity | None = None
+    context: RunContext | None = None  # the run folder's: checkpoints, log, resume
     clock: RunClock = dataclasses.field(default_factory=RunClock)
     stop_requested: bool = False  # set by SIGTERM
     preempted: bool = False
@@ -555,101 +504,26 @@ def apply_learning_rate(run: Run, saved: TrainerState, learning_rate: float) -> 
     )
 
 
-def resume(run: Run, learning_rate: float) -> None:
-    checkpoint = run.checkpoints.resolve(run.args.resume_from_checkpoint)
-    # refuses a checkpoint of another run before loading it, and names a damaged file with the checkpoints to use instead
-    saved_dict = run.checkpoints.load(run.accelerator, checkpoint, run.identity)
+def resume(run: Run, context: RunContext, learning_rate: float) -> None:
+    checkpoint, saved_dict = context.resume(run.state.effective_batch_size)
     fields = {f.name for f in dataclasses.fields(TrainerState)}
     saved = TrainerState(**{k: v for k, v in saved_dict.items() if k in fields})
     state = run.state
     state.global_step, state.epoch, state.batches_done_in_epoch = saved.global_step, saved.epoch, saved.batches_done_in_epoch
     state.train_runtime_seconds = saved.train_runtime_seconds
-    if saved.num_processes != state.num_processes or saved.effective_batch_size != state.effective_batch_size:
-        logger.warning(
-            f"Resuming a run saved with {saved.num_processes} processes and effective batch {saved.effective_batch_size} "
-            f"on {state.num_processes} / {state.effective_batch_size}: the run continues, but it will not reproduce "
-            "the uninterrupted one."
-        )
     apply_learning_rate(run, saved, learning_rate)
     logger.info(f"resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch}, batch {state.batches_done_in_epoch})")
 
 
 def save_checkpoint(run: Run) -> Path:
     """A checkpoint of the current step, refused if any parameter is not finite (it would be resumed from)."""
-    if not parameters_are_finite(run.accelerator, run.model):  # each rank its own shard (FSDP2: DTensors)
-        raise RuntimeError(
-            f"Parameters are not finite at step {run.state.global_step}; no checkpoint written. The last good "
-            f"checkpoint is {run.checkpoints.latest() or 'none'}: lower the learning rate and resume from it."
-        )
     run.state.train_runtime_seconds = run.clock.total()
-    expected_bytes = checkpoint_bytes(run.unwrapped, run.optimizer)
-    return run.checkpoints.save(run.accelerator, run.state.global_step, dataclasses.asdict(run.state), expected_bytes)
+    return run.context.save_checkpoint(run.model, run.optimizer, run.state.global_step, dataclasses.asdict(run.state))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-class StepMeter:
-    """
-    Loss and finiteness accumulated on the device over every micro-batch, read only at synchronisation points
-    (logging, checkpoint and evaluation steps), so that the host never waits for the device in between.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.loss_sum = torch.zeros((), device=device)
-        self.micro_batches = 0
-        self.first_bad_step = torch.full((), -1.0, device=device)  # the first step with a non-finite micro-batch loss
-        self.first_bad_loss = torch.zeros((), device=device)
-        self.images, self.data_wait, self.tick = 0, 0.0, time.perf_counter()
-
-    def add(self, loss: torch.Tensor, step: int, images: int) -> None:
-        loss = loss.detach().float()
-        bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
-        self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
-        self.first_bad_loss = torch.where(bad, loss, self.first_bad_loss)
-        self.loss_sum += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
-        self.micro_batches += 1
-        self.images += images
-
-    def synchronise(self, accelerator: Accelerator, stop_requested: bool) -> dict:
-        """One collective: the mean loss over every micro-batch since the last log, the first bad step, a stop."""
-        local = torch.stack([
-            self.loss_sum, torch.tensor(float(self.micro_batches), device=self.device),
-            torch.where(self.first_bad_step < 0, torch.full_like(self.first_bad_step, math.inf), self.first_bad_step),
-            self.first_bad_loss, torch.tensor(float(stop_requested), device=self.device),
-        ]).reshape(1, -1)  # fmt: skip
-        rows = accelerator.gather(local).cpu()
-        first_bad = rows[:, 2].min().item()
-        bad_row = rows[:, 2].argmin().item()
-        return {
-            "loss": rows[:, 0].sum().item() / max(rows[:, 1].sum().item(), 1),
-            "first_bad_step": None if math.isinf(first_bad) else int(first_bad),
-            "first_bad_loss": rows[bad_row, 3].item(),
-            "stop": rows[:, 4].max().item() > 0,
-        }
-
-    def reset_interval(self) -> dict:
-        elapsed = max(time.perf_counter() - self.tick, 1e-9)
-        interval = {"images_per_second": self.images / elapsed, "data_wait_fraction": min(1.0, self.data_wait / elapsed)}
-        self.loss_sum.zero_()
-        self.micro_batches, self.images, self.data_wait, self.tick = 0, 0, 0.0, time.perf_counter()
-        return interval
-
-
-def timed_batches(dataloader, meter: StepMeter):
-    """Iterate `dataloader`, adding the time spent waiting for each batch to `meter.data_wait`."""
-    iterator = iter(dataloader)
-    while True:
-        start = time.perf_counter()
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        meter.data_wait += time.perf_counter() - start
-        yield batch
 
 
 def train_micro_batch(run: Run, batch: dict, epoch: int, meter: StepMeter) -> None:
@@ -688,13 +562,7 @@ def after_step(run: Run, meter: StepMeter, epoch: int, at_epoch_end: bool, log) 
     if not (logging_step or checkpoint or evaluation or single_stop):
         return False
     synced = meter.synchronise(run.accelerator, run.stop_requested)
-    if synced["first_bad_step"] is not None:
-        raise RuntimeError(
-            f"Loss is {synced['first_bad_loss']} at step {synced['first_bad_step']}; stopping. The last good "
-            f"checkpoint is {run.checkpoints.latest() or 'none (no checkpoint was written yet)'}: lower the learning "
-            "rate, check the data or use --mixed_precision bf16 instead of fp16, then resume with "
-            "--resume_from_checkpoint."
-        )
+    check_finite(synced, run.checkpoints)
     if logging_step:
         lr = run.lr_scheduler.get_last_lr()[0]
         log({"train_loss": synced["loss"], "lr": lr, "epoch": epoch, **meter.reset_interval()}, step)
@@ -849,8 +717,6 @@ def save_outputs(run: Run) -> None:
         output_dir, write_final_files, include=["eval/reconstructions.png"], remove=["linear_probe_results.json"],
         expected_bytes=checkpoint_bytes(run.unwrapped),
     )  # fmt: skip
-    # again in place: the staged card named the staging folder
-    render_model_card(output_dir, repo_id=args.hub_model_id, secrets=run.secrets)
     run.identity.record_runtime(output_dir, run.state.train_runtime_seconds)
     logger.info(f"saved the model, image processor and model card to {output_dir}")
     if args.push_to_hub:
@@ -864,14 +730,14 @@ def save_outputs(run: Run) -> None:
 
 def _dataset_description(args: argparse.Namespace) -> tuple[str, bool, str]:
     """(name, is_celeba, description) of the training data, with no local path in it."""
-    source = args.dataset_name or args.celeba_dir or args.train_dir
+    source = data_source(args)
     if args.dataset_name:
         name = args.dataset_name
         description = f"[{name}](https://huggingface.co/datasets/{name})" + (
             f" (configuration `{args.dataset_config_name}`)." if args.dataset_config_name else "."
         )
         return name, "celeba" in name.lower(), description
-    if args.celeba_dir and Path(args.celeba_dir).resolve() == DEFAULT_CELEBA_DIR.resolve():
+    if on_shipped_sample(args):
         description = (
             "the 56-image stand-in in CelebA's layout shipped in the project's `data/celeba_sample/`: crops of three "
             "public-domain / CC0 photographs (two people and a cat), **not CelebA**, so these weights and figures "
@@ -894,24 +760,16 @@ def run_summary(run: Run) -> dict:
         except TypeError:  # a stream has no length
             return None
 
-    device = accelerator.device
     script = sys.argv[0] if sys.argv and Path(sys.argv[0]).name == "run_mae.py" else "scripts/run_mae.py"
     return {
-        "global_step": state.global_step,
-        "epochs": run.num_epochs,
-        "num_processes": accelerator.num_processes,
-        "effective_batch_size": state.effective_batch_size,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        **summary_common(
+            args, accelerator, global_step=state.global_step, epochs=run.num_epochs,
+            effective_batch_size=state.effective_batch_size, warmup_steps=run.num_warmup_steps,
+            learning_rate=state.learning_rate_history[-1][1] if state.learning_rate_history else state.learning_rate,
+            train_runtime_seconds=state.train_runtime_seconds,
+        ),  # fmt: skip
         "recipe": args.recipe,
-        "learning_rate": state.learning_rate_history[-1][1] if state.learning_rate_history else state.learning_rate,
         "learning_rate_history": state.learning_rate_history,
-        "base_learning_rate": None if args.learning_rate else args.base_learning_rate,
-        "adam_betas": [args.adam_beta1, args.adam_beta2],
-        "weight_decay": args.weight_decay,
-        "warmup_steps": run.num_warmup_steps,
-        "seed": args.seed,
-        "init": args.model_name_or_path,
         # the launcher's own flags are not visible to the script: hardware below says how it ran
         "command": redact_command(["accelerate", "launch", script, *args.argv]),
         "dataset": {
@@ -925,16 +783,6 @@ def run_summary(run: Run) -> dict:
             "eval_split": "validation",
             "eval_samples": num_examples("validation"),
         },
-        "hardware": {
-            "device_type": device.type,
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "num_processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "distributed_type": getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)),
-            # the training loop, summed over every resumed part of the run
-            "train_runtime_seconds": state.train_runtime_seconds,
-        },
-        "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
         "eval_samples": num_examples("validation") if run.eval_results else None,
         "eval_mask_seed": args.seed,  # of the "eval_mask" stream (dilated_vit_mae.data.seeding.masking_noise)
         "augmentation": {
@@ -948,29 +796,6 @@ def run_summary(run: Run) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def setup_accelerator(args: argparse.Namespace) -> Accelerator:
-    output_dir = Path(args.output_dir)
-    # the engine the launch asked for, or a one-line refusal (exit 2): no silent fallback to DDP, no independent copies
-    accelerator = build_accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to if args.with_tracking else None,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
-        # seeded, epoch-aware shuffling (set_epoch), saved with the state: resume continues the same order;
-        # batches go to the device from pinned memory without blocking the host
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    quiet_library_logs()  # accelerate's line per checkpoint file
-    logger.info(accelerator.state, main_process_only=False)
-    verbosity = "warning" if accelerator.is_local_main_process else "error"
-    getattr(datasets.utils.logging, f"set_verbosity_{verbosity}")()
-    getattr(transformers.utils.logging, f"set_verbosity_{verbosity}")()
-    if accelerator.device.type == "cuda" and accelerator.mixed_precision == "no":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # TF32 for fp32 runs
-    return accelerator
 
 
 def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: CheckpointManager) -> tuple[Run, float]:
@@ -1007,41 +832,24 @@ def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: C
 
 
 def main(args: argparse.Namespace) -> Path:
-    if parent_is_launcher():
-        exit_when_parent_dies()  # a launcher killed on its own (it forwards nothing) still gets this process to save
     if args.model_name_or_path:  # a classifier, a checkpoint or a data folder is named before the run folder is written
         check_model_folder(args.model_name_or_path, for_pretraining=True)
-    # every process, before any writes (the Accelerator's rendezvous orders it before the main process's changes)
-    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
-    accelerator = setup_accelerator(args)
-    output_dir = Path(args.output_dir)
-    checkpoints = CheckpointManager(output_dir / "checkpoints", args.checkpoints_total_limit)
-    identity = prepare_run_folder(args, accelerator, NOT_RUN_DEFINING)
-    set_seed(args.seed)
+    # refuses a folder holding an earlier run before anything is written; the accelerator, run.json, the seed
+    context = start_run(args, NOT_RUN_DEFINING)
+    accelerator, checkpoints, identity, output_dir = context.accelerator, context.checkpoints, context.identity, context.output_dir
     run, learning_rate = build_run(args, accelerator, checkpoints)
-    run.identity = identity
+    run.identity, run.context = identity, context
     run.state.run_id, run.state.run_fingerprint = identity.run_id, identity.fingerprint
-    run.secrets = secret_values(args)
-    if args.with_tracking:
-        accelerator.init_trackers("dilated_vit_mae", tracker_config(args))  # secrets redacted
+    run.secrets = context.secrets
+    context.init_trackers("dilated_vit_mae")
     if args.resume_from_checkpoint:
-        resume(run, learning_rate)
+        resume(run, context, learning_rate)
 
     def request_stop(signum, frame):  # preemption: save a checkpoint at the next synchronised step and exit 0
         run.stop_requested = True
 
     signal.signal(signal.SIGTERM, request_stop)
-    log_path = output_dir / "train_log.jsonl"
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-
-    def log(values: dict, step: int) -> None:
-        if args.with_tracking:
-            accelerator.log(values, step=step)
-        if accelerator.is_main_process:
-            with log_path.open("a") as file:
-                file.write(json.dumps(publishable({"step": step, **values}, run.secrets)) + "\n")
-
+    log = context.log
     run.clock = RunClock(run.state.train_runtime_seconds)  # this launch's loop time, added to the resumed runtime
     train(run, log)
     run.state.train_runtime_seconds = run.clock.total()

@@ -27,6 +27,7 @@ import PIL.Image  # noqa: E402
 from dilated_vit_mae import DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor  # noqa: E402
 from dilated_vit_mae.evaluation.reconstruction import labelled_grid  # noqa: E402
 from dilated_vit_mae.pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline  # noqa: E402
+from dilated_vit_mae.train.lifecycle import fraction, positive_int  # noqa: E402
 
 
 logger = logging.getLogger("visualize")
@@ -44,18 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--revision", help="Commit, branch or tag of a Hub model.")
     parser.add_argument("--images", required=True, nargs="+", help="Image files and/or folders of images.")
     parser.add_argument("--output", required=True, help="The PNG to write.")
-    parser.add_argument("--mask_ratio", type=float, help="Fraction of patches removed (default: the model's).")
+    parser.add_argument("--mask_ratio", type=fraction, help="Fraction of patches removed (default: the model's).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the masks (default 0).")
-    parser.add_argument("--max_images", type=int, default=8, help="At most this many rows (default 8).")
+    parser.add_argument("--max_images", type=positive_int, default=8, help="At most this many rows (default 8).")
     parser.add_argument(
         "--min_cell_size", type=int, default=128, help="Upscale small images to at least this many pixels."
     )
-    args = parser.parse_args(argv)
-    if args.mask_ratio is not None and not 0.0 <= args.mask_ratio < 1.0:
-        parser.error(f"--mask_ratio must be in [0, 1), got {args.mask_ratio}.")
-    if args.max_images < 1:
-        parser.error(f"--max_images must be at least 1, got {args.max_images}.")
-    return args
+    return parser.parse_args(argv)
 
 
 def find_images(sources: Sequence[str | Path], max_images: int | None = None) -> list[Path]:

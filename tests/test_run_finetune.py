@@ -647,3 +647,40 @@ def test_the_train_loader_drops_the_last_batch_and_the_augmentation_is_maes(scri
     args.per_device_train_batch_size = 100
     with pytest.raises(ValueError, match="fewer than one batch .* lower --per_device_train_batch_size"):
         script.build_optimizer(args, DilatedViTMAEForImageClassification(config), 1, len(splits["train"]))
+
+
+def test_the_training_loop_does_not_wait_for_the_device_between_logging_steps(
+    script, pretrained_dir, tmp_path, monkeypatch, reset_accelerate
+):
+    # as run_mae.py's loop: every .item() / .tolist() / .cpu() / bool(tensor) stops the host until the device has caught
+    # up; outside the synchronisation points (logging, checkpoint and epoch-end steps: `after_step`, the evaluation
+    # and the checkpoints) the loop must issue none: the loss and the finiteness check stay on the device
+    sync_points = ("after_step", "end_epoch_evaluation", "save_checkpoint")
+    allowed = {getattr(script, name).__code__ for name in sync_points if hasattr(script, name)}
+    # torch.optim's step counters and the loader (sampler, decoding, augmentation: worker processes on a GPU) are
+    # host-side CPU tensors, not device syncs
+    host_side = (f"torch{os.sep}optim", f"torch{os.sep}utils{os.sep}data", f"accelerate{os.sep}data_loader.py")
+    syncs = []
+    for name in ("item", "tolist", "cpu", "__bool__", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            frame, in_loop = sys._getframe(1), False
+            caller = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+            while frame is not None:
+                if frame.f_code in allowed or any(part in frame.f_code.co_filename for part in host_side):
+                    return _original(self, *args, **kwargs)  # a sync point, or the host's own CPU tensors
+                in_loop = in_loop or frame.f_code is script.train.__code__
+                frame = frame.f_back
+            if in_loop:
+                syncs.append(f"{_name} in {caller}")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    output_dir = tmp_path / "out"
+    common = ["--num_train_epochs", "1", "--checkpointing_steps", "no", "--mixup", "0.8", "--drop_path_rate", "0.1"]
+    arguments = argv(pretrained_dir, output_dir, *common)
+    arguments[arguments.index("--logging_steps") + 1] = "3"
+    script.main(script.parse_args(arguments))
+    assert sorted(set(syncs)) == []
+    assert sorted(train_losses(output_dir)) == [3, 5]  # 40 images in batches of 8: the logging step and the last

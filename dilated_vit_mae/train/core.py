@@ -1,0 +1,424 @@
+"""
+The training core shared by pre-training (`scripts/run_mae.py`) and fine-tuning (`scripts/run_finetune.py`), in the
+spirit of facebookresearch/mae's `util/misc.py` + the shared half of its `engine_*.py`: the flags both scripts take,
+the data source, the image processor sized for a config, the accelerator, the run folder and its log, resume, the
+loss meter that keeps the host from waiting on the device every step, and the run summary's common keys. The
+scripts keep their arguments, their model and loss, and what is truly theirs (masking and reconstruction scores;
+the fine-tuning recipe, mixup and the best epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import accelerate
+import datasets
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+from ..configuration_dilated_vit_mae import DilatedViTMAEConfig
+from ..data.loading import CELEBA_SAMPLE_DIR
+from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+from .checkpoints import CheckpointManager
+from .distributed import build_accelerator, parameters_are_finite
+from .lifecycle import (
+    RunIdentity,
+    check_output_dir,
+    checkpoint_bytes,
+    checkpointing_steps,
+    exit_when_parent_dies,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    parent_is_launcher,
+    positive_float,
+    positive_int,
+    prepare_run_folder,
+    quiet_library_logs,
+)
+from .redaction import publishable, secret_values, tracker_config
+
+
+logger = get_logger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Flags
+# ----------------------------------------------------------------------------------------------------------------------
+
+# what no run defines (where it writes, how it reports): left out of run.json's fingerprint by both scripts
+NOT_RUN_DEFINING = frozenset({
+    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "argv", "token", "hub_model_id", "push_to_hub",
+    "with_tracking", "report_to", "logging_steps", "checkpointing_steps", "checkpoints_total_limit",
+    "preprocessing_num_workers", "dataloader_num_workers",
+})  # fmt: skip
+
+
+def training_parser(
+    description: str | None,
+    *,
+    titles: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    helps: Mapping[str, str] | None = None,
+) -> tuple[argparse.ArgumentParser, dict[str, argparse._ArgumentGroup]]:
+    """
+    A training script's parser (no abbreviations: redaction matches whole flags) with the flags both scripts take, in
+    the groups "data", "model", "optim" and "run" (returned, for each script's own flags). `titles` names the groups,
+    `defaults` and `helps` give a script's own default and help of a flag (by its dest); a flag not named there has no
+    default (the script's recipe fills it) or the one below.
+    """
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    titles, defaults, helps = dict(titles or {}), dict(defaults or {}), dict(helps or {})
+    groups = {name: parser.add_argument_group(titles.get(name, name)) for name in ("data", "model", "optim", "run")}
+
+    def add(group: str, flag: str, **kwargs: Any) -> None:
+        dest = flag.lstrip("-")
+        if dest in defaults:
+            kwargs["default"] = defaults[dest]
+        if dest in helps:
+            kwargs["help"] = helps[dest]
+        groups[group].add_argument(flag, **kwargs)
+
+    add("data", "--dataset_name", help="Hub dataset id, e.g. flwrlabs/celeba.")
+    add("data", "--dataset_config_name", help="Hub dataset configuration.")
+    add("data", "--celeba_dir", help=f"A raw CelebA download (default without a source: {CELEBA_SAMPLE_DIR}).")
+    add("data", "--train_dir", help="Any local image folder (imagefolder layout, optional metadata.csv).")
+    add("data", "--image_column_name", default="image")
+    add("data", "--max_train_samples", type=positive_int)
+    add("data", "--max_eval_samples", type=positive_int)
+    add("data", "--on_bad_image", choices=["raise", "skip"], default="raise")
+    add("data", "--preprocessing_num_workers", type=positive_int, help="Threads for the up-front image check.")
+    add("data", "--dataloader_num_workers", type=non_negative_int)
+    add("data", "--cache_dir")
+
+    add("model", "--model_name_or_path", help="A run_mae.py output folder, or a facebook/vit-mae-* checkpoint.")
+    add("model", "--config_name", help="Config folder or Hub id.")
+    add("model", "--image_processor_name", help="Image processor folder or Hub id (default: the model's).")
+    add("model", "--config_overrides", help='e.g. "hidden_size=192,num_hidden_layers=6" (config.update_from_string).')
+    add("model", "--dilation_rates", type=positive_int, nargs="*", help="Dilation rates of the extra branches; none for ViTMAE.")
+    add("model", "--dilated_context", choices=["full", "visible"])
+    add("model", "--attn_implementation", choices=["eager", "sdpa", "flash_attention_2", "flex_attention"])
+    add("model", "--gradient_checkpointing", action="store_true")
+    add("model", "--revision", default="main")
+    add("model", "--token", help="Hub token for private models/datasets.")
+
+    add("optim", "--base_learning_rate", type=positive_float, help="lr = blr x effective batch / 256.")
+    add("optim", "--learning_rate", type=positive_float, help="Absolute peak lr; overrides --base_learning_rate.")
+    add("optim", "--weight_decay", type=non_negative_float, help="AdamW weight decay.")
+    add("optim", "--adam_beta1", type=fraction, default=0.9)
+    add("optim", "--adam_beta2", type=fraction)
+    add("optim", "--num_warmup_steps", type=non_negative_int, help="Warmup steps; overrides the warmup flag above.")
+    add("optim", "--gradient_accumulation_steps", type=positive_int, default=1)
+    add("optim", "--max_grad_norm", type=positive_float, help="Clip gradients (MAE: none).")
+    add("optim", "--mixed_precision", choices=["no", "fp16", "bf16"])
+    add("optim", "--num_train_epochs", type=positive_int)
+    add("optim", "--max_train_steps", type=positive_int, help="Optimizer steps; overrides --num_train_epochs.")
+    add("optim", "--per_device_train_batch_size", type=positive_int)
+    add("optim", "--per_device_eval_batch_size", type=positive_int)
+    add("optim", "--seed", type=int, default=0)
+
+    add("run", "--output_dir")
+    add("run", "--overwrite_output_dir", action="store_true", help="Remove everything an earlier run wrote there first.")
+    add("run", "--checkpointing_steps", type=checkpointing_steps, help='A number of steps, "epoch" or "no".')
+    add("run", "--checkpoints_total_limit", type=positive_int)
+    add("run", "--resume_from_checkpoint", help='A checkpoint folder or "latest".')
+    add("run", "--logging_steps", type=positive_int, help="Log (and check the loss is finite) every N steps.")
+    add("run", "--with_tracking", action="store_true")
+    add("run", "--report_to", default="tensorboard", help='"tensorboard", "wandb", "all", ... (accelerate).')
+    add("run", "--hub_model_id", help="The repository id the model card names.")
+    return parser, groups
+
+
+def check_shared_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The checks of the shared flags at parse time (exit 2 with one line); no data source means the shipped sample."""
+    sources = [s for s in (args.dataset_name, args.celeba_dir, args.train_dir) if s]
+    if len(sources) > 1:
+        parser.error("Give one data source: --dataset_name, --celeba_dir or --train_dir.")
+    if not sources:
+        args.celeba_dir = str(CELEBA_SAMPLE_DIR)
+    if args.resume_from_checkpoint and args.overwrite_output_dir:
+        parser.error("--resume_from_checkpoint continues the run in --output_dir; --overwrite_output_dir removes it: give one.")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data source and image processor
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def data_source(args: argparse.Namespace) -> str:
+    """The one source the flags name: a Hub dataset id, a raw CelebA folder or an image folder."""
+    return args.dataset_name or args.celeba_dir or args.train_dir
+
+
+def on_shipped_sample(args: argparse.Namespace) -> bool:
+    """The run reads the 56-image stand-in shipped in `data/celeba_sample/` (the default source)."""
+    return bool(args.celeba_dir) and Path(args.celeba_dir).expanduser().resolve() == CELEBA_SAMPLE_DIR.resolve()
+
+
+def image_size_of(config: DilatedViTMAEConfig) -> tuple[int, int]:
+    size = config.image_size
+    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+
+def image_processor_for_config(
+    config: DilatedViTMAEConfig, like: DilatedViTMAEImageProcessor | None = None
+) -> DilatedViTMAEImageProcessor:
+    """
+    A processor sized for `config` (shortest edge resized to the smaller side, centre crop to `image_size`,
+    `num_channels`): ImageNet's mean and std, or `like`'s resampling and crop fraction, and its mean and std where its
+    channel count matches. What a model folder without a usable processor (or with one for another size) gets.
+    """
+    height, width = image_size_of(config)
+    kwargs = {}
+    if like is not None:
+        if like.num_channels == config.num_channels:
+            kwargs.update(image_mean=like.image_mean, image_std=like.image_std)
+        kwargs.update(resample=like.resample, crop_pct=like.crop_pct)
+    return DilatedViTMAEImageProcessor(
+        size={"shortest_edge": min(height, width)},
+        crop_size={"height": height, "width": width},
+        num_channels=config.num_channels,
+        **kwargs,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Accelerator, run folder, log
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def setup_accelerator(args: argparse.Namespace) -> Accelerator:
+    """The accelerator the launch asked for (or a one-line refusal: `build_accelerator`), logging, TF32 for fp32 GPUs."""
+    output_dir = Path(args.output_dir)
+    accelerator = build_accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to if args.with_tracking else None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
+        # seeded, epoch-aware shuffling (set_epoch), saved with the state: resume continues the same order;
+        # batches go to the device from pinned memory without blocking the host
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    quiet_library_logs()  # accelerate's line per checkpoint file
+    logger.info(accelerator.state, main_process_only=False)
+    verbosity = "warning" if accelerator.is_local_main_process else "error"
+    getattr(datasets.utils.logging, f"set_verbosity_{verbosity}")()
+    getattr(transformers.utils.logging, f"set_verbosity_{verbosity}")()
+    if accelerator.device.type == "cuda" and accelerator.mixed_precision == "no":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # TF32 for fp32 runs
+    return accelerator
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What every part of a training run shares: the accelerator, the run folder's identity and checkpoints, its
+    secrets (redacted from everything written) and its log."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    identity: RunIdentity
+    checkpoints: CheckpointManager
+    secrets: set = dataclasses.field(default_factory=set)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args.output_dir)
+
+    def log(self, values: dict, step: int) -> None:
+        """To the trackers (`--with_tracking`) and OUTPUT_DIR/train_log.jsonl (redacted: publishable as it is)."""
+        if self.args.with_tracking:
+            self.accelerator.log(values, step=step)
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with (self.output_dir / "train_log.jsonl").open("a") as file:
+                file.write(json.dumps(publishable({"step": step, **values}, self.secrets)) + "\n")
+
+    def init_trackers(self, project: str) -> None:
+        if self.args.with_tracking:
+            self.accelerator.init_trackers(project, tracker_config(self.args))  # secrets redacted
+
+    def resume(self, effective_batch_size: int) -> tuple[Path, dict[str, Any]]:
+        """
+        (checkpoint, its trainer state) of `--resume_from_checkpoint`, after `load_state` (every process). A checkpoint of
+        another run is refused before loading, a damaged file is named; another process count or batch is a warning.
+        """
+        checkpoint = self.checkpoints.resolve(self.args.resume_from_checkpoint)
+        saved = self.checkpoints.load(self.accelerator, checkpoint, self.identity)
+        num_processes = self.accelerator.num_processes
+        if saved.get("num_processes") != num_processes or saved.get("effective_batch_size") != effective_batch_size:
+            logger.warning(
+                f"Resuming a run saved with {saved.get('num_processes')} processes and effective batch "
+                f"{saved.get('effective_batch_size')} on {num_processes} / {effective_batch_size}: the run continues, "
+                "but it will not reproduce the uninterrupted one."
+            )
+        return checkpoint, saved
+
+    def save_checkpoint(self, model, optimizer, step: int, trainer_state: dict[str, Any]) -> Path:
+        """`checkpoints/step_{step}` (every process), refused if any parameter is not finite (it would be resumed
+        from); a full disk is a `DiskWriteError` that says how much the checkpoint needs."""
+        if not parameters_are_finite(self.accelerator, model):  # each rank its own shard (FSDP2: DTensors)
+            raise RuntimeError(
+                f"Parameters are not finite at step {step}; no checkpoint written. The last good checkpoint is "
+                f"{self.checkpoints.latest() or 'none'}: lower the learning rate and resume from it."
+            )
+        expected_bytes = checkpoint_bytes(self.accelerator.unwrap_model(model), optimizer)
+        return self.checkpoints.save(self.accelerator, step, trainer_state, expected_bytes)
+
+
+def start_run(args: argparse.Namespace, not_run_defining: set[str] | frozenset[str]) -> RunContext:
+    """
+    Before anything is built: a launcher killed on its own still gets this process to save; every process refuses a
+    folder holding an earlier run before anything is written; the accelerator; the run folder (`run.json`); the seed.
+    """
+    if parent_is_launcher():
+        exit_when_parent_dies()  # a launcher killed on its own (it forwards nothing) still gets this process to save
+    # every process, before any writes (the Accelerator's rendezvous orders it before the main process's changes)
+    check_output_dir(args.output_dir, overwrite=args.overwrite_output_dir, resume=bool(args.resume_from_checkpoint))
+    accelerator = setup_accelerator(args)
+    checkpoints = CheckpointManager(Path(args.output_dir) / "checkpoints", args.checkpoints_total_limit)
+    identity = prepare_run_folder(args, accelerator, not_run_defining)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    return RunContext(args, accelerator, identity, checkpoints, secret_values(args))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loop's loss meter
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class StepMeter:
+    """
+    Loss and finiteness accumulated on the device over every micro-batch, read only at synchronisation points
+    (logging, checkpoint and evaluation steps), so that the host never waits for the device in between.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.loss_sum = torch.zeros((), device=device)
+        self.last_loss = torch.zeros((), device=device)  # the last micro-batch's
+        self.micro_batches = 0
+        self.first_bad_step = torch.full((), -1.0, device=device)  # the first step with a non-finite micro-batch loss
+        self.first_bad_loss = torch.zeros((), device=device)
+        self.images, self.data_wait, self.tick = 0, 0.0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, step: int, images: int) -> None:
+        loss = loss.detach().float()
+        bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, step), self.first_bad_step)
+        self.first_bad_loss = torch.where(bad, loss, self.first_bad_loss)
+        self.loss_sum += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+        self.last_loss = loss
+        self.micro_batches += 1
+        self.images += images
+
+    def synchronise(self, accelerator: Accelerator, stop_requested: bool = False) -> dict:
+        """One collective: the mean loss over every micro-batch since the last log, the last micro-batch's mean loss
+        over the processes, the first bad step, a stop."""
+        local = torch.stack([
+            self.loss_sum, torch.tensor(float(self.micro_batches), device=self.device),
+            torch.where(self.first_bad_step < 0, torch.full_like(self.first_bad_step, math.inf), self.first_bad_step),
+            self.first_bad_loss, torch.tensor(float(stop_requested), device=self.device), self.last_loss,
+        ]).reshape(1, -1)  # fmt: skip
+        rows = accelerator.gather(local).cpu()
+        first_bad = rows[:, 2].min().item()
+        bad_row = rows[:, 2].argmin().item()
+        return {
+            "loss": rows[:, 0].sum().item() / max(rows[:, 1].sum().item(), 1),
+            "last_loss": rows[:, 5].mean().item(),
+            "first_bad_step": None if math.isinf(first_bad) else int(first_bad),
+            "first_bad_loss": rows[bad_row, 3].item(),
+            "stop": rows[:, 4].max().item() > 0,
+        }
+
+    def reset_interval(self) -> dict:
+        elapsed = max(time.perf_counter() - self.tick, 1e-9)
+        interval = {"images_per_second": self.images / elapsed, "data_wait_fraction": min(1.0, self.data_wait / elapsed)}
+        self.loss_sum.zero_()
+        self.micro_batches, self.images, self.data_wait, self.tick = 0, 0, 0.0, time.perf_counter()
+        return interval
+
+
+def check_finite(synced: dict, checkpoints: CheckpointManager) -> None:
+    """Stop (RuntimeError) at a synchronisation point that found a non-finite loss, naming its step and where to
+    resume from."""
+    if synced["first_bad_step"] is not None:
+        raise RuntimeError(
+            f"Loss is {synced['first_bad_loss']} at step {synced['first_bad_step']}; stopping. The last good "
+            f"checkpoint is {checkpoints.latest() or 'none (no checkpoint was written yet)'}: lower the learning "
+            "rate, check the data or use --mixed_precision bf16 instead of fp16, then resume with "
+            "--resume_from_checkpoint."
+        )
+
+
+def timed_batches(dataloader, meter: StepMeter) -> Iterator[Any]:
+    """Iterate `dataloader`, adding the time spent waiting for each batch to `meter.data_wait`."""
+    iterator = iter(dataloader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        meter.data_wait += time.perf_counter() - start
+        yield batch
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Run summary
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def summary_common(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    *,
+    global_step: int,
+    epochs: int,
+    effective_batch_size: int,
+    learning_rate: float,
+    warmup_steps: int,
+    train_runtime_seconds: float,
+) -> dict[str, Any]:
+    """The keys of `all_results.json` both scripts write: the schedule, the optimizer, the hardware, the versions."""
+    device = accelerator.device
+    return {
+        "global_step": global_step,
+        "epochs": epochs,
+        "num_processes": accelerator.num_processes,
+        "effective_batch_size": effective_batch_size,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "learning_rate": learning_rate,
+        "base_learning_rate": None if args.learning_rate else args.base_learning_rate,
+        "adam_betas": [args.adam_beta1, args.adam_beta2],
+        "weight_decay": args.weight_decay,
+        "warmup_steps": warmup_steps,
+        "seed": args.seed,
+        "init": args.model_name_or_path,
+        "hardware": {
+            "device_type": device.type,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "distributed_type": getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)),
+            # the training loop, summed over every resumed part of the run
+            "train_runtime_seconds": train_runtime_seconds,
+        },
+        "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
+    }
