@@ -57,6 +57,34 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEImageProcessor,
 )
 from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
+from dilated_vit_mae.data.seeding import (  # noqa: E402
+    IndexedTransform,
+    SeededAugmentation,
+    collate_indexed,
+    stable_seed,
+)
+from dilated_vit_mae.data.transforms import (  # noqa: E402
+    MAETrainTransform,
+    RandAugment,
+    eval_view,
+    image_processor_for_config,
+)
+from dilated_vit_mae.evaluation.probe import probe_scores, raw_pixel_baseline  # noqa: E402
+from dilated_vit_mae.modeling_dilated_vit_mae import to_2tuple  # noqa: E402
+from dilated_vit_mae.publish.model_card import render_classifier_card  # noqa: E402
+from dilated_vit_mae.train.core import (  # noqa: E402
+    NOT_RUN_DEFINING,
+    RunContext,
+    StepMeter,
+    check_finite,
+    check_shared_arguments,
+    data_source,
+    on_shipped_sample,
+    start_run,
+    summary_common,
+    timed_batches,
+    training_parser,
+)
 from dilated_vit_mae.train.distributed import load_full_state_dict, save_pretrained  # noqa: E402
 from dilated_vit_mae.train.finetune import (  # noqa: E402
     MAE_FINETUNE_RECIPE,
@@ -67,11 +95,10 @@ from dilated_vit_mae.train.finetune import (  # noqa: E402
     batch_rng,
     classification_loss,
     finetune_recipe,
+    labelled_splits,
     load_classifier,
     param_groups_lrd,
-    labelled_splits,
 )
-from dilated_vit_mae.publish.model_card import render_classifier_card  # noqa: E402
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     check_model_folder,
     checkpoint_bytes,
@@ -82,26 +109,11 @@ from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     run_cli,
     stage_and_swap,
 )
-from dilated_vit_mae.evaluation.probe import probe_scores, raw_pixel_baseline  # noqa: E402
-from dilated_vit_mae.train.redaction import publishable, secret_values, write_publishable_json  # noqa: E402
-from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed, stable_seed  # noqa: E402
-from dilated_vit_mae.train.core import (  # noqa: E402
-    check_shared_arguments,
-    data_source,
-    image_processor_for_config,
-    image_size_of,
-    NOT_RUN_DEFINING,
-    RunContext,
-    StepMeter,
-    check_finite,
-    summary_common,
-    on_shipped_sample,
-    start_run,
-    timed_batches,
-    training_parser,
+from dilated_vit_mae.train.redaction import (  # noqa: E402
+    publishable,
+    secret_values,
+    write_publishable_json,
 )
-from dilated_vit_mae.data.transforms import MAETrainTransform, RandAugment, eval_view  # noqa: E402
-
 
 logger = get_logger(__name__)
 
@@ -282,7 +294,7 @@ def load_image_processor(args: argparse.Namespace, config: DilatedViTMAEConfig) 
         processor = AutoImageProcessor.from_pretrained(name, token=args.token, revision=args.revision, cache_dir=args.cache_dir)
         return as_our_image_processor(processor)
     except (OSError, ValueError) as error:
-        height, width = image_size_of(config)
+        height, width = to_2tuple(config.image_size)
         logger.warning(f"No usable image processor in {name} ({error}); resizing to {height}x{width}, ImageNet mean/std.")
         return image_processor_for_config(config)
 

@@ -44,11 +44,50 @@ from dilated_vit_mae import (  # noqa: E402
     DilatedViTMAEForPreTraining,
     DilatedViTMAEImageProcessor,
 )
-from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.data.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
-from dilated_vit_mae.train.distributed import save_pretrained  # noqa: E402
+from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
+from dilated_vit_mae.data.seeding import (  # noqa: E402
+    IndexedTransform,
+    SeededAugmentation,
+    collate_indexed,
+    masking_noise,
+)
+from dilated_vit_mae.data.transforms import (  # noqa: E402
+    MAEHostCollator,
+    MAEHostTransform,
+    MAETrainTransform,
+    eval_view,
+    image_processor_for_config,
+)
+from dilated_vit_mae.evaluation.reconstruction import (  # noqa: E402
+    reconstruction_grid,
+    reconstruction_images,
+    reconstruction_scores,
+    summary_keys,
+    visible_mean_images,
+)
+from dilated_vit_mae.modeling_dilated_vit_mae import to_2tuple  # noqa: E402
 from dilated_vit_mae.publish.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
+from dilated_vit_mae.publish.model_card import redact_command  # noqa: E402
+from dilated_vit_mae.train.checkpoints import (  # noqa: E402
+    CheckpointManager,
+    param_groups_weight_decay,
+)
+from dilated_vit_mae.train.core import (  # noqa: E402
+    NOT_RUN_DEFINING as SHARED_NOT_RUN_DEFINING,
+    RunContext,
+    StepMeter,
+    check_finite,
+    check_shared_arguments,
+    data_source,
+    on_shipped_sample,
+    start_run,
+    summary_common,
+    timed_batches,
+    training_parser,
+)
+from dilated_vit_mae.train.distributed import save_pretrained  # noqa: E402
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     RunClock,
     RunIdentity,
@@ -61,34 +100,7 @@ from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     run_cli,
     stage_and_swap,
 )
-from dilated_vit_mae.publish.model_card import redact_command  # noqa: E402
 from dilated_vit_mae.train.redaction import write_publishable_json  # noqa: E402
-from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed, masking_noise  # noqa: E402
-from dilated_vit_mae.evaluation.reconstruction import (  # noqa: E402
-    reconstruction_grid,
-    reconstruction_images,
-    reconstruction_scores,
-    summary_keys,
-    visible_mean_images,
-)
-from dilated_vit_mae.train.checkpoints import CheckpointManager, param_groups_weight_decay  # noqa: E402
-from dilated_vit_mae.train.core import (  # noqa: E402
-    check_shared_arguments,
-    data_source,
-    image_processor_for_config,
-    image_size_of,
-    NOT_RUN_DEFINING as SHARED_NOT_RUN_DEFINING,
-    RunContext,
-    StepMeter,
-    check_finite,
-    summary_common,
-    on_shipped_sample,
-    start_run,
-    timed_batches,
-    training_parser,
-)
-from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, MAETrainTransform, eval_view  # noqa: E402
-
 
 logger = get_logger(__name__)
 
@@ -236,7 +248,7 @@ def build_config(args: argparse.Namespace) -> DilatedViTMAEConfig:
 
 def _processor_mismatch(processor: DilatedViTMAEImageProcessor, config: DilatedViTMAEConfig) -> str | None:
     crop = processor.crop_size
-    height, width = image_size_of(config)
+    height, width = to_2tuple(config.image_size)
     if (crop["height"], crop["width"]) != (height, width):
         return f"crops images to {crop['height']}x{crop['width']} but the model's image_size is {height}x{width}"
     if processor.num_channels != config.num_channels:

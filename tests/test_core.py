@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from conftest import load_file
-from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEImageProcessor
 from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR
 from dilated_vit_mae.train import core
 
@@ -86,27 +85,6 @@ def test_no_source_is_the_shipped_sample_and_one_source_is_taken_as_given(tmp_pa
     # the same folder named another way is still the sample
     relative = parse(["--celeba_dir", str(CELEBA_SAMPLE_DIR / ".." / "celeba_sample")])
     assert core.on_shipped_sample(relative)
-
-
-def test_the_processor_for_a_config_is_sized_for_it(tiny_config_kwargs):
-    config = DilatedViTMAEConfig(**{**tiny_config_kwargs, "image_size": (32, 48), "num_channels": 1})
-    processor = core.image_processor_for_config(config)
-    assert processor.crop_size == {"height": 32, "width": 48} and processor.size == {"shortest_edge": 32}
-    assert processor.num_channels == 1
-    inputs = processor(torch.randint(0, 255, (1, 60, 80), dtype=torch.uint8).numpy(), return_tensors="pt")
-    assert inputs["pixel_values"].shape == (1, 1, 32, 48)
-
-
-def test_the_processor_for_a_config_keeps_what_fits_of_another(tiny_config_kwargs):
-    other = DilatedViTMAEImageProcessor(
-        size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, image_mean=[0.1, 0.2, 0.3],
-        image_std=[0.5, 0.5, 0.5], crop_pct=0.9,
-    )  # fmt: skip
-    three = core.image_processor_for_config(DilatedViTMAEConfig(**tiny_config_kwargs), like=other)
-    assert three.crop_size == {"height": 32, "width": 32} and list(three.image_mean) == [0.1, 0.2, 0.3]
-    assert three.crop_pct == 0.9 and three.resample == other.resample
-    one = core.image_processor_for_config(DilatedViTMAEConfig(**tiny_config_kwargs, num_channels=1), like=other)
-    assert len(one.image_mean) == 1 and one.crop_pct == 0.9  # a 3-channel mean does not fit 1 channel
 
 
 # ----------------------------------------------------------------------------------------------------------------------

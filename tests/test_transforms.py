@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from dilated_vit_mae.configuration_dilated_vit_mae import DilatedViTMAEConfig
 from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR
 from dilated_vit_mae.data.seeding import IndexedTransform
 from dilated_vit_mae.data.transforms import (
@@ -23,6 +24,7 @@ from dilated_vit_mae.data.transforms import (
     as_our_image_processor,
     decode_uint8,
     eval_view,
+    image_processor_for_config,
     random_resized_crop_params,
 )
 from dilated_vit_mae.image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
@@ -517,7 +519,12 @@ def test_pre_training_augmentation_is_maes_crop_and_flip_only():
 
 
 def test_mae_finetuning_augmentation_constants():
-    from dilated_vit_mae.data.transforms import MAE_FINETUNE_RAND_AUGMENT, MAE_FINETUNE_RANDOM_ERASING, RandAugment, RandomErasing
+    from dilated_vit_mae.data.transforms import (
+        MAE_FINETUNE_RAND_AUGMENT,
+        MAE_FINETUNE_RANDOM_ERASING,
+        RandAugment,
+        RandomErasing,
+    )
 
     assert MAE_FINETUNE_RAND_AUGMENT == "rand-m9-mstd0.5-inc1" and MAE_FINETUNE_RANDOM_ERASING == 0.25
     augment = RandAugment()
@@ -574,7 +581,12 @@ def test_rand_augment_magnitudes_map_to_timms_arguments(name, magnitude, expecte
 
 
 def test_every_rand_augment_op_changes_the_image_and_keeps_its_size():
-    from dilated_vit_mae.data.transforms import RAND_AUGMENT_INCREASING_OPS, RAND_AUGMENT_OPS, _RAND_AUGMENT_LEVELS, _apply_op
+    from dilated_vit_mae.data.transforms import (
+        _RAND_AUGMENT_LEVELS,
+        RAND_AUGMENT_INCREASING_OPS,
+        RAND_AUGMENT_OPS,
+        _apply_op,
+    )
 
     rng = np.random.default_rng(0)
     image = PIL.Image.fromarray(rng.integers(40, 250, (48, 64, 3), dtype=np.uint8))  # not full range: autocontrast acts
@@ -646,3 +658,24 @@ def test_finetuning_transform_is_reproducible_and_refuses_the_device_path():
     # one channel: the fill is the single mean
     grey = MAETrainTransform(32, image_mean=[0.5], image_std=[0.5], num_channels=1, rand_augment="rand-m9-mstd0.5-inc1")
     assert grey.rand_augment.fill == (128,) and grey(image, torch.Generator().manual_seed(0)).shape == (1, 32, 32)
+
+
+def test_the_processor_for_a_config_is_sized_for_it(tiny_config_kwargs):
+    config = DilatedViTMAEConfig(**{**tiny_config_kwargs, "image_size": (32, 48), "num_channels": 1})
+    processor = image_processor_for_config(config)
+    assert processor.crop_size == {"height": 32, "width": 48} and processor.size == {"shortest_edge": 32}
+    assert processor.num_channels == 1
+    inputs = processor(torch.randint(0, 255, (1, 60, 80), dtype=torch.uint8).numpy(), return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 1, 32, 48)
+
+
+def test_the_processor_for_a_config_keeps_what_fits_of_another(tiny_config_kwargs):
+    other = DilatedViTMAEImageProcessor(
+        size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}, image_mean=[0.1, 0.2, 0.3],
+        image_std=[0.5, 0.5, 0.5], crop_pct=0.9,
+    )  # fmt: skip
+    three = image_processor_for_config(DilatedViTMAEConfig(**tiny_config_kwargs), like=other)
+    assert three.crop_size == {"height": 32, "width": 32} and list(three.image_mean) == [0.1, 0.2, 0.3]
+    assert three.crop_pct == 0.9 and three.resample == other.resample
+    one = image_processor_for_config(DilatedViTMAEConfig(**tiny_config_kwargs, num_channels=1), like=other)
+    assert len(one.image_mean) == 1 and one.crop_pct == 0.9  # a 3-channel mean does not fit 1 channel

@@ -42,6 +42,7 @@ from ..image_processing_dilated_vit_mae import (
     DilatedViTMAEImageProcessor,
     _check_pixel_count,
 )
+from ..modeling_dilated_vit_mae import to_2tuple
 
 try:  # optional: libjpeg-turbo through a thin binding, ~1.5x faster than PIL's decode of a CelebA JPEG
     import simplejpeg
@@ -674,6 +675,28 @@ def decode_uint8(image: ImageInput, num_channels: int = 3, decoder: Decoder = "a
 def read_image_size(image: ImageInput, num_channels: int = 3) -> tuple[int, int]:
     """`(height, width)` of an image, from its header where it is encoded (nothing is decoded)."""
     return _open_for_decode(image, _check_num_channels(num_channels), "auto")[0]
+
+
+def image_processor_for_config(
+    config, like: DilatedViTMAEImageProcessor | None = None
+) -> DilatedViTMAEImageProcessor:
+    """
+    A processor sized for `config` (shortest edge resized to the smaller side, centre crop to `image_size`,
+    `num_channels`): ImageNet's mean and std, or `like`'s resampling and crop fraction, and its mean and std where its
+    channel count matches. What a model folder without a usable processor (or with one for another size) gets.
+    """
+    height, width = to_2tuple(config.image_size)
+    kwargs = {}
+    if like is not None:
+        if like.num_channels == config.num_channels:
+            kwargs.update(image_mean=like.image_mean, image_std=like.image_std)
+        kwargs.update(resample=like.resample, crop_pct=like.crop_pct)
+    return DilatedViTMAEImageProcessor(
+        size={"shortest_edge": min(height, width)},
+        crop_size={"height": height, "width": width},
+        num_channels=config.num_channels,
+        **kwargs,
+    )
 
 
 def as_our_image_processor(image_processor: Any) -> DilatedViTMAEImageProcessor:

@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.fingerprint import remove_abandoned_partials, written_atomically
-# importing this module ran the package's __init__, which registers our Auto classes that `load_frozen_encoder` uses
-from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+
+# importing a sibling ran the package's __init__, which registers the Auto classes that `load_frozen_encoder` uses
+from ..data.transforms import image_processor_for_config
 from ..modeling_dilated_vit_mae import to_2tuple
 from .metrics import load_metric
 
@@ -145,11 +146,7 @@ def load_frozen_encoder(
             f"No image processor found for {model_name_or_path} ({error}); using a DilatedViTMAEImageProcessor that "
             f"resizes to {height}x{width} with ImageNet mean/std. Save the right processor next to the model."
         )
-        image_processor = DilatedViTMAEImageProcessor(
-            size={"shortest_edge": min(height, width)},
-            crop_size={"height": height, "width": width},
-            num_channels=config.num_channels,
-        )
+        image_processor = image_processor_for_config(config)
     return model, image_processor
 
 

@@ -27,9 +27,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 
-from ..configuration_dilated_vit_mae import DilatedViTMAEConfig
 from ..data.loading import CELEBA_SAMPLE_DIR
-from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
 from .checkpoints import CheckpointManager
 from .distributed import build_accelerator, parameters_are_finite
 from .lifecycle import (
@@ -166,33 +164,6 @@ def data_source(args: argparse.Namespace) -> str:
 def on_shipped_sample(args: argparse.Namespace) -> bool:
     """The run reads the 56-image stand-in shipped in `data/celeba_sample/` (the default source)."""
     return bool(args.celeba_dir) and Path(args.celeba_dir).expanduser().resolve() == CELEBA_SAMPLE_DIR.resolve()
-
-
-def image_size_of(config: DilatedViTMAEConfig) -> tuple[int, int]:
-    size = config.image_size
-    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-
-
-def image_processor_for_config(
-    config: DilatedViTMAEConfig, like: DilatedViTMAEImageProcessor | None = None
-) -> DilatedViTMAEImageProcessor:
-    """
-    A processor sized for `config` (shortest edge resized to the smaller side, centre crop to `image_size`,
-    `num_channels`): ImageNet's mean and std, or `like`'s resampling and crop fraction, and its mean and std where its
-    channel count matches. What a model folder without a usable processor (or with one for another size) gets.
-    """
-    height, width = image_size_of(config)
-    kwargs = {}
-    if like is not None:
-        if like.num_channels == config.num_channels:
-            kwargs.update(image_mean=like.image_mean, image_std=like.image_std)
-        kwargs.update(resample=like.resample, crop_pct=like.crop_pct)
-    return DilatedViTMAEImageProcessor(
-        size={"shortest_edge": min(height, width)},
-        crop_size={"height": height, "width": width},
-        num_channels=config.num_channels,
-        **kwargs,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
