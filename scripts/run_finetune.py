@@ -87,14 +87,13 @@ from dilated_vit_mae.train.core import (  # noqa: E402
 )
 from dilated_vit_mae.train.distributed import load_full_state_dict, save_pretrained  # noqa: E402
 from dilated_vit_mae.train.finetune import (  # noqa: E402
-    MAE_FINETUNE_RECIPE,
     LabelSpec,
     MixupCutmix,
     apply_lr_scale,
     as_our_image_processor,
     batch_rng,
     classification_loss,
-    finetune_recipe,
+    resolve_recipe,
     labelled_splits,
     load_classifier,
     param_groups_lrd,
@@ -194,16 +193,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def apply_recipe(args: argparse.Namespace, num_train: int) -> None:
     """Fill the recipe flags not given: MAE's recipe, or the small-data one on a small training split."""
-    args.recipe_name, recipe = finetune_recipe(num_train, args.recipe)
-    if args.base_learning_rate is not None:  # a flag the user gave wins over the recipe's value for the same thing
-        recipe["learning_rate"] = None
-    for name, default in recipe.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-    if args.learning_rate is None and args.base_learning_rate is None:
-        args.base_learning_rate = MAE_FINETUNE_RECIPE["base_learning_rate"]
-    if args.rand_augment == "none":
-        args.rand_augment = None
+    args.recipe_name, values = resolve_recipe(num_train, args.recipe, vars(args))
+    vars(args).update(values)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

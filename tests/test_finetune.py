@@ -309,3 +309,18 @@ def test_the_recipe_follows_the_size_of_the_training_set():
     assert SMALL_DATA_RECIPE["learning_rate"] == 2e-3 == 5e-4 * 1024 / 256 and SMALL_DATA_RECIPE["mixup"] == SMALL_DATA_RECIPE["cutmix"] == 0
     with pytest.raises(ValueError, match="recipe"):
         finetune_recipe(10, "large")
+
+
+def test_given_values_win_over_the_recipe_and_a_base_lr_over_its_absolute_lr():
+    from dilated_vit_mae.train.finetune import MAE_FINETUNE_RECIPE, SMALL_DATA_RECIPE, resolve_recipe
+
+    name, values = resolve_recipe(150, "auto", {})
+    assert name == "small_data" and values == SMALL_DATA_RECIPE
+    name, values = resolve_recipe(150, "auto", {"layer_decay": 0.65, "random_erasing": 0.0, "rand_augment": "none"})
+    assert (values["layer_decay"], values["random_erasing"], values["rand_augment"]) == (0.65, 0.0, None)
+    _, values = resolve_recipe(150, "auto", {"base_learning_rate": 1e-3})  # the batch rule instead of lr 2e-3
+    assert values["learning_rate"] is None and values["base_learning_rate"] == 1e-3
+    _, values = resolve_recipe(10**5, "auto", {"learning_rate": 3e-4, "mixup": None})
+    assert values["learning_rate"] == 3e-4 and values["mixup"] == MAE_FINETUNE_RECIPE["mixup"]
+    _, values = resolve_recipe(10**5, "mae", {})
+    assert values["learning_rate"] is None and values["base_learning_rate"] == 5e-4

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,6 +55,7 @@ __all__ = [
     "as_our_image_processor",
     "classification_loss",
     "finetune_recipe",
+    "resolve_recipe",
     "labelled_splits",
     "layer_id_for_vit",
     "load_classifier",
@@ -117,6 +118,23 @@ def finetune_recipe(num_train: int, choice: Literal["auto", "mae", "small_data"]
     if choice not in ("mae", "small_data"):
         raise ValueError(f"The fine-tuning recipe must be 'auto', 'mae' or 'small_data', got {choice!r}.")
     return choice, dict(MAE_FINETUNE_RECIPE if choice == "mae" else SMALL_DATA_RECIPE)
+
+
+def resolve_recipe(num_train: int, choice: str, given: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """
+    `(name, values)`: the recipe [`finetune_recipe`] picks, with every value in `given` that is not `None` winning
+    over the recipe's. A given `base_learning_rate` also wins over the recipe's absolute `learning_rate`; with
+    neither, MAE's base lr applies (lr = blr x batch / 256). A `rand_augment` of `"none"` turns it off (`None`).
+    """
+    name, recipe = finetune_recipe(num_train, choice)
+    if given.get("base_learning_rate") is not None:
+        recipe["learning_rate"] = None
+    values = {key: default if given.get(key) is None else given[key] for key, default in recipe.items()}
+    if values["learning_rate"] is None and values["base_learning_rate"] is None:
+        values["base_learning_rate"] = MAE_FINETUNE_RECIPE["base_learning_rate"]
+    if values["rand_augment"] == "none":
+        values["rand_augment"] = None
+    return name, values
 
 
 # ----------------------------------------------------------------------------------------------------------------------
