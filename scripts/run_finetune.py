@@ -30,12 +30,11 @@ publishable classifier: `AutoModelForImageClassification.from_pretrained(OUTPUT_
 without this package, with `id2label`, a model card (README.md) and `all_results.json`.
 """
 
-from __future__ import annotations
-
 import argparse
+import dataclasses
+import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +45,11 @@ import torch
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, get_cosine_schedule_with_warmup
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
-from dilated_vit_mae import (  # noqa: E402
-    DilatedViTMAEConfig,
-    DilatedViTMAEForImageClassification,
-    DilatedViTMAEImageProcessor,
-)
+from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForImageClassification  # noqa: E402
 from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
 from dilated_vit_mae.data.seeding import (  # noqa: E402
     IndexedTransform,
@@ -67,30 +61,32 @@ from dilated_vit_mae.data.transforms import (  # noqa: E402
     MAETrainTransform,
     RandAugment,
     eval_view,
-    image_processor_for_config,
 )
 from dilated_vit_mae.evaluation.probe import probe_scores, raw_pixel_baseline  # noqa: E402
-from dilated_vit_mae.modeling_dilated_vit_mae import to_2tuple  # noqa: E402
 from dilated_vit_mae.publish.model_card import render_classifier_card  # noqa: E402
 from dilated_vit_mae.train.core import (  # noqa: E402
     NOT_RUN_DEFINING,
     RunContext,
+    Schedule,
     StepMeter,
+    TrainerState,
     check_finite,
     check_shared_arguments,
+    cosine_schedule,
     data_source,
-    on_shipped_sample,
+    dataset_summary,
+    load_image_processor,
     start_run,
     summary_common,
     timed_batches,
     training_parser,
+    training_schedule,
 )
 from dilated_vit_mae.train.distributed import load_full_state_dict, save_pretrained  # noqa: E402
 from dilated_vit_mae.train.finetune import (  # noqa: E402
     LabelSpec,
     MixupCutmix,
     apply_lr_scale,
-    as_our_image_processor,
     batch_rng,
     classification_loss,
     resolve_recipe,
@@ -99,6 +95,7 @@ from dilated_vit_mae.train.finetune import (  # noqa: E402
     param_groups_lrd,
 )
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
+    RunClock,
     check_model_folder,
     checkpoint_bytes,
     fraction,
@@ -107,11 +104,6 @@ from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     probability,
     run_cli,
     stage_and_swap,
-)
-from dilated_vit_mae.train.redaction import (  # noqa: E402
-    publishable,
-    secret_values,
-    write_publishable_json,
 )
 
 logger = get_logger(__name__)
@@ -277,53 +269,53 @@ def build_model(args: argparse.Namespace, config: DilatedViTMAEConfig) -> Dilate
     return model
 
 
-def load_image_processor(args: argparse.Namespace, config: DilatedViTMAEConfig) -> DilatedViTMAEImageProcessor:
-    """The checkpoint's processor (ours, or e.g. ViTMAE's) as our processor, so that the folder is self-contained; else
-    the config's size and channels with ImageNet mean and std."""
-    name = args.image_processor_name or args.model_name_or_path or args.config_name
-    try:
-        processor = AutoImageProcessor.from_pretrained(name, token=args.token, revision=args.revision, cache_dir=args.cache_dir)
-        return as_our_image_processor(processor)
-    except (OSError, ValueError) as error:
-        height, width = to_2tuple(config.image_size)
-        logger.warning(f"No usable image processor in {name} ({error}); resizing to {height}x{width}, ImageNet mean/std.")
-        return image_processor_for_config(config)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Optimizer and schedule
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def build_optimizer(args: argparse.Namespace, model, num_processes: int, num_train: int) -> dict[str, Any]:
-    """AdamW over MAE's layer-decayed groups, and the step counts of the cosine schedule with warmup."""
-    effective_batch_size = args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps
-    learning_rate = args.learning_rate or args.base_learning_rate * effective_batch_size / 256
-    groups = apply_lr_scale(param_groups_lrd(model, args.weight_decay, args.layer_decay), learning_rate)
+def build_optimizer(args: argparse.Namespace, model, schedule: Schedule, num_processes: int):
+    """AdamW over MAE's layer-decayed groups, with the cosine schedule."""
+    groups = apply_lr_scale(param_groups_lrd(model, args.weight_decay, args.layer_decay), schedule.learning_rate)
     for group in groups:
         group.pop("param_names")
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2))
-    batches_per_process = num_train // (args.per_device_train_batch_size * num_processes)  # drop_last
-    if batches_per_process == 0:
-        raise ValueError(
-            f"The training split has {num_train} images, fewer than one batch ({args.per_device_train_batch_size} "
-            f"per device x {num_processes} processes; the last partial batch is dropped, as MAE does); lower "
-            "--per_device_train_batch_size."
-        )
-    steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    warmup = args.num_warmup_steps if args.num_warmup_steps is not None else round(args.warmup_epochs * steps_per_epoch)
-    if warmup > max_train_steps:
-        logger.warning(f"{warmup} warmup steps exceed the run's {max_train_steps} steps; warming up over all of them.")
-        warmup = max_train_steps
-    # the prepared scheduler steps once per process at every optimizer step (accelerate's convention)
-    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, warmup * num_processes, max_train_steps * num_processes)
-    return {
-        "optimizer": optimizer, "lr_scheduler": lr_scheduler, "learning_rate": learning_rate,
-        "effective_batch_size": effective_batch_size, "steps_per_epoch": steps_per_epoch,
-        "max_train_steps": max_train_steps, "num_epochs": math.ceil(max_train_steps / steps_per_epoch),
-        "num_warmup_steps": warmup,
-    }  # fmt: skip
+    optimizer = torch.optim.AdamW(groups, lr=schedule.learning_rate, betas=(args.adam_beta1, args.adam_beta2))
+    return optimizer, cosine_schedule(optimizer, schedule, num_processes)
+
+
+@dataclasses.dataclass
+class FinetuningState(TrainerState):
+    """The checkpoint's trainer state: where the run is (`core.TrainerState`), the best epoch so far and every
+    evaluation."""
+
+    best_metric: float = -math.inf
+    best_scores: dict = dataclasses.field(default_factory=dict)
+    best_epoch: int | None = None
+    best_step: int | None = None
+    history: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the loop, the evaluation and the save share: the run's context (accelerator, folder, checkpoints,
+    log) and what fine-tuning adds to it (`data`: `prepare_data`'s loaders, augmentation, labels and baselines)."""
+
+    context: RunContext
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    schedule: Schedule
+    state: FinetuningState
+    data: dict
+    labels: LabelSpec
+
+    @property
+    def args(self) -> argparse.Namespace:
+        return self.context.args
+
+    @property
+    def accelerator(self):
+        return self.context.accelerator
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -331,8 +323,9 @@ def build_optimizer(args: argparse.Namespace, model, num_processes: int, num_tra
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def train_step(args, accelerator, model, batch, targets, plan, mixup: MixupCutmix, labels: LabelSpec, draw: tuple) -> torch.Tensor:
+def train_step(run: Run, batch, targets, mixup: MixupCutmix, draw: tuple) -> torch.Tensor:
     """One (micro-)batch: mixup / cutmix, forward, loss, backward, and the optimizer step when gradients sync."""
+    args, accelerator, model = run.args, run.accelerator, run.model
     pixel_values = batch["pixel_values"]
     if mixup.enabled:
         pixel_values, targets = mixup(pixel_values, targets, batch_rng(*draw))
@@ -340,13 +333,13 @@ def train_step(args, accelerator, model, batch, targets, plan, mixup: MixupCutmi
     torch.manual_seed(stable_seed(DROP_PATH_STREAM, *draw))
     with accelerator.accumulate(model):
         logits = model(pixel_values=pixel_values).logits
-        loss = classification_loss(logits, targets, labels.task, args.label_smoothing)
+        loss = classification_loss(logits, targets, run.labels.task, args.label_smoothing)
         accelerator.backward(loss)
         if accelerator.sync_gradients and args.max_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        plan["optimizer"].step()
-        plan["lr_scheduler"].step()
-        plan["optimizer"].zero_grad()
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad()
     return loss.detach()
 
 
@@ -412,52 +405,32 @@ def load_best(accelerator, model, checkpoints_dir: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def dataset_facts(args: argparse.Namespace, splits: datasets.DatasetDict) -> dict[str, Any]:
-    source = data_source(args)
-    local = Path(source).expanduser()
-    if on_shipped_sample(args):
-        name, description = "celeba_sample", "the project's 56-image stand-in in CelebA's layout (not CelebA)"
-    else:
-        name, description = args.dataset_name or local.name, None
-    return {
-        "name": name,
-        "description": description,
-        "hub_id": args.dataset_name,
-        "config_name": args.dataset_config_name,
-        "source": str(source),
-        "validation_dir": args.validation_dir,
-        **{f"{split}_samples": len(dataset) for split, dataset in splits.items()},
-    }
-
-
-def run_summary(
-    args, accelerator, splits, labels: LabelSpec, plan: dict, state: dict, final: dict, baselines: dict
-) -> dict[str, Any]:
+def run_summary(run: Run, splits, final: dict) -> dict[str, Any]:
     """`all_results.json`: what the run did and measured, beside its trivial baselines; the model card is rendered from
     it."""
+    args, state, labels, baselines = run.args, run.state, run.labels, run.data["baselines"]
     metric = metric_name(labels)
-    script = "scripts/run_finetune.py"
+    sizes = {split: len(dataset) for split, dataset in splits.items()}
     return {
         "task": labels.task,
         "metric_name": metric,
         "eval_split": args.eval_split,
-        **{f"eval_{key}": value for key, value in state["best_scores"].items()},
+        **{f"eval_{key}": value for key, value in state.best_scores.items()},
         "eval_raw_pixel_baseline": baselines.get(args.eval_split),
         **({"test_raw_pixel_baseline": baselines.get(args.test_split)} if final else {}),
         "raw_pixel_baseline": {
             "model": "logistic regression (L2, C=1, L-BFGS) on the standardised pixels of the evaluation view",
             "skipped": baselines.get("skipped"),
         },
-        "best_epoch": state["best_epoch"],
-        "best_step": state["best_step"],
-        "last_eval": state["history"][-1] if state["history"] else None,
-        "eval_history": state["history"],
+        "best_epoch": state.best_epoch,
+        "best_step": state.best_step,
+        "last_eval": state.history[-1] if state.history else None,
+        "eval_history": state.history,
         **({"test_split": args.test_split, **{f"test_{k}": v for k, v in final.items()}} if final else {}),
         "labels": {"task": labels.task, "num_labels": labels.num_labels, "columns": labels.columns},
         **summary_common(
-            args, accelerator, global_step=state["global_step"], epochs=plan["num_epochs"],
-            effective_batch_size=plan["effective_batch_size"], learning_rate=plan["learning_rate"],
-            warmup_steps=plan["num_warmup_steps"], train_runtime_seconds=state["train_runtime_seconds"],
+            args, run.accelerator, state, run.schedule, learning_rate=run.schedule.learning_rate,
+            script="scripts/run_finetune.py",
         ),  # fmt: skip
         "layer_decay": args.layer_decay,
         "drop_path_rate": args.drop_path_rate,
@@ -471,32 +444,26 @@ def run_summary(
         "crop_scale_min": args.crop_scale_min,
         "drop_last": True,
         "init_is_hub_id": bool(args.model_name_or_path) and not Path(args.model_name_or_path).expanduser().exists(),
-        "command": " ".join(["accelerate", "launch", script, *args.argv]),
-        "dataset": dataset_facts(args, splits),
+        "dataset": dataset_summary(args, sizes, args.eval_split),
     }
 
 
-def save_folder(args, accelerator, model, image_processor, summary: dict, state_dict: dict) -> None:
-    """The publishable classifier folder: model (the selected weights, `state_dict`: `accelerator.get_state_dict`),
-    processor, code, all_results.json, README.md, staged and swapped in all at once (all_results.json last): a full
-    disk leaves no part of it under OUTPUT_DIR and raises `DiskWriteError`."""
-    output_dir = Path(args.output_dir)
-    unwrapped = accelerator.unwrap_model(model)
+def save_folder(run: Run, image_processor, summary: dict) -> None:
+    """The publishable classifier folder (every process): the selected weights, processor, code, all_results.json and
+    README.md, staged and swapped in all at once (`RunContext.save_final`): a full disk leaves no part of it under
+    OUTPUT_DIR and raises `DiskWriteError`."""
     # the pre-training folder's custom pipelines (reconstruction, features) need code a classifier folder does not
     # ship; transformers' image-classification pipeline serves it
+    unwrapped = run.accelerator.unwrap_model(run.model)
     if hasattr(unwrapped.config, "custom_pipelines"):
         del unwrapped.config.custom_pipelines
-    summary = publishable(summary, secret_values(args))
 
-    def write_final_files(folder: Path) -> None:
-        save_pretrained(unwrapped, folder, state_dict, save_function=accelerator.save)  # also from FSDP2's FSDP<Class>
-        image_processor.save_pretrained(folder)
-        write_publishable_json(folder / "all_results.json", summary, secrets=())
-        render_classifier_card(summary, repo_id=args.hub_model_id).save(folder / "README.md")
+    def write_card(folder: Path) -> None:
+        render_classifier_card(json.loads((folder / "all_results.json").read_text()), repo_id=run.args.hub_model_id).save(
+            folder / "README.md"
+        )
 
-    stage_and_swap(
-        output_dir, write_final_files, expected_bytes=checkpoint_bytes(unwrapped), advice=DISK_FULL_RESUME_ADVICE
-    )
+    run.context.save_final(run.model, image_processor, summary, write_card, advice=DISK_FULL_RESUME_ADVICE)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -556,28 +523,14 @@ def baseline_text(scores: dict, baselines: dict, split: str) -> str:
     )
 
 
-def resume(run: RunContext, effective_batch_size: int) -> dict[str, Any]:
-    """The trainer state to start from: a fresh one, or the checkpoint's (after `load_state`)."""
-    state = {
-        "global_step": 0, "epoch": 0, "batches_done_in_epoch": 0, "best_metric": -math.inf, "best_scores": {},
-        "best_epoch": None, "best_step": None, "history": [], "run_id": run.identity.run_id,
-    }  # fmt: skip
-    if not run.args.resume_from_checkpoint:
-        return state
-    checkpoint, saved = run.resume(effective_batch_size)
-    state.update(saved, run_id=run.identity.run_id)
-    logger.info(f"resumed from {checkpoint} at step {state['global_step']} (epoch {state['epoch']})")
-    return state
-
-
 def main(args: argparse.Namespace) -> Path:
     # ---- accelerator, seed -------------------------------------------------------------------------------------------
     # a checkpoint, a data folder or another model given as the model is named before the run folder is written
     model_flag = "--model_name_or_path" if args.model_name_or_path else "--config_name"
     check_model_folder(args.model_name_or_path or args.config_name, flag=model_flag)
     # refuses a folder holding an earlier run before anything is written; the accelerator, run.json, the seed
-    run = start_run(args, NOT_RUN_DEFINING)
-    accelerator = run.accelerator
+    context = start_run(args, NOT_RUN_DEFINING)
+    accelerator = context.accelerator
 
     # ---- data, labels, model -----------------------------------------------------------------------------------------
     with accelerator.main_process_first():
@@ -586,139 +539,132 @@ def main(args: argparse.Namespace) -> Path:
     apply_recipe(args, len(splits["train"]))  # the recipe for the number of labelled training images
     config = build_config(args, labels)
     model = build_model(args, config)
-    image_processor = load_image_processor(args, config)
+    image_processor = load_image_processor(args, config, args.model_name_or_path or args.config_name)
     data = prepare_data(args, accelerator, config, image_processor, labels, splits)
     logger.info(f"{labels.task}: {labels.num_labels} labels from {labels.columns[:3]}{'...' if len(labels.columns) > 3 else ''}")
     logger.info(f"recipe {args.recipe_name} ({len(splits['train'])} training images)")
     data["baselines"] = raw_pixel_baselines(args, accelerator, image_processor, labels, splits, data["labels"])
 
     # ---- optimizer, schedule, prepare, resume ------------------------------------------------------------------------
-    plan = build_optimizer(args, model, accelerator.num_processes, len(splits["train"]))
-    model, plan["optimizer"], plan["lr_scheduler"], *loaders = accelerator.prepare(
-        model, plan["optimizer"], plan["lr_scheduler"], *data["loaders"].values()
+    schedule = training_schedule(
+        args, accelerator.num_processes, len(splits["train"]), drop_last=True, warmup_epochs=args.warmup_epochs
     )
+    optimizer, lr_scheduler = build_optimizer(args, model, schedule, accelerator.num_processes)
+    model, optimizer, lr_scheduler, *loaders = accelerator.prepare(model, optimizer, lr_scheduler, *data["loaders"].values())
     data["loaders"] = dict(zip(data["loaders"], loaders))
-    run.init_trackers("dilated_vit_mae_finetune")
-    state = resume(run, plan["effective_batch_size"])
+    state = FinetuningState(
+        max_train_steps=schedule.max_train_steps, num_processes=accelerator.num_processes,
+        effective_batch_size=schedule.effective_batch_size, seed=args.seed, run_id=context.identity.run_id,
+        run_fingerprint=context.identity.fingerprint,
+    )  # fmt: skip
+    run = Run(context, model, optimizer, lr_scheduler, schedule, state, data, labels)
+    context.init_trackers("dilated_vit_mae_finetune")
+    if args.resume_from_checkpoint:
+        context.resume(state)
 
     # ---- loop, evaluate every epoch, keep the best -------------------------------------------------------------------
-    state["train_runtime_seconds"] = train(run, model, plan, data, labels, state)
+    train(run)
 
     # ---- the selected model, its test score, the folder --------------------------------------------------------------
     accelerator.wait_for_everyone()
-    load_best(accelerator, model, run.checkpoints.checkpoints_dir)
+    load_best(accelerator, model, context.checkpoints.checkpoints_dir)
     final = {}
     if args.test_split in data["loaders"]:
         final = evaluate(accelerator, model, data["loaders"][args.test_split], data["labels"][args.test_split],
                          data["labels"]["train"], labels)  # fmt: skip
-    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed: every process
-    if accelerator.is_main_process:
-        summary = run_summary(args, accelerator, splits, labels, plan, state, final, data["baselines"])
-        save_folder(args, accelerator, model, image_processor, summary, state_dict)
-        metric = metric_name(labels)
-        scored = [(args.eval_split, state["best_scores"])] + ([(args.test_split, final)] if final else [])
-        logger.info(
-            f"saved the classifier (best epoch {state['best_epoch']}) to {args.output_dir}: "
-            + "; ".join(f"{split} {metric} {scores.get(metric, 0.0):.4f} ({baseline_text(scores, data['baselines'], split)})"
-                        for split, scores in scored)
-        )  # fmt: skip
+    save_folder(run, image_processor, run_summary(run, splits, final))
+    metric = metric_name(labels)
+    scored = [(args.eval_split, state.best_scores)] + ([(args.test_split, final)] if final else [])
+    logger.info(
+        f"saved the classifier (best epoch {state.best_epoch}) to {args.output_dir}: "
+        + "; ".join(f"{split} {metric} {scores.get(metric, 0.0):.4f} ({baseline_text(scores, data['baselines'], split)})"
+                    for split, scores in scored)
+    )  # fmt: skip
     accelerator.end_training()
-    return Path(args.output_dir)
+    return context.output_dir
 
 
-def train(run: RunContext, model, plan, data, labels: LabelSpec, state: dict) -> float:
-    """The training loop, from `state` (updated in place); returns the seconds it ran. The loss stays on the device
+def train(run: Run) -> None:
+    """The training loop, from `run.state` (updated in place, with the seconds it ran). The loss stays on the device
     (`StepMeter`) and is read only at logging, checkpoint and epoch-end steps."""
-    args, accelerator = run.args, run.accelerator
+    args, accelerator, state, data = run.args, run.accelerator, run.state, run.data
     train_loader = data["loaders"]["train"]
     train_targets = data["labels"]["train"].to(accelerator.device)  # indexed on the device: no copy back per batch
     mixup = MixupCutmix(
-        args.mixup, args.cutmix, num_classes=labels.num_labels, task=labels.task, prob=args.mixup_prob,
+        args.mixup, args.cutmix, num_classes=run.labels.num_labels, task=run.labels.task, prob=args.mixup_prob,
         switch_prob=args.mixup_switch_prob, label_smoothing=args.label_smoothing,
     )  # fmt: skip
-    progress = tqdm(total=plan["max_train_steps"], initial=state["global_step"], disable=not accelerator.is_local_main_process)
+    progress = tqdm(total=state.max_train_steps, initial=state.global_step, disable=not accelerator.is_local_main_process)
     meter = StepMeter(accelerator.device)
-    start, start_epoch = time.perf_counter(), state["epoch"]
-    for epoch in range(start_epoch, plan["num_epochs"]):
-        if state["global_step"] >= plan["max_train_steps"]:
+    clock, start_epoch = RunClock(state.train_runtime_seconds), state.epoch  # this launch's time, added to the resumed
+    for epoch in range(start_epoch, run.schedule.num_epochs):
+        if state.global_step >= state.max_train_steps:
             break
-        model.train()
+        run.model.train()
         data["augmentation"].epoch = epoch
         train_loader.set_epoch(epoch)
-        skip = state["batches_done_in_epoch"] if epoch == start_epoch else 0
+        skip = state.batches_done_in_epoch if epoch == start_epoch else 0
         batches_done, at_epoch_end = skip, False
         for batch in timed_batches(accelerator.skip_first_batches(train_loader, skip) if skip else train_loader, meter):
             draw = (args.seed, epoch, batches_done, accelerator.process_index)
-            loss = train_step(args, accelerator, model, batch, train_targets[batch["sample_index"]], plan, mixup, labels, draw)
-            meter.add(loss, state["global_step"] + 1, batch["pixel_values"].shape[0] * accelerator.num_processes)
+            loss = train_step(run, batch, train_targets[batch["sample_index"]], mixup, draw)
+            meter.add(loss, state.global_step + 1, batch["pixel_values"].shape[0] * accelerator.num_processes)
             batches_done += 1
             if not accelerator.sync_gradients:
                 continue
-            state["global_step"] += 1
+            state.global_step += 1
             progress.update(1)
             at_epoch_end = accelerator.gradient_state.end_of_dataloader
-            if after_step(run, model, meter, plan, state, epoch, batches_done, at_epoch_end, progress):
+            state.epoch, state.batches_done_in_epoch = (epoch + 1, 0) if at_epoch_end else (epoch, batches_done)
+            state.train_runtime_seconds = clock.total()
+            if after_step(run, meter, epoch, at_epoch_end, progress):
                 break
 
         # ---- evaluate, keep the best, then checkpoint the epoch (with the best so far in its state) ------------------
-        end_epoch_evaluation(run, model, data, labels, state, epoch)
+        end_epoch_evaluation(run, epoch)
         if args.checkpointing_steps != "no":
-            save_checkpoint(run, model, plan, state, *((epoch + 1, 0) if at_epoch_end else (epoch, batches_done)))
+            run.context.save_checkpoint(run.model, run.optimizer, state)
     progress.close()
-    return time.perf_counter() - start
+    state.train_runtime_seconds = clock.total()
 
 
-def after_step(run: RunContext, model, meter: StepMeter, plan, state: dict, epoch: int, batches_done: int,
-               at_epoch_end: bool, progress) -> bool:  # fmt: skip
+def after_step(run: Run, meter: StepMeter, epoch: int, at_epoch_end: bool, progress) -> bool:
     """The finiteness check, logging and periodic checkpoints at the end of a step (the host reads the device only
     here, and only at those steps); True at the last step."""
-    args, step = run.args, state["global_step"]
-    last = step >= plan["max_train_steps"]
+    args, step = run.args, run.state.global_step
+    last = step >= run.state.max_train_steps
     logging_step = step % args.logging_steps == 0 or last
     periodic = isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0
     if not (logging_step or periodic or at_epoch_end):  # epoch ends: checked before the evaluation and its checkpoint
         return False
     synced = meter.synchronise(run.accelerator)
-    check_finite(synced, run.checkpoints)
+    check_finite(synced, run.context.checkpoints)
     if logging_step:
-        lr = plan["lr_scheduler"].get_last_lr()[-1]  # the head's (the last group)
-        run.log({"train_loss": synced["last_loss"], "lr": lr, "epoch": epoch, **meter.reset_interval()}, step)
+        lr = run.lr_scheduler.get_last_lr()[-1]  # the head's (the last group)
+        run.context.log({"train_loss": synced["last_loss"], "lr": lr, "epoch": epoch, **meter.reset_interval()}, step)
         progress.set_postfix(loss=f"{synced['last_loss']:.4f}")
     if periodic and not at_epoch_end:  # epoch ends are saved after the evaluation
-        save_checkpoint(run, model, plan, state, epoch, batches_done)
+        run.context.save_checkpoint(run.model, run.optimizer, run.state)
     return last
 
 
-def save_checkpoint(run: RunContext, model, plan, state: dict, epoch: int, batches_done: int) -> None:
-    """`checkpoints/step_N` with the trainer state (where in which epoch, the best so far, the evaluation history)."""
-    keys = ("global_step", "best_metric", "best_scores", "best_epoch", "best_step", "history")
-    trainer_state = {
-        **{key: state[key] for key in keys},
-        "run_id": state["run_id"],  # OUTPUT_DIR/run.json's: a resume refuses a checkpoint of another run
-        "epoch": epoch, "batches_done_in_epoch": batches_done, "num_processes": run.accelerator.num_processes,
-        "effective_batch_size": plan["effective_batch_size"], "max_train_steps": plan["max_train_steps"],
-    }  # fmt: skip
-    run.save_checkpoint(model, plan["optimizer"], state["global_step"], trainer_state)
-
-
-def end_epoch_evaluation(run: RunContext, model, data, labels: LabelSpec, state: dict, epoch: int) -> None:
-    args, accelerator = run.args, run.accelerator
+def end_epoch_evaluation(run: Run, epoch: int) -> None:
+    args, accelerator, data, state = run.args, run.accelerator, run.data, run.state
     split = args.eval_split
-    scores = evaluate(accelerator, model, data["loaders"][split], data["labels"][split], data["labels"]["train"], labels)
-    metric = metric_name(labels)
+    scores = evaluate(accelerator, run.model, data["loaders"][split], data["labels"][split], data["labels"]["train"], run.labels)
+    metric = metric_name(run.labels)
     shared = [scores.get(metric, 0.0), scores.get("loss", 0.0)]
     accelerator.wait_for_everyone()
     shared = accelerate.utils.broadcast_object_list(shared)  # every process decides alike whether this is the best
-    entry = {"epoch": epoch, "step": state["global_step"], metric: shared[0], "loss": shared[1]}
-    state["history"].append(entry)
+    state.history.append({"epoch": epoch, "step": state.global_step, metric: shared[0], "loss": shared[1]})
     logger.info(
         f"epoch {epoch}: eval {metric} {shared[0]:.4f} ({baseline_text(scores, data['baselines'], split)}), "
         f"loss {shared[1]:.4f}"
     )
-    run.log({f"eval_{metric}": shared[0], "eval_loss": shared[1], "epoch": epoch}, state["global_step"])
-    if shared[0] > state["best_metric"]:
-        state.update(best_metric=shared[0], best_epoch=epoch, best_step=state["global_step"], best_scores=scores)
-        save_best(accelerator, model, run.checkpoints.checkpoints_dir)
+    run.context.log({f"eval_{metric}": shared[0], "eval_loss": shared[1], "epoch": epoch}, state.global_step)
+    if shared[0] > state.best_metric:
+        state.best_metric, state.best_epoch, state.best_step, state.best_scores = shared[0], epoch, state.global_step, scores
+        save_best(accelerator, run.model, run.context.checkpoints.checkpoints_dir)
 
 
 if __name__ == "__main__":

@@ -34,16 +34,11 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
-from dilated_vit_mae import (  # noqa: E402
-    DilatedViTMAEConfig,
-    DilatedViTMAEForPreTraining,
-    DilatedViTMAEImageProcessor,
-)
+from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining  # noqa: E402
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.data.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
 from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
@@ -58,7 +53,6 @@ from dilated_vit_mae.data.transforms import (  # noqa: E402
     MAEHostTransform,
     MAETrainTransform,
     eval_view,
-    image_processor_for_config,
 )
 from dilated_vit_mae.evaluation.reconstruction import (  # noqa: E402
     reconstruction_grid,
@@ -67,40 +61,36 @@ from dilated_vit_mae.evaluation.reconstruction import (  # noqa: E402
     summary_keys,
     visible_mean_images,
 )
-from dilated_vit_mae.modeling_dilated_vit_mae import to_2tuple  # noqa: E402
 from dilated_vit_mae.publish.hub import prepare_hub_folder, push_folder_to_hub  # noqa: E402
-from dilated_vit_mae.publish.model_card import redact_command  # noqa: E402
-from dilated_vit_mae.train.checkpoints import (  # noqa: E402
-    CheckpointManager,
-    param_groups_weight_decay,
-)
+from dilated_vit_mae.train.checkpoints import param_groups_weight_decay  # noqa: E402
 from dilated_vit_mae.train.core import (  # noqa: E402
     NOT_RUN_DEFINING as SHARED_NOT_RUN_DEFINING,
     RunContext,
+    Schedule,
     StepMeter,
+    TrainerState,
     check_finite,
     check_shared_arguments,
+    cosine_schedule,
     data_source,
+    dataset_summary,
+    load_image_processor,
     on_shipped_sample,
     start_run,
     summary_common,
     timed_batches,
     training_parser,
+    training_schedule,
 )
-from dilated_vit_mae.train.distributed import save_pretrained  # noqa: E402
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
     RunClock,
-    RunIdentity,
     check_model_folder,
-    checkpoint_bytes,
     checkpointing_steps,
     fraction,
     non_negative_int,
     positive_int,
     run_cli,
-    stage_and_swap,
 )
-from dilated_vit_mae.train.redaction import write_publishable_json  # noqa: E402
 
 logger = get_logger(__name__)
 
@@ -246,42 +236,6 @@ def build_config(args: argparse.Namespace) -> DilatedViTMAEConfig:
     return config
 
 
-def _processor_mismatch(processor: DilatedViTMAEImageProcessor, config: DilatedViTMAEConfig) -> str | None:
-    crop = processor.crop_size
-    height, width = to_2tuple(config.image_size)
-    if (crop["height"], crop["width"]) != (height, width):
-        return f"crops images to {crop['height']}x{crop['width']} but the model's image_size is {height}x{width}"
-    if processor.num_channels != config.num_channels:
-        return f"makes {processor.num_channels}-channel images but the model's num_channels is {config.num_channels}"
-    return None
-
-
-def build_image_processor(args: argparse.Namespace, config: DilatedViTMAEConfig) -> DilatedViTMAEImageProcessor:
-    """
-    The processor the run trains with and saves, always matching the model's config. An explicit
-    --image_processor_name that does not match is refused; one that comes along with --model_name_or_path /
-    --config_name (or the default config) is adapted to the config (its resampling, mean and std kept where they fit).
-    """
-    name = args.image_processor_name or args.config_name or args.model_name_or_path or str(DEFAULT_CONFIG)
-    try:
-        processor = DilatedViTMAEImageProcessor.from_pretrained(name, token=args.token, revision=args.revision)
-    except OSError:
-        if args.image_processor_name:
-            raise
-        processor = None
-    mismatch = processor and _processor_mismatch(processor, config)
-    if mismatch and args.image_processor_name:
-        raise ValueError(
-            f"--image_processor_name {args.image_processor_name} {mismatch}. Pass a processor made for this model, "
-            "or drop --image_processor_name to use one that matches the config."
-        )
-    if processor is not None and not mismatch:
-        return processor
-    if processor is not None:
-        logger.info(f"image processor of {name}: {mismatch}; using one sized for the model instead")
-    return image_processor_for_config(config, like=processor)
-
-
 def build_model(args: argparse.Namespace, config: DilatedViTMAEConfig) -> DilatedViTMAEForPreTraining:
     model_kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
     if args.model_name_or_path:
@@ -412,30 +366,20 @@ def build_dataloaders(args, accelerator, config, image_processor, splits):
 
 
 @dataclasses.dataclass
-class TrainerState:
-    """What a checkpoint's `trainer_state.json` holds besides accelerate's state: where the run is, and its recipe."""
+class PretrainingState(TrainerState):
+    """The checkpoint's trainer state: where the run is (`core.TrainerState`) and which learning rate ran when."""
 
-    global_step: int = 0
-    epoch: int = 0
-    batches_done_in_epoch: int = 0
-    max_train_steps: int = 0
-    num_processes: int = 1
-    effective_batch_size: int = 0
     learning_rate: float = 0.0
     # [step from which it applies, lr], one entry per lr the run used (a resume may change it)
     learning_rate_history: list = dataclasses.field(default_factory=list)
-    seed: int = 0
-    train_runtime_seconds: float = 0.0  # cumulative over every resumed part (RunClock)
-    run_id: str | None = None  # OUTPUT_DIR/run.json's: a resume refuses a checkpoint of another run
-    run_fingerprint: str | None = None
 
 
 @dataclasses.dataclass
 class Run:
-    """Everything the loop, the evaluation and the save share."""
+    """Everything the loop, the evaluation and the save share: the run's context (accelerator, folder, checkpoints,
+    log) and what pre-training adds to it."""
 
-    args: argparse.Namespace
-    accelerator: Accelerator
+    context: RunContext
     model: torch.nn.Module
     unwrapped: DilatedViTMAEForPreTraining
     optimizer: torch.optim.Optimizer
@@ -444,93 +388,70 @@ class Run:
     eval_dataloader: DataLoader
     train_augmentation: SeededAugmentation
     device_augmentation: DeviceAugmentation | None
-    image_processor: DilatedViTMAEImageProcessor
-    checkpoints: CheckpointManager
+    image_processor: object
     splits: dict
-    state: TrainerState
-    num_epochs: int
-    num_warmup_steps: int
-    secrets: set = dataclasses.field(default_factory=set)  # token values to redact from everything written
-    identity: RunIdentity | None = None
-    context: RunContext | None = None  # the run folder's: checkpoints, log, resume
+    schedule: Schedule
+    state: PretrainingState
     clock: RunClock = dataclasses.field(default_factory=RunClock)
     stop_requested: bool = False  # set by SIGTERM
     preempted: bool = False
     eval_results: dict = dataclasses.field(default_factory=dict)
 
     @property
+    def args(self) -> argparse.Namespace:
+        return self.context.args
+
+    @property
+    def accelerator(self) -> Accelerator:
+        return self.context.accelerator
+
+    @property
     def num_patches(self) -> int:
         return self.unwrapped.vit.embeddings.patch_embeddings.num_patches
 
 
-def training_schedule(args, accelerator, splits) -> tuple[int, int, int, float]:
-    """(steps per epoch, max train steps, epochs, lr) for this launch."""
-    effective_batch_size = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    if args.streaming:
-        steps_per_epoch = args.max_train_steps  # a stream has no length: one pass is an "epoch"
-    else:
-        batches_per_process = math.ceil(len(splits["train"]) / (args.per_device_train_batch_size * accelerator.num_processes))
-        steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
-    learning_rate = args.learning_rate or args.base_learning_rate * effective_batch_size / 256
-    logger.info(
-        f"effective batch size {effective_batch_size} = {args.per_device_train_batch_size} per device x "
-        f"{accelerator.num_processes} processes x {args.gradient_accumulation_steps} accumulation; lr = "
-        f"{learning_rate:.3g}" + ("" if args.learning_rate else f" (blr {args.base_learning_rate:.3g} x {effective_batch_size} / 256)")
-        + f"; {max_train_steps} steps ({args.recipe} recipe)"
-    )  # fmt: skip
-    return effective_batch_size, max_train_steps, num_epochs, learning_rate
-
-
-def build_optimizer(args, model, accelerator, learning_rate: float, max_train_steps: int, num_warmup_steps: int):
+def build_optimizer(args, model, accelerator, schedule: Schedule):
     fused = {"fused": True} if accelerator.device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(
-        param_groups_weight_decay(model, args.weight_decay), lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2), **fused
-    )
-    # the prepared scheduler steps once per process at every optimizer step (accelerate's convention)
-    lr_scheduler = get_cosine_schedule_with_warmup(
-        optimizer, num_warmup_steps * accelerator.num_processes, max_train_steps * accelerator.num_processes
-    )
-    return optimizer, lr_scheduler
+        param_groups_weight_decay(model, args.weight_decay), lr=schedule.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2), **fused,
+    )  # fmt: skip
+    return optimizer, cosine_schedule(optimizer, schedule, accelerator.num_processes)
 
 
-def apply_learning_rate(run: Run, saved: TrainerState, learning_rate: float) -> None:
+def apply_learning_rate(run: Run, saved_learning_rate: float, learning_rate: float) -> None:
     """
     A resume whose flags give another lr than the checkpoint's applies it from here on: the restored scheduler
     keeps its position and shape, scaled to the new peak. The history records which lr ran when.
     """
-    run.state.learning_rate_history = saved.learning_rate_history or [[0, saved.learning_rate]]
-    if math.isclose(learning_rate, saved.learning_rate, rel_tol=1e-9):
-        run.state.learning_rate = saved.learning_rate
+    state = run.state
+    state.learning_rate_history = state.learning_rate_history or [[0, saved_learning_rate]]
+    if math.isclose(learning_rate, saved_learning_rate, rel_tol=1e-9):
         return
     scheduler = run.lr_scheduler.scheduler
     scheduler.base_lrs = [learning_rate for _ in scheduler.base_lrs]
     for group, lr_lambda in zip(run.optimizer.param_groups, scheduler.lr_lambdas):
         group["initial_lr"] = learning_rate
         group["lr"] = learning_rate * lr_lambda(scheduler.last_epoch)
-    run.state.learning_rate_history.append([run.state.global_step, learning_rate])
+    state.learning_rate = learning_rate
+    state.learning_rate_history.append([state.global_step, learning_rate])
     logger.warning(
-        f"the checkpoint was trained with lr {saved.learning_rate:.3g}; this launch's flags give {learning_rate:.3g}, "
-        f"applied from step {run.state.global_step} on (recorded in learning_rate_history)."
+        f"the checkpoint was trained with lr {saved_learning_rate:.3g}; this launch's flags give {learning_rate:.3g}, "
+        f"applied from step {state.global_step} on (recorded in learning_rate_history)."
     )
 
 
-def resume(run: Run, context: RunContext, learning_rate: float) -> None:
-    checkpoint, saved_dict = context.resume(run.state.effective_batch_size)
-    fields = {f.name for f in dataclasses.fields(TrainerState)}
-    saved = TrainerState(**{k: v for k, v in saved_dict.items() if k in fields})
-    state = run.state
-    state.global_step, state.epoch, state.batches_done_in_epoch = saved.global_step, saved.epoch, saved.batches_done_in_epoch
-    state.train_runtime_seconds = saved.train_runtime_seconds
-    apply_learning_rate(run, saved, learning_rate)
-    logger.info(f"resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch}, batch {state.batches_done_in_epoch})")
+def resume(run: Run) -> None:
+    learning_rate = run.state.learning_rate  # this launch's
+    run.state.learning_rate_history = []
+    run.context.resume(run.state)  # the checkpoint's position, runtime, lr and history
+    apply_learning_rate(run, run.state.learning_rate, learning_rate)
 
 
 def save_checkpoint(run: Run) -> Path:
     """A checkpoint of the current step, refused if any parameter is not finite (it would be resumed from)."""
     run.state.train_runtime_seconds = run.clock.total()
-    return run.context.save_checkpoint(run.model, run.optimizer, run.state.global_step, dataclasses.asdict(run.state))
+    return run.context.save_checkpoint(run.model, run.optimizer, run.state)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -574,7 +495,7 @@ def after_step(run: Run, meter: StepMeter, epoch: int, at_epoch_end: bool, log) 
     if not (logging_step or checkpoint or evaluation or single_stop):
         return False
     synced = meter.synchronise(run.accelerator, run.stop_requested)
-    check_finite(synced, run.checkpoints)
+    check_finite(synced, run.context.checkpoints)
     if logging_step:
         lr = run.lr_scheduler.get_last_lr()[0]
         log({"train_loss": synced["loss"], "lr": lr, "epoch": epoch, **meter.reset_interval()}, step)
@@ -593,7 +514,7 @@ def train(run: Run, log) -> None:
     progress = tqdm(total=state.max_train_steps, initial=state.global_step, disable=not accelerator.is_local_main_process, desc="pre-training")
     meter = StepMeter(accelerator.device)
     start_epoch, skip = state.epoch, state.batches_done_in_epoch
-    for epoch in range(start_epoch, run.num_epochs if not args.streaming else sys.maxsize):
+    for epoch in range(start_epoch, run.schedule.num_epochs if not args.streaming else sys.maxsize):
         if state.global_step >= state.max_train_steps:
             break
         run.model.train()
@@ -707,31 +628,20 @@ def evaluate(run: Run, log) -> dict:
 
 
 def save_outputs(run: Run) -> None:
-    args, accelerator = run.args, run.accelerator
-    output_dir = Path(args.output_dir)
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(run.model)  # a collective under FSDP / DeepSpeed: every process
-    if not accelerator.is_main_process:
-        return
-    summary = run_summary(run)
+    """The output folder (the model, its processor, all_results.json, the files that make it publishable as it is:
+    reconstruction pipeline, endpoint handler, model card), then `--push_to_hub`."""
+    args, output_dir = run.args, run.context.output_dir
 
-    def write_final_files(folder: Path) -> None:
-        # as the model's own class: under FSDP2 `run.unwrapped` is torch's FSDP<Class>, which would write its auto_map
-        save_pretrained(run.unwrapped, folder, state_dict, save_function=accelerator.save)
-        run.image_processor.save_pretrained(folder)
-        # redacted by value (any token flag, HF_TOKEN, the cached login) and with no local path in it
-        write_publishable_json(folder / "all_results.json", summary, run.secrets)
-        # every output folder is publishable as it is: reconstruction pipeline, endpoint handler, model card
-        prepare_hub_folder(folder, repo_id=args.hub_model_id, secrets=run.secrets)
+    def write_card(folder: Path) -> None:
+        prepare_hub_folder(folder, repo_id=args.hub_model_id, secrets=run.context.secrets)
 
-    # all at once, all_results.json last: a full disk leaves the previous final files as they were
-    stage_and_swap(
-        output_dir, write_final_files, include=["eval/reconstructions.png"], remove=["linear_probe_results.json"],
-        expected_bytes=checkpoint_bytes(run.unwrapped),
+    # the grid the card shows is read from the run folder; a probe's results describe the replaced weights
+    run.context.save_final(
+        run.model, run.image_processor, run_summary(run), write_card, include=["eval/reconstructions.png"],
+        remove=["linear_probe_results.json"],
     )  # fmt: skip
-    run.identity.record_runtime(output_dir, run.state.train_runtime_seconds)
     logger.info(f"saved the model, image processor and model card to {output_dir}")
-    if args.push_to_hub:
+    if args.push_to_hub and run.accelerator.is_main_process:
         # refuses (FolderCheckError) a folder that does not load without the package; local files stay as they are
         pushed = push_folder_to_hub(
             output_dir, repo_id=args.hub_model_id, token=args.hub_token, private=args.hub_private_repo,
@@ -740,31 +650,9 @@ def save_outputs(run: Run) -> None:
         logger.info(f"pushed {output_dir} to {args.hub_model_id}: {pushed.url} ({len(pushed.files)} files)")
 
 
-def _dataset_description(args: argparse.Namespace) -> tuple[str, bool, str]:
-    """(name, is_celeba, description) of the training data, with no local path in it."""
-    source = data_source(args)
-    if args.dataset_name:
-        name = args.dataset_name
-        description = f"[{name}](https://huggingface.co/datasets/{name})" + (
-            f" (configuration `{args.dataset_config_name}`)." if args.dataset_config_name else "."
-        )
-        return name, "celeba" in name.lower(), description
-    if on_shipped_sample(args):
-        description = (
-            "the 56-image stand-in in CelebA's layout shipped in the project's `data/celeba_sample/`: crops of three "
-            "public-domain / CC0 photographs (two people and a cat), **not CelebA**, so these weights and figures "
-            "say nothing about CelebA."
-        )
-        return "celeba_sample", False, description
-    if args.celeba_dir:
-        return "CelebA", True, "CelebA (a raw download: `img_align_celeba`, 178x218 aligned crops, with the official partition)."
-    return Path(source).name, False, f"the image folder `{Path(source).name}`."
-
-
 def run_summary(run: Run) -> dict:
     """`all_results.json`: what the run did and measured, which the model card is rendered from."""
-    args, accelerator, state = run.args, run.accelerator, run.state
-    name, is_celeba, description = _dataset_description(args)
+    args, state = run.args, run.state
 
     def num_examples(split: str) -> int | None:
         try:
@@ -772,29 +660,14 @@ def run_summary(run: Run) -> dict:
         except TypeError:  # a stream has no length
             return None
 
-    script = sys.argv[0] if sys.argv and Path(sys.argv[0]).name == "run_mae.py" else "scripts/run_mae.py"
     return {
         **summary_common(
-            args, accelerator, global_step=state.global_step, epochs=run.num_epochs,
-            effective_batch_size=state.effective_batch_size, warmup_steps=run.num_warmup_steps,
+            args, run.accelerator, state, run.schedule, script="scripts/run_mae.py",
             learning_rate=state.learning_rate_history[-1][1] if state.learning_rate_history else state.learning_rate,
-            train_runtime_seconds=state.train_runtime_seconds,
         ),  # fmt: skip
         "recipe": args.recipe,
         "learning_rate_history": state.learning_rate_history,
-        # the launcher's own flags are not visible to the script: hardware below says how it ran
-        "command": redact_command(["accelerate", "launch", script, *args.argv]),
-        "dataset": {
-            "name": name,
-            "hub_id": args.dataset_name,
-            "config_name": args.dataset_config_name,
-            "is_celeba": is_celeba,
-            "description": description,
-            "train_split": "train",
-            "train_samples": num_examples("train"),
-            "eval_split": "validation",
-            "eval_samples": num_examples("validation"),
-        },
+        "dataset": dataset_summary(args, {split: num_examples(split) for split in ("train", "validation")}, "validation"),
         "eval_samples": num_examples("validation") if run.eval_results else None,
         "eval_mask_seed": args.seed,  # of the "eval_mask" stream (dilated_vit_mae.data.seeding.masking_noise)
         "augmentation": {
@@ -810,37 +683,38 @@ def run_summary(run: Run) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def build_run(args: argparse.Namespace, accelerator: Accelerator, checkpoints: CheckpointManager) -> tuple[Run, float]:
-    """Model, data, optimizer and schedule, prepared; the lr this launch's flags give."""
+def build_run(context: RunContext) -> Run:
+    """Model, data, optimizer and schedule, prepared; the state at step 0 with this launch's lr."""
+    args, accelerator = context.args, context.accelerator
     config = build_config(args)
-    image_processor = build_image_processor(args, config)
+    image_processor = load_image_processor(args, config, args.config_name or args.model_name_or_path or str(DEFAULT_CONFIG))
     model = build_model(args, config)
     with accelerator.main_process_first():
         splits = load_datasets(args, progress=accelerator.is_local_main_process)
     train_dataloader, eval_dataloader, train_augmentation, device_augmentation = build_dataloaders(
         args, accelerator, config, image_processor, splits
     )
-    effective_batch_size, max_train_steps, num_epochs, learning_rate = training_schedule(args, accelerator, splits)
-    num_warmup_steps = args.num_warmup_steps if args.num_warmup_steps is not None else round(args.warmup_ratio * max_train_steps)
-    optimizer, lr_scheduler = build_optimizer(args, model, accelerator, learning_rate, max_train_steps, num_warmup_steps)
+    num_train = None if args.streaming else len(splits["train"])
+    schedule = training_schedule(args, accelerator.num_processes, num_train, drop_last=False, warmup_ratio=args.warmup_ratio)
+    logger.info(f"{args.recipe} recipe")
+    optimizer, lr_scheduler = build_optimizer(args, model, accelerator, schedule)
     if args.torch_compile:
         model = torch.compile(model)
     model, optimizer, train_dataloader, eval_dataloader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, eval_dataloader, lr_scheduler
     )
-    state = TrainerState(
-        max_train_steps=max_train_steps, num_processes=accelerator.num_processes,
-        effective_batch_size=effective_batch_size, learning_rate=learning_rate,
-        learning_rate_history=[[0, learning_rate]], seed=args.seed,
+    state = PretrainingState(
+        max_train_steps=schedule.max_train_steps, num_processes=accelerator.num_processes,
+        effective_batch_size=schedule.effective_batch_size, seed=args.seed, run_id=context.identity.run_id,
+        run_fingerprint=context.identity.fingerprint, learning_rate=schedule.learning_rate,
+        learning_rate_history=[[0, schedule.learning_rate]],
     )  # fmt: skip
-    run = Run(
-        args=args, accelerator=accelerator, model=model, unwrapped=accelerator.unwrap_model(model), optimizer=optimizer,
+    return Run(
+        context=context, model=model, unwrapped=accelerator.unwrap_model(model), optimizer=optimizer,
         lr_scheduler=lr_scheduler, train_dataloader=train_dataloader, eval_dataloader=eval_dataloader,
         train_augmentation=train_augmentation, device_augmentation=device_augmentation, image_processor=image_processor,
-        checkpoints=checkpoints, splits=splits,
-        state=state, num_epochs=num_epochs, num_warmup_steps=num_warmup_steps,
+        splits=splits, schedule=schedule, state=state,
     )  # fmt: skip
-    return run, learning_rate
 
 
 def main(args: argparse.Namespace) -> Path:
@@ -848,33 +722,32 @@ def main(args: argparse.Namespace) -> Path:
         check_model_folder(args.model_name_or_path, for_pretraining=True)
     # refuses a folder holding an earlier run before anything is written; the accelerator, run.json, the seed
     context = start_run(args, NOT_RUN_DEFINING)
-    accelerator, checkpoints, identity, output_dir = context.accelerator, context.checkpoints, context.identity, context.output_dir
-    run, learning_rate = build_run(args, accelerator, checkpoints)
-    run.identity, run.context = identity, context
-    run.state.run_id, run.state.run_fingerprint = identity.run_id, identity.fingerprint
-    run.secrets = context.secrets
+    accelerator = context.accelerator
+    run = build_run(context)
     context.init_trackers("dilated_vit_mae")
     if args.resume_from_checkpoint:
-        resume(run, context, learning_rate)
+        resume(run)
 
     def request_stop(signum, frame):  # preemption: save a checkpoint at the next synchronised step and exit 0
         run.stop_requested = True
 
     signal.signal(signal.SIGTERM, request_stop)
-    log = context.log
     run.clock = RunClock(run.state.train_runtime_seconds)  # this launch's loop time, added to the resumed runtime
-    train(run, log)
+    train(run, context.log)
     run.state.train_runtime_seconds = run.clock.total()
     if run.preempted:
-        logger.info(f"SIGTERM: saved {checkpoints.latest()} at step {run.state.global_step}; continue with --resume_from_checkpoint latest.")
+        logger.info(
+            f"SIGTERM: saved {context.checkpoints.latest()} at step {run.state.global_step}; continue with "
+            "--resume_from_checkpoint latest."
+        )
         accelerator.end_training()
-        return output_dir
+        return context.output_dir
     if not args.no_eval:
-        run.eval_results = evaluate(run, log)
+        run.eval_results = evaluate(run, context.log)
     save_outputs(run)
     logger.info(f"rank {accelerator.process_index} finished: {run.state.global_step} steps", main_process_only=False)
     accelerator.end_training()
-    return output_dir
+    return context.output_dir
 
 
 if __name__ == "__main__":

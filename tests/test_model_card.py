@@ -14,12 +14,12 @@ from huggingface_hub import ModelCard
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
 from dilated_vit_mae.publish.hub import prepare_hub_folder
 from dilated_vit_mae.train.lifecycle import stage_and_swap
+from dilated_vit_mae.train.redaction import redact_command
 from dilated_vit_mae.publish.model_card import (
     CARD_TAGS,
     TEMPLATE_PATH,
     dilated_leakage,
     draw_tokenizer_diagram,
-    redact_command,
     render_classifier_card,
     render_model_card,
 )
@@ -220,12 +220,6 @@ def test_tokenizer_diagram_draws_the_patch_and_every_rate(tiny_config_kwargs):
     colours = {tuple(c) for c in np.asarray(image).reshape(-1, 3)}
     assert (198, 219, 239) in colours  # the dense patch
     assert (255, 127, 14) in colours and (44, 160, 44) in colours  # rate 2, rate 3
-
-
-def test_redact_command_hides_tokens():
-    assert redact_command(["run.py", "--token", "hf_x", "--hub_token=hf_y", "--seed", "1"]) == (
-        "run.py --token '***' '--hub_token=***' --seed 1"
-    )
 
 
 # ---- nothing secret, nothing local, no figure the run did not measure ------------------------------------------------

@@ -16,6 +16,7 @@ from dilated_vit_mae.train.redaction import (
     local_path_name,
     publishable,
     redact,
+    redact_command,
     redact_logs,
     scrub_local_paths,
     secret_values,
@@ -252,3 +253,9 @@ def test_run_mae_writes_and_logs_no_token_with_tracking(model_dir, tmp_path):
             "--num_train_epochs", "1", "--logging_steps", "1", "--seed", "0"]  # fmt: skip
     logs = run_script("scripts/run_mae.py", argv)
     assert_no_secret_anywhere(output_dir, logs, (ARG_TOKEN, HUB_ARG_TOKEN, ENV_TOKEN))
+
+
+def test_redact_command_hides_tokens():
+    assert redact_command(["run.py", "--token", "hf_x", "--hub_token=hf_y", "--seed", "1"]) == (
+        "run.py --token '***' '--hub_token=***' --seed 1"
+    )

@@ -17,6 +17,7 @@ import PIL.Image
 import pytest
 import safetensors.torch
 import torch
+from accelerate import PartialState
 
 from conftest import load_file, run_without_package
 from dilated_vit_mae import (
@@ -25,6 +26,7 @@ from dilated_vit_mae import (
     DilatedViTMAEForPreTraining,
     DilatedViTMAEImageProcessor,
 )
+from dilated_vit_mae.train.core import training_schedule
 from dilated_vit_mae.train.lifecycle import CHECKPOINT_CHATTER, UserError
 
 
@@ -283,7 +285,7 @@ def test_image_folders_from_a_vit_mae_checkpoint(script, vit_mae_dir, image_fold
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "blue", "1": "red"} and config["label2id"] == {"blue": 0, "red": 1}
     assert config["model_type"] == "dilated_vit_mae" and config["dilation_rates"] == []  # plain ViTMAE
-    assert results["task"] == "single_label" and results["dataset"]["validation_samples"] == 12
+    assert results["task"] == "single_label" and results["dataset"]["eval_samples"] == 12
     assert "test_split" not in results  # two folders: nothing carved out for a test split
     losses = train_losses(output_dir)
     assert np.mean(list(losses.values())[-4:]) < np.mean(list(losses.values())[:4])
@@ -313,7 +315,7 @@ def test_missing_labels_are_refused_by_name_or_left_out_when_asked(script, pretr
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "cat", "1": "dog"}
     results = json.loads((output_dir / "all_results.json").read_text())
-    assert results["dataset"]["train_samples"] == 10 and results["dataset"]["validation_samples"] == 5
+    assert results["dataset"]["train_samples"] == 10 and results["dataset"]["eval_samples"] == 5
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("left out 2 of 12 'train' examples" in w for w in warnings), warnings
     assert any("left out 1 of 6 'validation' examples" in w for w in warnings), warnings
@@ -570,7 +572,8 @@ def test_something_that_is_not_a_model_folder_is_named(script, image_folders, pr
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_large_sets_get_maes_recipe_and_its_batch_rule(script, pretrained_dir):
+def test_large_sets_get_maes_recipe_and_its_batch_rule(script, pretrained_dir, reset_accelerate):
+    PartialState()  # the schedule's log line needs one
     args = script.parse_args(["--model_name_or_path", str(pretrained_dir)])
     script.apply_recipe(args, 162_770)  # CelebA's training split
     assert args.recipe_name == "mae"
@@ -585,9 +588,11 @@ def test_large_sets_get_maes_recipe_and_its_batch_rule(script, pretrained_dir):
     }  # fmt: skip
     assert (args.adam_beta1, args.adam_beta2) == (0.9, 0.999) and args.per_device_train_batch_size == 32
     model = DilatedViTMAEForImageClassification(DilatedViTMAEConfig.from_pretrained(pretrained_dir, num_labels=2))
-    plan = script.build_optimizer(args, model, num_processes=2, num_train=162_770)
-    assert plan["learning_rate"] == pytest.approx(5e-4 * 32 * 2 / 256)  # lr = blr x effective batch / 256
-    assert plan["steps_per_epoch"] == 162_770 // 64 and plan["num_warmup_steps"] == 5 * (162_770 // 64)
+    schedule = training_schedule(args, 2, 162_770, drop_last=True, warmup_epochs=args.warmup_epochs)
+    assert schedule.learning_rate == pytest.approx(5e-4 * 32 * 2 / 256)  # lr = blr x effective batch / 256
+    assert schedule.steps_per_epoch == 162_770 // 64 and schedule.num_warmup_steps == 5 * (162_770 // 64)
+    optimizer, _ = script.build_optimizer(args, model, schedule, num_processes=2)
+    assert max(group["initial_lr"] for group in optimizer.param_groups) == pytest.approx(schedule.learning_rate)
 
 
 def test_small_sets_get_the_small_data_recipe_and_flags_win(script, pretrained_dir):
@@ -632,7 +637,10 @@ def test_a_small_image_folder_is_fine_tuned_with_the_small_data_recipe_beside_it
     assert any("saved the classifier" in line and "raw-pixel linear 1.0000" in line for line in lines)
 
 
-def test_the_train_loader_drops_the_last_batch_and_the_augmentation_is_maes(script, pretrained_dir, image_folders):
+def test_the_train_loader_drops_the_last_batch_and_the_augmentation_is_maes(
+    script, pretrained_dir, image_folders, reset_accelerate
+):
+    PartialState()  # the schedule's log line needs one
     args = script.parse_args(["--model_name_or_path", str(pretrained_dir), "--train_dir", str(image_folders["train"]),
                               "--per_device_train_batch_size", "10"])  # fmt: skip
     splits, labels = script.labelled_splits(script.load_splits(args), None, None)
@@ -646,7 +654,7 @@ def test_the_train_loader_drops_the_last_batch_and_the_augmentation_is_maes(scri
     # fewer images than one batch: one clear line, not a run of zero steps
     args.per_device_train_batch_size = 100
     with pytest.raises(ValueError, match="fewer than one batch .* lower --per_device_train_batch_size"):
-        script.build_optimizer(args, DilatedViTMAEForImageClassification(config), 1, len(splits["train"]))
+        training_schedule(args, 1, len(splits["train"]), drop_last=True)
 
 
 def test_the_training_loop_does_not_wait_for_the_device_between_logging_steps(
@@ -655,8 +663,8 @@ def test_the_training_loop_does_not_wait_for_the_device_between_logging_steps(
     # as run_mae.py's loop: every .item() / .tolist() / .cpu() / bool(tensor) stops the host until the device has caught
     # up; outside the synchronisation points (logging, checkpoint and epoch-end steps: `after_step`, the evaluation
     # and the checkpoints) the loop must issue none: the loss and the finiteness check stay on the device
-    sync_points = ("after_step", "end_epoch_evaluation", "save_checkpoint")
-    allowed = {getattr(script, name).__code__ for name in sync_points if hasattr(script, name)}
+    sync_points = (script.after_step, script.end_epoch_evaluation, script.RunContext.save_checkpoint)
+    allowed = {function.__code__ for function in sync_points}
     # torch.optim's step counters and the loader (sampler, decoding, augmentation: worker processes on a GPU) are
     # host-side CPU tensors, not device syncs
     host_side = (f"torch{os.sep}optim", f"torch{os.sep}utils{os.sep}data", f"accelerate{os.sep}data_loader.py")

@@ -22,6 +22,7 @@ import torch
 
 from conftest import load_file
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining, DilatedViTMAEImageProcessor
+from dilated_vit_mae.train.core import load_image_processor, training_schedule
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -402,7 +403,7 @@ def test_evaluation_uses_the_loader_workers_of_a_gpu_run_also_on_cpu(tiny_model_
     run_mae = load_script()
     args = run_mae.parse_args(run_args(tiny_model_dir, tmp_path / "out"))
     config = run_mae.build_config(args)
-    processor = run_mae.build_image_processor(args, config)
+    processor = load_image_processor(args, config, str(tiny_model_dir))
     splits = run_mae.load_datasets(args, progress=False)
     gpu = types.SimpleNamespace(device=torch.device("cuda"), main_process_first=contextlib.nullcontext)
     train, evaluation, _, device_augmentation = run_mae.build_dataloaders(args, gpu, config, processor, splits)
@@ -658,9 +659,8 @@ def test_maes_pre_training_recipe_constants(reset_accelerate):
     args = run_mae.parse_args(["--celeba_dir", "/data/celeba"])
     assert (args.base_learning_rate, args.adam_beta1, args.adam_beta2, args.weight_decay) == (1.5e-4, 0.9, 0.95, 0.05)
     args.per_device_train_batch_size, args.gradient_accumulation_steps = 64, 2
-    accelerator = SimpleNamespace(num_processes=4)
-    _, _, _, learning_rate = run_mae.training_schedule(args, accelerator, {"train": range(100_000)})
-    assert learning_rate == pytest.approx(1.5e-4 * 64 * 4 * 2 / 256)
+    schedule = training_schedule(args, 4, 100_000, drop_last=False, warmup_ratio=args.warmup_ratio)
+    assert schedule.learning_rate == pytest.approx(1.5e-4 * 64 * 4 * 2 / 256)
     processor = DilatedViTMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     host = SimpleNamespace(device=torch.device("cpu"))
     _, augmentation, _, _ = run_mae.train_dataset_and_augmentation(

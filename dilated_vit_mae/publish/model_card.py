@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
 from ..modeling_dilated_vit_mae import DilatedViTMAEForPreTraining, centred_padding, to_2tuple
 from ..pipeline_dilated_vit_mae import DilatedViTMAEReconstructionPipeline
 from ..train.lifecycle import CLASSIFIER_CARD_MARKER, RENDERED_MARKER, final_folder
-from ..train.redaction import publishable, redact, secret_values
+from ..train.redaction import publishable, redact, redact_command, secret_values
 
 
 # the template is the repository's `model_card.md`; the package holds it (a link in the source tree, a copy in wheels)
@@ -57,8 +56,6 @@ RECONSTRUCTIONS_PATH = "eval/reconstructions.png"
 EXAMPLES_DIR = "examples"
 EXAMPLES_MASK_RATIO = 0.75
 EXAMPLES_SEED = 0
-# command-line flags whose value must never reach a card
-SECRET_FLAGS = ("--token", "--hub_token")
 
 CELEBA_LICENSE_NOTE = (
     "the training data's own terms apply to it (CelebA: non-commercial research purposes only, see *Limitations*)."
@@ -373,28 +370,6 @@ def write_card_assets(
 # ----------------------------------------------------------------------------------------------------------------------
 # The card
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def redact_command(command: str | Sequence[str]) -> str:
-    """
-    A command line with the values of `--token`/`--hub_token` replaced by `***`. This is by flag name only: redact by
-    value as well (`redaction.redact`), which also catches values after flags spelt otherwise.
-    """
-    parts = shlex.split(command) if isinstance(command, str) else list(command)
-    redacted = []
-    hide_next = False
-    for part in parts:
-        if hide_next:
-            redacted.append("***")
-            hide_next = False
-        elif part in SECRET_FLAGS:
-            redacted.append(part)
-            hide_next = True
-        elif part.startswith(tuple(f"{flag}=" for flag in SECRET_FLAGS)):
-            redacted.append(part.split("=", 1)[0] + "=***")
-        else:
-            redacted.append(part)
-    return shlex.join(redacted)
 
 
 def is_rendered_card(path: str | os.PathLike, repo_id: str | None = None) -> bool:
@@ -951,7 +926,6 @@ __all__ = [
     "draw_tokenizer_diagram",
     "is_rendered_card",
     "reconstruction_strip",
-    "redact_command",
     "render_classifier_card",
     "render_model_card",
     "write_card_assets",

@@ -3,9 +3,10 @@ Training: the machinery shared by pre-training (`scripts/run_mae.py`) and fine-t
 in the spirit of MAE's `engine_*.py` / `util/misc.py`.
 
 - `core`: what both training scripts share, used from one place: their common flags (`training_parser`), the data
-  source, the image processor sized for a config, the accelerator and the run folder (`start_run` -> `RunContext`:
-  log, trackers, resume, checkpoints), the on-device loss meter of the loop (`StepMeter`) and the run summary's
-  common keys;
+  source and its summary, the image processor for a config (`load_image_processor`), the schedule
+  (`training_schedule`), the accelerator and the run folder (`start_run` -> `RunContext`: log, trackers, resume,
+  checkpoints, the final save), the trainer state (`TrainerState`), the on-device loss meter of the loop
+  (`StepMeter`) and the run summary's common keys;
 - `lifecycle`: the output folder's rules (which files a run wrote, its generated model card included), run
   identity, resume checks, staged saves, CLI errors (exit 2);
 - `checkpoints`: step checkpoints (save, prune, load) and the optimizer's weight-decay groups;

@@ -1,8 +1,9 @@
 """
 The training core shared by pre-training (`scripts/run_mae.py`) and fine-tuning (`scripts/run_finetune.py`), in the
 spirit of facebookresearch/mae's `util/misc.py` + the shared half of its `engine_*.py`: the flags both scripts take,
-the data source, the image processor sized for a config, the accelerator, the run folder and its log, resume, the
-loss meter that keeps the host from waiting on the device every step, and the run summary's common keys. The
+the data source, the image processor sized for a config, the schedule, the accelerator, the run folder and its log,
+the trainer state, resume, checkpoints and the final save, the loss meter that keeps the host from waiting on the
+device every step, and the run summary's common keys. The
 scripts keep their arguments, their model and loss, and what is truly theirs (masking and reconstruction scores;
 the fine-tuning recipe, mixup and the best epoch).
 """
@@ -14,10 +15,11 @@ import dataclasses
 import json
 import logging
 import math
+import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import accelerate
 import datasets
@@ -26,10 +28,15 @@ import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from transformers import AutoImageProcessor, get_cosine_schedule_with_warmup
 
+from ..configuration_dilated_vit_mae import DilatedViTMAEConfig
 from ..data.loading import CELEBA_SAMPLE_DIR
+from ..data.transforms import as_our_image_processor, image_processor_for_config
+from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
+from ..modeling_dilated_vit_mae import to_2tuple
 from .checkpoints import CheckpointManager
-from .distributed import build_accelerator, parameters_are_finite
+from .distributed import build_accelerator, parameters_are_finite, save_pretrained
 from .lifecycle import (
     RunIdentity,
     check_output_dir,
@@ -44,8 +51,9 @@ from .lifecycle import (
     positive_int,
     prepare_run_folder,
     quiet_library_logs,
+    stage_and_swap,
 )
-from .redaction import publishable, secret_values, tracker_config
+from .redaction import publishable, redact_command, secret_values, tracker_config, write_publishable_json
 
 
 logger = get_logger(__name__)
@@ -166,6 +174,79 @@ def on_shipped_sample(args: argparse.Namespace) -> bool:
     return bool(args.celeba_dir) and Path(args.celeba_dir).expanduser().resolve() == CELEBA_SAMPLE_DIR.resolve()
 
 
+def dataset_summary(args: argparse.Namespace, split_sizes: Mapping[str, int | None], eval_split: str) -> dict[str, Any]:
+    """`all_results.json`'s `dataset`: the source (with no local path in it), whether it is CelebA, a description the
+    model card shows, and each split's size (`train_samples`, `eval_samples`, `{split}_samples` for the others)."""
+    source = data_source(args)
+    if args.dataset_name:
+        name, is_celeba = args.dataset_name, "celeba" in args.dataset_name.lower()
+        description = f"[{name}](https://huggingface.co/datasets/{name})" + (
+            f" (configuration `{args.dataset_config_name}`)." if args.dataset_config_name else "."
+        )
+    elif on_shipped_sample(args):
+        name, is_celeba = "celeba_sample", False
+        description = (
+            "the 56-image stand-in in CelebA's layout shipped in the project's `data/celeba_sample/`: crops of three "
+            "public-domain / CC0 photographs (two people and a cat), **not CelebA**, so these weights and figures "
+            "say nothing about CelebA."
+        )
+    elif args.celeba_dir:
+        name, is_celeba = "CelebA", True
+        description = "CelebA (a raw download: `img_align_celeba`, 178x218 aligned crops, with the official partition)."
+    else:
+        folders = [Path(folder).name for folder in (source, getattr(args, "validation_dir", None)) if folder]
+        name, is_celeba = folders[0], False
+        description = " and ".join(f"`{folder}`" for folder in folders)
+        description = f"the image folder{'s' if len(folders) > 1 else ''} {description}."
+    sizes = {"train_samples": split_sizes.get("train"), "eval_samples": split_sizes.get(eval_split)}
+    sizes.update({f"{split}_samples": size for split, size in split_sizes.items() if split not in ("train", eval_split)})
+    return {
+        "name": name, "hub_id": args.dataset_name, "config_name": args.dataset_config_name, "is_celeba": is_celeba,
+        "description": description, "train_split": "train", "eval_split": eval_split, **sizes,
+    }  # fmt: skip
+
+
+def processor_mismatch(processor: DilatedViTMAEImageProcessor, config: DilatedViTMAEConfig) -> str | None:
+    """Why `processor` does not make the images `config`'s model takes (None when it does)."""
+    crop = processor.crop_size
+    height, width = to_2tuple(config.image_size)
+    if (crop["height"], crop["width"]) != (height, width):
+        return f"crops images to {crop['height']}x{crop['width']} but the model's image_size is {height}x{width}"
+    if processor.num_channels != config.num_channels:
+        return f"makes {processor.num_channels}-channel images but the model's num_channels is {config.num_channels}"
+    return None
+
+
+def load_image_processor(
+    args: argparse.Namespace, config: DilatedViTMAEConfig, source: str
+) -> DilatedViTMAEImageProcessor:
+    """
+    The processor a run trains with and saves, always matching the model's config, and ours (so that the folder is
+    self-contained): `--image_processor_name`'s, refused when it does not fit the config; else `source`'s (the model's
+    folder or Hub id: a ViTMAE checkpoint's processor is read as ours), adapted to the config where it does not fit
+    (its resampling, crop fraction, mean and std kept where they apply); else one made for the config.
+    """
+    name = args.image_processor_name or source
+    kwargs = dict(token=args.token, revision=args.revision, cache_dir=args.cache_dir)
+    try:
+        processor = as_our_image_processor(AutoImageProcessor.from_pretrained(name, **kwargs))
+    except (OSError, ValueError) as error:
+        if args.image_processor_name:
+            raise
+        logger.warning(f"No usable image processor in {name} ({error}); using one made for the model.")
+        return image_processor_for_config(config)
+    mismatch = processor_mismatch(processor, config)
+    if mismatch and args.image_processor_name:
+        raise ValueError(
+            f"--image_processor_name {args.image_processor_name} {mismatch}. Pass a processor made for this model, "
+            "or drop --image_processor_name to use one that matches the config."
+        )
+    if mismatch:
+        logger.info(f"image processor of {name}: {mismatch}; using one sized for the model instead")
+        return image_processor_for_config(config, like=processor)
+    return processor
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Accelerator, run folder, log
 # ----------------------------------------------------------------------------------------------------------------------
@@ -192,6 +273,107 @@ def setup_accelerator(args: argparse.Namespace) -> Accelerator:
     if accelerator.device.type == "cuda" and accelerator.mixed_precision == "no":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # TF32 for fp32 runs
     return accelerator
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """
+    What a checkpoint's `trainer_state.json` holds besides accelerate's state: where the run is, and the launch it was
+    saved by. Each script extends it with what is its own (pre-training: the lr history; fine-tuning: the best epoch
+    and the evaluation history).
+    """
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_done_in_epoch: int = 0
+    max_train_steps: int = 0
+    num_processes: int = 1
+    effective_batch_size: int = 0
+    seed: int = 0
+    train_runtime_seconds: float = 0.0  # cumulative over every resumed part (RunClock)
+    run_id: str | None = None  # OUTPUT_DIR/run.json's: a resume refuses a checkpoint of another run
+    run_fingerprint: str | None = None
+
+    # what describes this launch, not where the run is: kept when resuming
+    LAUNCH_FIELDS: ClassVar[frozenset] = frozenset(
+        {"max_train_steps", "num_processes", "effective_batch_size", "run_id", "run_fingerprint"}
+    )
+
+    def continue_from(self, saved: Mapping[str, Any]) -> None:
+        """Take a checkpoint's state (its fields this class has), except this launch's own."""
+        for field in dataclasses.fields(self):
+            if field.name in saved and field.name not in self.LAUNCH_FIELDS:
+                setattr(self, field.name, saved[field.name])
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """A run's length and learning rate, for this launch's processes and batch."""
+
+    effective_batch_size: int
+    steps_per_epoch: int
+    max_train_steps: int
+    num_epochs: int
+    learning_rate: float
+    num_warmup_steps: int
+
+
+def training_schedule(
+    args: argparse.Namespace,
+    num_processes: int,
+    num_train: int | None,
+    *,
+    drop_last: bool,
+    warmup_epochs: float | None = None,
+    warmup_ratio: float | None = None,
+) -> Schedule:
+    """
+    The schedule the flags give on `num_processes` for `num_train` training images (None: a stream, whose "epoch" is
+    the whole run): lr = blr x effective batch / 256 unless `--learning_rate`; `--num_warmup_steps`, else
+    `warmup_epochs` of steps, else `warmup_ratio` of the run, at most the whole run.
+    """
+    effective_batch_size = args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps
+    if num_train is None:
+        steps_per_epoch = args.max_train_steps
+    else:
+        images_per_batch = args.per_device_train_batch_size * num_processes
+        batches = num_train // images_per_batch if drop_last else math.ceil(num_train / images_per_batch)
+        if batches == 0:
+            raise ValueError(
+                f"The training split has {num_train} images, fewer than one batch ({args.per_device_train_batch_size} "
+                f"per device x {num_processes} processes; the last partial batch is dropped, as MAE does); lower "
+                "--per_device_train_batch_size."
+            )
+        steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    if args.num_warmup_steps is not None:
+        warmup = args.num_warmup_steps
+    elif warmup_epochs is not None:
+        warmup = round(warmup_epochs * steps_per_epoch)
+    else:
+        warmup = round(warmup_ratio * max_train_steps)
+    if warmup > max_train_steps:
+        logger.warning(f"{warmup} warmup steps exceed the run's {max_train_steps} steps; warming up over all of them.")
+        warmup = max_train_steps
+    learning_rate = args.learning_rate or args.base_learning_rate * effective_batch_size / 256
+    logger.info(
+        f"effective batch size {effective_batch_size} = {args.per_device_train_batch_size} per device x "
+        f"{num_processes} processes x {args.gradient_accumulation_steps} accumulation; lr = {learning_rate:.3g}"
+        + ("" if args.learning_rate else f" (blr {args.base_learning_rate:.3g} x {effective_batch_size} / 256)")
+        + f"; {max_train_steps} steps, {warmup} of warmup"
+    )  # fmt: skip
+    return Schedule(
+        effective_batch_size, steps_per_epoch, max_train_steps, math.ceil(max_train_steps / steps_per_epoch),
+        learning_rate, warmup,
+    )  # fmt: skip
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, schedule: Schedule, num_processes: int):
+    """Linear warmup, then cosine decay to 0 (MAE's). The prepared scheduler steps once per process at every optimizer
+    step (accelerate's convention), hence the counts times the processes."""
+    return get_cosine_schedule_with_warmup(
+        optimizer, schedule.num_warmup_steps * num_processes, schedule.max_train_steps * num_processes
+    )
 
 
 @dataclasses.dataclass
@@ -222,32 +404,62 @@ class RunContext:
         if self.args.with_tracking:
             self.accelerator.init_trackers(project, tracker_config(self.args))  # secrets redacted
 
-    def resume(self, effective_batch_size: int) -> tuple[Path, dict[str, Any]]:
+    def resume(self, state: TrainerState) -> Path:
         """
-        (checkpoint, its trainer state) of `--resume_from_checkpoint`, after `load_state` (every process). A checkpoint of
-        another run is refused before loading, a damaged file is named; another process count or batch is a warning.
+        Continue `state` from `--resume_from_checkpoint` (every process, after `load_state`): where the run was and
+        what the script keeps in its state, the launch's own fields (schedule length, processes, batch, run id) left as
+        they are. A checkpoint of another run is refused before loading, a damaged file is named; another process
+        count or batch is a warning. Returns the checkpoint.
         """
         checkpoint = self.checkpoints.resolve(self.args.resume_from_checkpoint)
         saved = self.checkpoints.load(self.accelerator, checkpoint, self.identity)
-        num_processes = self.accelerator.num_processes
+        num_processes, effective_batch_size = self.accelerator.num_processes, state.effective_batch_size
         if saved.get("num_processes") != num_processes or saved.get("effective_batch_size") != effective_batch_size:
             logger.warning(
                 f"Resuming a run saved with {saved.get('num_processes')} processes and effective batch "
                 f"{saved.get('effective_batch_size')} on {num_processes} / {effective_batch_size}: the run continues, "
                 "but it will not reproduce the uninterrupted one."
             )
-        return checkpoint, saved
+        state.continue_from(saved)
+        logger.info(f"resumed from {checkpoint} at step {state.global_step} (epoch {state.epoch}, batch {state.batches_done_in_epoch})")
+        return checkpoint
 
-    def save_checkpoint(self, model, optimizer, step: int, trainer_state: dict[str, Any]) -> Path:
-        """`checkpoints/step_{step}` (every process), refused if any parameter is not finite (it would be resumed
-        from); a full disk is a `DiskWriteError` that says how much the checkpoint needs."""
+    def save_checkpoint(self, model, optimizer, state: TrainerState) -> Path:
+        """`checkpoints/step_{global_step}` with `state` (every process), refused if any parameter is not finite (it
+        would be resumed from); a full disk is a `DiskWriteError` that says how much the checkpoint needs."""
+        step = state.global_step
         if not parameters_are_finite(self.accelerator, model):  # each rank its own shard (FSDP2: DTensors)
             raise RuntimeError(
                 f"Parameters are not finite at step {step}; no checkpoint written. The last good checkpoint is "
                 f"{self.checkpoints.latest() or 'none'}: lower the learning rate and resume from it."
             )
         expected_bytes = checkpoint_bytes(self.accelerator.unwrap_model(model), optimizer)
-        return self.checkpoints.save(self.accelerator, step, trainer_state, expected_bytes)
+        return self.checkpoints.save(self.accelerator, step, dataclasses.asdict(state), expected_bytes)
+
+    def save_final(self, model, image_processor, summary: dict, write_card: Callable[[Path], None], **stage) -> None:
+        """
+        The output folder (every process: the state dict is a collective under FSDP / DeepSpeed): the model, its image
+        processor, `all_results.json` (`summary`, redacted) and what `write_card` writes (the card, from
+        all_results.json), staged and swapped in all at once (`lifecycle.stage_and_swap`, `stage` its options): a full
+        disk leaves the previous final files as they were. The run's runtime goes into `run.json`.
+        """
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        state_dict = accelerator.get_state_dict(model)
+        if not accelerator.is_main_process:
+            return
+        unwrapped = accelerator.unwrap_model(model)
+
+        def write_final_files(folder: Path) -> None:
+            # as the model's own class: under FSDP2 `unwrapped` is torch's FSDP<Class>, which would write its auto_map
+            save_pretrained(unwrapped, folder, state_dict, save_function=accelerator.save)
+            image_processor.save_pretrained(folder)
+            # redacted by value (any token flag, HF_TOKEN, the cached login) and with no local path in it
+            write_publishable_json(folder / "all_results.json", summary, self.secrets)
+            write_card(folder)
+
+        stage_and_swap(self.output_dir, write_final_files, expected_bytes=checkpoint_bytes(unwrapped), **stage)
+        self.identity.record_runtime(self.output_dir, summary["hardware"]["train_runtime_seconds"])
 
 
 def start_run(args: argparse.Namespace, not_run_defining: set[str] | frozenset[str]) -> RunContext:
@@ -358,28 +570,30 @@ def timed_batches(dataloader, meter: StepMeter) -> Iterator[Any]:
 def summary_common(
     args: argparse.Namespace,
     accelerator: Accelerator,
+    state: TrainerState,
+    schedule: Schedule,
     *,
-    global_step: int,
-    epochs: int,
-    effective_batch_size: int,
     learning_rate: float,
-    warmup_steps: int,
-    train_runtime_seconds: float,
+    script: str,
 ) -> dict[str, Any]:
-    """The keys of `all_results.json` both scripts write: the schedule, the optimizer, the hardware, the versions."""
+    """The keys of `all_results.json` both scripts write: the command, the schedule, the optimizer, the hardware, the
+    versions. `script` is the script's path in the repository (named so in the command unless run by another path)."""
     device = accelerator.device
+    launched = sys.argv[0] if sys.argv and Path(sys.argv[0]).name == Path(script).name else script
     return {
-        "global_step": global_step,
-        "epochs": epochs,
+        # the launcher's own flags are not visible to the script: hardware below says how it ran
+        "command": redact_command(["accelerate", "launch", launched, *args.argv]),
+        "global_step": state.global_step,
+        "epochs": schedule.num_epochs,
         "num_processes": accelerator.num_processes,
-        "effective_batch_size": effective_batch_size,
+        "effective_batch_size": schedule.effective_batch_size,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "learning_rate": learning_rate,
         "base_learning_rate": None if args.learning_rate else args.base_learning_rate,
         "adam_betas": [args.adam_beta1, args.adam_beta2],
         "weight_decay": args.weight_decay,
-        "warmup_steps": warmup_steps,
+        "warmup_steps": schedule.num_warmup_steps,
         "seed": args.seed,
         "init": args.model_name_or_path,
         "hardware": {
@@ -389,7 +603,7 @@ def summary_common(
             "mixed_precision": accelerator.mixed_precision,
             "distributed_type": getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type)),
             # the training loop, summed over every resumed part of the run
-            "train_runtime_seconds": train_runtime_seconds,
+            "train_runtime_seconds": state.train_runtime_seconds,
         },
         "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
     }

@@ -23,7 +23,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +33,8 @@ T = TypeVar("T")
 
 REDACTED = "<redacted>"
 TOKEN_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+# command-line flags whose value must never reach a card or a log
+SECRET_FLAGS = ("--token", "--hub_token")
 # shorter values cannot be real credentials, and replacing them everywhere would mangle the file
 MIN_SECRET_LENGTH = 4
 # a Hub user access token ("hf_" + 34 letters and digits), wherever it came from
@@ -167,6 +170,28 @@ def redact_message(text: str) -> str:
     """`text` redacted as log records are (the secrets given to `redact_logs`, the environment's and the cached login's
     tokens, anything shaped like a Hub token): for what a script prints outside logging, such as its error line."""
     return redact(text, _LOG_SECRETS | set(secret_values()))
+
+
+def redact_command(command: str | Sequence[str]) -> str:
+    """
+    A command line with the values of `--token`/`--hub_token` replaced by `***`. This is by flag name only: redact by
+    value as well (`redaction.redact`), which also catches values after flags spelt otherwise.
+    """
+    parts = shlex.split(command) if isinstance(command, str) else list(command)
+    redacted = []
+    hide_next = False
+    for part in parts:
+        if hide_next:
+            redacted.append("***")
+            hide_next = False
+        elif part in SECRET_FLAGS:
+            redacted.append(part)
+            hide_next = True
+        elif part.startswith(tuple(f"{flag}=" for flag in SECRET_FLAGS)):
+            redacted.append(part.split("=", 1)[0] + "=***")
+        else:
+            redacted.append(part)
+    return shlex.join(redacted)
 
 
 def write_publishable_json(path: str | os.PathLike, obj: Any, secrets: Iterable[str] | None = None) -> Path:
