@@ -74,11 +74,12 @@ def make_reconstruct(reconstruction_pipeline):
     def reconstruct(image: str | PIL.Image.Image | None, mask_ratio: float, seed: float | None) -> tuple[Any, ...]:
         if image is None:
             return (None,) * len(COLUMNS)
-        if not isinstance(mask_ratio, (int, float)) or not 0.0 <= float(mask_ratio) < 1.0:
-            raise ValueError(f"The mask ratio must be a number in [0, 1), got {mask_ratio!r}.")
+        # the app's own rule: an emptied seed field arrives as None, which the pipeline would take as "draw a seed"
+        # (the field promises same seed, same mask); a whole float (3.0) is accepted
         if not isinstance(seed, (int, float)) or not float(seed).is_integer() or seed < 0:
             raise ValueError(f"The seed must be a non-negative whole number, got {seed!r}.")
-        result = reconstruction_pipeline(image, mask_ratio=float(mask_ratio), seed=int(seed))
+        # the pipeline checks `mask_ratio` itself
+        result = reconstruction_pipeline(image, mask_ratio=mask_ratio, seed=int(seed))
         return tuple(_display(result[name]) for name in COLUMNS)
 
     return reconstruct

@@ -216,6 +216,13 @@ def unpatchify(
     return patches.reshape(batch_size, num_channels, grid_height * patch_height, grid_width * patch_width)
 
 
+def patch_mean_std(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each patch's mean and standard deviation `(B, L, 1)` over its values, those `norm_pix_loss` normalises the target
+    with: MAE's unbiased variance plus eps 1e-6."""
+    mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
+    return mean, (var + 1.0e-6) ** 0.5
+
+
 def _needs_init(tensor: torch.Tensor) -> bool:
     # `from_pretrained` flags the tensors it loaded; initialisation must leave those alone.
     return not getattr(tensor, "_is_hf_initialized", False)
@@ -1100,9 +1107,8 @@ class DilatedViTMAEForPreTraining(DilatedViTMAEPreTrainedModel):
         grid_size = patch_embeddings.grid_for(*pixel_values.shape[2:])
         prediction = logits
         if self.config.norm_pix_loss:
-            target = patchify(pixel_values, patch_embeddings.patch_size)
-            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-            prediction = logits * (var + 1.0e-6) ** 0.5 + mean
+            mean, std = patch_mean_std(patchify(pixel_values, patch_embeddings.patch_size))
+            prediction = logits * std + mean
         return unpatchify(prediction, patch_embeddings.patch_size, grid_size, self.config.num_channels)
 
     def mask_to_pixels(self, mask: torch.Tensor, image_size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -1125,9 +1131,8 @@ class DilatedViTMAEForPreTraining(DilatedViTMAEPreTrainedModel):
         """MSE between `logits` and the (optionally per-patch normalised) target, averaged over masked patches."""
         target = self.patchify(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         if self.config.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
+            mean, std = patch_mean_std(target)
+            target = (target - mean) / std
         loss = (logits - target) ** 2
         loss = loss.mean(dim=-1)  # (B, L), mean loss per patch
         return (loss * mask).sum() / mask.sum()  # mean loss on removed patches

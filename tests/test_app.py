@@ -76,7 +76,8 @@ def test_callback_shows_the_four_images_side_by_side(model_folder):
     assert np.array_equal(np.where(visible, recomposited, 0), np.where(visible, original, 0))
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, reconstruct(photo, 0.75, 3)))
     assert reconstruct(None, 0.75, 0) == (None, None, None, None)
-    with pytest.raises(ValueError, match="mask ratio"):
+    # the pipeline's own check (one place for the rule and its message)
+    with pytest.raises(ValueError, match=r"^`mask_ratio` must be a number in \[0, 1\), got 1\.0\.$"):
         reconstruct(photo, 1.0, 0)
     # the demo built around a given pipeline uses it
     assert isinstance(
@@ -101,7 +102,8 @@ def test_uploads_reach_the_image_processor_untouched_so_16_bit_is_scaled(model_f
     assert np.abs(original - gradient[..., None] / 257).max() <= 1  # a gradient, not 99% white
     with pytest.raises(ValueError, match="does not download"):
         reconstruct("https://example.com/face.png", 0.5, 0)
-    for mask_ratio, seed, match in [("0.5", 0, "mask ratio"), (float("nan"), 0, "mask ratio"), (0.5, None, "seed"),
+    for mask_ratio, seed, match in [("0.5", 0, "`mask_ratio` must be"), (float("nan"), 0, "`mask_ratio` must be"),
+                                    (True, 0, "`mask_ratio` must be"), (0.5, None, "seed"),
                                     (0.5, 1.5, "seed"), (0.5, -1, "seed")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
             reconstruct(value, mask_ratio, seed)

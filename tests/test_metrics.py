@@ -71,6 +71,18 @@ def test_metric_scripts_import_only_what_evaluate_can_copy(name):
         assert not sibling_siblings, f"{sibling}.py imports siblings, which evaluate.load would not copy"
         libraries |= sibling_libraries
     assert libraries <= {"datasets", "evaluate", "numpy", "torch"} | set(sys.stdlib_module_names)
+    # evaluate finds the siblings with its own line parser (`from .x import` at the start of a line), not Python's:
+    # an import it cannot see would not be copied, and the script would fail to load from the cache
+    found = evaluate.loading.get_imports(str(METRICS_DIR / f"{name}.py"))
+    assert {module for kind, module, _, _ in found if kind == "internal"} == siblings
+
+
+@pytest.mark.parametrize("name", METRIC_NAMES)
+def test_evaluate_finds_each_scripts_own_metric_class(name):
+    # `evaluate.load` takes the first `EvaluationModule` subclass in the script's namespace: a class imported from a
+    # sibling (a shared base class) would be loaded instead of the script's own
+    module_path = f"dilated_vit_mae.evaluation.metrics.{name}"
+    assert evaluate.loading.import_main_class(module_path).__module__ == module_path
 
 
 def test_metric_scripts_ship_with_the_package():
@@ -140,8 +152,13 @@ def test_masked_patch_mse_known_value():
 @pytest.mark.parametrize(
     "predictions, references, match",
     [
-        ([[0.1, 0.2], [0.1, 0.2, 0.3]], [[0.1, 0.2], [0.1, 0.2]], r"Example 1: the prediction has 3 values but its "),
-        ([[0.1, float("nan")]], [[0.1, 0.2]], r"Example 0: .*NaN or infinite"),
+        (
+            [[0.1, 0.2], [0.1, 0.2, 0.3]],
+            [[0.1, 0.2], [0.1, 0.2]],
+            r"Example 1: the prediction has 3 values but its reference has 2; pass the same masked-patch pixels, in "
+            r"the same order, for both\.$",
+        ),
+        ([[0.1, float("nan")]], [[0.1, 0.2]], r"Example 0: .*NaN or infinite.*; the masked-patch MSE is undefined"),
         ([[0.1], [0.2]], [[0.1], [float("inf")]], r"Example 1: .*NaN or infinite"),
         ([[0.1, None]], [[0.1, 0.2]], r"Example 0: .*NaN or infinite"),  # a missing value
         ([[], []], [[], []], r"nothing to average: got 2 examples with 0 values"),
@@ -194,9 +211,15 @@ def test_psnr_identical_images_are_capped():
 @pytest.mark.parametrize(
     "predictions, references, kwargs, match",
     [
-        ([[0.1, 0.2, 0.3]], [[0.1, 0.2]], {}, r"Example 0: the prediction has 3 values but its reference has 2"),
+        (
+            [[0.1, 0.2, 0.3]],
+            [[0.1, 0.2]],
+            {},
+            r"Example 0: the prediction has 3 values but its reference has 2; pass the same image, flattened the "
+            r"same way, for both\.$",
+        ),
         ([[0.1], [float("nan")]], [[0.1], [0.2]], {}, r"Example 1: .*NaN or infinite"),
-        ([[0.1]], [[float("nan")]], {}, r"Example 0: .*NaN or infinite"),
+        ([[0.1]], [[float("nan")]], {}, r"Example 0: .*NaN or infinite.*reference; PSNR is undefined for them \("),
         ([[0.1], []], [[0.1], []], {}, r"Example 1 is empty"),
         ([[0.1]], [[0.2]], {"data_range": 0.0}, r"`data_range` must be > 0 .* got 0.0"),
         ([[0.1]], [[0.2]], {"data_range": -1.0}, r"`data_range` must be > 0 .* got -1.0"),

@@ -115,6 +115,19 @@ def test_loss_is_mse_on_masked_patches(tiny_config_kwargs):
         torch.testing.assert_close(outputs.loss, expected)
 
 
+def test_norm_pix_loss_is_maes_to_the_bit(tiny_config_kwargs):
+    # MAE's norm_pix target (models_mae.py `forward_loss`, as transformers' ViTMAE writes it): unbiased variance, eps
+    # 1e-6. The per-patch statistics are shared by the loss, `logits_to_pixel_values` and the evaluation's scores
+    model = DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs, norm_pix_loss=True))
+    pixel_values, logits = torch.randn(2, 3, 32, 32), torch.randn(2, 64, 48)
+    mask = (torch.rand(2, 64) < 0.75).float()
+    target = model.patchify(pixel_values)
+    mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+    target = (target - mean) / (var + 1.0e-6) ** 0.5
+    expected = (((logits - target) ** 2).mean(dim=-1) * mask).sum() / mask.sum()
+    assert torch.equal(model.forward_loss(pixel_values, logits, mask), expected)
+
+
 def test_patchify_matches_vit_mae_layout_and_inverts(tiny_config_kwargs):
     model = DilatedViTMAEForPreTraining(make_config(tiny_config_kwargs))
     reference = ViTMAEForPreTraining(ViTMAEConfig(**tiny_config_kwargs))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dilated_vit_mae import DilatedViTMAEForPreTraining
-from dilated_vit_mae.evaluation.reconstruction import reconstruction_grid, reconstruction_images
+from dilated_vit_mae.evaluation.reconstruction import reconstruction_grid, reconstruction_images, reconstruction_scores
 from dilated_vit_mae.modeling_dilated_vit_mae import patchify
 
 
@@ -37,6 +37,19 @@ def test_reconstruction_images(tiny_config, norm_pix_loss):
     assert grid.size == (4 * 128 + 3 * 4, 24 + 2 * 128 + 4 + 28) and grid.mode == "RGB"
     header = np.asarray(grid)[:24]
     assert (header < 128).any(), "the column labels are drawn"
+
+
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+def test_reconstruction_scores_loss_is_the_training_loss(tiny_config, norm_pix_loss):
+    # the scores' `loss` is computed in the model's own target space (the same per-patch statistics with
+    # `norm_pix_loss`): with the same number of masked patches per image, its mean is the model's loss
+    tiny_config.norm_pix_loss = norm_pix_loss
+    model = DilatedViTMAEForPreTraining(tiny_config).eval()
+    pixel_values = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        outputs = model(pixel_values, noise=torch.rand(3, 64))
+    scores = reconstruction_scores(model, pixel_values, outputs.logits, outputs.mask, [0.5] * 3, [0.2] * 3)
+    torch.testing.assert_close(scores["model_loss"].mean(), outputs.loss, rtol=1e-6, atol=0)
 
 
 def test_the_grid_renders_with_the_one_bitmap_font_of_an_old_pillow(monkeypatch):

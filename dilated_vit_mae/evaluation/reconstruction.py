@@ -14,7 +14,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
-from ..modeling_dilated_vit_mae import DilatedViTMAEForPreTraining, patchify, unpatchify
+from ..modeling_dilated_vit_mae import DilatedViTMAEForPreTraining, patch_mean_std, patchify, unpatchify
 from .metrics.pixel_errors import mean_squared_error, psnr_from_mse
 
 
@@ -59,9 +59,9 @@ PREDICTORS = ("model", "baseline_zeros", "baseline_visible_mean")
 
 
 def _normalise_patches(patches: torch.Tensor) -> torch.Tensor:
-    """norm_pix_loss's target: each patch minus its mean, over its standard deviation (MAE's eps 1e-6)."""
-    mean, var = patches.mean(dim=-1, keepdim=True), patches.var(dim=-1, keepdim=True)
-    return (patches - mean) / (var + 1.0e-6) ** 0.5
+    """norm_pix_loss's target: each patch minus its mean, over its standard deviation (the model's statistics)."""
+    mean, std = patch_mean_std(patches)
+    return (patches - mean) / std
 
 
 def _visible_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -135,7 +135,7 @@ def reconstruction_scores(
         scores[f"{name}_loss"] = (error * mask).sum(dim=1) / masked_patches
         scores[f"{name}_masked_patch_mse"], scores[f"{name}_psnr"] = pixel_scores(in_pixel_space[name])
     if model.config.norm_pix_loss:
-        own_mean, own_std = patches.mean(dim=-1, keepdim=True), (patches.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
+        own_mean, own_std = patch_mean_std(patches)
         for name in ("model", "baseline_zeros"):
             mse, psnr = pixel_scores(in_target_space[name] * own_std + own_mean)
             scores[f"{name}_oracle_masked_patch_mse"], scores[f"{name}_oracle_psnr"] = mse, psnr

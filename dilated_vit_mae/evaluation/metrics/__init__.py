@@ -4,7 +4,7 @@ Each metric is an `evaluate` metric script in this folder (`masked_patch_mse.py`
 `mean_attribute_accuracy.py`), loaded by file path, so no network access is needed (`evaluate.load("mse")`
 would download from the Hub). They ship inside the installed package. `masked_patch_mse` and `psnr` compute through
 `pixel_errors.py`, the definitions that `evaluation.reconstruction.reconstruction_scores` (run_mae's evaluation, the
-model card's figures) uses too.
+model card's figures) uses too; the three take their inputs through `metric_inputs.py` (features, batches, checks).
 
 ```python
 >>> from dilated_vit_mae.evaluation.metrics import load_metric

@@ -2,15 +2,17 @@
 """Mean attribute accuracy: the CelebA convention for multi-label binary attribute prediction.
 
 An `evaluate` metric module that loads offline: `evaluate.load("path/to/mean_attribute_accuracy.py")`, or
-`dilated_vit_mae.evaluation.metrics.load_metric("mean_attribute_accuracy")`. This file must import only `datasets`,
-`evaluate` and `numpy`: `evaluate.load` copies it alone into its module cache.
+`dilated_vit_mae.evaluation.metrics.load_metric("mean_attribute_accuracy")`. This file must import only `evaluate`,
+`numpy` and its sibling `metric_inputs.py` (the input handling the metrics share): `evaluate.load` copies the two alone
+into its module cache.
 """
 
 import math
 
-import datasets
 import evaluate
 import numpy as np
+
+from .metric_inputs import metric_info
 
 
 _CITATION = """\
@@ -118,18 +120,11 @@ def _binary_matrix(rows, input_name: str) -> np.ndarray:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class MeanAttributeAccuracy(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            module_type="metric",
+        return metric_info(
+            "int32",
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            # `Sequence` (not `List`) so that the module also loads with datasets 3.x
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Sequence(datasets.Value("int32")),
-                    "references": datasets.Sequence(datasets.Value("int32")),
-                }
-            ),
             reference_urls=["https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"],
         )
 
