@@ -671,33 +671,51 @@ def test_fused_resize_and_crop_matches_resize_then_crop(chelsea, monkeypatch, cr
 
 
 
-def test_stored_settings_are_validated_once_and_again_after_an_assignment(chelsea, tmp_path, monkeypatch):
+def test_settings_are_validated_where_they_enter_and_only_there(chelsea, tmp_path, monkeypatch):
     processor = DilatedViTMAEImageProcessor(size={"shortest_edge": 40}, crop_size=32)
     first = _pixels(processor, chelsea)
     checked = []
     original = module._to_size_dict
-    monkeypatch.setattr(module, "_to_size_dict", lambda *args, **kw: checked.append(args) or original(*args, **kw))
+    monkeypatch.setattr(module, "_to_size_dict", lambda *args, **kw: checked.append(args[1]) or original(*args, **kw))
     for _ in range(3):
         np.testing.assert_array_equal(_pixels(processor, chelsea), first)
     assert checked == []  # the stored settings were validated when they entered, not at every call
     processor(chelsea, crop_size=16)
-    assert len(checked) == 2  # per-call arguments enter at the call: validated there
+    assert checked == ["crop_size"]  # a call validates the arguments given to it, not the stored settings
 
-    # an assigned setting is validated (with the others) at the next call, then kept
-    processor.crop_size = {"height": 16, "width": 16}
+    # an assigned setting is validated (and canonicalised) at the assignment, once
+    checked.clear()
+    processor.crop_size = 16
+    assert processor.crop_size == {"height": 16, "width": 16} and checked == ["crop_size"]
     assert _pixels(processor, chelsea).shape == (1, 3, 16, 16)
+    assert checked == ["crop_size"]
+    # a bad one is refused there, with the constructor's message, and leaves the setting as it was
+    for name, value, match in [
+        ("size", {"shortest_edge": 0}, r"`size\['shortest_edge'\]` must be a positive int"),
+        ("crop_size", {"shortest_edge": 8}, r"`crop_size` must be \{\"height\""),
+        ("crop_pct", 1.5, r"`crop_pct` must be a number in \(0, 1\]"),
+        ("resample", 42, "`resample` must be a PILImageResampling"),
+        ("rescale_factor", 0, "`rescale_factor` must be a positive number"),
+        ("num_channels", 0, "`num_channels` must be a positive int"),
+        ("image_mean", [0.5, 0.5], r"`image_mean` must have one value per channel \(num_channels=3\), got 2"),
+        ("image_std", [0.2, 0.0, 0.2], "`image_std` must be positive"),
+    ]:
+        before = getattr(processor, name)
+        with pytest.raises(ValueError, match=match):
+            setattr(processor, name, value)
+        assert getattr(processor, name) == before, name
+    processor.image_mean = 0.5  # a float is one value for every channel, as in __init__
+    assert processor.image_mean == [0.5, 0.5, 0.5]
+
+    # num_channels and the per-channel image_mean / image_std may be assigned one at a time: whether they agree is
+    # checked at the next call, once
     processor.num_channels = 1
     with pytest.raises(ValueError, match=r"`image_mean` must have one value per channel \(num_channels=1\)"):
         processor(chelsea)
     processor.image_mean, processor.image_std = [0.5], [0.25]
     assert _pixels(processor, chelsea).shape == (1, 1, 16, 16)
-    processor.size = {"shortest_edge": 0}
-    with pytest.raises(ValueError, match=r"`size\['shortest_edge'\]` must be a positive int"):
-        processor(chelsea)
 
-    # the kept form is not a setting: it is neither saved nor compared
-    processor.size = {"shortest_edge": 40}
-    processor(chelsea)
+    # the kept form of the settings is not a setting: it is neither saved nor compared
     processor.save_pretrained(tmp_path)
     assert "_validated_settings" not in json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert DilatedViTMAEImageProcessor.from_pretrained(tmp_path).to_dict() == processor.to_dict()
