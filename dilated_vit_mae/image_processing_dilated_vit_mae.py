@@ -257,11 +257,10 @@ def _read_array(
     if array.size == 0:
         raise ValueError(f"Got an empty image array of shape {tuple(array.shape)}.")
     array = _to_uint8(array)
-    if array.ndim == 2:
-        return array[..., None]
-
     counts = " or ".join(map(str, channel_counts))
-    if input_data_format is not None:
+    if array.ndim == 2:
+        array, channels_first = array[..., None], False  # greyscale: one channel, whatever the layout
+    elif input_data_format is not None:
         # also accepts transformers' `ChannelDimension` enum, whose values are these strings
         layout = getattr(input_data_format, "value", input_data_format)
         if layout not in ("channels_first", "channels_last"):
@@ -281,7 +280,7 @@ def _read_array(
         channels_first = first_ok and (channels_first_default or not last_ok)
     if channels_first:
         array = np.moveaxis(array, 0, -1)
-    if array.shape[-1] not in channel_counts:
+    if array.shape[-1] not in channel_counts:  # a greyscale array or a given layout (a guessed one fits)
         raise ValueError(
             f"Image arrays must have {counts} channels here, got {array.shape[-1]} channels (array of shape "
             f"{tuple(array.shape)} read as {'(C, H, W)' if channels_first else '(H, W, C)'}); set `num_channels` "

@@ -513,6 +513,9 @@ def test_pil_images_with_other_channel_counts_raise_clear_errors(chelsea, tmp_pa
         processor(np.zeros((8, 8, 3), np.uint8), input_data_format="channels_last")
     with pytest.raises(ValueError, match=r"channel axis .*expected 4 channels"):
         processor(np.zeros((8, 8, 3), np.uint8))
+    for greyscale in (np.zeros((8, 8), np.uint8), torch.zeros(8, 8)):  # (H, W): one channel, not 4
+        with pytest.raises(ValueError, match=r"must have 4 channels here, got 1 channels .*\(8, 8, 1\)"):
+            processor(greyscale)
     with pytest.raises(ValueError, match=r"image_std.*one value per channel \(num_channels=4\)"):
         DilatedViTMAEImageProcessor()(np.zeros((8, 8, 4), np.uint8), image_mean=[0.5] * 4)
 
