@@ -70,8 +70,8 @@ _ACCEPTED_INPUTS = (
 class DilatedViTMAEImageProcessorKwargs(ImagesKwargs, total=False):
     """Keyword arguments of [`DilatedViTMAEImageProcessor`] beyond transformers' `ImagesKwargs`.
 
-    Listing `num_channels` here lets `from_pretrained(..., num_channels=1)` pass it to `__init__` (and so through
-    its validation) instead of setting it on the instance behind `__init__`'s back.
+    Listing `num_channels` here lets `from_pretrained(..., num_channels=1)` pass it to `__init__`, whose `image_mean` /
+    `image_std` defaults and checks follow it, instead of assigning it to the processor once built.
     """
 
     num_channels: int | None
@@ -699,22 +699,6 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             raise TypeError(f"Got None instead of an image. Accepted: {_ACCEPTED_INPUTS}.")
         raise TypeError(f"Unsupported image type {type(image).__name__}. Accepted: {_ACCEPTED_INPUTS}.")
 
-    def _num_channels_for_call(
-        self, num_channels: int | None, image_mean: float | list[float] | None, image_std: float | list[float] | None
-    ) -> int:
-        """
-        `num_channels` if given; else the number of per-call `image_mean` / `image_std` values, which name one value
-        per channel (transformers' processors read that many channels from arrays, e.g. its shared
-        `test_call_numpy_4_channels`); else the processor's.
-        """
-        if num_channels is None:
-            stats = (image_mean, image_std)
-            per_call = [len(v) for v in stats if not isinstance(v, (str, int, float)) and np.ndim(v) == 1]
-            if not per_call:
-                return self.num_channels  # validated when it was set
-            num_channels = per_call[0]
-        return self._check_setting("num_channels", num_channels)
-
     def _preprocess_settings(self, **arguments: Any) -> dict[str, Any]:
         """
         The keyword arguments of `_preprocess_image` for a `preprocess` call: the settings given to it (not `None`),
@@ -724,9 +708,14 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
         given = {name: value for name, value in arguments.items() if value is not None}
         if not given and "_validated_settings" in self.__dict__:
             return self.__dict__["_validated_settings"]
-        num_channels = self._num_channels_for_call(
-            given.get("num_channels"), given.get("image_mean"), given.get("image_std")
-        )
+        num_channels = given.get("num_channels")
+        if num_channels is None:
+            # per-call image_mean / image_std sequences name one value per channel (transformers' processors read
+            # that many channels from arrays, e.g. its shared `test_call_numpy_4_channels`)
+            stats = (given.get("image_mean"), given.get("image_std"))
+            per_call = [len(v) for v in stats if not isinstance(v, (str, int, float)) and np.ndim(v) == 1]
+            num_channels = per_call[0] if per_call else None
+        num_channels = self.num_channels if num_channels is None else self._check_setting("num_channels", num_channels)
         settings = {}
         for name in self._SETTINGS:  # image_mean before image_std, as in __init__
             if name in given and name != "num_channels":
