@@ -90,9 +90,7 @@ def _to_size_dict(
 
     As in transformers' ViT processor, an int means a square `(size, size)` and a pair means `(height, width)`.
     """
-    if isinstance(size, bool):
-        raise TypeError(f"`{param_name}` must be an int, a (height, width) pair or a dict, got {size!r}.")
-    if isinstance(size, int):
+    if isinstance(size, int) and not isinstance(size, bool):
         size = {"height": size, "width": size}
     elif isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
         size = {"height": size[0], "width": size[1]}
