@@ -703,9 +703,9 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
         validated here, where they enter, over the processor's own, validated when they were set. Without any, built
         once and kept until a setting is assigned.
         """
-        given = {name: value for name, value in arguments.items() if value is not None}
-        if not given and "_validated_settings" in self.__dict__:
+        if all(value is None for value in arguments.values()) and "_validated_settings" in self.__dict__:
             return self.__dict__["_validated_settings"]
+        given = {name: value for name, value in arguments.items() if value is not None}
         num_channels = given.get("num_channels")
         if num_channels is None:
             # per-call image_mean / image_std sequences name one value per channel (transformers' processors read
