@@ -909,7 +909,9 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
 
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
         do_rescale = self.do_rescale if do_rescale is None else do_rescale
-        rescale_factor = self.rescale_factor if rescale_factor is None else self._check_setting("rescale_factor", rescale_factor)
+        rescale_factor = (
+            self.rescale_factor if rescale_factor is None else self._check_setting("rescale_factor", rescale_factor)
+        )
         batch = batch.astype(np.float64)
         if do_normalize:
             # the stored values were validated when set, but maybe for another channel count

@@ -716,7 +716,19 @@ def test_settings_are_validated_where_they_enter_and_only_there(chelsea, tmp_pat
     with pytest.raises(ValueError, match=r"`image_mean` must have one value per channel \(num_channels=1\)"):
         processor(chelsea)
     processor.image_mean, processor.image_std = [0.5], [0.25]
-    assert _pixels(processor, chelsea).shape == (1, 1, 16, 16)
+    pixel_values = _pixels(processor, chelsea)
+    assert pixel_values.shape == (1, 1, 16, 16)
+
+    # postprocess likewise validates only what it is given
+    stats_checked = []
+    original_stats = module._channel_stats
+    monkeypatch.setattr(
+        module, "_channel_stats", lambda *args, **kw: stats_checked.append(args[2]) or original_stats(*args, **kw)
+    )
+    processor.postprocess(pixel_values)
+    assert stats_checked == []
+    processor.postprocess(pixel_values, image_std=0.5)
+    assert stats_checked == ["image_std"]
 
     # the kept form of the settings is not a setting: it is neither saved nor compared
     processor.save_pretrained(tmp_path)
