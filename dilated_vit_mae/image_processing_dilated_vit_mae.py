@@ -259,13 +259,7 @@ def _read_array(
     if array.ndim == 2:
         array, channels_first = array[..., None], False  # greyscale: one channel, whatever the layout
     elif input_data_format is not None:
-        # also accepts transformers' `ChannelDimension` enum, whose values are these strings
-        layout = getattr(input_data_format, "value", input_data_format)
-        if layout not in ("channels_first", "channels_last"):
-            raise ValueError(
-                f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
-            )
-        channels_first = layout == "channels_first"
+        channels_first = input_data_format == "channels_first"
     else:
         first_ok, last_ok = array.shape[0] in channel_counts, array.shape[-1] in channel_counts
         if not (first_ok or last_ok):
@@ -820,9 +814,15 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             crop_pct=crop_pct, do_rescale=do_rescale, rescale_factor=rescale_factor, do_normalize=do_normalize,
             image_mean=image_mean, image_std=image_std, do_convert_rgb=do_convert_rgb, num_channels=num_channels,
         )  # fmt: skip
+        # both also accept transformers' enums (`TensorType`, `ChannelDimension`), whose values are these strings
         return_tensors = getattr(return_tensors, "value", return_tensors)
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}.")
+        input_data_format = getattr(input_data_format, "value", input_data_format)
+        if input_data_format not in (None, "channels_first", "channels_last"):
+            raise ValueError(
+                f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
+            )
 
         # an array may have 1, 3 or 4 (RGBA) channels for a greyscale or RGB output, exactly num_channels otherwise
         num_channels = settings["num_channels"]

@@ -173,6 +173,10 @@ def test_input_data_format_forces_layout():
     assert _pixels(processor, array).shape == (1, 3, 3, 8)
     assert _pixels(processor, array, input_data_format="channels_first").shape == (1, 3, 8, 3)
     assert _pixels(processor, torch.from_numpy(array)).shape == (1, 3, 8, 3)  # torch defaults to CHW
+    # a call argument, checked once at the call whatever the images are (not per array, nor skipped for PIL images)
+    for images in (array, [array, array], PIL.Image.new("RGB", (8, 3))):
+        with pytest.raises(ValueError, match=r"^`input_data_format` must be 'channels_first' or 'channels_last'"):
+            processor(images, input_data_format="channels_middle")
 
 
 def test_image_file_path_is_opened(chelsea, tmp_path):
