@@ -56,8 +56,7 @@ _TARGET_MODE = {1: "L", 3: "RGB"}
 # channel counts an input array may have when num_channels is 1 or 3: grey ("L"), "RGB", "RGBA"
 _ARRAY_CHANNELS = (1, 3, 4)
 # 16/32-bit PIL modes: `Image.convert` would clip them to 0..255 instead of rescaling, so they are read as arrays
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
-_HIGH_BIT_DEPTH_MODES = ("I", "F", *_SIXTEEN_BIT_MODES)
+_HIGH_BIT_DEPTH_MODES = ("I", "F", "I;16", "I;16B", "I;16L", "I;16N")
 # a float array may exceed [0, 1] by this much (arithmetic round-off) and is then clipped
 _FLOAT_RANGE_SLACK = 1e-3
 
@@ -66,17 +65,13 @@ _ACCEPTED_INPUTS = (
     "{1, 3, 4} or C = num_channels (uint8 in 0..255, uint16 in 0..65535 or float in [0, 1]), a 4-D array/tensor "
     "holding a batch of such images, a path to an image file, or a list of these"
 )
-_BIT_DEPTH_RULES = (
-    "uint8 and other integer arrays are read as 0..255, uint16 arrays and PIL modes 'I;16*' and 'I' as 0..65535, "
-    "float arrays and PIL mode 'F' as [0, 1]"
-)
 
 
 class DilatedViTMAEImageProcessorKwargs(ImagesKwargs, total=False):
     """Keyword arguments of [`DilatedViTMAEImageProcessor`] beyond transformers' `ImagesKwargs`.
 
-    Listing `num_channels` here lets `from_pretrained(..., num_channels=1)` pass it to `__init__` (and so through
-    its validation) instead of setting it on the instance behind `__init__`'s back.
+    Listing `num_channels` here lets `from_pretrained(..., num_channels=1)` pass it to `__init__`, whose `image_mean` /
+    `image_std` defaults and checks follow it, instead of assigning it to the processor once built.
     """
 
     num_channels: int | None
@@ -95,9 +90,7 @@ def _to_size_dict(
 
     As in transformers' ViT processor, an int means a square `(size, size)` and a pair means `(height, width)`.
     """
-    if isinstance(size, bool):
-        raise TypeError(f"`{param_name}` must be an int, a (height, width) pair or a dict, got {size!r}.")
-    if isinstance(size, int):
+    if isinstance(size, int) and not isinstance(size, bool):
         size = {"height": size, "width": size}
     elif isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2:
         size = {"height": size[0], "width": size[1]}
@@ -124,24 +117,19 @@ def _channel_stats(
         values = values.tolist()
     if not isinstance(values, Sequence) or isinstance(values, str):
         raise TypeError(f"`{param_name}` must be a float or a sequence of floats, got {values!r}.")
-    values = [float(value) for value in values]
-    if len(values) != num_channels:
-        raise ValueError(
-            f"`{param_name}` must have one value per channel (num_channels={num_channels}), got {len(values)} "
-            f"values {values!r}. Pass a `{param_name}` of length {num_channels}, or change `num_channels`."
-        )
+    values = _check_channel_count([float(value) for value in values], num_channels, param_name)
     if not all(np.isfinite(values)):
         raise ValueError(f"`{param_name}` must be finite, got {values!r}.")
     return values
 
 
-def _check_num_channels(num_channels: int) -> int:
-    if isinstance(num_channels, bool) or not isinstance(num_channels, (int, np.integer)) or num_channels < 1:
+def _check_channel_count(values: list[float], num_channels: int, param_name: str) -> list[float]:
+    if len(values) != num_channels:
         raise ValueError(
-            "`num_channels` must be a positive int: 1 (greyscale), 3 (RGB), or the channel count of array inputs "
-            f"(e.g. 4 for RGB + near-infrared), got {num_channels!r}."
+            f"`{param_name}` must have one value per channel (num_channels={num_channels}), got {len(values)} "
+            f"values {values!r}. Pass a `{param_name}` of length {num_channels}, or change `num_channels`."
         )
-    return int(num_channels)
+    return values
 
 
 def _is_url(text: str) -> bool:
@@ -202,7 +190,8 @@ def _open_image_file(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Pixel values as uint8, following `_BIT_DEPTH_RULES`; anything else raises, naming the problem."""
+    """Pixel values as uint8: integer arrays read as 0..255, uint16 as 0..65535, float as [0, 1]; anything else
+    raises, naming the problem."""
     if array.dtype == np.bool_ or array.dtype.kind not in "uif":
         raise TypeError(
             f"Image arrays must hold integer or float pixel values, got dtype {array.dtype}. Cast the array, e.g. "
@@ -236,7 +225,8 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def _high_bit_depth_to_8_bit(image: PIL.Image.Image) -> PIL.Image.Image:
-    """An "L" image from a 16/32-bit or float PIL image, scaled by the mode's range (see `_BIT_DEPTH_RULES`)."""
+    """An "L" image from a 16/32-bit or float PIL image, scaled by the mode's range: 0..65535 ("I;16*", "I") or
+    [0, 1] ("F")."""
     values = np.asarray(image)
     if image.mode == "I":
         # PIL's 32-bit integer mode mostly carries 16-bit data (PNG/TIFF readers, `convert("I")`): read it as such
@@ -265,18 +255,11 @@ def _read_array(
     if array.size == 0:
         raise ValueError(f"Got an empty image array of shape {tuple(array.shape)}.")
     array = _to_uint8(array)
-    if array.ndim == 2:
-        return array[..., None]
-
     counts = " or ".join(map(str, channel_counts))
-    if input_data_format is not None:
-        # also accepts transformers' `ChannelDimension` enum, whose values are these strings
-        layout = getattr(input_data_format, "value", input_data_format)
-        if layout not in ("channels_first", "channels_last"):
-            raise ValueError(
-                f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
-            )
-        channels_first = layout == "channels_first"
+    if array.ndim == 2:
+        array, channels_first = array[..., None], False  # greyscale: one channel, whatever the layout
+    elif input_data_format is not None:
+        channels_first = input_data_format == "channels_first"
     else:
         first_ok, last_ok = array.shape[0] in channel_counts, array.shape[-1] in channel_counts
         if not (first_ok or last_ok):
@@ -289,7 +272,7 @@ def _read_array(
         channels_first = first_ok and (channels_first_default or not last_ok)
     if channels_first:
         array = np.moveaxis(array, 0, -1)
-    if array.shape[-1] not in channel_counts:
+    if array.shape[-1] not in channel_counts:  # a greyscale array or a given layout (a guessed one fits)
         raise ValueError(
             f"Image arrays must have {counts} channels here, got {array.shape[-1]} channels (array of shape "
             f"{tuple(array.shape)} read as {'(C, H, W)' if channels_first else '(H, W, C)'}); set `num_channels` "
@@ -343,17 +326,6 @@ def _to_channel_images(
             f"(H, W, {num_channels}) or ({num_channels}, H, W) (`np.asarray(image)` if its bands are those channels)."
         )
     return [PIL.Image.fromarray(np.ascontiguousarray(image[..., channel])) for channel in range(num_channels)]
-
-
-def _check_crop_pct(crop_pct: float | None) -> float | None:
-    if crop_pct is None:
-        return None
-    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not 0 < crop_pct <= 1:
-        raise ValueError(
-            f"`crop_pct` must be a number in (0, 1] (the fraction of the resized image the centre crop keeps, e.g. "
-            f"{MAE_EVAL_CROP_PCT} for MAE's 256 -> 224 evaluation view) or None, got {crop_pct!r}."
-        )
-    return float(crop_pct)
 
 
 def _scaled_size(size: dict[str, int], crop_pct: float | None) -> dict[str, int]:
@@ -563,8 +535,8 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
 
     model_input_names = ["pixel_values"]
     valid_kwargs = DilatedViTMAEImageProcessorKwargs
-    # the stored settings `preprocess` reads: assigning one drops their validated form, rebuilt (and so validated,
-    # across fields too) at the next call; every other call reuses it
+    # the stored settings `preprocess` reads: assigning one validates it and drops the form `preprocess` derives from
+    # them, rebuilt at the next call (which checks that num_channels and image_mean / image_std still agree)
     _SETTINGS = (
         "do_resize", "size", "resample", "do_center_crop", "crop_size", "crop_pct", "do_rescale", "rescale_factor",
         "do_normalize", "image_mean", "image_std", "do_convert_rgb", "num_channels",
@@ -589,28 +561,30 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
     ) -> None:
         # leftover kwargs (`image_processor_type`, `auto_map`, ... from a saved config) become attributes there
         super().__init__(**kwargs)
-        self.num_channels = _check_num_channels(num_channels)
-        self.do_resize = bool(do_resize)
-        self.size = _to_size_dict({"shortest_edge": 224} if size is None else size, "size", allow_shortest_edge=True)
-        self.resample = self._check_resample(resample)
-        self.do_center_crop = bool(do_center_crop)
-        self.crop_size = _to_size_dict(
-            {"height": 224, "width": 224} if crop_size is None else crop_size, "crop_size", allow_shortest_edge=False
-        )
-        self.crop_pct = _check_crop_pct(crop_pct)
-        self.do_rescale = bool(do_rescale)
-        self.rescale_factor = self._check_rescale_factor(rescale_factor)
-        self.do_normalize = bool(do_normalize)
+        # each assignment is validated by `__setattr__`; num_channels first, as image_mean / image_std depend on it
+        self.num_channels = num_channels
+        self.do_resize = do_resize
+        self.size = {"shortest_edge": 224} if size is None else size
+        self.resample = resample
+        self.do_center_crop = do_center_crop
+        self.crop_size = {"height": 224, "width": 224} if crop_size is None else crop_size
+        self.crop_pct = crop_pct
+        self.do_rescale = do_rescale
+        self.rescale_factor = rescale_factor
+        self.do_normalize = do_normalize
         if image_mean is None or image_std is None:
             default_mean, default_std = self._default_stats(self.num_channels)
             image_mean = default_mean if image_mean is None else image_mean
             image_std = default_std if image_std is None else image_std
-        self.image_mean = _channel_stats(image_mean, self.num_channels, "image_mean")
-        self.image_std = self._check_std(_channel_stats(image_std, self.num_channels, "image_std"))
-        self.do_convert_rgb = bool(do_convert_rgb)
+        self.image_mean = image_mean
+        self.image_std = image_std
+        self.do_convert_rgb = do_convert_rgb
 
     def __setattr__(self, name: str, value: Any) -> None:
+        # a setting is validated where it enters, here (`__init__`, `from_pretrained`, `processor.size = ...`), and
+        # stored in its canonical form; `preprocess` trusts it from then on
         if name in self._SETTINGS:
+            value = self._check_setting(name, value)
             self.__dict__.pop("_validated_settings", None)
         super().__setattr__(name, value)
 
@@ -630,25 +604,44 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             "one value per channel, e.g. your data's per-channel mean and standard deviation of values in [0, 1]."
         )
 
-    @staticmethod
-    def _check_resample(resample: PILImageResampling | int) -> PILImageResampling:
-        try:
-            return PILImageResampling(resample)
-        except ValueError:
-            names = ", ".join(f"{member.name}={member.value}" for member in PILImageResampling)
-            raise ValueError(f"`resample` must be a PILImageResampling ({names}), got {resample!r}.") from None
-
-    @staticmethod
-    def _check_rescale_factor(rescale_factor: float) -> float:
-        if isinstance(rescale_factor, bool) or not isinstance(rescale_factor, (int, float)) or not rescale_factor > 0:
-            raise ValueError(f"`rescale_factor` must be a positive number such as 1/255, got {rescale_factor!r}.")
-        return float(rescale_factor)
-
-    @staticmethod
-    def _check_std(image_std: list[float]) -> list[float]:
-        if any(value <= 0 for value in image_std):
-            raise ValueError(f"`image_std` must be positive (it divides the pixels), got {image_std!r}.")
-        return image_std
+    def _check_setting(self, name: str, value: Any, num_channels: int | None = None) -> Any:
+        """
+        One setting (an `__init__` argument) validated on its own, in its canonical form: `image_mean` / `image_std`
+        as one float per channel of `num_channels` (default: the processor's), a float being broadcast.
+        """
+        if name in ("size", "crop_size"):
+            return _to_size_dict(value, name, allow_shortest_edge=name == "size")
+        if name in ("image_mean", "image_std"):
+            values = _channel_stats(value, self.num_channels if num_channels is None else num_channels, name)
+            if name == "image_std" and any(v <= 0 for v in values):
+                raise ValueError(f"`image_std` must be positive (it divides the pixels), got {values!r}.")
+            return values
+        if name == "resample":
+            try:
+                return PILImageResampling(value)
+            except ValueError:
+                names = ", ".join(f"{member.name}={member.value}" for member in PILImageResampling)
+                raise ValueError(f"`resample` must be a PILImageResampling ({names}), got {value!r}.") from None
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if name == "rescale_factor":
+            if not (is_number and value > 0):
+                raise ValueError(f"`rescale_factor` must be a positive number such as 1/255, got {value!r}.")
+            return float(value)
+        if name == "crop_pct":
+            if value is not None and not (is_number and 0 < value <= 1):
+                raise ValueError(
+                    "`crop_pct` must be a number in (0, 1] (the fraction of the resized image the centre crop keeps, "
+                    f"e.g. {MAE_EVAL_CROP_PCT} for MAE's 256 -> 224 evaluation view) or None, got {value!r}."
+                )
+            return None if value is None else float(value)
+        if name == "num_channels":
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(
+                    "`num_channels` must be a positive int: 1 (greyscale), 3 (RGB), or the channel count of array "
+                    f"inputs (e.g. 4 for RGB + near-infrared), got {value!r}."
+                )
+            return int(value)
+        return bool(value)  # the do_* switches
 
     def _make_list_of_images(
         self, images: Any, input_data_format: str | None, channel_counts: Sequence[int]
@@ -698,58 +691,48 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             raise TypeError(f"Got None instead of an image. Accepted: {_ACCEPTED_INPUTS}.")
         raise TypeError(f"Unsupported image type {type(image).__name__}. Accepted: {_ACCEPTED_INPUTS}.")
 
-    def _num_channels_for_call(
-        self, num_channels: int | None, image_mean: float | list[float] | None, image_std: float | list[float] | None
-    ) -> int:
-        """
-        `num_channels` if given; else the number of per-call `image_mean` / `image_std` values, which name one value
-        per channel (transformers' processors read that many channels from arrays, e.g. its shared
-        `test_call_numpy_4_channels`); else the processor's.
-        """
-        if num_channels is None:
-            stats = (image_mean, image_std)
-            per_call = [len(v) for v in stats if not isinstance(v, (str, int, float)) and np.ndim(v) == 1]
-            num_channels = per_call[0] if per_call else self.num_channels
-        return _check_num_channels(num_channels)
-
     def _preprocess_settings(self, **arguments: Any) -> dict[str, Any]:
         """
-        `preprocess`'s keyword arguments (absent or `None`: the processor's value), validated, as the keyword
-        arguments of `_preprocess_image`. Without any, the processor's own settings, validated once and kept until
-        one of them is assigned.
+        The keyword arguments of `_preprocess_image` for a `preprocess` call: the settings given to it (not `None`),
+        validated here, where they enter, over the processor's own, validated when they were set. Without any, built
+        once and kept until a setting is assigned.
         """
-        if all(value is None for value in arguments.values()):
-            if "_validated_settings" not in self.__dict__:
-                self.__dict__["_validated_settings"] = self._validate_settings({})
+        if all(value is None for value in arguments.values()) and "_validated_settings" in self.__dict__:
             return self.__dict__["_validated_settings"]
-        return self._validate_settings(arguments)
-
-    def _validate_settings(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        def value(name: str) -> Any:
-            return getattr(self, name) if arguments.get(name) is None else arguments[name]
-
-        num_channels = self._num_channels_for_call(
-            arguments.get("num_channels"), arguments.get("image_mean"), arguments.get("image_std")
-        )
-        do_resize, do_center_crop = value("do_resize"), value("do_center_crop")
-        size = _to_size_dict(value("size"), "size", allow_shortest_edge=True)
-        crop_size = _to_size_dict(value("crop_size"), "crop_size", allow_shortest_edge=False)
-        crop_pct = _check_crop_pct(value("crop_pct"))
-        rescale_factor = self._check_rescale_factor(value("rescale_factor"))
-        image_mean = _channel_stats(value("image_mean"), num_channels, "image_mean")
-        image_std = self._check_std(_channel_stats(value("image_std"), num_channels, "image_std"))
-        do_normalize = value("do_normalize")
-        return {
+        given = {name: value for name, value in arguments.items() if value is not None}
+        num_channels = given.get("num_channels")
+        if num_channels is None:
+            # per-call image_mean / image_std sequences name one value per channel (transformers' processors read
+            # that many channels from arrays, e.g. its shared `test_call_numpy_4_channels`)
+            stats = (given.get("image_mean"), given.get("image_std"))
+            per_call = [len(v) for v in stats if not isinstance(v, (str, int, float)) and np.ndim(v) == 1]
+            num_channels = per_call[0] if per_call else None
+        num_channels = self.num_channels if num_channels is None else self._check_setting("num_channels", num_channels)
+        settings = {}
+        for name in self._SETTINGS:  # image_mean before image_std, as in __init__
+            if name in given and name != "num_channels":
+                settings[name] = self._check_setting(name, given[name], num_channels)
+            elif name in ("image_mean", "image_std"):
+                # set for the processor's num_channels, which this call's (or one assigned since) may not match
+                settings[name] = _check_channel_count(getattr(self, name), num_channels, name)
+            else:
+                settings[name] = getattr(self, name)
+        do_center_crop, do_normalize, size = settings["do_center_crop"], settings["do_normalize"], settings["size"]
+        # the crop fraction scales the resize only when there is a crop to keep
+        size = _scaled_size(size, settings["crop_pct"]) if do_center_crop else size
+        resolved = {
             "num_channels": num_channels,
-            "do_convert_rgb": value("do_convert_rgb"),
-            # the crop fraction scales the resize only when there is a crop to keep
-            "size": (_scaled_size(size, crop_pct) if do_center_crop else size) if do_resize else None,
-            "resample": self._check_resample(value("resample")),
-            "crop_size": crop_size if do_center_crop else None,
-            "rescale_factor": rescale_factor if value("do_rescale") else None,
-            "mean": np.asarray(image_mean, dtype=np.float32)[:, None, None] if do_normalize else None,
-            "std": np.asarray(image_std, dtype=np.float32)[:, None, None] if do_normalize else None,
+            "do_convert_rgb": settings["do_convert_rgb"],
+            "size": size if settings["do_resize"] else None,
+            "resample": settings["resample"],
+            "crop_size": settings["crop_size"] if do_center_crop else None,
+            "rescale_factor": settings["rescale_factor"] if settings["do_rescale"] else None,
+            "mean": np.asarray(settings["image_mean"], dtype=np.float32)[:, None, None] if do_normalize else None,
+            "std": np.asarray(settings["image_std"], dtype=np.float32)[:, None, None] if do_normalize else None,
         }
+        if not given:
+            self.__dict__["_validated_settings"] = resolved
+        return resolved
 
     def preprocess(
         self,
@@ -831,9 +814,15 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
             crop_pct=crop_pct, do_rescale=do_rescale, rescale_factor=rescale_factor, do_normalize=do_normalize,
             image_mean=image_mean, image_std=image_std, do_convert_rgb=do_convert_rgb, num_channels=num_channels,
         )  # fmt: skip
+        # both also accept transformers' enums (`TensorType`, `ChannelDimension`), whose values are these strings
         return_tensors = getattr(return_tensors, "value", return_tensors)
         if return_tensors not in (None, "pt", "np"):
             raise ValueError(f"`return_tensors` must be 'pt', 'np' or None, got {return_tensors!r}.")
+        input_data_format = getattr(input_data_format, "value", input_data_format)
+        if input_data_format not in (None, "channels_first", "channels_last"):
+            raise ValueError(
+                f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
+            )
 
         # an array may have 1, 3 or 4 (RGBA) channels for a greyscale or RGB output, exactly num_channels otherwise
         num_channels = settings["num_channels"]
@@ -920,11 +909,18 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
 
         do_normalize = self.do_normalize if do_normalize is None else do_normalize
         do_rescale = self.do_rescale if do_rescale is None else do_rescale
-        rescale_factor = self._check_rescale_factor(self.rescale_factor if rescale_factor is None else rescale_factor)
+        rescale_factor = (
+            self.rescale_factor if rescale_factor is None else self._check_setting("rescale_factor", rescale_factor)
+        )
         batch = batch.astype(np.float64)
         if do_normalize:
-            mean = _channel_stats(self.image_mean if image_mean is None else image_mean, num_channels, "image_mean")
-            std = _channel_stats(self.image_std if image_std is None else image_std, num_channels, "image_std")
+            # the stored values were validated when set, but maybe for another channel count
+            mean, std = (
+                _check_channel_count(getattr(self, name), num_channels, name)
+                if given is None
+                else _channel_stats(given, num_channels, name)
+                for name, given in (("image_mean", image_mean), ("image_std", image_std))
+            )
             batch = batch * np.asarray(std)[:, None, None] + np.asarray(mean)[:, None, None]
         if do_rescale:
             batch = batch / rescale_factor

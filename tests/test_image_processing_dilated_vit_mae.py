@@ -173,6 +173,10 @@ def test_input_data_format_forces_layout():
     assert _pixels(processor, array).shape == (1, 3, 3, 8)
     assert _pixels(processor, array, input_data_format="channels_first").shape == (1, 3, 8, 3)
     assert _pixels(processor, torch.from_numpy(array)).shape == (1, 3, 8, 3)  # torch defaults to CHW
+    # a call argument, checked once at the call whatever the images are (not per array, nor skipped for PIL images)
+    for images in (array, [array, array], PIL.Image.new("RGB", (8, 3))):
+        with pytest.raises(ValueError, match=r"^`input_data_format` must be 'channels_first' or 'channels_last'"):
+            processor(images, input_data_format="channels_middle")
 
 
 def test_image_file_path_is_opened(chelsea, tmp_path):
@@ -513,6 +517,9 @@ def test_pil_images_with_other_channel_counts_raise_clear_errors(chelsea, tmp_pa
         processor(np.zeros((8, 8, 3), np.uint8), input_data_format="channels_last")
     with pytest.raises(ValueError, match=r"channel axis .*expected 4 channels"):
         processor(np.zeros((8, 8, 3), np.uint8))
+    for greyscale in (np.zeros((8, 8), np.uint8), torch.zeros(8, 8)):  # (H, W): one channel, not 4
+        with pytest.raises(ValueError, match=r"must have 4 channels here, got 1 channels .*\(8, 8, 1\)"):
+            processor(greyscale)
     with pytest.raises(ValueError, match=r"image_std.*one value per channel \(num_channels=4\)"):
         DilatedViTMAEImageProcessor()(np.zeros((8, 8, 4), np.uint8), image_mean=[0.5] * 4)
 
@@ -671,33 +678,63 @@ def test_fused_resize_and_crop_matches_resize_then_crop(chelsea, monkeypatch, cr
 
 
 
-def test_stored_settings_are_validated_once_and_again_after_an_assignment(chelsea, tmp_path, monkeypatch):
+def test_settings_are_validated_where_they_enter_and_only_there(chelsea, tmp_path, monkeypatch):
     processor = DilatedViTMAEImageProcessor(size={"shortest_edge": 40}, crop_size=32)
     first = _pixels(processor, chelsea)
     checked = []
     original = module._to_size_dict
-    monkeypatch.setattr(module, "_to_size_dict", lambda *args, **kw: checked.append(args) or original(*args, **kw))
+    monkeypatch.setattr(module, "_to_size_dict", lambda *args, **kw: checked.append(args[1]) or original(*args, **kw))
     for _ in range(3):
         np.testing.assert_array_equal(_pixels(processor, chelsea), first)
     assert checked == []  # the stored settings were validated when they entered, not at every call
     processor(chelsea, crop_size=16)
-    assert len(checked) == 2  # per-call arguments enter at the call: validated there
+    assert checked == ["crop_size"]  # a call validates the arguments given to it, not the stored settings
 
-    # an assigned setting is validated (with the others) at the next call, then kept
-    processor.crop_size = {"height": 16, "width": 16}
+    # an assigned setting is validated (and canonicalised) at the assignment, once
+    checked.clear()
+    processor.crop_size = 16
+    assert processor.crop_size == {"height": 16, "width": 16} and checked == ["crop_size"]
     assert _pixels(processor, chelsea).shape == (1, 3, 16, 16)
+    assert checked == ["crop_size"]
+    # a bad one is refused there, with the constructor's message, and leaves the setting as it was
+    for name, value, match in [
+        ("size", {"shortest_edge": 0}, r"`size\['shortest_edge'\]` must be a positive int"),
+        ("crop_size", {"shortest_edge": 8}, r"`crop_size` must be \{\"height\""),
+        ("crop_pct", 1.5, r"`crop_pct` must be a number in \(0, 1\]"),
+        ("resample", 42, "`resample` must be a PILImageResampling"),
+        ("rescale_factor", 0, "`rescale_factor` must be a positive number"),
+        ("num_channels", 0, "`num_channels` must be a positive int"),
+        ("image_mean", [0.5, 0.5], r"`image_mean` must have one value per channel \(num_channels=3\), got 2"),
+        ("image_std", [0.2, 0.0, 0.2], "`image_std` must be positive"),
+    ]:
+        before = getattr(processor, name)
+        with pytest.raises(ValueError, match=match):
+            setattr(processor, name, value)
+        assert getattr(processor, name) == before, name
+    processor.image_mean = 0.5  # a float is one value for every channel, as in __init__
+    assert processor.image_mean == [0.5, 0.5, 0.5]
+
+    # num_channels and the per-channel image_mean / image_std may be assigned one at a time: whether they agree is
+    # checked at the next call, once
     processor.num_channels = 1
     with pytest.raises(ValueError, match=r"`image_mean` must have one value per channel \(num_channels=1\)"):
         processor(chelsea)
     processor.image_mean, processor.image_std = [0.5], [0.25]
-    assert _pixels(processor, chelsea).shape == (1, 1, 16, 16)
-    processor.size = {"shortest_edge": 0}
-    with pytest.raises(ValueError, match=r"`size\['shortest_edge'\]` must be a positive int"):
-        processor(chelsea)
+    pixel_values = _pixels(processor, chelsea)
+    assert pixel_values.shape == (1, 1, 16, 16)
 
-    # the kept form is not a setting: it is neither saved nor compared
-    processor.size = {"shortest_edge": 40}
-    processor(chelsea)
+    # postprocess likewise validates only what it is given
+    stats_checked = []
+    original_stats = module._channel_stats
+    monkeypatch.setattr(
+        module, "_channel_stats", lambda *args, **kw: stats_checked.append(args[2]) or original_stats(*args, **kw)
+    )
+    processor.postprocess(pixel_values)
+    assert stats_checked == []
+    processor.postprocess(pixel_values, image_std=0.5)
+    assert stats_checked == ["image_std"]
+
+    # the kept form of the settings is not a setting: it is neither saved nor compared
     processor.save_pretrained(tmp_path)
     assert "_validated_settings" not in json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert DilatedViTMAEImageProcessor.from_pretrained(tmp_path).to_dict() == processor.to_dict()
