@@ -57,8 +57,15 @@ from torch.utils.data import DataLoader
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
-from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba  # noqa: E402
 from dilated_vit_mae.data.fingerprint import dataset_images_fingerprint  # noqa: E402
+from dilated_vit_mae.train.core import (  # noqa: E402
+    add_label_arguments,
+    check_shared_arguments,
+    data_source,
+    launch_command,
+    load_splits,
+    training_parser,
+)
 from dilated_vit_mae.train.lifecycle import check_model_folder, positive_float, positive_int, run_cli  # noqa: E402
 from dilated_vit_mae.evaluation.probe import (  # noqa: E402
     DEFAULT_FEATURE_CACHE_DIR,
@@ -86,16 +93,18 @@ from dilated_vit_mae.data.transforms import eval_view  # noqa: E402
 
 logger = get_logger(__name__)
 
-DEFAULT_CELEBA_DIR = CELEBA_SAMPLE_DIR
 RESULTS_FILE = "linear_probe_results.json"
 KNN_RESULTS_FILE = "knn_results.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    # no abbreviations: `--tok` for `--token` would slip past redaction, and a new flag could change what one means
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
+    # the data flags of the training scripts (no abbreviations: `--tok` for `--token` would slip past redaction)
+    parser, groups = training_parser(__doc__, defaults={"dataloader_num_workers": 0}, groups=("data",))
+    data = groups["data"]
+    data.add_argument("--train_split", default="train", help="Split the classifier is trained on.")
+    data.add_argument("--eval_split", default="test", help="Split the accuracy is reported on.")
+    add_label_arguments(data)
+
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model_name_or_path", required=True, help="A folder saved by run_mae.py, or a ViTMAE checkpoint."
@@ -103,34 +112,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--revision")
     model.add_argument("--token", help="Hub token for private models/datasets.")
     model.add_argument("--trust_remote_code", action="store_true")
-    model.add_argument("--cache_dir", help="Hub download cache.")
-
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", help="Hub dataset id, e.g. flwrlabs/celeba.")
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--celeba_dir", help=f"A raw CelebA download (default without a source: {DEFAULT_CELEBA_DIR}).")
-    data.add_argument("--train_dir", help="Any local image folder (imagefolder layout, metadata.csv with the labels).")
-    data.add_argument(
-        "--validation_dir", help="The evaluation image folder for --train_dir (then its split is --eval_split)."
-    )  # fmt: skip
-    data.add_argument("--image_column_name", default="image")
-    data.add_argument("--train_split", default="train", help="Split the classifier is trained on.")
-    data.add_argument("--eval_split", default="test", help="Split the accuracy is reported on.")
-    data.add_argument("--max_train_samples", type=int)
-    data.add_argument("--max_eval_samples", type=int)
-    data.add_argument("--on_bad_image", choices=["raise", "skip"], default="raise")
-    data.add_argument("--preprocessing_num_workers", type=int, help="Threads for the up-front image check.")
-    data.add_argument("--dataloader_num_workers", type=int, default=0)
-
-    labels = parser.add_argument_group("labels").add_mutually_exclusive_group()
-    labels.add_argument(
-        "--label_columns", nargs="+", help="Multi-label (BCE) columns; default: every CelebA attribute present."
-    )
-    labels.add_argument("--label_column", help="One label column instead (cross-entropy over its distinct values).")
-    data.add_argument(
-        "--on_missing_label", choices=["raise", "skip"], default="raise",
-        help="Examples with no value in a label column: refuse them by name, or leave them out (counted in a warning).",
-    )  # fmt: skip
 
     features = parser.add_argument_group("features")
     features.add_argument(
@@ -157,14 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser.add_argument("--output_dir", help="For linear_probe_results.json (default: the model folder, if local).")
     args = parser.parse_args(argv)
-
-    sources = [s for s in (args.dataset_name, args.celeba_dir, args.train_dir) if s]
-    if len(sources) > 1:
-        parser.error("Give one data source: --dataset_name, --celeba_dir or --train_dir.")
-    if args.validation_dir and not args.train_dir:
-        parser.error("--validation_dir goes with --train_dir (the other sources have their own evaluation split).")
-    if not sources:
-        args.celeba_dir = str(DEFAULT_CELEBA_DIR)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded (tokens hidden) in the results
+    check_shared_arguments(parser, args)
     if args.output_dir is None:
         local = Path(args.model_name_or_path).expanduser()
         args.output_dir = str(local) if local.is_dir() else str(
@@ -176,10 +151,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def select(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
-    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -293,29 +264,10 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     transform = eval_view(image_processor)
 
     # ---- data --------------------------------------------------------------------------------------------------------
-    source = args.dataset_name or args.celeba_dir or args.train_dir
-    load_kwargs = dict(
-        config_name=args.dataset_config_name, on_bad_image=args.on_bad_image,
-        num_workers=args.preprocessing_num_workers, cache_dir=args.cache_dir, token=args.token,
-    )  # fmt: skip
+    source = data_source(args)
     with accelerator.main_process_first():
-        if args.validation_dir:  # two folders, as run_finetune.py takes them: nothing is carved out of either
-            folders = {args.train_split: args.train_dir, args.eval_split: args.validation_dir}
-            splits = {
-                split: load_celeba(folder, validation_fraction=0.0, test_fraction=0.0, **load_kwargs)["train"]
-                for split, folder in folders.items()
-            }  # fmt: skip
-        else:
-            splits = load_celeba(source, **load_kwargs)
-    for split in (args.train_split, args.eval_split):
-        if split not in splits:
-            raise ValueError(f"Split {split!r} not in {source}; it has {list(splits)}.")
-    train_set = select(splits[args.train_split], args.max_train_samples)
-    eval_set = select(splits[args.eval_split], args.max_eval_samples)
-    if args.image_column_name not in train_set.column_names:
-        raise ValueError(
-            f"--image_column_name {args.image_column_name!r} not in {source}; it has {train_set.column_names}."
-        )
+        splits = load_splits(args, train_split=args.train_split, eval_split=args.eval_split)
+    train_set, eval_set = splits[args.train_split], splits[args.eval_split]
     label_columns = resolve_label_columns(
         train_set.column_names, label_column=args.label_column, label_columns=args.label_columns
     )
@@ -379,7 +331,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         "num_train": len(train_set),
         "num_test": len(eval_set),
         "model": args.model_name_or_path,
-        "command": " ".join(["accelerate launch", *sys.argv]) if sys.argv else None,
+        "command": launch_command(args, "scripts/linear_probe.py"),
         "task": task,
         "label_columns": label_columns,
         "train_split": args.train_split,

@@ -50,7 +50,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForImageClassification  # noqa: E402
-from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
 from dilated_vit_mae.data.seeding import (  # noqa: E402
     IndexedTransform,
     SeededAugmentation,
@@ -70,12 +69,13 @@ from dilated_vit_mae.train.core import (  # noqa: E402
     Schedule,
     StepMeter,
     TrainerState,
+    add_label_arguments,
     check_finite,
     check_shared_arguments,
     cosine_schedule,
-    data_source,
     dataset_summary,
     load_image_processor,
+    load_splits,
     start_run,
     summary_common,
     timed_batches,
@@ -133,16 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         },
     )  # fmt: skip
     data, model, optim = groups["data"], groups["model"], groups["optim"]
-    data.add_argument("--validation_dir", help="The evaluation image folder for --train_dir (default: carved from it).")
     data.add_argument("--eval_split", default="validation", help="Split evaluated every epoch (best model selection).")
     data.add_argument("--test_split", default="test", help='Split the selected model is scored on at the end ("" for none).')
-    labels = data.add_mutually_exclusive_group()
-    labels.add_argument("--label_column", help="One label column (single-label); default: celeb_id, then label.")
-    labels.add_argument("--label_columns", nargs="+", help="Multi-label columns; default: every CelebA attribute present.")
-    data.add_argument(
-        "--on_missing_label", choices=["raise", "skip"], default="raise",
-        help="Examples with no value in a label column: refuse them by name, or leave them out (counted in a warning).",
-    )  # fmt: skip
+    add_label_arguments(data)
 
     model.add_argument("--classifier_pooling", choices=["mean", "cls"], default="mean", help="MAE: mean + fc_norm.")
     model.add_argument("--drop_path_rate", type=fraction, help="Stochastic depth (MAE ViT-B: 0.1).")
@@ -167,8 +160,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded (secrets redacted) in all_results.json
 
     check_shared_arguments(parser, args)
-    if args.validation_dir and not args.train_dir:
-        parser.error("--validation_dir goes with --train_dir (the other sources have their own validation split).")
     if not args.model_name_or_path and not args.config_name:
         parser.error("Give --model_name_or_path (a pre-training checkpoint) or --config_name (to train from scratch).")
     if any(rate < 2 for rate in args.dilation_rates or ()):
@@ -192,37 +183,6 @@ def apply_recipe(args: argparse.Namespace, num_train: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def load_splits(args: argparse.Namespace) -> datasets.DatasetDict:
-    """train / `--eval_split` / `--test_split` (where present) from the data source, with `--max_*_samples`."""
-    kwargs = dict(
-        config_name=args.dataset_config_name, on_bad_image=args.on_bad_image,
-        num_workers=args.preprocessing_num_workers, cache_dir=args.cache_dir, token=args.token,
-    )  # fmt: skip
-    if args.validation_dir:
-        # two folders: nothing is carved out of either
-        train = load_celeba(args.train_dir, validation_fraction=0.0, test_fraction=0.0, **kwargs)["train"]
-        evaluation = load_celeba(args.validation_dir, validation_fraction=0.0, test_fraction=0.0, **kwargs)["train"]
-        splits = {"train": train, args.eval_split: evaluation}
-    else:
-        splits = dict(load_celeba(data_source(args), **kwargs))
-    for split in ("train", args.eval_split):
-        if split not in splits or len(splits[split]) == 0:
-            raise ValueError(f"The data has no (or an empty) {split!r} split; it has {sorted(splits)}. Pass --eval_split.")
-    if args.image_column_name not in splits["train"].column_names:
-        raise ValueError(
-            f"--image_column_name {args.image_column_name!r} is not a column; there are {splits['train'].column_names}."
-        )
-    output = {"train": _select(splits["train"], args.max_train_samples)}
-    output[args.eval_split] = _select(splits[args.eval_split], args.max_eval_samples)
-    if args.test_split and len(splits.get(args.test_split) or []) > 0 and args.test_split != args.eval_split:
-        output[args.test_split] = _select(splits[args.test_split], args.max_eval_samples)
-    return datasets.DatasetDict(output)
-
-
-def _select(dataset: datasets.Dataset, limit: int | None) -> datasets.Dataset:
-    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
 
 
 def image_dataset(dataset: datasets.Dataset, transform, image_column: str) -> datasets.Dataset:
@@ -534,7 +494,8 @@ def main(args: argparse.Namespace) -> Path:
 
     # ---- data, labels, model -----------------------------------------------------------------------------------------
     with accelerator.main_process_first():
-        splits = load_splits(args)
+        optional = [args.test_split] if args.test_split else []
+        splits = datasets.DatasetDict(load_splits(args, eval_split=args.eval_split, optional=optional))
     splits, labels = labelled_splits(splits, args.label_column, args.label_columns, args.on_missing_label)
     apply_recipe(args, len(splits["train"]))  # the recipe for the number of labelled training images
     config = build_config(args, labels)

@@ -41,7 +41,6 @@ sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining  # noqa: E402
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.data.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
-from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
 from dilated_vit_mae.data.seeding import (  # noqa: E402
     IndexedTransform,
     SeededAugmentation,
@@ -72,9 +71,9 @@ from dilated_vit_mae.train.core import (  # noqa: E402
     check_finite,
     check_shared_arguments,
     cosine_schedule,
-    data_source,
     dataset_summary,
     load_image_processor,
+    load_splits,
     on_shipped_sample,
     start_run,
     summary_common,
@@ -258,32 +257,10 @@ def _with_index(dataset, streaming: bool):
 
 
 def load_datasets(args: argparse.Namespace, progress: bool = True) -> dict:
-    """The splits; the image check (a bar when `progress`) is recorded, so the processes after the first and a
-    repeated launch on unchanged files skip it (`load_celeba`'s `check_record_dir`)."""
-    source = data_source(args)
-    splits = load_celeba(
-        source,
-        config_name=args.dataset_config_name,
-        streaming=args.streaming,
-        on_bad_image=args.on_bad_image,
-        num_workers=args.preprocessing_num_workers,
-        cache_dir=args.cache_dir,
-        token=args.token,
-        progress=progress,
-    )
-    columns = splits["train"].column_names
-    if columns is not None and args.image_column_name not in columns:
-        raise ValueError(f"--image_column_name {args.image_column_name!r} is not a column of {source}; it has {columns}.")
-    output = {}
-    for split, limit in {"train": args.max_train_samples, "validation": args.max_eval_samples}.items():
-        dataset = splits[split]
-        if limit is not None:
-            dataset = dataset.take(limit) if args.streaming else dataset.select(range(min(limit, len(dataset))))
-        if not args.streaming and len(dataset) == 0 and (split == "train" or not args.no_eval):
-            hint = "check the source and --max_train_samples" if split == "train" else "pass --no_eval to train without evaluation"
-            raise ValueError(f"The {split} split of {source} is empty: {hint}.")
-        output[split] = _with_index(dataset, args.streaming)
-    return output
+    """The splits, each example with its index; the image check (a bar when `progress`) is recorded, so the processes
+    after the first and a repeated launch on unchanged files skip it (`load_celeba`'s `check_record_dir`)."""
+    splits = load_splits(args, eval_required=not args.no_eval, progress=progress)
+    return {split: _with_index(dataset, args.streaming) for split, dataset in splits.items()}
 
 
 def _default_num_workers(accelerator: Accelerator, evaluation: bool = False) -> int:

@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,7 +31,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from transformers import AutoImageProcessor, get_cosine_schedule_with_warmup
 
 from ..configuration_dilated_vit_mae import DilatedViTMAEConfig
-from ..data.loading import CELEBA_SAMPLE_DIR
+from ..data.loading import CELEBA_SAMPLE_DIR, load_celeba
 from ..data.transforms import as_our_image_processor, image_processor_for_config
 from ..image_processing_dilated_vit_mae import DilatedViTMAEImageProcessor
 from ..modeling_dilated_vit_mae import to_2tuple
@@ -77,26 +77,30 @@ def training_parser(
     titles: Mapping[str, str] | None = None,
     defaults: Mapping[str, Any] | None = None,
     helps: Mapping[str, str] | None = None,
+    groups: Sequence[str] = ("data", "model", "optim", "run"),
 ) -> tuple[argparse.ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     """
     A training script's parser (no abbreviations: redaction matches whole flags) with the flags both scripts take, in
-    the groups "data", "model", "optim" and "run" (returned, for each script's own flags). `titles` names the groups,
-    `defaults` and `helps` give a script's own default and help of a flag (by its dest); a flag not named there has no
-    default (the script's recipe fills it) or the one below.
+    the groups "data", "model", "optim" and "run" (returned, for each script's own flags; `groups` picks some, e.g.
+    only "data" for `scripts/linear_probe.py`). `titles` names the groups, `defaults` and `helps` give a script's own
+    default and help of a flag (by its dest); a flag not named there has no default (the script's recipe fills it) or
+    the one below.
     """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     titles, defaults, helps = dict(titles or {}), dict(defaults or {}), dict(helps or {})
-    groups = {name: parser.add_argument_group(titles.get(name, name)) for name in ("data", "model", "optim", "run")}
+    made = {name: parser.add_argument_group(titles.get(name, name)) for name in groups}
 
     def add(group: str, flag: str, **kwargs: Any) -> None:
+        if group not in made:
+            return
         dest = flag.lstrip("-")
         if dest in defaults:
             kwargs["default"] = defaults[dest]
         if dest in helps:
             kwargs["help"] = helps[dest]
-        groups[group].add_argument(flag, **kwargs)
+        made[group].add_argument(flag, **kwargs)
 
     add("data", "--dataset_name", help="Hub dataset id, e.g. flwrlabs/celeba.")
     add("data", "--dataset_config_name", help="Hub dataset configuration.")
@@ -145,7 +149,22 @@ def training_parser(
     add("run", "--with_tracking", action="store_true")
     add("run", "--report_to", default="tensorboard", help='"tensorboard", "wandb", "all", ... (accelerate).')
     add("run", "--hub_model_id", help="The repository id the model card names.")
-    return parser, groups
+    return parser, made
+
+
+def add_label_arguments(group: argparse._ArgumentGroup) -> None:
+    """The flags of the scripts that read labels (fine-tuning, the probe): a second image folder, which columns, and
+    what to do with an example that has no label."""
+    group.add_argument(
+        "--validation_dir", help="The evaluation image folder for --train_dir (then its split is --eval_split)."
+    )  # fmt: skip
+    labels = group.add_mutually_exclusive_group()
+    labels.add_argument("--label_column", help="One label column (single-label); default: celeb_id, then label.")
+    labels.add_argument("--label_columns", nargs="+", help="Multi-label columns; default: every CelebA attribute present.")
+    group.add_argument(
+        "--on_missing_label", choices=["raise", "skip"], default="raise",
+        help="Examples with no value in a label column: refuse them by name, or leave them out (counted in a warning).",
+    )  # fmt: skip
 
 
 def check_shared_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -153,9 +172,11 @@ def check_shared_arguments(parser: argparse.ArgumentParser, args: argparse.Names
     sources = [s for s in (args.dataset_name, args.celeba_dir, args.train_dir) if s]
     if len(sources) > 1:
         parser.error("Give one data source: --dataset_name, --celeba_dir or --train_dir.")
+    if getattr(args, "validation_dir", None) and not args.train_dir:
+        parser.error("--validation_dir goes with --train_dir (the other sources have their own evaluation split).")
     if not sources:
         args.celeba_dir = str(CELEBA_SAMPLE_DIR)
-    if args.resume_from_checkpoint and args.overwrite_output_dir:
+    if getattr(args, "resume_from_checkpoint", None) and getattr(args, "overwrite_output_dir", False):
         parser.error("--resume_from_checkpoint continues the run in --output_dir; --overwrite_output_dir removes it: give one.")
 
 
@@ -172,6 +193,63 @@ def data_source(args: argparse.Namespace) -> str:
 def on_shipped_sample(args: argparse.Namespace) -> bool:
     """The run reads the 56-image stand-in shipped in `data/celeba_sample/` (the default source)."""
     return bool(args.celeba_dir) and Path(args.celeba_dir).expanduser().resolve() == CELEBA_SAMPLE_DIR.resolve()
+
+
+def load_splits(
+    args: argparse.Namespace,
+    *,
+    train_split: str = "train",
+    eval_split: str = "validation",
+    optional: Sequence[str] = (),
+    eval_required: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """
+    The splits of the flags' data source, `--max_train_samples` / `--max_eval_samples` applied: `train_split` and
+    `eval_split`, refused by name when missing or empty (the evaluation split only when `eval_required`), and those of
+    `optional` the source has (a non-empty one). With `--validation_dir`, `--train_dir` is the training split and
+    `--validation_dir` the evaluation split, whole. `--streaming` (where a script has it) gives `IterableDataset`s.
+    """
+    source, streaming = data_source(args), getattr(args, "streaming", False)
+    kwargs = dict(
+        config_name=args.dataset_config_name, on_bad_image=args.on_bad_image, num_workers=args.preprocessing_num_workers,
+        cache_dir=args.cache_dir, token=args.token, progress=progress,
+    )  # fmt: skip
+    if getattr(args, "validation_dir", None):  # two folders: nothing is carved out of either
+        folders = {train_split: args.train_dir, eval_split: args.validation_dir}
+        loaded = {
+            split: load_celeba(folder, validation_fraction=0.0, test_fraction=0.0, **kwargs)["train"]
+            for split, folder in folders.items()
+        }
+    else:
+        loaded = dict(load_celeba(source, streaming=streaming, **kwargs))
+    wanted = {train_split: args.max_train_samples, eval_split: args.max_eval_samples}
+    wanted.update({split: args.max_eval_samples for split in optional if split in loaded and split not in wanted})
+    splits = {}
+    for split, limit in wanted.items():
+        if split not in loaded and (split != eval_split or eval_required):
+            raise ValueError(f"{source} has no {split!r} split; it has {sorted(loaded)}{_split_hint(args, split, train_split)}.")
+        dataset = loaded.get(split)
+        if dataset is not None and limit is not None:
+            dataset = dataset.take(limit) if streaming else dataset.select(range(min(limit, len(dataset))))
+        if dataset is not None and not streaming and len(dataset) == 0:
+            if split == train_split or (split == eval_split and eval_required):
+                raise ValueError(f"The {split} split of {source} is empty{_split_hint(args, split, train_split)}.")
+            if split not in (train_split, eval_split):
+                continue  # an empty optional split is left out
+        splits[split] = dataset
+    columns = splits[train_split].column_names
+    if columns is not None and args.image_column_name not in columns:
+        raise ValueError(f"--image_column_name {args.image_column_name!r} is not a column of {source}; it has {columns}.")
+    return {split: dataset for split, dataset in splits.items() if dataset is not None}
+
+
+def _split_hint(args: argparse.Namespace, split: str, train_split: str) -> str:
+    if split == train_split:
+        return ": check the source and --max_train_samples"
+    hints = ["pass --eval_split"] if hasattr(args, "eval_split") else []
+    hints += ["pass --no_eval to train without evaluation"] if hasattr(args, "no_eval") else []
+    return (": " + " or ".join(hints)) if hints else ""
 
 
 def dataset_summary(args: argparse.Namespace, split_sizes: Mapping[str, int | None], eval_split: str) -> dict[str, Any]:
@@ -567,6 +645,13 @@ def timed_batches(dataloader, meter: StepMeter) -> Iterator[Any]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def launch_command(args: argparse.Namespace, script: str) -> str:
+    """`accelerate launch SCRIPT FLAGS` of this run (`args.argv`, `--token` values hidden): `script` is the script's
+    path in the repository, kept as it was run when it was run under the same name."""
+    launched = sys.argv[0] if sys.argv and Path(sys.argv[0]).name == Path(script).name else script
+    return redact_command(["accelerate", "launch", launched, *args.argv])
+
+
 def summary_common(
     args: argparse.Namespace,
     accelerator: Accelerator,
@@ -579,10 +664,9 @@ def summary_common(
     """The keys of `all_results.json` both scripts write: the command, the schedule, the optimizer, the hardware, the
     versions. `script` is the script's path in the repository (named so in the command unless run by another path)."""
     device = accelerator.device
-    launched = sys.argv[0] if sys.argv and Path(sys.argv[0]).name == Path(script).name else script
     return {
         # the launcher's own flags are not visible to the script: hardware below says how it ran
-        "command": redact_command(["accelerate", "launch", launched, *args.argv]),
+        "command": launch_command(args, script),
         "global_step": state.global_step,
         "epochs": schedule.num_epochs,
         "num_processes": accelerator.num_processes,
