@@ -1,5 +1,6 @@
 """Tests for `dilated_vit_mae.data.transforms` (torchvision-free MAE augmentation)."""
 
+import hashlib
 import io
 import json
 import math
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dilated_vit_mae.configuration_dilated_vit_mae import DilatedViTMAEConfig
 from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR
-from dilated_vit_mae.data.seeding import IndexedTransform
+from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed
 from dilated_vit_mae.data.transforms import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -679,3 +680,90 @@ def test_the_processor_for_a_config_keeps_what_fits_of_another(tiny_config_kwarg
     assert three.crop_pct == 0.9 and three.resample == other.resample
     one = image_processor_for_config(DilatedViTMAEConfig(**tiny_config_kwargs, num_channels=1), like=other)
     assert len(one.image_mean) == 1 and one.crop_pct == 0.9  # a 3-channel mean does not fit 1 channel
+
+
+# ---- the training and evaluation batches, pinned --------------------------------------------------------------------
+
+
+def _batch_digest(batch: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Each field's dtype, shape and the sha256 of its values (in logical order), to pin a batch bit for bit."""
+    return {
+        key: f"{value.dtype} {tuple(value.shape)} {hashlib.sha256(value.contiguous().numpy().tobytes()).hexdigest()[:16]}"
+        for key, value in sorted(batch.items())
+    }
+
+
+def _pinned_loader_batches(on_device: bool, seed: int | None) -> list[dict[str, str]]:
+    """What a run's loader gives for 5 images (one of another size) in 2 epochs: float32 crops and flips (seeded),
+    the evaluation view (no seed), or the device path's uint8 images, boxes and flips (seeded)."""
+    import datasets
+
+    images = [face_like_image(40, 48, seed=i) for i in range(4)] + [face_like_image(36, 52, seed=4)]
+    dataset = datasets.Dataset.from_dict({"image": images, "sample_index": list(range(5))})
+    if seed is None:
+        transform = IndexedTransform(square_view(16))
+    else:
+        transform = SeededAugmentation(MAEHostTransform(16) if on_device else MAETrainTransform(16), seed)
+    dataset.set_transform(transform)
+    collate = MAEHostCollator() if on_device else collate_indexed
+    # one persistent worker: the epoch set between epochs must reach the copy of the transform the worker holds
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collate, num_workers=1, persistent_workers=True)
+    batches = []
+    for epoch in (0, 1):
+        transform.epoch = epoch
+        batches += [_batch_digest(batch) for batch in loader]
+    return batches
+
+
+# recorded from the loaders of commit 68c2366 (SeededAugmentation / IndexedTransform, collate_indexed / MAEHostCollator)
+PINNED_FLOAT = [{"pixel_values": "torch.float32 (3, 3, 16, 16) 9f50fab283cfeef8",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"pixel_values": "torch.float32 (2, 3, 16, 16) 1566d1b09ff572ff",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"},
+ {"pixel_values": "torch.float32 (3, 3, 16, 16) 818ae528a57a9828",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"pixel_values": "torch.float32 (2, 3, 16, 16) 04c128b3e53f79d7",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"}]
+PINNED_EVAL = [{"pixel_values": "torch.float32 (3, 3, 16, 16) 1243de2d5b9cc2cb",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"pixel_values": "torch.float32 (2, 3, 16, 16) e358f3d16eb79da5",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"},
+ {"pixel_values": "torch.float32 (3, 3, 16, 16) 1243de2d5b9cc2cb",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"pixel_values": "torch.float32 (2, 3, 16, 16) e358f3d16eb79da5",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"}]
+PINNED_DEVICE = [{"crop_boxes": "torch.float32 (3, 4) 81f1fafcb1c4757a",
+  "flips": "torch.bool (3,) faee935763044f12",
+  "image_sizes": "torch.int64 (3, 2) 89686dd08d91edb2",
+  "pixel_values_uint8": "torch.uint8 (3, 3, 48, 40) db969f0d2aaa90cf",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"crop_boxes": "torch.float32 (2, 4) 999e5fc810e910ca",
+  "flips": "torch.bool (2,) 47dc540c94ceb704",
+  "image_sizes": "torch.int64 (2, 2) bc289e4d63d41b02",
+  "pixel_values_uint8": "torch.uint8 (2, 3, 52, 40) 50748fc778467aa6",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"},
+ {"crop_boxes": "torch.float32 (3, 4) dc2eeacda39f8bc0",
+  "flips": "torch.bool (3,) 75c8fd04ad916aec",
+  "image_sizes": "torch.int64 (3, 2) 89686dd08d91edb2",
+  "pixel_values_uint8": "torch.uint8 (3, 3, 48, 40) db969f0d2aaa90cf",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"crop_boxes": "torch.float32 (2, 4) ed1d4f54843b4255",
+  "flips": "torch.bool (2,) 9dcf97a184f32623",
+  "image_sizes": "torch.int64 (2, 2) bc289e4d63d41b02",
+  "pixel_values_uint8": "torch.uint8 (2, 3, 52, 40) 50748fc778467aa6",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"}]
+
+
+@pytest.mark.parametrize(
+    "on_device, seed, expected",
+    [
+        (False, 3, PINNED_FLOAT),
+        (False, None, PINNED_EVAL),
+        (True, 3, PINNED_DEVICE),
+    ],
+    ids=["float32-host", "evaluation", "uint8-device"],
+)
+def test_loader_batches_are_pinned_bit_for_bit(on_device, seed, expected):
+    # resume, the exactness tests and every recorded figure depend on these values: changing the batch transform or
+    # the collator must not change a bit of them
+    assert _pinned_loader_batches(on_device, seed) == expected
