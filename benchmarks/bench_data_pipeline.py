@@ -50,7 +50,7 @@ from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining  # 
 from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba  # noqa: E402
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.data.device_augment import DeviceAugmentation  # noqa: E402
-from dilated_vit_mae.data.seeding import SeededAugmentation, collate_indexed  # noqa: E402
+from dilated_vit_mae.data.seeding import IndexedTransform, collate_indexed  # noqa: E402
 from dilated_vit_mae.data import transforms  # noqa: E402
 from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, MAETrainTransform, decode_uint8  # noqa: E402
 
@@ -130,12 +130,12 @@ def training_split(args: argparse.Namespace) -> tuple[datasets.Dataset, str]:
 def loader_setup(path: str, dataset: datasets.Dataset, image_size: int, seed: int):
     """(dataset with its transform, collate_fn) of one path, as `run_mae.py` builds them."""
     if path == "float32_host":  # today: datasets decodes with PIL, MAETrainTransform in the worker
-        return dataset.with_transform(SeededAugmentation(MAETrainTransform(image_size), seed)), collate_indexed
+        return dataset.with_transform(IndexedTransform(MAETrainTransform(image_size), seed=seed)), collate_indexed
     if path == "uint8_cache":  # --decoded_cache_dir: rows of a memory-mapped uint8 array, nothing to decode
         cache = decoded_cache(dataset)
-        return cache.as_dataset(SeededAugmentation(MAEHostTransform(image_size), seed)), MAEHostCollator()
+        return cache.as_dataset(IndexedTransform(MAEHostTransform(image_size), seed=seed)), MAEHostCollator()
     encoded = dataset.cast_column("image", datasets.Image(decode=False))  # bytes / paths: simplejpeg, draft
-    return encoded.with_transform(SeededAugmentation(MAEHostTransform(image_size), seed)), MAEHostCollator()
+    return encoded.with_transform(IndexedTransform(MAEHostTransform(image_size), seed=seed)), MAEHostCollator()
 
 
 def decoded_cache(dataset: datasets.Dataset) -> DecodedImageCache:

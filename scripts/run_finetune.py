@@ -59,7 +59,6 @@ from dilated_vit_mae import (  # noqa: E402
 from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
 from dilated_vit_mae.data.seeding import (  # noqa: E402
     IndexedTransform,
-    SeededAugmentation,
     collate_indexed,
     stable_seed,
 )
@@ -507,13 +506,13 @@ def save_folder(args, accelerator, model, image_processor, summary: dict, state_
 def prepare_data(args, accelerator, config, image_processor, labels: LabelSpec, splits) -> dict[str, Any]:
     """Dataloaders of every split and each split's label tensor (indexed by `sample_index`)."""
     crop = image_processor.crop_size
-    train_augmentation = SeededAugmentation(
+    train_augmentation = IndexedTransform(
         MAETrainTransform(
             (crop["height"], crop["width"]), image_mean=image_processor.image_mean, image_std=image_processor.image_std,
             num_channels=config.num_channels, scale=(args.crop_scale_min, 1.0), rand_augment=args.rand_augment,
             random_erasing=args.random_erasing,
         ),
-        args.seed, args.image_column_name,
+        args.image_column_name, seed=args.seed,
     )  # fmt: skip
     eval_transform = IndexedTransform(eval_view(image_processor), args.image_column_name)
     loader_kwargs = dict(collate_fn=collate_indexed, num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())

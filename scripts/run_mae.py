@@ -49,7 +49,6 @@ from dilated_vit_mae.data.device_augment import DeviceAugmentation, resolve_augm
 from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
 from dilated_vit_mae.data.seeding import (  # noqa: E402
     IndexedTransform,
-    SeededAugmentation,
     collate_indexed,
     masking_noise,
 )
@@ -354,10 +353,10 @@ def train_dataset_and_augmentation(args, accelerator, config, image_processor, s
     if not on_device and args.decoded_cache_dir:  # auto on a CPU (explicit --augment_on host is refused when parsed)
         logger.warning(f"--decoded_cache_dir is not used: --augment_on auto picked the host path on {accelerator.device}.")
     if not on_device:
-        augmentation = SeededAugmentation(MAETrainTransform(image_size, **kwargs), args.seed, args.image_column_name)
+        augmentation = IndexedTransform(MAETrainTransform(image_size, **kwargs), args.image_column_name, seed=args.seed)
         return splits["train"], augmentation, None, collate_indexed
     host_transform = MAEHostTransform(image_size, **kwargs)
-    augmentation = SeededAugmentation(host_transform, args.seed, args.image_column_name)
+    augmentation = IndexedTransform(host_transform, args.image_column_name, seed=args.seed)
     if args.decoded_cache_dir:
         with accelerator.main_process_first():
             cache = DecodedImageCache.build(
@@ -442,7 +441,7 @@ class Run:
     lr_scheduler: object
     train_dataloader: DataLoader
     eval_dataloader: DataLoader
-    train_augmentation: SeededAugmentation
+    train_augmentation: IndexedTransform
     device_augmentation: DeviceAugmentation | None
     image_processor: DilatedViTMAEImageProcessor
     checkpoints: CheckpointManager

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dilated_vit_mae.configuration_dilated_vit_mae import DilatedViTMAEConfig
 from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR
-from dilated_vit_mae.data.seeding import IndexedTransform, SeededAugmentation, collate_indexed
+from dilated_vit_mae.data.seeding import IndexedTransform, collate_indexed
 from dilated_vit_mae.data.transforms import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -700,10 +700,8 @@ def _pinned_loader_batches(on_device: bool, seed: int | None) -> list[dict[str, 
 
     images = [face_like_image(40, 48, seed=i) for i in range(4)] + [face_like_image(36, 52, seed=4)]
     dataset = datasets.Dataset.from_dict({"image": images, "sample_index": list(range(5))})
-    if seed is None:
-        transform = IndexedTransform(square_view(16))
-    else:
-        transform = SeededAugmentation(MAEHostTransform(16) if on_device else MAETrainTransform(16), seed)
+    per_image = square_view(16) if seed is None else MAEHostTransform(16) if on_device else MAETrainTransform(16)
+    transform = IndexedTransform(per_image, seed=seed)
     dataset.set_transform(transform)
     collate = MAEHostCollator() if on_device else collate_indexed
     # one persistent worker: the epoch set between epochs must reach the copy of the transform the worker holds
