@@ -59,12 +59,12 @@ from dilated_vit_mae import (  # noqa: E402
 from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
 from dilated_vit_mae.data.seeding import (  # noqa: E402
     IndexedTransform,
-    collate_indexed,
     stable_seed,
 )
 from dilated_vit_mae.data.transforms import (  # noqa: E402
     MAETrainTransform,
     RandAugment,
+    collate_examples,
     eval_view,
     image_processor_for_config,
 )
@@ -515,7 +515,7 @@ def prepare_data(args, accelerator, config, image_processor, labels: LabelSpec, 
         args.image_column_name, seed=args.seed,
     )  # fmt: skip
     eval_transform = IndexedTransform(eval_view(image_processor), args.image_column_name)
-    loader_kwargs = dict(collate_fn=collate_indexed, num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
+    loader_kwargs = dict(collate_fn=collate_examples, num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
     loaders = {
         "train": DataLoader(
             image_dataset(splits["train"], train_augmentation, args.image_column_name), shuffle=True,

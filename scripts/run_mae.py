@@ -49,13 +49,12 @@ from dilated_vit_mae.data.device_augment import DeviceAugmentation, resolve_augm
 from dilated_vit_mae.data.loading import load_celeba  # noqa: E402
 from dilated_vit_mae.data.seeding import (  # noqa: E402
     IndexedTransform,
-    collate_indexed,
     masking_noise,
 )
 from dilated_vit_mae.data.transforms import (  # noqa: E402
-    MAEHostCollator,
     MAEHostTransform,
     MAETrainTransform,
+    collate_examples,
     eval_view,
     image_processor_for_config,
 )
@@ -354,7 +353,7 @@ def train_dataset_and_augmentation(args, accelerator, config, image_processor, s
         logger.warning(f"--decoded_cache_dir is not used: --augment_on auto picked the host path on {accelerator.device}.")
     if not on_device:
         augmentation = IndexedTransform(MAETrainTransform(image_size, **kwargs), args.image_column_name, seed=args.seed)
-        return splits["train"], augmentation, None, collate_indexed
+        return splits["train"], augmentation, None, collate_examples
     host_transform = MAEHostTransform(image_size, **kwargs)
     augmentation = IndexedTransform(host_transform, args.image_column_name, seed=args.seed)
     if args.decoded_cache_dir:
@@ -367,7 +366,7 @@ def train_dataset_and_augmentation(args, accelerator, config, image_processor, s
     else:  # encoded bytes / paths, so that the workers decode (simplejpeg where installed)
         dataset = splits["train"].cast_column(args.image_column_name, datasets.Image(decode=False))
         dataset.set_transform(augmentation)
-    return dataset, augmentation, DeviceAugmentation.from_transform(host_transform), MAEHostCollator()
+    return dataset, augmentation, DeviceAugmentation.from_transform(host_transform), collate_examples
 
 
 def build_dataloaders(args, accelerator, config, image_processor, splits):
@@ -399,7 +398,7 @@ def build_dataloaders(args, accelerator, config, image_processor, splits):
         **loader_kwargs(evaluation=False),
     )  # fmt: skip
     eval_dataloader = DataLoader(
-        splits["validation"], batch_size=args.per_device_eval_batch_size, collate_fn=collate_indexed,
+        splits["validation"], batch_size=args.per_device_eval_batch_size, collate_fn=collate_examples,
         **loader_kwargs(evaluation=True),
     )  # fmt: skip
     return train_dataloader, eval_dataloader, train_augmentation, device_augmentation

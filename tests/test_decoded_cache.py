@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from dilated_vit_mae.data import decoded_cache
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache
 from dilated_vit_mae.data.seeding import IndexedTransform
-from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, decode_uint8
+from dilated_vit_mae.data.transforms import MAEHostTransform, collate_examples, decode_uint8
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,12 +74,12 @@ def test_cached_dataset_feeds_the_host_transform_like_the_files(tmp_path):
     dataset = jpeg_folder(tmp_path / "jpegs", [(30, 40)] * 8)
     cache = DecodedImageCache.build(dataset, tmp_path / "cache")
     transform = IndexedTransform(MAEHostTransform(16), seed=0)
-    loader = DataLoader(cache.as_dataset(transform), batch_size=4, num_workers=2, collate_fn=MAEHostCollator())
+    loader = DataLoader(cache.as_dataset(transform), batch_size=4, num_workers=2, collate_fn=collate_examples)
     from_cache = list(loader)
     undecoded = dataset.cast_column("image", datasets.Image(decode=False))
     for start, batch in zip((0, 4), from_cache):
         rows = undecoded[start : start + 4]
-        expected = MAEHostCollator()(
+        expected = collate_examples(
             [{"pixel_values": p, "sample_index": i} for p, i in zip(*transform(rows).values())]
         )
         for key in ("pixel_values_uint8", "crop_boxes", "flips", "sample_index", "image_sizes"):

@@ -15,14 +15,14 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from dilated_vit_mae.configuration_dilated_vit_mae import DilatedViTMAEConfig
 from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR
-from dilated_vit_mae.data.seeding import IndexedTransform, collate_indexed
+from dilated_vit_mae.data.seeding import IndexedTransform
 from dilated_vit_mae.data.transforms import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
-    MAEHostCollator,
     MAEHostTransform,
     MAETrainTransform,
     as_our_image_processor,
+    collate_examples,
     decode_uint8,
     eval_view,
     image_processor_for_config,
@@ -380,7 +380,7 @@ def test_crop_scale_reaches_output_as_zoom():
     assert ramp_small / ramp_whole == pytest.approx(math.sqrt(0.2), abs=0.1)
 
 
-# ---- host half of the device path: MAEHostTransform / host_params / MAEHostCollator ---------------------------------
+# ---- host half of the device path: MAEHostTransform / host_params; the collator ------------------------------------
 
 
 def jpeg_bytes(image: PIL.Image.Image, quality: int = 90) -> bytes:
@@ -464,14 +464,14 @@ def test_host_params_draft_decodes_large_jpegs_at_a_reduced_scale():
     assert celeba["image_uint8"].shape[1:] == (218, 178)
 
 
-def test_host_collator_stacks_pads_and_keeps_the_index():
+def test_collator_stacks_pads_and_keeps_the_index():
     small, large = face_like_image(40, 30), face_like_image(50, 60, seed=1)
     transform = MAEHostTransform(16)
     examples = [
         {"pixel_values": transform(small, torch.Generator().manual_seed(0)), "sample_index": 7},
         {"pixel_values": transform(large, torch.Generator().manual_seed(1)), "sample_index": 9},
     ]
-    batch = MAEHostCollator()(examples)
+    batch = collate_examples(examples)
     images = batch["pixel_values_uint8"]
     assert images.shape == (2, 3, 60, 50) and images.dtype == torch.uint8
     assert images.permute(0, 2, 3, 1).is_contiguous()  # channels-last: one memcpy per decoded image
@@ -482,25 +482,47 @@ def test_host_collator_stacks_pads_and_keeps_the_index():
     assert batch["crop_boxes"].tolist() == [list(e["pixel_values"]["crop_box"]) for e in examples]
     assert batch["flips"].tolist() == [e["pixel_values"]["flip"] for e in examples]
     assert batch["sample_index"].tolist() == [7, 9]
-    with pytest.raises(KeyError, match="Expected MAEHostTransform outputs"):
-        MAEHostCollator()([{"pixel_values": torch.zeros(3, 4, 4)}])
+    # the float kind: pixel_values tensors stacked, the index kept
+    floats = [{"pixel_values": torch.full((3, 4, 4), float(i)), "sample_index": i} for i in (3, 5)]
+    batch = collate_examples(floats)
+    assert sorted(batch) == ["pixel_values", "sample_index"] and batch["sample_index"].tolist() == [3, 5]
+    assert torch.equal(batch["pixel_values"], torch.stack([e["pixel_values"] for e in floats]))
+    with pytest.raises(ValueError, match="Cannot batch MAEHostTransform outputs with pixel_values tensors"):
+        collate_examples([examples[0], floats[0]])
+    with pytest.raises(KeyError, match=r"Expected pixel_values tensors or MAEHostTransform outputs .* \['image'\]"):
+        collate_examples([{"image": small}])
     with pytest.raises(ValueError, match="Cannot collate an empty list"):
-        MAEHostCollator()([])
+        collate_examples([])
     grey = MAEHostTransform(16, image_mean=[0.5], image_std=[0.5], num_channels=1)(small)
     with pytest.raises(ValueError, match="different channel counts, got \\[3, 1\\]"):
-        MAEHostCollator()([examples[0], grey])
+        collate_examples([examples[0], grey])
 
 
-def test_host_collator_in_dataloader_workers_uses_shared_memory():
-    dataset = [{"image_uint8": torch.full((3, 5, 4), i, dtype=torch.uint8), "crop_box": (0, 0, 5, 4), "flip": False,
-                "sample_index": i} for i in range(8)]  # fmt: skip
-    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=MAEHostCollator())
+def _collate_in_shared_memory(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """`collate_examples`, and whether it allocated the images in shared memory (read inside the worker)."""
+    batch = collate_examples(examples)
+    images = batch.get("pixel_values_uint8", batch.get("pixel_values"))
+    return {**batch, "allocated_shared": torch.tensor(images.is_shared())}
+
+
+@pytest.mark.parametrize("kind", ["uint8", "float32"])
+def test_collator_in_dataloader_workers_uses_shared_memory(kind):
+    if kind == "uint8":
+        dataset = [{"image_uint8": torch.full((3, 5, 4), i, dtype=torch.uint8), "crop_box": (0, 0, 5, 4), "flip": False,
+                    "sample_index": i} for i in range(8)]  # fmt: skip
+    else:
+        dataset = [{"pixel_values": torch.full((3, 5, 4), float(i)), "sample_index": i} for i in range(8)]
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=_collate_in_shared_memory)
     batches = list(loader)
     assert [b["sample_index"].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     for batch in batches:
-        images = batch["pixel_values_uint8"]
-        assert images.permute(0, 2, 3, 1).is_contiguous()  # the layout survives the trip from the worker
-        assert torch.equal(images[:, 0, 0, 0], batch["sample_index"].to(torch.uint8))
+        assert batch["allocated_shared"]  # allocated there, as default_collate does: no copy on the way back
+        images = batch["pixel_values_uint8"] if kind == "uint8" else batch["pixel_values"]
+        if kind == "uint8":
+            assert images.permute(0, 2, 3, 1).is_contiguous()  # the layout survives the trip from the worker
+        assert torch.equal(images[:, 0, 0, 0], batch["sample_index"].to(images.dtype))
+    # in the main process (num_workers=0) nothing is allocated in shared memory
+    assert not _collate_in_shared_memory(dataset[:4])["allocated_shared"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -703,9 +725,8 @@ def _pinned_loader_batches(on_device: bool, seed: int | None) -> list[dict[str, 
     per_image = square_view(16) if seed is None else MAEHostTransform(16) if on_device else MAETrainTransform(16)
     transform = IndexedTransform(per_image, seed=seed)
     dataset.set_transform(transform)
-    collate = MAEHostCollator() if on_device else collate_indexed
     # one persistent worker: the epoch set between epochs must reach the copy of the transform the worker holds
-    loader = DataLoader(dataset, batch_size=3, collate_fn=collate, num_workers=1, persistent_workers=True)
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collate_examples, num_workers=1, persistent_workers=True)
     batches = []
     for epoch in (0, 1):
         transform.epoch = epoch

@@ -6,8 +6,8 @@ epoch, index) only) and the batch transform of every loader, which seeds each tr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -159,10 +159,3 @@ class IndexedTransform:
                 for image, index in zip(batch[self.image_column], indices)
             ]
         return {"pixel_values": pixel_values, self.index_column: indices}
-
-
-def collate_indexed(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "sample_index": torch.tensor([int(example["sample_index"]) for example in examples]),
-    }
