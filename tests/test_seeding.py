@@ -27,6 +27,22 @@ def test_seeded_augmentation_depends_on_seed_epoch_and_index_only():
     assert not torch.equal(next_epoch, whole[2])
 
 
+def test_indexed_transform_without_a_seed_calls_the_transform_without_a_generator():
+    # evaluation: the same view every time, whatever the epoch; the columns are the ones named
+    calls = []
+
+    def view(image, **kwargs):
+        calls.append(kwargs)
+        return torch.tensor(image)
+
+    transform = IndexedTransform(view, "img", "idx")
+    transform.epoch = 3
+    batch = transform({"img": [1, 2], "idx": [5, 6]})
+    assert batch == {"pixel_values": [torch.tensor(1), torch.tensor(2)], "idx": [5, 6]} and calls == [{}, {}]
+    with pytest.raises(TypeError):  # the seed is keyword-only: a positional one would be read as a column name
+        IndexedTransform(view, "img", "idx", 0)
+
+
 def test_masking_noise_is_fixed_per_example():
     first = masking_noise(torch.tensor([3, 5]), 16, stream="train_mask", seed=0, epoch=1)
     second = masking_noise(torch.tensor([5, 3]), 16, stream="train_mask", seed=0, epoch=1)
