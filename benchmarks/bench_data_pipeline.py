@@ -1,7 +1,7 @@
 """
 Host cost of the pre-training input pipeline, per training image: the float32 host path (`MAETrainTransform` in the
 workers, what `run_mae.py` does today) against the uint8 path of a GPU run (decode -> uint8 -> crop box and flip ->
-`MAEHostCollator` -> pin; crop, resize, flip and normalise then run batched on the device, `DeviceAugmentation`).
+`collate_examples` -> pin; crop, resize, flip and normalise then run batched on the device, `DeviceAugmentation`).
 
 Stages:
 - `decode`: one process decoding JPEGs (PIL, and simplejpeg where installed), CPU time per image.
@@ -50,9 +50,9 @@ from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForPreTraining  # 
 from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR, load_celeba  # noqa: E402
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.data.device_augment import DeviceAugmentation  # noqa: E402
-from dilated_vit_mae.data.seeding import SeededAugmentation, collate_indexed  # noqa: E402
+from dilated_vit_mae.data.seeding import IndexedTransform  # noqa: E402
 from dilated_vit_mae.data import transforms  # noqa: E402
-from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, MAETrainTransform, decode_uint8  # noqa: E402
+from dilated_vit_mae.data.transforms import MAEHostTransform, MAETrainTransform, collate_examples, decode_uint8  # noqa: E402
 
 DEFAULT_MODEL_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "dilated-vit-mae-tiny-64"
 TARGET_US, GOAL_US = 400, 250  # host CPU per 224 px training image (issue "Throughput at scale")
@@ -130,12 +130,12 @@ def training_split(args: argparse.Namespace) -> tuple[datasets.Dataset, str]:
 def loader_setup(path: str, dataset: datasets.Dataset, image_size: int, seed: int):
     """(dataset with its transform, collate_fn) of one path, as `run_mae.py` builds them."""
     if path == "float32_host":  # today: datasets decodes with PIL, MAETrainTransform in the worker
-        return dataset.with_transform(SeededAugmentation(MAETrainTransform(image_size), seed)), collate_indexed
+        return dataset.with_transform(IndexedTransform(MAETrainTransform(image_size), seed=seed)), collate_examples
     if path == "uint8_cache":  # --decoded_cache_dir: rows of a memory-mapped uint8 array, nothing to decode
         cache = decoded_cache(dataset)
-        return cache.as_dataset(SeededAugmentation(MAEHostTransform(image_size), seed)), MAEHostCollator()
+        return cache.as_dataset(IndexedTransform(MAEHostTransform(image_size), seed=seed)), collate_examples
     encoded = dataset.cast_column("image", datasets.Image(decode=False))  # bytes / paths: simplejpeg, draft
-    return encoded.with_transform(SeededAugmentation(MAEHostTransform(image_size), seed)), MAEHostCollator()
+    return encoded.with_transform(IndexedTransform(MAEHostTransform(image_size), seed=seed)), collate_examples
 
 
 def decoded_cache(dataset: datasets.Dataset) -> DecodedImageCache:

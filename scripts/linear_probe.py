@@ -87,8 +87,8 @@ from dilated_vit_mae.evaluation.probe import (  # noqa: E402
 )
 from dilated_vit_mae.data.labels import class_ids, drop_missing_labels, label_matrix, resolve_label_columns  # noqa: E402
 from dilated_vit_mae.train.redaction import publishable, secret_values  # noqa: E402
-from dilated_vit_mae.data.seeding import IndexedTransform, collate_indexed  # noqa: E402
-from dilated_vit_mae.data.transforms import eval_view  # noqa: E402
+from dilated_vit_mae.data.seeding import IndexedTransform  # noqa: E402
+from dilated_vit_mae.data.transforms import collate_examples, eval_view  # noqa: E402
 
 
 logger = get_logger(__name__)
@@ -180,7 +180,7 @@ def split_features(
     dataloader = DataLoader(
         dataset,
         batch_size=args.per_device_batch_size,
-        collate_fn=collate_indexed,
+        collate_fn=collate_examples,
         num_workers=args.dataloader_num_workers,
         pin_memory=torch.cuda.is_available(),
     )

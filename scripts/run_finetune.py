@@ -52,13 +52,12 @@ sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 from dilated_vit_mae import DilatedViTMAEConfig, DilatedViTMAEForImageClassification  # noqa: E402
 from dilated_vit_mae.data.seeding import (  # noqa: E402
     IndexedTransform,
-    SeededAugmentation,
-    collate_indexed,
     stable_seed,
 )
 from dilated_vit_mae.data.transforms import (  # noqa: E402
     MAETrainTransform,
     RandAugment,
+    collate_examples,
     eval_view,
 )
 from dilated_vit_mae.evaluation.probe import probe_scores, raw_pixel_baseline  # noqa: E402
@@ -434,16 +433,16 @@ def save_folder(run: Run, image_processor, summary: dict) -> None:
 def prepare_data(args, accelerator, config, image_processor, labels: LabelSpec, splits) -> dict[str, Any]:
     """Dataloaders of every split and each split's label tensor (indexed by `sample_index`)."""
     crop = image_processor.crop_size
-    train_augmentation = SeededAugmentation(
+    train_augmentation = IndexedTransform(
         MAETrainTransform(
             (crop["height"], crop["width"]), image_mean=image_processor.image_mean, image_std=image_processor.image_std,
             num_channels=config.num_channels, scale=(args.crop_scale_min, 1.0), rand_augment=args.rand_augment,
             random_erasing=args.random_erasing,
         ),
-        args.seed, args.image_column_name,
+        args.image_column_name, seed=args.seed,
     )  # fmt: skip
     eval_transform = IndexedTransform(eval_view(image_processor), args.image_column_name)
-    loader_kwargs = dict(collate_fn=collate_indexed, num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
+    loader_kwargs = dict(collate_fn=collate_examples, num_workers=args.dataloader_num_workers, pin_memory=torch.cuda.is_available())
     loaders = {
         "train": DataLoader(
             image_dataset(splits["train"], train_augmentation, args.image_column_name), shuffle=True,

@@ -43,14 +43,12 @@ from dilated_vit_mae.data.decoded_cache import DecodedImageCache  # noqa: E402
 from dilated_vit_mae.data.device_augment import DeviceAugmentation, resolve_augment_on  # noqa: E402
 from dilated_vit_mae.data.seeding import (  # noqa: E402
     IndexedTransform,
-    SeededAugmentation,
-    collate_indexed,
     masking_noise,
 )
 from dilated_vit_mae.data.transforms import (  # noqa: E402
-    MAEHostCollator,
     MAEHostTransform,
     MAETrainTransform,
+    collate_examples,
     eval_view,
 )
 from dilated_vit_mae.evaluation.reconstruction import (  # noqa: E402
@@ -285,10 +283,10 @@ def train_dataset_and_augmentation(args, accelerator, config, image_processor, s
     if not on_device and args.decoded_cache_dir:  # auto on a CPU (explicit --augment_on host is refused when parsed)
         logger.warning(f"--decoded_cache_dir is not used: --augment_on auto picked the host path on {accelerator.device}.")
     if not on_device:
-        augmentation = SeededAugmentation(MAETrainTransform(image_size, **kwargs), args.seed, args.image_column_name)
-        return splits["train"], augmentation, None, collate_indexed
+        augmentation = IndexedTransform(MAETrainTransform(image_size, **kwargs), args.image_column_name, seed=args.seed)
+        return splits["train"], augmentation, None, collate_examples
     host_transform = MAEHostTransform(image_size, **kwargs)
-    augmentation = SeededAugmentation(host_transform, args.seed, args.image_column_name)
+    augmentation = IndexedTransform(host_transform, args.image_column_name, seed=args.seed)
     if args.decoded_cache_dir:
         with accelerator.main_process_first():
             cache = DecodedImageCache.build(
@@ -299,7 +297,7 @@ def train_dataset_and_augmentation(args, accelerator, config, image_processor, s
     else:  # encoded bytes / paths, so that the workers decode (simplejpeg where installed)
         dataset = splits["train"].cast_column(args.image_column_name, datasets.Image(decode=False))
         dataset.set_transform(augmentation)
-    return dataset, augmentation, DeviceAugmentation.from_transform(host_transform), MAEHostCollator()
+    return dataset, augmentation, DeviceAugmentation.from_transform(host_transform), collate_examples
 
 
 def build_dataloaders(args, accelerator, config, image_processor, splits):
@@ -331,7 +329,7 @@ def build_dataloaders(args, accelerator, config, image_processor, splits):
         **loader_kwargs(evaluation=False),
     )  # fmt: skip
     eval_dataloader = DataLoader(
-        splits["validation"], batch_size=args.per_device_eval_batch_size, collate_fn=collate_indexed,
+        splits["validation"], batch_size=args.per_device_eval_batch_size, collate_fn=collate_examples,
         **loader_kwargs(evaluation=True),
     )  # fmt: skip
     return train_dataloader, eval_dataloader, train_augmentation, device_augmentation
@@ -363,7 +361,7 @@ class Run:
     lr_scheduler: object
     train_dataloader: DataLoader
     eval_dataloader: DataLoader
-    train_augmentation: SeededAugmentation
+    train_augmentation: IndexedTransform
     device_augmentation: DeviceAugmentation | None
     image_processor: object
     splits: dict

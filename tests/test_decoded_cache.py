@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 
 from dilated_vit_mae.data import decoded_cache
 from dilated_vit_mae.data.decoded_cache import DecodedImageCache
-from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, decode_uint8
+from dilated_vit_mae.data.seeding import IndexedTransform
+from dilated_vit_mae.data.transforms import MAEHostTransform, collate_examples, decode_uint8
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,17 +42,6 @@ def jpeg_folder(root, sizes) -> datasets.Dataset:
 
 def forbidden(*args, **kwargs):
     raise AssertionError("an image was decoded although the cache holds it")
-
-
-class SeededHost:
-    """A batch transform like training's SeededAugmentation: one generator per sample index."""
-
-    def __init__(self, transform):
-        self.transform = transform
-
-    def __call__(self, batch):
-        images = [self.transform(i, torch.Generator().manual_seed(s)) for i, s in zip(batch["image"], batch["sample_index"])]
-        return {"pixel_values": images, "sample_index": batch["sample_index"]}
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -83,13 +73,13 @@ def test_cache_holds_the_decoded_images_in_row_order_and_is_reused(tmp_path, num
 def test_cached_dataset_feeds_the_host_transform_like_the_files(tmp_path):
     dataset = jpeg_folder(tmp_path / "jpegs", [(30, 40)] * 8)
     cache = DecodedImageCache.build(dataset, tmp_path / "cache")
-    transform = SeededHost(MAEHostTransform(16))
-    loader = DataLoader(cache.as_dataset(transform), batch_size=4, num_workers=2, collate_fn=MAEHostCollator())
+    transform = IndexedTransform(MAEHostTransform(16), seed=0)
+    loader = DataLoader(cache.as_dataset(transform), batch_size=4, num_workers=2, collate_fn=collate_examples)
     from_cache = list(loader)
     undecoded = dataset.cast_column("image", datasets.Image(decode=False))
     for start, batch in zip((0, 4), from_cache):
         rows = undecoded[start : start + 4]
-        expected = MAEHostCollator()(
+        expected = collate_examples(
             [{"pixel_values": p, "sample_index": i} for p, i in zip(*transform(rows).values())]
         )
         for key in ("pixel_values_uint8", "crop_boxes", "flips", "sample_index", "image_sizes"):

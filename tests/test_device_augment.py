@@ -9,7 +9,7 @@ import torch
 
 from dilated_vit_mae.data.loading import CELEBA_SAMPLE_DIR
 from dilated_vit_mae.data.device_augment import DeviceAugmentation, resample_weights, resolve_augment_on
-from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform, MAETrainTransform
+from dilated_vit_mae.data.transforms import MAEHostTransform, MAETrainTransform, collate_examples
 
 LEVELS = dict(image_mean=[0.0] * 3, image_std=[1.0] * 3, rescale_factor=1.0)  # outputs in 0..255 pixel levels
 
@@ -22,7 +22,7 @@ def coordinate_image(height: int = 40, width: int = 50) -> torch.Tensor:
 
 
 def host_batch(images: list[torch.Tensor], boxes: list[tuple], flips: list[bool]) -> dict:
-    return MAEHostCollator()(
+    return collate_examples(
         [{"image_uint8": i, "crop_box": b, "flip": f} for i, b, f in zip(images, boxes, flips)]
     )
 
@@ -71,7 +71,7 @@ def test_device_output_matches_the_host_float_path_on_the_same_boxes():
             expected.append(float_transform(jpeg, generator=torch.Generator().manual_seed(seed)))
             examples.append(host_transform(jpeg, generator=torch.Generator().manual_seed(seed)))
         assert any(e["flip"] for e in examples) and not all(e["flip"] for e in examples)
-        output = DeviceAugmentation.from_transform(host_transform)(MAEHostCollator()(examples))
+        output = DeviceAugmentation.from_transform(host_transform)(collate_examples(examples))
         assert output.shape == (12, 3, size, size) and output.dtype == torch.float32
         levels = ((output - torch.stack(expected)) * std * 255).abs()  # in 0..255 levels
         if size == 64 and draft:
@@ -95,7 +95,7 @@ def test_device_path_with_its_defaults_equals_the_host_path_on_the_sample_at_64_
         float_transform = MAETrainTransform(host_transform.size)
         examples = [host_transform(str(p), torch.Generator().manual_seed(i)) for i, p in enumerate(paths)]
         expected = [float_transform(str(p), torch.Generator().manual_seed(i)) for i, p in enumerate(paths)]
-        output = DeviceAugmentation.from_transform(host_transform)(MAEHostCollator()(examples))
+        output = DeviceAugmentation.from_transform(host_transform)(collate_examples(examples))
         return ((output - torch.stack(expected)) * std * 255).abs()  # in 0..255 levels
 
     for size in (64, 224):
@@ -120,7 +120,7 @@ def test_one_extreme_image_does_not_pad_its_batch_to_its_length(monkeypatch):
     for size in (64, 224):
         host_transform, float_transform = MAEHostTransform(size), MAETrainTransform(size)
         examples = [host_transform(image, torch.Generator().manual_seed(i)) for i, image in enumerate(images)]
-        batch = MAEHostCollator()(examples)
+        batch = collate_examples(examples)
         assert batch["pixel_values_uint8"].shape == (3, 3, 218, 178)  # the face's size: the others are sliced
         output = DeviceAugmentation.from_transform(host_transform)(batch)
         expected = [float_transform(image, torch.Generator().manual_seed(i)) for i, image in enumerate(images)]
@@ -130,7 +130,7 @@ def test_one_extreme_image_does_not_pad_its_batch_to_its_length(monkeypatch):
         monkeypatch.setattr(transforms, "MAX_UNSLICED_LENGTH", 10**6)
         whole = [host_transform(image, torch.Generator().manual_seed(i)) for i, image in enumerate(images[1:], 1)]
         assert whole[1]["image_uint8"].shape == (3, 6000, 40)
-        unsliced = DeviceAugmentation.from_transform(host_transform)(MAEHostCollator()(whole))
+        unsliced = DeviceAugmentation.from_transform(host_transform)(collate_examples(whole))
         torch.testing.assert_close(output[1:], unsliced, atol=1e-4, rtol=0)
         monkeypatch.undo()
 
@@ -179,8 +179,8 @@ def test_sample_jpegs_through_a_worker_loader_match_the_in_process_result():
     dataset = [{"pixel_values": transform(str(p), torch.Generator().manual_seed(i)), "sample_index": i}
                for i, p in enumerate(paths)]  # fmt: skip
     augment = DeviceAugmentation.from_transform(transform)
-    in_process = augment(MAEHostCollator()(dataset))
-    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=MAEHostCollator())
+    in_process = augment(collate_examples(dataset))
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate_examples)
     from_workers = torch.cat([augment(batch) for batch in loader])
     torch.testing.assert_close(from_workers, in_process, atol=1e-5, rtol=0)  # workers run one intra-op thread
 

@@ -577,7 +577,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from dilated_vit_mae.evaluation.probe import encode_images, extract_features, load_frozen_encoder
-from dilated_vit_mae.data.seeding import collate_indexed
+from dilated_vit_mae.data.transforms import collate_examples
 
 model_dir, output_file = sys.argv[1:]
 accelerator = Accelerator()
@@ -585,7 +585,7 @@ model, _ = load_frozen_encoder(model_dir)
 pixel_values = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 examples = [{"pixel_values": pixel_values[i], "sample_index": i} for i in range(7)]
 # batch 2 over 2 processes: 7 examples leave an uneven last batch, which gather_for_metrics must trim
-dataloader = accelerator.prepare(DataLoader(examples, batch_size=2, collate_fn=collate_indexed))
+dataloader = accelerator.prepare(DataLoader(examples, batch_size=2, collate_fn=collate_examples))
 features = extract_features(model, dataloader, num_examples=7, pooling="cls", accelerator=accelerator)
 if accelerator.is_main_process:
     expected = encode_images(model, pixel_values, "cls")

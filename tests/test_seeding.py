@@ -5,7 +5,7 @@ import PIL.Image
 import pytest
 import torch
 
-from dilated_vit_mae.data.seeding import SeededAugmentation, masking_noise, stable_seed
+from dilated_vit_mae.data.seeding import IndexedTransform, masking_noise, stable_seed
 from dilated_vit_mae.data.transforms import MAETrainTransform
 
 
@@ -17,7 +17,7 @@ def test_stable_seed_is_deterministic_and_distinguishes_parts():
 
 def test_seeded_augmentation_depends_on_seed_epoch_and_index_only():
     images = [PIL.Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 36, 3), dtype=np.uint8)) for i in range(4)]
-    augmentation = SeededAugmentation(MAETrainTransform(16), seed=7)
+    augmentation = IndexedTransform(MAETrainTransform(16), seed=7)
     whole = augmentation({"image": images, "sample_index": [0, 1, 2, 3]})["pixel_values"]
     # the same example in another batch, alone, gets the same augmentation
     alone = augmentation({"image": images[2:3], "sample_index": [2]})["pixel_values"][0]
@@ -25,6 +25,22 @@ def test_seeded_augmentation_depends_on_seed_epoch_and_index_only():
     augmentation.epoch = 1
     next_epoch = augmentation({"image": images[2:3], "sample_index": [2]})["pixel_values"][0]
     assert not torch.equal(next_epoch, whole[2])
+
+
+def test_indexed_transform_without_a_seed_calls_the_transform_without_a_generator():
+    # evaluation: the same view every time, whatever the epoch; the columns are the ones named
+    calls = []
+
+    def view(image, **kwargs):
+        calls.append(kwargs)
+        return torch.tensor(image)
+
+    transform = IndexedTransform(view, "img", "idx")
+    transform.epoch = 3
+    batch = transform({"img": [1, 2], "idx": [5, 6]})
+    assert batch == {"pixel_values": [torch.tensor(1), torch.tensor(2)], "idx": [5, 6]} and calls == [{}, {}]
+    with pytest.raises(TypeError):  # the seed is keyword-only: a positional one would be read as a column name
+        IndexedTransform(view, "img", "idx", 0)
 
 
 def test_masking_noise_is_fixed_per_example():
@@ -67,7 +83,7 @@ def test_training_masks_are_independent_of_the_augmentation_of_the_same_example(
     # the user's scenario: run_mae seeds an example's augmentation and its training mask from the same
     # (seed, epoch, index); before the streams had tags the mask scores were the crop and flip draws themselves
     count, num_patches = 400, 16
-    augmentation = SeededAugmentation(MAETrainTransform(16, image_mean=[0.0] * 3, image_std=[1.0] * 3), seed=0)
+    augmentation = IndexedTransform(MAETrainTransform(16, image_mean=[0.0] * 3, image_std=[1.0] * 3), seed=0)
     image = _coordinate_image()
     out = augmentation({"image": [image] * count, "sample_index": list(range(count))})["pixel_values"]
     out = torch.stack(out)  # (N, 3, 16, 16) in [0, 1]

@@ -1,5 +1,6 @@
 """Tests for `dilated_vit_mae.data.transforms` (torchvision-free MAE augmentation)."""
 
+import hashlib
 import io
 import json
 import math
@@ -18,10 +19,10 @@ from dilated_vit_mae.data.seeding import IndexedTransform
 from dilated_vit_mae.data.transforms import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
-    MAEHostCollator,
     MAEHostTransform,
     MAETrainTransform,
     as_our_image_processor,
+    collate_examples,
     decode_uint8,
     eval_view,
     image_processor_for_config,
@@ -379,7 +380,7 @@ def test_crop_scale_reaches_output_as_zoom():
     assert ramp_small / ramp_whole == pytest.approx(math.sqrt(0.2), abs=0.1)
 
 
-# ---- host half of the device path: MAEHostTransform / host_params / MAEHostCollator ---------------------------------
+# ---- host half of the device path: MAEHostTransform / host_params; the collator ------------------------------------
 
 
 def jpeg_bytes(image: PIL.Image.Image, quality: int = 90) -> bytes:
@@ -463,14 +464,14 @@ def test_host_params_draft_decodes_large_jpegs_at_a_reduced_scale():
     assert celeba["image_uint8"].shape[1:] == (218, 178)
 
 
-def test_host_collator_stacks_pads_and_keeps_the_index():
+def test_collator_stacks_pads_and_keeps_the_index():
     small, large = face_like_image(40, 30), face_like_image(50, 60, seed=1)
     transform = MAEHostTransform(16)
     examples = [
         {"pixel_values": transform(small, torch.Generator().manual_seed(0)), "sample_index": 7},
         {"pixel_values": transform(large, torch.Generator().manual_seed(1)), "sample_index": 9},
     ]
-    batch = MAEHostCollator()(examples)
+    batch = collate_examples(examples)
     images = batch["pixel_values_uint8"]
     assert images.shape == (2, 3, 60, 50) and images.dtype == torch.uint8
     assert images.permute(0, 2, 3, 1).is_contiguous()  # channels-last: one memcpy per decoded image
@@ -481,25 +482,47 @@ def test_host_collator_stacks_pads_and_keeps_the_index():
     assert batch["crop_boxes"].tolist() == [list(e["pixel_values"]["crop_box"]) for e in examples]
     assert batch["flips"].tolist() == [e["pixel_values"]["flip"] for e in examples]
     assert batch["sample_index"].tolist() == [7, 9]
-    with pytest.raises(KeyError, match="Expected MAEHostTransform outputs"):
-        MAEHostCollator()([{"pixel_values": torch.zeros(3, 4, 4)}])
+    # the float kind: pixel_values tensors stacked, the index kept
+    floats = [{"pixel_values": torch.full((3, 4, 4), float(i)), "sample_index": i} for i in (3, 5)]
+    batch = collate_examples(floats)
+    assert sorted(batch) == ["pixel_values", "sample_index"] and batch["sample_index"].tolist() == [3, 5]
+    assert torch.equal(batch["pixel_values"], torch.stack([e["pixel_values"] for e in floats]))
+    with pytest.raises(ValueError, match="Cannot batch MAEHostTransform outputs with pixel_values tensors"):
+        collate_examples([examples[0], floats[0]])
+    with pytest.raises(KeyError, match=r"Expected pixel_values tensors or MAEHostTransform outputs .* \['image'\]"):
+        collate_examples([{"image": small}])
     with pytest.raises(ValueError, match="Cannot collate an empty list"):
-        MAEHostCollator()([])
+        collate_examples([])
     grey = MAEHostTransform(16, image_mean=[0.5], image_std=[0.5], num_channels=1)(small)
     with pytest.raises(ValueError, match="different channel counts, got \\[3, 1\\]"):
-        MAEHostCollator()([examples[0], grey])
+        collate_examples([examples[0], grey])
 
 
-def test_host_collator_in_dataloader_workers_uses_shared_memory():
-    dataset = [{"image_uint8": torch.full((3, 5, 4), i, dtype=torch.uint8), "crop_box": (0, 0, 5, 4), "flip": False,
-                "sample_index": i} for i in range(8)]  # fmt: skip
-    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=MAEHostCollator())
+def _collate_in_shared_memory(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """`collate_examples`, and whether it allocated the images in shared memory (read inside the worker)."""
+    batch = collate_examples(examples)
+    images = batch.get("pixel_values_uint8", batch.get("pixel_values"))
+    return {**batch, "allocated_shared": torch.tensor(images.is_shared())}
+
+
+@pytest.mark.parametrize("kind", ["uint8", "float32"])
+def test_collator_in_dataloader_workers_uses_shared_memory(kind):
+    if kind == "uint8":
+        dataset = [{"image_uint8": torch.full((3, 5, 4), i, dtype=torch.uint8), "crop_box": (0, 0, 5, 4), "flip": False,
+                    "sample_index": i} for i in range(8)]  # fmt: skip
+    else:
+        dataset = [{"pixel_values": torch.full((3, 5, 4), float(i)), "sample_index": i} for i in range(8)]
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=_collate_in_shared_memory)
     batches = list(loader)
     assert [b["sample_index"].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     for batch in batches:
-        images = batch["pixel_values_uint8"]
-        assert images.permute(0, 2, 3, 1).is_contiguous()  # the layout survives the trip from the worker
-        assert torch.equal(images[:, 0, 0, 0], batch["sample_index"].to(torch.uint8))
+        assert batch["allocated_shared"]  # allocated there, as default_collate does: no copy on the way back
+        images = batch["pixel_values_uint8"] if kind == "uint8" else batch["pixel_values"]
+        if kind == "uint8":
+            assert images.permute(0, 2, 3, 1).is_contiguous()  # the layout survives the trip from the worker
+        assert torch.equal(images[:, 0, 0, 0], batch["sample_index"].to(images.dtype))
+    # in the main process (num_workers=0) nothing is allocated in shared memory
+    assert not _collate_in_shared_memory(dataset[:4])["allocated_shared"]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -679,3 +702,87 @@ def test_the_processor_for_a_config_keeps_what_fits_of_another(tiny_config_kwarg
     assert three.crop_pct == 0.9 and three.resample == other.resample
     one = image_processor_for_config(DilatedViTMAEConfig(**tiny_config_kwargs, num_channels=1), like=other)
     assert len(one.image_mean) == 1 and one.crop_pct == 0.9  # a 3-channel mean does not fit 1 channel
+
+
+# ---- the training and evaluation batches, pinned --------------------------------------------------------------------
+
+
+def _batch_digest(batch: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Each field's dtype, shape and the sha256 of its values (in logical order), to pin a batch bit for bit."""
+    return {
+        key: f"{value.dtype} {tuple(value.shape)} {hashlib.sha256(value.contiguous().numpy().tobytes()).hexdigest()[:16]}"
+        for key, value in sorted(batch.items())
+    }
+
+
+def _pinned_loader_batches(on_device: bool, seed: int | None) -> list[dict[str, str]]:
+    """What a run's loader gives for 5 images (one of another size) in 2 epochs: float32 crops and flips (seeded),
+    the evaluation view (no seed), or the device path's uint8 images, boxes and flips (seeded)."""
+    import datasets
+
+    images = [face_like_image(40, 48, seed=i) for i in range(4)] + [face_like_image(36, 52, seed=4)]
+    dataset = datasets.Dataset.from_dict({"image": images, "sample_index": list(range(5))})
+    per_image = square_view(16) if seed is None else MAEHostTransform(16) if on_device else MAETrainTransform(16)
+    transform = IndexedTransform(per_image, seed=seed)
+    dataset.set_transform(transform)
+    # one persistent worker: the epoch set between epochs must reach the copy of the transform the worker holds
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collate_examples, num_workers=1, persistent_workers=True)
+    batches = []
+    for epoch in (0, 1):
+        transform.epoch = epoch
+        batches += [_batch_digest(batch) for batch in loader]
+    return batches
+
+
+# recorded from the loaders of commit 68c2366 (SeededAugmentation / IndexedTransform, collate_indexed / MAEHostCollator)
+PINNED_FLOAT = [{"pixel_values": "torch.float32 (3, 3, 16, 16) 9f50fab283cfeef8",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"pixel_values": "torch.float32 (2, 3, 16, 16) 1566d1b09ff572ff",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"},
+ {"pixel_values": "torch.float32 (3, 3, 16, 16) 818ae528a57a9828",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"pixel_values": "torch.float32 (2, 3, 16, 16) 04c128b3e53f79d7",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"}]
+PINNED_EVAL = [{"pixel_values": "torch.float32 (3, 3, 16, 16) 1243de2d5b9cc2cb",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"pixel_values": "torch.float32 (2, 3, 16, 16) e358f3d16eb79da5",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"},
+ {"pixel_values": "torch.float32 (3, 3, 16, 16) 1243de2d5b9cc2cb",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"pixel_values": "torch.float32 (2, 3, 16, 16) e358f3d16eb79da5",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"}]
+PINNED_DEVICE = [{"crop_boxes": "torch.float32 (3, 4) 81f1fafcb1c4757a",
+  "flips": "torch.bool (3,) faee935763044f12",
+  "image_sizes": "torch.int64 (3, 2) 89686dd08d91edb2",
+  "pixel_values_uint8": "torch.uint8 (3, 3, 48, 40) db969f0d2aaa90cf",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"crop_boxes": "torch.float32 (2, 4) 999e5fc810e910ca",
+  "flips": "torch.bool (2,) 47dc540c94ceb704",
+  "image_sizes": "torch.int64 (2, 2) bc289e4d63d41b02",
+  "pixel_values_uint8": "torch.uint8 (2, 3, 52, 40) 50748fc778467aa6",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"},
+ {"crop_boxes": "torch.float32 (3, 4) dc2eeacda39f8bc0",
+  "flips": "torch.bool (3,) 75c8fd04ad916aec",
+  "image_sizes": "torch.int64 (3, 2) 89686dd08d91edb2",
+  "pixel_values_uint8": "torch.uint8 (3, 3, 48, 40) db969f0d2aaa90cf",
+  "sample_index": "torch.int64 (3,) ab25350e3e65efeb"},
+ {"crop_boxes": "torch.float32 (2, 4) ed1d4f54843b4255",
+  "flips": "torch.bool (2,) 9dcf97a184f32623",
+  "image_sizes": "torch.int64 (2, 2) bc289e4d63d41b02",
+  "pixel_values_uint8": "torch.uint8 (2, 3, 52, 40) 50748fc778467aa6",
+  "sample_index": "torch.int64 (2,) fd223b85f4dc2018"}]
+
+
+@pytest.mark.parametrize(
+    "on_device, seed, expected",
+    [
+        (False, 3, PINNED_FLOAT),
+        (False, None, PINNED_EVAL),
+        (True, 3, PINNED_DEVICE),
+    ],
+    ids=["float32-host", "evaluation", "uint8-device"],
+)
+def test_loader_batches_are_pinned_bit_for_bit(on_device, seed, expected):
+    # resume, the exactness tests and every recorded figure depend on these values: changing the batch transform or
+    # the collator must not change a bit of them
+    assert _pinned_loader_batches(on_device, seed) == expected

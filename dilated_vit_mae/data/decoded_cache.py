@@ -169,7 +169,7 @@ class DecodedImageCache:
         self, transform: Callable[[dict[str, list]], dict[str, list]], image_column: str = "image",
         index_column: str = "sample_index",
     ) -> CachedImageDataset:  # fmt: skip
-        """A map-style dataset over the cache that applies a batch transform (e.g. `SeededAugmentation`)."""
+        """A map-style dataset over the cache that applies a batch transform (e.g. `IndexedTransform`)."""
         return CachedImageDataset(self, transform, image_column, index_column)
 
 

@@ -16,9 +16,9 @@ GFLOP per batch of 256 on the tensor cores (float16, ~0.3 levels of 255 from flo
 ```python
 >>> import PIL.Image
 >>> from dilated_vit_mae.data.device_augment import DeviceAugmentation
->>> from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform
+>>> from dilated_vit_mae.data.transforms import MAEHostTransform, collate_examples
 >>> host = MAEHostTransform(224, seed=0)
->>> batch = MAEHostCollator()([host(PIL.Image.new("RGB", (178, 218))) for _ in range(4)])
+>>> batch = collate_examples([host(PIL.Image.new("RGB", (178, 218))) for _ in range(4)])
 >>> DeviceAugmentation.from_transform(host)(batch).shape  # after `batch` is moved to the device
 torch.Size([4, 3, 224, 224])
 ```
@@ -117,8 +117,8 @@ def resample_weights(
 
 class DeviceAugmentation:
     r"""
-    Finish [`~dilated_vit_mae.data.transforms.MAEHostCollator`] batches on their device: crop each image to its box,
-    resize it to `image_size` with PIL's filter, flip it where drawn, rescale and normalise.
+    Finish [`~dilated_vit_mae.data.transforms.collate_examples`]'s uint8 batches on their device: crop each image to
+    its box, resize it to `image_size` with PIL's filter, flip it where drawn, rescale and normalise.
 
     The result matches [`~dilated_vit_mae.data.transforms.MAETrainTransform`] on the same box and flip to within PIL's own
     8-bit rounding (PIL rounds and clips between its two passes; this path keeps the intermediate in floating point
@@ -200,7 +200,7 @@ class DeviceAugmentation:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(
                 f"`pixel_values_uint8` must be a (batch, channels, height, width) uint8 tensor, got {images.dtype} "
-                f"of shape {tuple(images.shape)}: collate MAEHostTransform outputs with MAEHostCollator."
+                f"of shape {tuple(images.shape)}: collate MAEHostTransform outputs with collate_examples."
             )
         if images.shape[1] != self._scale.shape[1]:
             raise ValueError(f"Got {images.shape[1]} channels, but image_mean/image_std have {self._scale.shape[1]}.")

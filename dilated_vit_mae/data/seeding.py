@@ -1,13 +1,13 @@
 """
 Random streams (augmentation, training masks, evaluation masks: independent, each a function of (seed,
-epoch, index) only) and the seeded per-image augmentation wrapper of the training data.
+epoch, index) only) and the batch transform of every loader, which seeds each training image's augmentation.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -88,28 +88,56 @@ def masking_noise(
     return (hashed.double() * num_patches + patches.double()) / (float(2**32) * num_patches)
 
 
-class SeededAugmentation:
+class IndexedTransform:
     """
-    A batch transform for `datasets.Dataset.set_transform` whose randomness is a function of `(seed, epoch,
-    sample_index)` only: every image gets its own generator, so the augmentation of an example does not depend on the
-    batch it lands in, the worker that loads it, the number of processes or an interruption.
+    The batch transform of every loader, for `datasets.Dataset.set_transform`: applies a per-image transform to the
+    image column and keeps each example's index (`{"pixel_values": [...], index_column: [...]}`), which fixes the
+    example's masks and, with a `seed`, its augmentation.
+
+    With a `seed` (training) every image gets its own generator of the "augmentation" stream, a function of `(seed,
+    epoch, sample_index)` only: the augmentation of an example does not depend on the batch it lands in, the worker
+    that loads it, the number of processes or an interruption. Without one (evaluation) the transform is called
+    without a generator, as a deterministic view.
 
     Args:
-        transform (`Callable`): a per-image transform taking `(image, generator=...)`, e.g. `MAETrainTransform`.
-        seed (`int`): the run's seed.
-        image_column (`str`): the column holding images.
-        index_column (`str`): the column holding each example's index in the split.
+        transform (`Callable`):
+            A per-image transform: taking `(image, generator=...)` with a seed (`MAETrainTransform`,
+            `MAEHostTransform`), `(image)` without (`eval_view`).
+        image_column (`str`, *optional*, defaults to `"image"`): the column holding images.
+        index_column (`str`, *optional*, defaults to `"sample_index"`): the column holding each example's index in
+            the split.
+        seed (`int`, *optional*): the run's seed; `None` for a deterministic transform.
 
     Set `epoch` before iterating over an epoch. It lives in shared memory, so that persistent `DataLoader` workers
     (which keep the copy of the dataset they were started with) see the new value when the next epoch's iterator
     starts.
+
+    Example:
+
+    ```python
+    >>> import PIL.Image
+    >>> from dilated_vit_mae.data.seeding import IndexedTransform
+    >>> from dilated_vit_mae.data.transforms import MAETrainTransform
+    >>> augmentation = IndexedTransform(MAETrainTransform(32), seed=0)
+    >>> augmentation.epoch = 1
+    >>> batch = augmentation({"image": [PIL.Image.new("RGB", (178, 218))], "sample_index": [7]})
+    >>> batch["pixel_values"][0].shape, batch["sample_index"]
+    (torch.Size([3, 32, 32]), [7])
+    ```
     """
 
-    def __init__(self, transform: Callable, seed: int, image_column: str = "image", index_column: str = "sample_index"):
+    def __init__(
+        self,
+        transform: Callable,
+        image_column: str = "image",
+        index_column: str = "sample_index",
+        *,
+        seed: int | None = None,
+    ):
         self.transform = transform
-        self.seed = seed
         self.image_column = image_column
         self.index_column = index_column
+        self.seed = seed
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
@@ -122,28 +150,12 @@ class SeededAugmentation:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         indices = batch[self.index_column]
-        pixel_values = [
-            self.transform(image, generator=stream_generator("augmentation", self.seed, self.epoch, index))
-            for image, index in zip(batch[self.image_column], indices)
-        ]
+        if self.seed is None:
+            pixel_values = [self.transform(image) for image in batch[self.image_column]]
+        else:
+            epoch = self.epoch
+            pixel_values = [
+                self.transform(image, generator=stream_generator("augmentation", self.seed, epoch, index))
+                for image, index in zip(batch[self.image_column], indices)
+            ]
         return {"pixel_values": pixel_values, self.index_column: indices}
-
-
-class IndexedTransform:
-    """A deterministic batch transform (evaluation) that keeps each example's index, for fixed per-example masks."""
-
-    def __init__(self, transform: Callable, image_column: str = "image", index_column: str = "sample_index"):
-        self.transform = transform
-        self.image_column = image_column
-        self.index_column = index_column
-
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        pixel_values = [self.transform(image) for image in batch[self.image_column]]
-        return {"pixel_values": pixel_values, self.index_column: batch[self.index_column]}
-
-
-def collate_indexed(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "sample_index": torch.tensor([int(example["sample_index"]) for example in examples]),
-    }

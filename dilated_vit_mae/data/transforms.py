@@ -4,22 +4,22 @@ MAE data augmentation without torchvision.
 `MAETrainTransform` is the pre-training augmentation of facebookresearch/mae (`main_pretrain.py`):
 `RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=bicubic)`, `RandomHorizontalFlip()`, `ToTensor()`,
 `Normalize(mean, std)`, written with PIL and torch only. Its random draws are torchvision's, in torchvision's order,
-so the same torch seed picks the same crops and flips. `MAEHostTransform` / `MAEHostCollator` are the device path's
+so the same torch seed picks the same crops and flips. `MAEHostTransform` is the device path's
 host half (decode and draw on the host, crop and normalise batched on the device: `data/device_augment.py`).
 [`eval_view`] is the deterministic evaluation view: the model's image processor itself, one image at a time. All are
-plain picklable callables, usable in `DataLoader` workers. The scripts apply them through `data/seeding.py`:
-`SeededAugmentation` (training) or `IndexedTransform` (evaluation) with `datasets.Dataset.set_transform`, batched by
-`collate_indexed` (or `MAEHostCollator` on the device path).
+plain picklable callables, usable in `DataLoader` workers. The scripts apply them through `data/seeding.py`'s
+`IndexedTransform` (seeded for training, without a seed for evaluation) with `datasets.Dataset.set_transform`, and
+batch them with [`collate_examples`] (float tensors, or the device path's uint8 images, boxes and flips).
 
 ```python
 >>> from torch.utils.data import DataLoader
 >>> from dilated_vit_mae.data.loading import load_celeba
->>> from dilated_vit_mae.data.seeding import SeededAugmentation, collate_indexed
->>> from dilated_vit_mae.data.transforms import MAETrainTransform
+>>> from dilated_vit_mae.data.seeding import IndexedTransform
+>>> from dilated_vit_mae.data.transforms import MAETrainTransform, collate_examples
 >>> train = load_celeba("data/celeba_sample")["train"].select_columns(["image"])
 >>> train = train.add_column("sample_index", list(range(len(train))))
->>> train.set_transform(SeededAugmentation(MAETrainTransform(224), seed=0))
->>> loader = DataLoader(train, batch_size=8, shuffle=True, collate_fn=collate_indexed)
+>>> train.set_transform(IndexedTransform(MAETrainTransform(224), seed=0))
+>>> loader = DataLoader(train, batch_size=8, shuffle=True, collate_fn=collate_examples)
 >>> next(iter(loader))["pixel_values"].shape
 torch.Size([8, 3, 224, 224])
 ```
@@ -52,12 +52,12 @@ except ImportError:
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
-    "MAEHostCollator",
     "MAEHostTransform",
     "MAETrainTransform",
     "RandAugment",
     "RandomErasing",
     "as_our_image_processor",
+    "collate_examples",
     "decode_uint8",
     "eval_view",
     "random_resized_crop_params",
@@ -626,7 +626,7 @@ class MAEHostTransform(MAETrainTransform):
     r"""
     The host half of [`MAETrainTransform`] for training on an accelerator: `__call__(image, generator)` returns
     [`~MAETrainTransform.host_params`] (uint8 image, crop box, flip) instead of a float tensor. Batch its outputs with
-    [`MAEHostCollator`] and finish them on the device with
+    [`collate_examples`] and finish them on the device with
     [`~dilated_vit_mae.data.device_augment.DeviceAugmentation.from_transform`]. The host then only decodes: about a
     fifth of the CPU time per image of the float32 path (`benchmarks/bench_data_pipeline.py`).
 
@@ -644,9 +644,9 @@ class MAEHostTransform(MAETrainTransform):
 
     ```python
     >>> import PIL.Image
-    >>> from dilated_vit_mae.data.transforms import MAEHostCollator, MAEHostTransform
+    >>> from dilated_vit_mae.data.transforms import MAEHostTransform, collate_examples
     >>> transform = MAEHostTransform(224, seed=0)
-    >>> batch = MAEHostCollator()([transform(PIL.Image.new("RGB", (178, 218))) for _ in range(2)])
+    >>> batch = collate_examples([transform(PIL.Image.new("RGB", (178, 218))) for _ in range(2)])
     >>> batch["pixel_values_uint8"].shape, batch["crop_boxes"].shape
     (torch.Size([2, 3, 218, 178]), torch.Size([2, 4]))
     ```
@@ -789,62 +789,76 @@ class _ImageProcessorView:
         return torch.from_numpy(self.image_processor(image)["pixel_values"][0])
 
 
-class MAEHostCollator:
+def collate_examples(examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """
-    `collate_fn` for [`MAEHostTransform`] outputs: pads the uint8 images into one channels-last batch (zeros beyond
-    each image; images of one size, such as CelebA's, are stacked without padding) and stacks their boxes and flips.
-    Inside a `DataLoader` worker the batch is allocated in shared memory, as `default_collate` does, so it reaches the
-    main process without another copy; every output is a plain tensor, so `pin_memory=True` pins them all.
+    The `collate_fn` of every loader, for both kinds of example that [`~dilated_vit_mae.data.seeding.IndexedTransform`]
+    gives:
 
-    An example is a dict with `image_uint8`, `crop_box` and `flip`, either at its top level or under `pixel_values`
-    (what `SeededAugmentation(MAEHostTransform(...), ...)` returns); `index_key` is passed through when present.
+    - `pixel_values` tensors ([`MAETrainTransform`], [`eval_view`]) are stacked into `pixel_values` (`torch.FloatTensor`
+      of shape `(batch_size, num_channels, height, width)`);
+    - [`MAEHostTransform`] outputs (a dict with `image_uint8`, `crop_box` and `flip`, under `pixel_values` or at the
+      example's top level) are padded into one channels-last uint8 batch (zeros beyond each image; images of one size,
+      such as CelebA's, are stacked without padding), their boxes and flips stacked: `pixel_values_uint8`
+      (`torch.ByteTensor` of shape `(batch_size, num_channels, max_height, max_width)`, channels-last in memory),
+      `image_sizes` (`(batch_size, 2)` int64, height and width), `crop_boxes` (`(batch_size, 4)` float32, `(top, left,
+      height, width)`) and `flips` (`(batch_size,)` bool), for
+      [`~dilated_vit_mae.data.device_augment.DeviceAugmentation`].
 
-    Returns:
-        `dict` with `pixel_values_uint8` (`torch.ByteTensor` of shape `(batch_size, num_channels, max_height,
-        max_width)`, channels-last in memory), `image_sizes` (`(batch_size, 2)` int64, height and width),
-        `crop_boxes` (`(batch_size, 4)` float32, `(top, left, height, width)`), `flips` (`(batch_size,)` bool) and
-        `index_key` (int64) if the examples have it.
+    `sample_index` (int64) is passed through when the examples have it. Inside a `DataLoader` worker the images are
+    batched in shared memory, as `default_collate` does, so they reach the main process without another copy; every
+    output is a plain tensor, so `pin_memory=True` pins them all.
 
     Example:
 
     ```python
     >>> import torch
-    >>> from dilated_vit_mae.data.transforms import MAEHostCollator
+    >>> from dilated_vit_mae.data.transforms import collate_examples
     >>> example = {"image_uint8": torch.zeros(3, 4, 5, dtype=torch.uint8), "crop_box": (0, 0, 4, 5), "flip": True}
-    >>> MAEHostCollator()([example])["flips"]
+    >>> collate_examples([example])["flips"]
     tensor([True])
+    >>> collate_examples([{"pixel_values": torch.zeros(3, 4, 4), "sample_index": 7}])["sample_index"]
+    tensor([7])
     ```
     """
+    if not examples:
+        raise ValueError("Cannot collate an empty list of examples.")
+    fields = [_host_fields(example) for example in examples]  # None for a pixel_values tensor
+    if all(f is None for f in fields):
+        pixel_values = [example["pixel_values"] for example in examples]  # (C, H, W) each
+        batch = _new_batch((len(pixel_values), *pixel_values[0].shape), pixel_values[0].dtype)
+        output = {"pixel_values": torch.stack(pixel_values, out=batch)}
+    elif any(f is None for f in fields):
+        raise ValueError(
+            "Cannot batch MAEHostTransform outputs with pixel_values tensors: give one loader examples of one kind."
+        )
+    else:
+        output = _collate_host(fields)
+    if "sample_index" in examples[0]:
+        output["sample_index"] = torch.tensor([int(example["sample_index"]) for example in examples])
+    return output
 
-    def __init__(self, index_key: str = "sample_index") -> None:
-        self.index_key = index_key
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if not examples:
-            raise ValueError("Cannot collate an empty list of examples.")
-        fields = [_host_fields(example) for example in examples]
-        images = [f["image_uint8"] for f in fields]  # (C, H, W) views of (H, W, C) arrays
-        num_channels = images[0].shape[0]
-        if any(image.shape[0] != num_channels for image in images):
-            raise ValueError(f"Cannot batch images with different channel counts, got {[i.shape[0] for i in images]}.")
-        # plain Python on the sizes: small torch ops cost ~10 us each, and far more when the cores are busy
-        sizes = [tuple(image.shape[1:]) for image in images]
-        max_height, max_width = max(h for h, _ in sizes), max(w for _, w in sizes)
-        batch = _new_uint8((len(images), max_height, max_width, num_channels))  # (B, H, W, C)
-        if len(set(sizes)) > 1:
-            batch.numpy().fill(0)
-        for row, image in zip(batch.numpy(), images):
-            # numpy: a torch copy_ here splits over intra-op threads, 100x slower when the cores are busy
-            row[: image.shape[1], : image.shape[2]] = image.permute(1, 2, 0).numpy()
-        output = {
-            "pixel_values_uint8": batch.permute(0, 3, 1, 2),  # (B, C, H, W), channels-last
-            "image_sizes": torch.tensor(sizes, dtype=torch.int64),
-            "crop_boxes": torch.tensor([f["crop_box"] for f in fields], dtype=torch.float32),
-            "flips": torch.tensor([bool(f["flip"]) for f in fields], dtype=torch.bool),
-        }
-        if self.index_key in examples[0]:
-            output[self.index_key] = torch.tensor([int(example[self.index_key]) for example in examples])
-        return output
+def _collate_host(fields: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """[`collate_examples`] of [`MAEHostTransform`] outputs."""
+    images = [f["image_uint8"] for f in fields]  # (C, H, W) views of (H, W, C) arrays
+    num_channels = images[0].shape[0]
+    if any(image.shape[0] != num_channels for image in images):
+        raise ValueError(f"Cannot batch images with different channel counts, got {[i.shape[0] for i in images]}.")
+    # plain Python on the sizes: small torch ops cost ~10 us each, and far more when the cores are busy
+    sizes = [tuple(image.shape[1:]) for image in images]
+    max_height, max_width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    batch = _new_batch((len(images), max_height, max_width, num_channels), torch.uint8)  # (B, H, W, C)
+    if len(set(sizes)) > 1:
+        batch.numpy().fill(0)
+    for row, image in zip(batch.numpy(), images):
+        # numpy: a torch copy_ here splits over intra-op threads, 100x slower when the cores are busy
+        row[: image.shape[1], : image.shape[2]] = image.permute(1, 2, 0).numpy()
+    return {
+        "pixel_values_uint8": batch.permute(0, 3, 1, 2),  # (B, C, H, W), channels-last
+        "image_sizes": torch.tensor(sizes, dtype=torch.int64),
+        "crop_boxes": torch.tensor([f["crop_box"] for f in fields], dtype=torch.float32),
+        "flips": torch.tensor([bool(f["flip"]) for f in fields], dtype=torch.bool),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -981,22 +995,25 @@ def _check_decoder(decoder: str) -> str:
     return decoder
 
 
-def _host_fields(example: dict[str, Any]) -> dict[str, Any]:
+def _host_fields(example: dict[str, Any]) -> dict[str, Any] | None:
+    """The example's `MAEHostTransform` output (under `pixel_values` or at its top level), `None` for a tensor."""
     fields = example.get("pixel_values") if isinstance(example.get("pixel_values"), dict) else example
-    if "image_uint8" not in fields:
-        raise KeyError(
-            f"Expected MAEHostTransform outputs (image_uint8, crop_box, flip), got keys {sorted(example)}: use "
-            "MAECollator for float pixel_values."
-        )
-    return fields
+    if "image_uint8" in fields:
+        return fields
+    if isinstance(example.get("pixel_values"), torch.Tensor):
+        return None
+    raise KeyError(
+        f"Expected pixel_values tensors or MAEHostTransform outputs (image_uint8, crop_box, flip), got keys "
+        f"{sorted(example)}: give the loader's dataset an IndexedTransform of a per-image transform."
+    )
 
 
-def _new_uint8(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised uint8 tensor; in shared memory inside a `DataLoader` worker, like `default_collate`'s."""
+def _new_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor; in shared memory inside a `DataLoader` worker, like `default_collate`'s."""
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape))
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
 # longest axis `host_params` sends whole; a longer one is sliced to the crop box and the filter's reach around it
