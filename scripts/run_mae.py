@@ -284,7 +284,7 @@ def train_dataset_and_augmentation(args, accelerator, config, image_processor, s
         logger.warning(f"--decoded_cache_dir is not used: --augment_on auto picked the host path on {accelerator.device}.")
     if not on_device:
         augmentation = IndexedTransform(MAETrainTransform(image_size, **kwargs), args.image_column_name, seed=args.seed)
-        return splits["train"], augmentation, None, collate_examples
+        return _with_transform(splits["train"], augmentation, args.streaming), augmentation, None
     host_transform = MAEHostTransform(image_size, **kwargs)
     augmentation = IndexedTransform(host_transform, args.image_column_name, seed=args.seed)
     if args.decoded_cache_dir:
@@ -297,24 +297,26 @@ def train_dataset_and_augmentation(args, accelerator, config, image_processor, s
     else:  # encoded bytes / paths, so that the workers decode (simplejpeg where installed)
         dataset = splits["train"].cast_column(args.image_column_name, datasets.Image(decode=False))
         dataset.set_transform(augmentation)
-    return dataset, augmentation, DeviceAugmentation.from_transform(host_transform), collate_examples
+    return dataset, augmentation, DeviceAugmentation.from_transform(host_transform)
+
+
+def _with_transform(dataset, transform: IndexedTransform, streaming: bool):
+    """`dataset` with `transform` applied as it is read: `set_transform`, or for a stream (an IterableDataset has no
+    set_transform) a lazy map that keeps only what the batch needs."""
+    if streaming:
+        return dataset.map(transform, batched=True, batch_size=16, remove_columns=dataset.column_names)
+    dataset.set_transform(transform)
+    return dataset
 
 
 def build_dataloaders(args, accelerator, config, image_processor, splits):
     """(train loader, eval loader, the train augmentation (its epoch is set each epoch), the device augmentation)."""
-    train_dataset, train_augmentation, device_augmentation, train_collate = train_dataset_and_augmentation(
+    train_dataset, train_augmentation, device_augmentation = train_dataset_and_augmentation(
         args, accelerator, config, image_processor, splits
     )
     eval_transform = IndexedTransform(eval_view(image_processor), args.image_column_name)
-    if args.streaming:  # an IterableDataset has no set_transform: map lazily, keeping only what the batch needs
-        train_dataset = train_dataset.map(train_augmentation, batched=True, batch_size=16, remove_columns=train_dataset.column_names)
-        splits["validation"] = splits["validation"].map(
-            eval_transform, batched=True, batch_size=16, remove_columns=splits["validation"].column_names
-        )
-    elif device_augmentation is None:
-        train_dataset.set_transform(train_augmentation)
-    if not args.streaming:
-        splits["validation"].set_transform(eval_transform)
+    splits["validation"] = _with_transform(splits["validation"], eval_transform, args.streaming)
+
     def loader_kwargs(evaluation: bool) -> dict:
         workers = args.dataloader_num_workers
         workers = _default_num_workers(accelerator, evaluation) if workers is None else workers
@@ -325,7 +327,7 @@ def build_dataloaders(args, accelerator, config, image_processor, splits):
 
     shuffle = {} if args.streaming else {"shuffle": True}
     train_dataloader = DataLoader(
-        train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=train_collate, **shuffle,
+        train_dataset, batch_size=args.per_device_train_batch_size, collate_fn=collate_examples, **shuffle,
         **loader_kwargs(evaluation=False),
     )  # fmt: skip
     eval_dataloader = DataLoader(

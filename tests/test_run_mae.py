@@ -16,6 +16,7 @@ import time
 import types
 from pathlib import Path
 
+import datasets
 import pytest
 import safetensors.torch
 import torch
@@ -663,8 +664,9 @@ def test_maes_pre_training_recipe_constants(reset_accelerate):
     assert schedule.learning_rate == pytest.approx(1.5e-4 * 64 * 4 * 2 / 256)
     processor = DilatedViTMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     host = SimpleNamespace(device=torch.device("cpu"))
-    _, augmentation, _, _ = run_mae.train_dataset_and_augmentation(
-        args, host, DilatedViTMAEConfig(image_size=32, patch_size=4), processor, {"train": None}
+    _, augmentation, _ = run_mae.train_dataset_and_augmentation(
+        args, host, DilatedViTMAEConfig(image_size=32, patch_size=4), processor,
+        {"train": datasets.Dataset.from_dict({"image": [], "sample_index": []})},
     )
     transform = augmentation.transform
     assert transform.scale == (0.2, 1.0) and transform.flip_prob == 0.5 and transform.rand_augment is None
