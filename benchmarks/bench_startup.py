@@ -39,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
 
 from dilated_vit_mae.data import loading  # noqa: E402
+from dilated_vit_mae.train import core  # noqa: E402
 
 DEFAULT_MODEL_CONFIG = REPO_ROOT / "configs" / "dilated-vit-mae-tiny-64"
 CELEBA_IMAGES = 202_599
@@ -88,7 +89,7 @@ def child(spec: dict) -> None:
         return find_bad_images(items, **kwargs)
 
     loading.find_bad_images = counted_find_bad_images
-    load_celeba = run_mae.load_celeba
+    load_celeba = core.load_celeba  # what run_mae's load_splits calls
 
     def timed_load_celeba(*args, **kwargs):
         started = time.perf_counter()
@@ -96,7 +97,7 @@ def child(spec: dict) -> None:
         seen["load_celeba_s"] = time.perf_counter() - started
         return splits
 
-    run_mae.load_celeba = timed_load_celeba
+    core.load_celeba = timed_load_celeba
     if spec["measure"] == "startup":
         def first_step(*args, **kwargs):
             seen["to_first_step_s"] = time.time() - spec["started"]
