@@ -64,7 +64,7 @@ from dilated_vit_mae.evaluation.probe import probe_scores, raw_pixel_baseline  #
 from dilated_vit_mae.publish.model_card import render_classifier_card  # noqa: E402
 from dilated_vit_mae.train.core import (  # noqa: E402
     NOT_RUN_DEFINING,
-    RunContext,
+    Run,
     Schedule,
     StepMeter,
     TrainerState,
@@ -255,26 +255,12 @@ class FinetuningState(TrainerState):
 
 
 @dataclasses.dataclass
-class Run:
-    """Everything the loop, the evaluation and the save share: the run's context (accelerator, folder, checkpoints,
-    log) and what fine-tuning adds to it (`data`: `prepare_data`'s loaders, augmentation, labels and baselines)."""
+class FinetuningRun(Run):
+    """The run (`core.Run`: context, model, optimizer, schedule, state) and what fine-tuning adds to it (`data`:
+    `prepare_data`'s loaders, augmentation, labels and baselines)."""
 
-    context: RunContext
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: object
-    schedule: Schedule
-    state: FinetuningState
     data: dict
     labels: LabelSpec
-
-    @property
-    def args(self) -> argparse.Namespace:
-        return self.context.args
-
-    @property
-    def accelerator(self):
-        return self.context.accelerator
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -282,7 +268,7 @@ class Run:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def train_step(run: Run, batch, targets, mixup: MixupCutmix, draw: tuple) -> torch.Tensor:
+def train_step(run: FinetuningRun, batch, targets, mixup: MixupCutmix, draw: tuple) -> torch.Tensor:
     """One (micro-)batch: mixup / cutmix, forward, loss, backward, and the optimizer step when gradients sync."""
     args, accelerator, model = run.args, run.accelerator, run.model
     pixel_values = batch["pixel_values"]
@@ -364,7 +350,7 @@ def load_best(accelerator, model, checkpoints_dir: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def run_summary(run: Run, splits, final: dict) -> dict[str, Any]:
+def run_summary(run: FinetuningRun, splits, final: dict) -> dict[str, Any]:
     """`all_results.json`: what the run did and measured, beside its trivial baselines; the model card is rendered from
     it."""
     args, state, labels, baselines = run.args, run.state, run.labels, run.data["baselines"]
@@ -407,9 +393,9 @@ def run_summary(run: Run, splits, final: dict) -> dict[str, Any]:
     }
 
 
-def save_folder(run: Run, image_processor, summary: dict) -> None:
+def save_folder(run: FinetuningRun, image_processor, summary: dict) -> None:
     """The publishable classifier folder (every process): the selected weights, processor, code, all_results.json and
-    README.md, staged and swapped in all at once (`RunContext.save_final`): a full disk leaves no part of it under
+    README.md, staged and swapped in all at once (`core.RunContext.save_final`): a full disk leaves no part of it under
     OUTPUT_DIR and raises `DiskWriteError`."""
     # the pre-training folder's custom pipelines (reconstruction, features) need code a classifier folder does not
     # ship; transformers' image-classification pipeline serves it
@@ -517,7 +503,7 @@ def main(args: argparse.Namespace) -> Path:
         effective_batch_size=schedule.effective_batch_size, seed=args.seed, run_id=context.identity.run_id,
         run_fingerprint=context.identity.fingerprint,
     )  # fmt: skip
-    run = Run(context, model, optimizer, lr_scheduler, schedule, state, data, labels)
+    run = FinetuningRun(context, model, optimizer, lr_scheduler, schedule, state, data, labels)
     context.init_trackers("dilated_vit_mae_finetune")
     if args.resume_from_checkpoint:
         context.resume(state)
@@ -544,7 +530,7 @@ def main(args: argparse.Namespace) -> Path:
     return context.output_dir
 
 
-def train(run: Run) -> None:
+def train(run: FinetuningRun) -> None:
     """The training loop, from `run.state` (updated in place, with the seconds it ran). The loss stays on the device
     (`StepMeter`) and is read only at logging, checkpoint and epoch-end steps."""
     args, accelerator, state, data = run.args, run.accelerator, run.state, run.data
@@ -583,12 +569,12 @@ def train(run: Run) -> None:
         # ---- evaluate, keep the best, then checkpoint the epoch (with the best so far in its state) ------------------
         end_epoch_evaluation(run, epoch)
         if args.checkpointing_steps != "no":
-            run.context.save_checkpoint(run.model, run.optimizer, state)
+            run.save_checkpoint()
     progress.close()
     state.train_runtime_seconds = clock.total()
 
 
-def after_step(run: Run, meter: StepMeter, epoch: int, at_epoch_end: bool, progress) -> bool:
+def after_step(run: FinetuningRun, meter: StepMeter, epoch: int, at_epoch_end: bool, progress) -> bool:
     """The finiteness check, logging and periodic checkpoints at the end of a step (the host reads the device only
     here, and only at those steps); True at the last step."""
     args, step = run.args, run.state.global_step
@@ -604,11 +590,11 @@ def after_step(run: Run, meter: StepMeter, epoch: int, at_epoch_end: bool, progr
         run.context.log({"train_loss": synced["last_loss"], "lr": lr, "epoch": epoch, **meter.reset_interval()}, step)
         progress.set_postfix(loss=f"{synced['last_loss']:.4f}")
     if periodic and not at_epoch_end:  # epoch ends are saved after the evaluation
-        run.context.save_checkpoint(run.model, run.optimizer, run.state)
+        run.save_checkpoint()
     return last
 
 
-def end_epoch_evaluation(run: Run, epoch: int) -> None:
+def end_epoch_evaluation(run: FinetuningRun, epoch: int) -> None:
     args, accelerator, data, state = run.args, run.accelerator, run.data, run.state
     split = args.eval_split
     scores = evaluate(accelerator, run.model, data["loaders"][split], data["labels"][split], data["labels"]["train"], run.labels)

@@ -62,6 +62,7 @@ from dilated_vit_mae.publish.hub import prepare_hub_folder, push_folder_to_hub  
 from dilated_vit_mae.train.checkpoints import param_groups_weight_decay  # noqa: E402
 from dilated_vit_mae.train.core import (  # noqa: E402
     NOT_RUN_DEFINING as SHARED_NOT_RUN_DEFINING,
+    Run,
     RunContext,
     Schedule,
     StepMeter,
@@ -352,35 +353,20 @@ class PretrainingState(TrainerState):
 
 
 @dataclasses.dataclass
-class Run:
-    """Everything the loop, the evaluation and the save share: the run's context (accelerator, folder, checkpoints,
-    log) and what pre-training adds to it."""
+class PretrainingRun(Run):
+    """The run (`core.Run`: context, model, optimizer, schedule, state) and what pre-training adds to it."""
 
-    context: RunContext
-    model: torch.nn.Module
     unwrapped: DilatedViTMAEForPreTraining
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: object
     train_dataloader: DataLoader
     eval_dataloader: DataLoader
     train_augmentation: IndexedTransform
     device_augmentation: DeviceAugmentation | None
     image_processor: object
     splits: dict
-    schedule: Schedule
-    state: PretrainingState
     clock: RunClock = dataclasses.field(default_factory=RunClock)
     stop_requested: bool = False  # set by SIGTERM
     preempted: bool = False
     eval_results: dict = dataclasses.field(default_factory=dict)
-
-    @property
-    def args(self) -> argparse.Namespace:
-        return self.context.args
-
-    @property
-    def accelerator(self) -> Accelerator:
-        return self.context.accelerator
 
     @property
     def num_patches(self) -> int:
@@ -396,7 +382,7 @@ def build_optimizer(args, model, accelerator, schedule: Schedule):
     return optimizer, cosine_schedule(optimizer, schedule, accelerator.num_processes)
 
 
-def apply_learning_rate(run: Run, saved_learning_rate: float, learning_rate: float) -> None:
+def apply_learning_rate(run: PretrainingRun, saved_learning_rate: float, learning_rate: float) -> None:
     """
     A resume whose flags give another lr than the checkpoint's applies it from here on: the restored scheduler
     keeps its position and shape, scaled to the new peak. The history records which lr ran when.
@@ -418,17 +404,17 @@ def apply_learning_rate(run: Run, saved_learning_rate: float, learning_rate: flo
     )
 
 
-def resume(run: Run) -> None:
+def resume(run: PretrainingRun) -> None:
     learning_rate = run.state.learning_rate  # this launch's
     run.state.learning_rate_history = []
     run.context.resume(run.state)  # the checkpoint's position, runtime, lr and history
     apply_learning_rate(run, run.state.learning_rate, learning_rate)
 
 
-def save_checkpoint(run: Run) -> Path:
+def save_checkpoint(run: PretrainingRun) -> Path:
     """A checkpoint of the current step, refused if any parameter is not finite (it would be resumed from)."""
     run.state.train_runtime_seconds = run.clock.total()
-    return run.context.save_checkpoint(run.model, run.optimizer, run.state)
+    return run.save_checkpoint()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -436,7 +422,7 @@ def save_checkpoint(run: Run) -> Path:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def train_micro_batch(run: Run, batch: dict, epoch: int, meter: StepMeter) -> None:
+def train_micro_batch(run: PretrainingRun, batch: dict, epoch: int, meter: StepMeter) -> None:
     args, accelerator, model = run.args, run.accelerator, run.model
     # the training masks are their own stream: independent of the augmentation drawn for the same example
     noise = masking_noise(batch["sample_index"], run.num_patches, stream="train_mask", seed=args.seed, epoch=epoch)
@@ -453,7 +439,7 @@ def train_micro_batch(run: Run, batch: dict, epoch: int, meter: StepMeter) -> No
     meter.add(loss, run.state.global_step + 1, pixel_values.shape[0] * accelerator.num_processes)
 
 
-def _checkpoint_due(run: Run, at_epoch_end: bool) -> bool:
+def _checkpoint_due(run: PretrainingRun, at_epoch_end: bool) -> bool:
     every, step = run.args.checkpointing_steps, run.state.global_step
     if every == "no":
         return False
@@ -461,7 +447,7 @@ def _checkpoint_due(run: Run, at_epoch_end: bool) -> bool:
     return last or (every == "epoch" and at_epoch_end) or (isinstance(every, int) and step % every == 0)
 
 
-def after_step(run: Run, meter: StepMeter, epoch: int, at_epoch_end: bool, log) -> bool:
+def after_step(run: PretrainingRun, meter: StepMeter, epoch: int, at_epoch_end: bool, log) -> bool:
     """Logging, the finiteness check, checkpoints, evaluation and preemption at the end of a step; True stops."""
     args, step = run.args, run.state.global_step
     last = step >= run.state.max_train_steps
@@ -486,7 +472,7 @@ def after_step(run: Run, meter: StepMeter, epoch: int, at_epoch_end: bool, log) 
     return last
 
 
-def train(run: Run, log) -> None:
+def train(run: PretrainingRun, log) -> None:
     args, accelerator, state = run.args, run.accelerator, run.state
     progress = tqdm(total=state.max_train_steps, initial=state.global_step, disable=not accelerator.is_local_main_process, desc="pre-training")
     meter = StepMeter(accelerator.device)
@@ -538,7 +524,7 @@ def _caption(results: dict, step: int, norm_pix_loss: bool) -> str:
 
 
 @torch.no_grad()
-def evaluate(run: Run, log) -> dict:
+def evaluate(run: PretrainingRun, log) -> dict:
     """
     The loss, masked-patch MSE and PSNR on the validation split with fixed per-example masks (their own stream),
     beside the same metrics for two trivial predictors on the same masks (see `reconstruction_scores`).
@@ -604,7 +590,7 @@ def evaluate(run: Run, log) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def save_outputs(run: Run) -> None:
+def save_outputs(run: PretrainingRun) -> None:
     """The output folder (the model, its processor, all_results.json, the files that make it publishable as it is:
     reconstruction pipeline, endpoint handler, model card), then `--push_to_hub`."""
     args, output_dir = run.args, run.context.output_dir
@@ -627,7 +613,7 @@ def save_outputs(run: Run) -> None:
         logger.info(f"pushed {output_dir} to {args.hub_model_id}: {pushed.url} ({len(pushed.files)} files)")
 
 
-def run_summary(run: Run) -> dict:
+def run_summary(run: PretrainingRun) -> dict:
     """`all_results.json`: what the run did and measured, which the model card is rendered from."""
     args, state = run.args, run.state
 
@@ -660,7 +646,7 @@ def run_summary(run: Run) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def build_run(context: RunContext) -> Run:
+def build_run(context: RunContext) -> PretrainingRun:
     """Model, data, optimizer and schedule, prepared; the state at step 0 with this launch's lr."""
     args, accelerator = context.args, context.accelerator
     config = build_config(args)
@@ -686,7 +672,7 @@ def build_run(context: RunContext) -> Run:
         run_fingerprint=context.identity.fingerprint, learning_rate=schedule.learning_rate,
         learning_rate_history=[[0, schedule.learning_rate]],
     )  # fmt: skip
-    return Run(
+    return PretrainingRun(
         context=context, model=model, unwrapped=accelerator.unwrap_model(model), optimizer=optimizer,
         lr_scheduler=lr_scheduler, train_dataloader=train_dataloader, eval_dataloader=eval_dataloader,
         train_augmentation=train_augmentation, device_augmentation=device_augmentation, image_processor=image_processor,

@@ -663,7 +663,7 @@ def test_the_training_loop_does_not_wait_for_the_device_between_logging_steps(
     # as run_mae.py's loop: every .item() / .tolist() / .cpu() / bool(tensor) stops the host until the device has caught
     # up; outside the synchronisation points (logging, checkpoint and epoch-end steps: `after_step`, the evaluation
     # and the checkpoints) the loop must issue none: the loss and the finiteness check stay on the device
-    sync_points = (script.after_step, script.end_epoch_evaluation, script.RunContext.save_checkpoint)
+    sync_points = (script.after_step, script.end_epoch_evaluation, script.Run.save_checkpoint)
     allowed = {function.__code__ for function in sync_points}
     # torch.optim's step counters and the loader (sampler, decoding, augmentation: worker processes on a GPU) are
     # host-side CPU tensors, not device syncs

@@ -540,6 +540,34 @@ class RunContext:
         self.identity.record_runtime(self.output_dir, summary["hardware"]["train_runtime_seconds"])
 
 
+@dataclasses.dataclass
+class Run:
+    """
+    What a training script's loop, evaluation and save share: the run's context (accelerator, folder, checkpoints,
+    log), the prepared model and optimizer, the schedule and the trainer state. Each script extends it with its own
+    (pre-training: the loaders and augmentation; fine-tuning: the labelled data).
+    """
+
+    context: RunContext
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    schedule: Schedule
+    state: TrainerState
+
+    @property
+    def args(self) -> argparse.Namespace:
+        return self.context.args
+
+    @property
+    def accelerator(self) -> Accelerator:
+        return self.context.accelerator
+
+    def save_checkpoint(self) -> Path:
+        """A checkpoint of the current step with the trainer state (every process; `RunContext.save_checkpoint`)."""
+        return self.context.save_checkpoint(self.model, self.optimizer, self.state)
+
+
 def start_run(args: argparse.Namespace, not_run_defining: set[str] | frozenset[str]) -> RunContext:
     """
     Before anything is built: a launcher killed on its own still gets this process to save; every process refuses a
