@@ -70,6 +70,7 @@ from dilated_vit_mae.train.core import (  # noqa: E402
     TrainerState,
     add_label_arguments,
     check_finite,
+    load_config,
     check_shared_arguments,
     cosine_schedule,
     dataset_summary,
@@ -198,21 +199,12 @@ def image_dataset(dataset: datasets.Dataset, transform, image_column: str) -> da
 
 def build_config(args: argparse.Namespace, labels: LabelSpec) -> DilatedViTMAEConfig:
     """The pre-training config (ours, or a ViTMAE one read as ours), with the classifier's fields."""
-    name = args.model_name_or_path or args.config_name
-    config = DilatedViTMAEConfig.from_pretrained(name, revision=args.revision, token=args.token, cache_dir=args.cache_dir)
-    if args.config_overrides:
-        config.update_from_string(args.config_overrides)
-    if args.dilation_rates is not None:
-        config.dilation_rates = tuple(args.dilation_rates)
-    if args.dilated_context is not None:
-        config.dilated_context = args.dilated_context
-    config.drop_path_rate = args.drop_path_rate
-    config.classifier_pooling = args.classifier_pooling
-    config.mask_ratio = 0.0  # a classifier encodes whole images; AutoModel on its folder then gives whole-image features
-    config.id2label, config.label2id = labels.id2label, labels.label2id
-    config.problem_type = labels.problem_type
-    config._validate_dilated_vit_mae()
-    return config
+    return load_config(
+        args, args.model_name_or_path or args.config_name, ("dilation_rates", "dilated_context"),
+        drop_path_rate=args.drop_path_rate, classifier_pooling=args.classifier_pooling,
+        mask_ratio=0.0,  # a classifier encodes whole images; AutoModel on its folder then gives whole-image features
+        id2label=labels.id2label, label2id=labels.label2id, problem_type=labels.problem_type,
+    )  # fmt: skip
 
 
 def build_model(args: argparse.Namespace, config: DilatedViTMAEConfig) -> DilatedViTMAEForImageClassification:

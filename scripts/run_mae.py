@@ -71,6 +71,7 @@ from dilated_vit_mae.train.core import (  # noqa: E402
     check_shared_arguments,
     cosine_schedule,
     dataset_summary,
+    load_config,
     load_image_processor,
     load_splits,
     on_shipped_sample,
@@ -219,16 +220,9 @@ def apply_recipe(args: argparse.Namespace) -> None:
 
 def build_config(args: argparse.Namespace) -> DilatedViTMAEConfig:
     """Config from --model_name_or_path / --config_name, then --config_overrides and the explicit model flags."""
-    kwargs = dict(revision=args.revision, token=args.token, cache_dir=args.cache_dir)
     name = args.config_name or args.model_name_or_path or str(DEFAULT_CONFIG)
-    config = DilatedViTMAEConfig.from_pretrained(name, **kwargs)
-    if args.config_overrides:
-        config.update_from_string(args.config_overrides)
-    for field in ("dilation_rates", "dilated_context", "dilated_fusion", "masking_mode", "mask_ratio", "norm_pix_loss"):
-        value = getattr(args, field)
-        if value is not None:
-            setattr(config, field, tuple(value) if field == "dilation_rates" else value)
-    config._validate_dilated_vit_mae()
+    flags = ("dilation_rates", "dilated_context", "dilated_fusion", "masking_mode", "mask_ratio", "norm_pix_loss")
+    config = load_config(args, name, flags)
     if config.mask_ratio == 0:  # e.g. --config_name of a classifier folder, or --config_overrides mask_ratio=0
         raise ValueError(NO_MASK_MESSAGE.format(source=f"the config from {name} has mask_ratio 0, which"))
     return config

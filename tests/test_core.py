@@ -163,6 +163,16 @@ def test_the_image_processor_fits_the_config_or_is_refused_when_named(tmp_path, 
         core.load_image_processor(args, config, "unused")
 
 
+def test_the_config_takes_overrides_then_the_given_flags_then_the_scripts_values(tmp_path):
+    DilatedViTMAEConfig(image_size=32, patch_size=4, dilation_rates=(2,)).save_pretrained(tmp_path)
+    args = parse(["--config_overrides", "hidden_size=48,mask_ratio=0.5", "--dilation_rates", "2", "3"])
+    config = core.load_config(args, str(tmp_path), ("dilation_rates", "dilated_context"), mask_ratio=0.0)
+    assert (config.hidden_size, config.dilation_rates, config.mask_ratio) == (48, (2, 3), 0.0)
+    assert config.dilated_context == DilatedViTMAEConfig().dilated_context  # not given: the folder's
+    with pytest.raises(ValueError, match="mask_ratio"):
+        core.load_config(args, str(tmp_path), (), mask_ratio=1.5)
+
+
 def test_the_dataset_summary_names_no_local_path(tmp_path):
     args = parse(["--train_dir", str(tmp_path / "private" / "pets")])
     args.validation_dir = str(tmp_path / "private" / "pets-val")

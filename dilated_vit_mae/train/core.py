@@ -284,6 +284,22 @@ def dataset_summary(args: argparse.Namespace, split_sizes: Mapping[str, int | No
     }  # fmt: skip
 
 
+def load_config(args: argparse.Namespace, name: str, flags: Sequence[str], **values: Any) -> DilatedViTMAEConfig:
+    """
+    `name`'s config (ours, or a ViTMAE one read as ours), then `--config_overrides`, then those of the model flags
+    `flags` that were given (`--dilation_rates`, `--mask_ratio`, ...), then `values` (what the script sets itself);
+    validated as a whole.
+    """
+    config = DilatedViTMAEConfig.from_pretrained(name, revision=args.revision, token=args.token, cache_dir=args.cache_dir)
+    if args.config_overrides:
+        config.update_from_string(args.config_overrides)
+    given = {flag: getattr(args, flag) for flag in flags if getattr(args, flag) is not None}
+    for field, value in {**given, **values}.items():
+        setattr(config, field, tuple(value) if field == "dilation_rates" else value)
+    config._validate_dilated_vit_mae()
+    return config
+
+
 def processor_mismatch(processor: DilatedViTMAEImageProcessor, config: DilatedViTMAEConfig) -> str | None:
     """Why `processor` does not make the images `config`'s model takes (None when it does)."""
     crop = processor.crop_size
