@@ -446,6 +446,48 @@ def _preprocess_image(
     return array
 
 
+def check_setting(name: str, value: Any, num_channels: int | None = None) -> Any:
+    """
+    One processor setting (an `__init__` argument) validated on its own, in its canonical form: `image_mean` /
+    `image_std` as one float per channel of `num_channels` (needed for those two), a float being broadcast. The
+    training transforms check the settings they share with the processor through it.
+    """
+    if name in ("size", "crop_size"):
+        return _to_size_dict(value, name, allow_shortest_edge=name == "size")
+    if name in ("image_mean", "image_std"):
+        values = _channel_stats(value, num_channels, name)
+        if name == "image_std" and any(v <= 0 for v in values):
+            raise ValueError(f"`image_std` must be positive (it divides the pixels), got {values!r}.")
+        return values
+    if name == "resample":
+        try:
+            return PILImageResampling(value)
+        except ValueError:
+            names = ", ".join(f"{member.name}={member.value}" for member in PILImageResampling)
+            raise ValueError(f"`resample` must be a PILImageResampling ({names}), got {value!r}.") from None
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name == "rescale_factor":
+        if not (is_number and value > 0):
+            raise ValueError(f"`rescale_factor` must be a positive number such as 1/255, got {value!r}.")
+        return float(value)
+    if name == "crop_pct":
+        if value is not None and not (is_number and 0 < value <= 1):
+            raise ValueError(
+                "`crop_pct` must be a number in (0, 1] (the fraction of the resized image the centre crop keeps, "
+                f"e.g. {MAE_EVAL_CROP_PCT} for MAE's 256 -> 224 evaluation view) or None, got {value!r}."
+            )
+        return None if value is None else float(value)
+    if name == "num_channels":
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(
+                "`num_channels` must be a positive int: 1 (greyscale), 3 (RGB), or the channel count of array "
+                f"inputs (e.g. 4 for RGB + near-infrared), got {value!r}."
+            )
+        return int(value)
+    return bool(value)  # the do_* switches
+
+
+
 class DilatedViTMAEImageProcessor(BaseImageProcessor):
     r"""
     Constructs a DilatedViTMAE image processor. It resizes, centre-crops, rescales and normalises images for
@@ -605,43 +647,11 @@ class DilatedViTMAEImageProcessor(BaseImageProcessor):
         )
 
     def _check_setting(self, name: str, value: Any, num_channels: int | None = None) -> Any:
-        """
-        One setting (an `__init__` argument) validated on its own, in its canonical form: `image_mean` / `image_std`
-        as one float per channel of `num_channels` (default: the processor's), a float being broadcast.
-        """
-        if name in ("size", "crop_size"):
-            return _to_size_dict(value, name, allow_shortest_edge=name == "size")
-        if name in ("image_mean", "image_std"):
-            values = _channel_stats(value, self.num_channels if num_channels is None else num_channels, name)
-            if name == "image_std" and any(v <= 0 for v in values):
-                raise ValueError(f"`image_std` must be positive (it divides the pixels), got {values!r}.")
-            return values
-        if name == "resample":
-            try:
-                return PILImageResampling(value)
-            except ValueError:
-                names = ", ".join(f"{member.name}={member.value}" for member in PILImageResampling)
-                raise ValueError(f"`resample` must be a PILImageResampling ({names}), got {value!r}.") from None
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if name == "rescale_factor":
-            if not (is_number and value > 0):
-                raise ValueError(f"`rescale_factor` must be a positive number such as 1/255, got {value!r}.")
-            return float(value)
-        if name == "crop_pct":
-            if value is not None and not (is_number and 0 < value <= 1):
-                raise ValueError(
-                    "`crop_pct` must be a number in (0, 1] (the fraction of the resized image the centre crop keeps, "
-                    f"e.g. {MAE_EVAL_CROP_PCT} for MAE's 256 -> 224 evaluation view) or None, got {value!r}."
-                )
-            return None if value is None else float(value)
-        if name == "num_channels":
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(
-                    "`num_channels` must be a positive int: 1 (greyscale), 3 (RGB), or the channel count of array "
-                    f"inputs (e.g. 4 for RGB + near-infrared), got {value!r}."
-                )
-            return int(value)
-        return bool(value)  # the do_* switches
+        """`check_setting`; `image_mean` / `image_std` for the processor's channel count unless `num_channels` is
+        given."""
+        if num_channels is None and name in ("image_mean", "image_std"):
+            num_channels = self.num_channels
+        return check_setting(name, value, num_channels)
 
     def _make_list_of_images(
         self, images: Any, input_data_format: str | None, channel_counts: Sequence[int]

@@ -370,6 +370,20 @@ def test_invalid_inputs_and_arguments_raise():
         MAETrainTransform(32, rescale_factor=0)
 
 
+@pytest.mark.parametrize("transform", [MAETrainTransform, MAEHostTransform])
+def test_the_training_transforms_check_mean_and_std_as_the_processor_does(transform):
+    # one check for the settings both take: a float is one value for every channel (the processor's rule; the
+    # transform used to refuse it), a non-finite mean is refused (the transform used to normalise to NaN)
+    assert transform(32, image_mean=0.5, image_std=0.25).image_mean.reshape(-1).tolist() == [0.5, 0.5, 0.5]
+    for kwargs in ({"image_mean": [0.5, math.nan, 0.5]}, {"image_std": [0.2, 0.0, 0.2]}, {"image_mean": [0.5, 0.5]}):
+        name = next(iter(kwargs))
+        with pytest.raises(ValueError) as refused:
+            transform(32, **kwargs)
+        with pytest.raises(ValueError) as processor:
+            DilatedViTMAEImageProcessor(**kwargs)
+        assert str(refused.value) == str(processor.value) and name in str(refused.value)
+
+
 def test_crop_scale_reaches_output_as_zoom():
     # a smaller crop area means a stronger zoom: the mean absolute horizontal gradient grows as 1/sqrt(area)
     image = face_like_image(200, 200)

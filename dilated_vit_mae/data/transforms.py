@@ -41,6 +41,7 @@ from ..image_processing_dilated_vit_mae import (
     MAX_IMAGE_PIXELS,
     DilatedViTMAEImageProcessor,
     _check_pixel_count,
+    check_setting,
 )
 from ..modeling_dilated_vit_mae import to_2tuple
 
@@ -208,7 +209,11 @@ class MAETrainTransform:
     ) -> None:
         self.size = _check_size(size)
         self.num_channels = _check_num_channels(num_channels)
-        self.image_mean, self.image_std = _check_mean_std(image_mean, image_std, num_channels)
+        # (C, 1, 1) to broadcast over (C, H, W); checked as the image processor checks its own
+        self.image_mean, self.image_std = (
+            np.asarray(check_setting(name, value, num_channels), dtype=np.float32).reshape(-1, 1, 1)
+            for name, value in (("image_mean", image_mean), ("image_std", image_std))
+        )
         for name, (low, high) in (("scale", scale), ("ratio", ratio)):
             if not 0 < low <= high:
                 raise ValueError(f"`{name}` must be (low, high) with 0 < low <= high, got {(low, high)!r}.")
@@ -218,7 +223,7 @@ class MAETrainTransform:
         self.ratio = (float(ratio[0]), float(ratio[1]))
         self.flip_prob = float(flip_prob)
         self.resample = resample
-        self.rescale_factor = _check_rescale_factor(rescale_factor)
+        self.rescale_factor = check_setting("rescale_factor", rescale_factor)
         self.seed = seed
         fill = tuple(min(255, round(255 * float(m))) for m in self.image_mean.reshape(-1))  # timm's `img_mean`
         self.rand_augment = RandAugment(rand_augment, fill=fill, resample=resample) if rand_augment else None
@@ -882,28 +887,6 @@ def _check_num_channels(num_channels: int) -> int:
     if num_channels not in (1, 3):
         raise ValueError(f"`num_channels` must be 1 (greyscale) or 3 (RGB), got {num_channels!r}.")
     return num_channels
-
-
-def _check_mean_std(
-    image_mean: Sequence[float], image_std: Sequence[float], num_channels: int
-) -> tuple[np.ndarray, np.ndarray]:
-    mean = np.asarray(image_mean, dtype=np.float32).reshape(-1)
-    std = np.asarray(image_std, dtype=np.float32).reshape(-1)
-    if mean.size != num_channels or std.size != num_channels:
-        raise ValueError(
-            f"`image_mean` and `image_std` need one value per channel ({num_channels}), got {list(image_mean)!r} and "
-            f"{list(image_std)!r}."
-        )
-    if (std <= 0).any():
-        raise ValueError(f"`image_std` must be positive, got {list(image_std)!r}.")
-    # (C, 1, 1) to broadcast over (C, H, W)
-    return mean.reshape(-1, 1, 1), std.reshape(-1, 1, 1)
-
-
-def _check_rescale_factor(rescale_factor: float) -> float:
-    if isinstance(rescale_factor, bool) or not isinstance(rescale_factor, (int, float)) or not rescale_factor > 0:
-        raise ValueError(f"`rescale_factor` must be a positive number such as 1/255, got {rescale_factor!r}.")
-    return float(rescale_factor)
 
 
 def _as_dict(size: Any) -> dict:
