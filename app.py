@@ -23,6 +23,7 @@ before it is stored (`launch`), and what gradio caches (uploads, shown results) 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -85,6 +86,23 @@ def make_reconstruct(reconstruction_pipeline):
     return reconstruct
 
 
+def shown_to_the_user(callback, user_error):
+    """
+    `callback` with the input errors it raises (`ValueError`, `TypeError`: the pipeline's and the app's refusals, whose
+    messages name the problem and what to do) turned into `user_error` (gradio's `gr.Error`), which the page shows;
+    gradio shows any other exception as a bare "Error" unless the whole server reports tracebacks (`show_error`).
+    """
+
+    @functools.wraps(callback)
+    def shown(*args: Any) -> Any:
+        try:
+            return callback(*args)
+        except (ValueError, TypeError) as error:
+            raise user_error(str(error)) from error
+
+    return shown
+
+
 def example_images(model: str) -> list[str]:
     """The example photos shipped in a local model folder (`examples/`), if any."""
     folder = Path(model) / "examples"
@@ -108,7 +126,7 @@ def build_demo(model: str | None = None, revision: str | None = None, reconstruc
     revision = revision or os.environ.get(REVISION_ENV)
     if reconstruction_pipeline is None:
         reconstruction_pipeline = load_reconstruction_pipeline(model, revision)
-    reconstruct = make_reconstruct(reconstruction_pipeline)
+    reconstruct = shown_to_the_user(make_reconstruct(reconstruction_pipeline), gr.Error)
     config = reconstruction_pipeline.model.config
 
     with gr.Blocks(title="DilatedViTMAE: masked reconstruction", delete_cache=DELETE_CACHE) as demo:

@@ -207,3 +207,25 @@ def test_the_served_app_refuses_large_uploads_and_deletes_its_cache_when_stopped
             server.kill()
     assert server.returncode == 0, server.stdout.read()[-2000:]
     assert not kept.exists()
+
+
+def test_a_refused_upload_tells_the_user_why_in_the_app(model_folder, tmp_path):
+    # a careless upload (a truncated file) is refused by the pipeline with a message that names the problem: the
+    # served app must show that message (gradio shows only a bare "Error" for any other exception)
+    from gradio_client import Client, handle_file
+
+    app = load_app()
+    reconstruction_pipeline = app.load_reconstruction_pipeline(str(model_folder))
+    demo = app.build_demo(str(model_folder), reconstruction_pipeline=reconstruction_pipeline)
+    truncated = tmp_path / "truncated.png"
+    PIL.Image.fromarray(skimage.data.astronaut()).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    app.launch(demo, reconstruction_pipeline, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        with pytest.raises(Exception) as refused:
+            client.predict(handle_file(str(truncated)), 0.5, 0, api_name="/reconstruct")
+        message = str(refused.value)
+        assert "truncated" in message.lower(), message
+    finally:
+        demo.close()
