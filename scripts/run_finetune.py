@@ -95,7 +95,6 @@ from dilated_vit_mae.train.finetune import (  # noqa: E402
     param_groups_lrd,
 )
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
-    RunClock,
     check_model_folder,
     checkpoint_bytes,
     fraction,
@@ -501,7 +500,9 @@ def main(args: argparse.Namespace) -> Path:
         context.resume(state)
 
     # ---- loop, evaluate every epoch, keep the best -------------------------------------------------------------------
+    run.start_clock()
     train(run)
+    run.record_runtime()
 
     # ---- the selected model, its test score, the folder --------------------------------------------------------------
     accelerator.wait_for_everyone()
@@ -523,7 +524,7 @@ def main(args: argparse.Namespace) -> Path:
 
 
 def train(run: FinetuningRun) -> None:
-    """The training loop, from `run.state` (updated in place, with the seconds it ran). The loss stays on the device
+    """The training loop, from `run.state` (updated in place). The loss stays on the device
     (`StepMeter`) and is read only at logging, checkpoint and epoch-end steps."""
     args, accelerator, state, data = run.args, run.accelerator, run.state, run.data
     train_loader = data["loaders"]["train"]
@@ -534,7 +535,7 @@ def train(run: FinetuningRun) -> None:
     )  # fmt: skip
     progress = tqdm(total=state.max_train_steps, initial=state.global_step, disable=not accelerator.is_local_main_process)
     meter = StepMeter(accelerator.device)
-    clock, start_epoch = RunClock(state.train_runtime_seconds), state.epoch  # this launch's time, added to the resumed
+    start_epoch = state.epoch
     for epoch in range(start_epoch, run.schedule.num_epochs):
         if state.global_step >= state.max_train_steps:
             break
@@ -554,7 +555,6 @@ def train(run: FinetuningRun) -> None:
             progress.update(1)
             at_epoch_end = accelerator.gradient_state.end_of_dataloader
             state.epoch, state.batches_done_in_epoch = (epoch + 1, 0) if at_epoch_end else (epoch, batches_done)
-            state.train_runtime_seconds = clock.total()
             if after_step(run, meter, epoch, at_epoch_end, progress):
                 break
 
@@ -563,7 +563,6 @@ def train(run: FinetuningRun) -> None:
         if args.checkpointing_steps != "no":
             run.save_checkpoint()
     progress.close()
-    state.train_runtime_seconds = clock.total()
 
 
 def after_step(run: FinetuningRun, meter: StepMeter, epoch: int, at_epoch_end: bool, progress) -> bool:

@@ -82,7 +82,6 @@ from dilated_vit_mae.train.core import (  # noqa: E402
     training_schedule,
 )
 from dilated_vit_mae.train.lifecycle import (  # noqa: E402
-    RunClock,
     check_model_folder,
     checkpointing_steps,
     fraction,
@@ -357,7 +356,6 @@ class PretrainingRun(Run):
     device_augmentation: DeviceAugmentation | None
     image_processor: object
     splits: dict
-    clock: RunClock = dataclasses.field(default_factory=RunClock)
     stop_requested: bool = False  # set by SIGTERM
     preempted: bool = False
     eval_results: dict = dataclasses.field(default_factory=dict)
@@ -403,12 +401,6 @@ def resume(run: PretrainingRun) -> None:
     run.state.learning_rate_history = []
     run.context.resume(run.state)  # the checkpoint's position, runtime, lr and history
     apply_learning_rate(run, run.state.learning_rate, learning_rate)
-
-
-def save_checkpoint(run: PretrainingRun) -> Path:
-    """A checkpoint of the current step, refused if any parameter is not finite (it would be resumed from)."""
-    run.state.train_runtime_seconds = run.clock.total()
-    return run.save_checkpoint()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -457,7 +449,7 @@ def after_step(run: PretrainingRun, meter: StepMeter, epoch: int, at_epoch_end: 
         lr = run.lr_scheduler.get_last_lr()[0]
         log({"train_loss": synced["loss"], "lr": lr, "epoch": epoch, **meter.reset_interval()}, step)
     if checkpoint or synced["stop"]:
-        save_checkpoint(run)
+        run.save_checkpoint()
     if synced["stop"]:
         run.preempted = True
         return True
@@ -689,9 +681,9 @@ def main(args: argparse.Namespace) -> Path:
         run.stop_requested = True
 
     signal.signal(signal.SIGTERM, request_stop)
-    run.clock = RunClock(run.state.train_runtime_seconds)  # this launch's loop time, added to the resumed runtime
+    run.start_clock()
     train(run, context.log)
-    run.state.train_runtime_seconds = run.clock.total()
+    run.record_runtime()
     if run.preempted:
         logger.info(
             f"SIGTERM: saved {context.checkpoints.latest()} at step {run.state.global_step}; continue with "

@@ -38,6 +38,7 @@ from ..modeling_dilated_vit_mae import to_2tuple
 from .checkpoints import CheckpointManager
 from .distributed import build_accelerator, parameters_are_finite, save_pretrained
 from .lifecycle import (
+    RunClock,
     RunIdentity,
     check_output_dir,
     checkpoint_bytes,
@@ -570,6 +571,7 @@ class Run:
     lr_scheduler: Any
     schedule: Schedule
     state: TrainerState
+    clock: RunClock = dataclasses.field(default_factory=RunClock, kw_only=True)  # see `start_clock`
 
     @property
     def args(self) -> argparse.Namespace:
@@ -579,8 +581,18 @@ class Run:
     def accelerator(self) -> Accelerator:
         return self.context.accelerator
 
+    def start_clock(self) -> None:
+        """Time the training loop of this launch from now on, added to the runtime of the run it resumed."""
+        self.clock = RunClock(self.state.train_runtime_seconds)
+
+    def record_runtime(self) -> None:
+        """`state.train_runtime_seconds`: the clock's total so far (with each checkpoint, and after the loop)."""
+        self.state.train_runtime_seconds = self.clock.total()
+
     def save_checkpoint(self) -> Path:
-        """A checkpoint of the current step with the trainer state (every process; `RunContext.save_checkpoint`)."""
+        """A checkpoint of the current step with the trainer state and its runtime (every process;
+        `RunContext.save_checkpoint`: refused if any parameter is not finite)."""
+        self.record_runtime()
         return self.context.save_checkpoint(self.model, self.optimizer, self.state)
 
 
